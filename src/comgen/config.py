@@ -1,0 +1,124 @@
+"""Typed configs as dataclasses that round-trip through YAML.
+
+Why: every output directory gets the exact config that produced it (``config.yaml``), and a stable
+hash of it, so results are reproducible and stale stages can be detected and redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from comgen.errors import ConfigError
+from comgen.io import atomic_write_text
+
+T = TypeVar("T", bound="ConfigBase")
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert a plain YAML value into the annotated field type (nested dataclasses, tuples, Paths)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        for candidate in non_none:
+            try:
+                return _coerce(candidate, value, where)
+            except (ConfigError, TypeError, ValueError):
+                continue
+        raise ConfigError(where, f"value {value!r} does not match {tp}")
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"expected a mapping for {tp.__name__}, got {value!r}")
+        return tp.from_dict(value, where=where) if issubclass(tp, ConfigBase) else tp(**value)
+    if origin in (tuple,):
+        if args and args[-1] is not Ellipsis:
+            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin in (list,):
+        inner = args[0] if args else Any
+        return [_coerce(inner, v, where) for v in value]
+    if origin in (dict,):
+        return dict(value)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(where, f"{value!r} is not one of {list(args)}")
+        return value
+    if tp is Path:
+        return Path(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ConfigError(where, f"expected {tp.__name__}, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass
+class ConfigBase:
+    """Mixin for config dataclasses: YAML load/save, dict round-trip, stable hash."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+        data = dict(data or {})
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(where, f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+        kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(where, str(exc)) from None
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(path, "config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, f"not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(path, "expected a mapping at the top level")
+        return cls.from_dict(data, where=str(path))
+
+    def hash(self) -> str:
+        """Short stable hash of the config's content (used to detect stale stage outputs)."""
+        normalised = type(self).from_dict(self.to_dict()).to_dict()  # 1 and 1.0 hash alike
+        blob = json.dumps(normalised, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
