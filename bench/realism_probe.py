@@ -1,0 +1,161 @@
+"""Realism probe: can a linear classifier on pooled backbone features tell generated anomalies from real images?
+
+For each category of the built-in benchmark, each back-end generates anomalies from the normal training images;
+a logistic regression (standardised features, stratified k-fold cross-validation) then separates them from
+real normal images the generators never saw (the validation split). Lower accuracy = harder to tell apart =
+more realistic; 0.5 is chance. Features: pooled maps of the frozen backbone's layers (``--pool avg`` or ``avgmax``;
+max pooling keeps small local anomalies from vanishing in the average).
+
+``--region image`` probes whole images. That also rewards a back-end for changing *less*: a logical edit (an
+extra or missing part) changes the global content on purpose, a small CutPaste scar hardly does. ``--region mask``
+isolates realism: it probes crops around each anomaly's mask (bbox + margin) against the *same* box cut from a
+real image, so location and size are matched and only the look of the edited region differs.
+
+    python bench/realism_probe.py --size 128 --train 40 --validation 40 --n 60 --region image --region mask
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def pooled_features(images: np.ndarray, backbone, pool: str = "avgmax", batch: int = 16) -> np.ndarray:
+    import torch
+
+    feats = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float() / 255.0
+            maps = backbone(x)
+            per = [m.mean(dim=(2, 3)) if pool == "avg" else torch.cat([m.mean(dim=(2, 3)), m.amax(dim=(2, 3))], 1)
+                   for m in maps]
+            feats.append(torch.cat(per, 1))
+    return torch.cat(feats).numpy()
+
+
+def mask_crops(images: np.ndarray, masks: np.ndarray, real: np.ndarray, out: int, rng: np.random.Generator,
+               margin: float = 0.25, min_side: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Square crops around each mask (fake) and the same boxes from random real images, resized to ``out`` px."""
+    import cv2
+
+    size = images.shape[1]
+    fake_c, real_c = [], []
+    for img, mask in zip(images, masks):
+        ys, xs = np.nonzero(mask)
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        side = max((ys.max() - ys.min() + 1), (xs.max() - xs.min() + 1)) * (1 + 2 * margin)
+        side = int(min(size, max(side, min_side * size)))
+        y0 = int(np.clip(round(cy - side / 2), 0, size - side))
+        x0 = int(np.clip(round(cx - side / 2), 0, size - side))
+        other = real[int(rng.integers(len(real)))]
+        for src, dst in ((img, fake_c), (other, real_c)):
+            dst.append(cv2.resize(src[y0:y0 + side, x0:x0 + side], (out, out), interpolation=cv2.INTER_AREA))
+    return np.stack(real_c), np.stack(fake_c)
+
+
+def probe_accuracy(real: np.ndarray, fake: np.ndarray, folds: int, seed: int) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    m = min(len(real), len(fake))
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([real[rng.permutation(len(real))[:m]], fake[rng.permutation(len(fake))[:m]]])
+    y = np.r_[np.zeros(m), np.ones(m)]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    cv = StratifiedKFold(n_splits=min(folds, m), shuffle=True, random_state=seed)
+    scores = cross_val_score(clf, x, y, cv=cv)
+    return float(scores.mean()), float(scores.std())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--train", type=int, default=40)
+    ap.add_argument("--validation", type=int, default=40)
+    ap.add_argument("--n", type=int, default=40, help="anomalies per back-end and category")
+    ap.add_argument("--categories", default="all")
+    ap.add_argument("--backends", default="compositional,cutpaste,draem,nsa")
+    ap.add_argument("--weights", default="auto", help="backbone weights: auto | random | PATH")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", choices=("avg", "avgmax"), default="avgmax")
+    ap.add_argument("--region", action="append", choices=("image", "mask"), default=None,
+                    help="probe whole images and/or crops around the masks (repeatable; default both)")
+    ap.add_argument("--data", type=Path, default=None, help="reuse a synth benchmark folder")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("COMGEN_QUIET", "1")
+
+    from comgen.data.readers import open_dataset
+    from comgen.data.synth import CATEGORIES, SynthConfig, generate_benchmark
+    from comgen.detect.backbone import BackboneConfig, build_backbone
+    from comgen.errors import ComgenError
+    from comgen.generate.config import GenerateConfig
+    from comgen.generate.registry import build_generator
+
+    cats = list(CATEGORIES) if args.categories == "all" else args.categories.split(",")
+    tmp = None
+    root = args.data
+    if root is None:
+        tmp = tempfile.TemporaryDirectory(prefix="realism-")
+        root = Path(tmp.name) / "synth"
+        t0 = time.perf_counter()
+        generate_benchmark(root, SynthConfig(size=args.size, n_train=args.train, n_validation=args.validation,
+                                             n_test=4, seed=args.seed, categories=cats))
+        print(f"synth data: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    ds = open_dataset(root)
+    backbone = build_backbone(BackboneConfig(weights=args.weights))
+    print(f"backbone {backbone.source}; image size {args.size}; {args.n} anomalies per back-end; "
+          f"{args.folds}-fold logistic regression (chance = 0.5, lower = more realistic)")
+    backends = args.backends.split(",")
+    regions = args.region or ["image", "mask"]
+    header = "".join(f"{b + '/' + r:>22}" for r in regions for b in backends)
+    print(f"{'category':<16}{header}")
+    table: dict[tuple[str, str], list[float]] = {(b, r): [] for r in regions for b in backends}
+    from comgen.data.imageio import resize_rgb
+
+    for cat in cats:
+        train = ds.samples(cat, "train")
+        held = [s for s in ds.samples(cat, "validation") if s.kind == "good"] or train
+        real_imgs = np.stack([resize_rgb(s.load_image(), args.size) for s in held])
+        real_feats = pooled_features(real_imgs, backbone, args.pool)
+        cells: dict[tuple[str, str], str] = {}
+        for b in backends:
+            cfg = GenerateConfig(backend=b, n=args.n, image_size=args.size, seed=args.seed)
+            try:
+                gen = build_generator(b, cfg)
+                gen.fit(train, None)
+                made = list(gen.generate(args.n, np.random.default_rng(args.seed)))
+            except ComgenError as exc:
+                print(f"  {cat}/{b}: {exc}", file=sys.stderr)
+                continue
+            fake_imgs = np.stack([a.image for a in made])
+            for r in regions:
+                if r == "image":
+                    real_f, fake_f = real_feats, pooled_features(fake_imgs, backbone, args.pool)
+                else:
+                    rc, fc = mask_crops(fake_imgs, np.stack([a.mask for a in made]), real_imgs, args.size // 2,
+                                        np.random.default_rng(args.seed))
+                    real_f, fake_f = pooled_features(rc, backbone, args.pool), pooled_features(fc, backbone, args.pool)
+                acc, sd = probe_accuracy(real_f, fake_f, args.folds, args.seed)
+                table[(b, r)].append(acc)
+                cells[(b, r)] = f"{acc:.3f}±{sd:.3f}"
+        print(f"{cat:<16}" + "".join(f"{cells.get((b, r), 'n/a'):>22}" for r in regions for b in backends),
+              flush=True)
+    print(f"{'mean':<16}" + "".join(f"{np.mean(table[(b, r)]) if table[(b, r)] else float('nan'):>22.3f}"
+                                    for r in regions for b in backends))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
