@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from comgen.io import atomic_path, atomic_write_json, atomic_write_text, write_png
+from comgen.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, write_png
 from comgen.progress import progress
 
 _SUBSET_COLOURS = {"logical": "tab:blue", "structural": "tab:orange", "mean": "tab:green", "all": "black"}
@@ -177,8 +177,13 @@ def _defect_table(per_defect: Mapping[str, Any]) -> str:
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path, gallery: int = 4,
-                 title: str = "comgen evaluation", write_metrics: bool = True) -> Path:
-    """Write ``report.html`` (+ ``figures/``, ``gallery/``; and ``metrics.json`` unless told not to)."""
+                 title: str = "comgen evaluation", write_metrics: bool = True,
+                 extra_images: Mapping[str, Sequence[tuple[str, Path]]] | None = None) -> Path:
+    """Write ``report.html`` (+ ``figures/``, ``gallery/``; and ``metrics.json`` unless told not to).
+
+    ``extra_images`` maps a category to (caption, image path) pairs shown in its section, e.g. the component
+    segmentation and the generation preview of ``comgen run``; they are copied beside the report.
+    """
     from comgen.evaluate.run import metrics_json
 
     results = _as_results(results)
@@ -202,6 +207,15 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, gallery: int =
                      f"<img src='{fig.relative_to(out_dir).as_posix()}' alt='curves of {html.escape(cat)}'>")
         if r.get("per_defect"):
             parts.append(_defect_table(r["per_defect"]))
+        extras = [(cap, Path(p)) for cap, p in (extra_images or {}).get(cat, ()) if Path(p).is_file()]
+        if extras:
+            figs = []
+            for i, (caption, src) in enumerate(extras):
+                dst = out_dir / "extras" / f"{slug}_{i}{src.suffix}"
+                atomic_write_bytes(dst, src.read_bytes())
+                figs.append(f"<figure><img src='{dst.relative_to(out_dir).as_posix()}' alt='{html.escape(caption)}'>"
+                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(f"<h3>Components and generated anomalies</h3><div class=gal>{''.join(figs)}</div>")
         for row_title, entries in _gallery(r, out_dir, gallery):
             figs = "".join(
                 f"<figure><img src='{html.escape(e['thumb'])}' alt='{html.escape(e['image_id'])}'>"

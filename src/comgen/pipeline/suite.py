@@ -1,0 +1,115 @@
+"""Several categories end to end, one combined report, and the results table printed at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from comgen.errors import ConfigError
+from comgen.pipeline.config import RunConfig
+from comgen.rundir import RunDir
+
+
+def selected_config(config: Path | None = None, **overrides: Any) -> RunConfig:
+    """The run config from ``--config`` (or defaults), with the command-line overrides applied."""
+    cfg = RunConfig.load(config) if config else RunConfig()
+    if overrides.get("image_size") is not None:
+        cfg = cfg.replace(image_size=int(overrides["image_size"]))
+    if overrides.get("n") is not None:
+        cfg = cfg.replace(n_anomalies=int(overrides["n"]))
+    if overrides.get("backend") is not None:
+        from comgen.generate.registry import check_backend
+
+        check_backend(overrides["backend"])
+        cfg = cfg.replace(backend=overrides["backend"])
+    if overrides.get("epochs") is not None:
+        cfg = cfg.replace(detector=cfg.detector.replace(epochs=int(overrides["epochs"])))
+    return RunConfig.from_dict(cfg.to_dict())  # re-validate the combination
+
+
+def _categories(dataset: Any, spec: str) -> list[str]:
+    known = dataset.categories()
+    wanted = known if spec == "all" else [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in known]
+    if unknown or not wanted:
+        raise ConfigError("--category", f"unknown category {unknown[0] if unknown else spec!r} "
+                                        f"(dataset has: {', '.join(known) or 'none'})")
+    return wanted
+
+
+def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: RunConfig,
+              force: bool = False, log: Any = print) -> dict[str, Any]:
+    """Run each selected category into its own run directory and write one combined report.
+
+    One category: ``out`` is the run directory (default ``runs/<category>``), the report is ``out/eval``.
+    Several: each category runs in ``out/<category>`` (default ``runs/``), the combined report is ``out/report``.
+    """
+    from comgen.data.readers import open_dataset
+    from comgen.evaluate.report import write_report
+    from comgen.evaluate.run import evaluate_category
+    from comgen.pipeline.run import run_category
+
+    ds = open_dataset(dataset)
+    cats = _categories(ds, category)
+    single = len(cats) == 1 and category != "all"
+    parent = Path(out) if out is not None else Path("runs")
+    runs: dict[str, RunDir] = {}
+    for cat in cats:
+        run_root = (Path(out) if out is not None else parent / cat) if single else parent / cat
+        runs[cat] = run_category(dataset, cat, run_root, cfg, force=force, log=log)
+    if single:
+        run = runs[cats[0]]
+        report = run.eval / "report.html"
+        results = {cats[0]: evaluate_category(ds, cats[0], run.maps, cfg.evaluate)}
+    else:
+        results = {c: evaluate_category(ds, c, r.maps, cfg.evaluate) for c, r in runs.items()}
+        extras = {c: _previews(r, cfg) for c, r in runs.items()}
+        report = write_report({"dataset": str(ds.root), "categories": results}, parent / "report",
+                              gallery=cfg.evaluate.gallery, title="comgen: all categories", extra_images=extras)
+        cfg.save(parent / "report" / "config.yaml")
+    return {"results": results, "report": str(report), "runs": {c: str(r.root) for c, r in runs.items()}}
+
+
+def _previews(run: RunDir, cfg: RunConfig) -> list[tuple[str, Path]]:
+    return [("component segmentation (tokens <c1>..<cK>)", run.components / "preview.png"),
+            (f"generated anomalies ({cfg.backend})", run.generated(cfg.backend) / "preview.png")]
+
+
+def results_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per category: logical / structural / mean image AUROC and sPRO@0.05 (LOCO) or all (others)."""
+    rows = []
+    for cat, r in results.items():
+        m = r["metrics"]
+        row: dict[str, Any] = {"category": cat}
+        for subset in ("logical", "structural", "mean", "all"):
+            if subset in m:
+                row[f"{subset}_auroc"] = m[subset].get("image_auroc")
+                row[f"{subset}_spro"] = m[subset].get("spro")
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A Markdown table; missing values print as '-'."""
+    def fmt(v: Any) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(key)) for key, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+RESULT_COLUMNS = [("category", "category"), ("logical_auroc", "logical AUROC"),
+                  ("structural_auroc", "structural AUROC"), ("mean_auroc", "mean AUROC"),
+                  ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
+                  ("mean_spro", "mean sPRO@0.05")]
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    rows = results_rows(summary["results"])
+    if rows:
+        means = {k: [r[k] for r in rows if r.get(k) is not None] for k, _ in RESULT_COLUMNS[1:]}
+        rows.append({"category": "**mean**", **{k: sum(v) / len(v) for k, v in means.items() if v}})
+    print(format_markdown(rows, RESULT_COLUMNS))
+    print(f"report: {summary['report']}")
