@@ -45,3 +45,19 @@ def register(app: typer.Typer) -> None:
         from comgen.pipeline.suite import print_table
 
         print_table(run_demo(out, size=size, categories=categories, quick=quick, force=force))
+
+    bench = typer.Typer(help="Benchmarks that print tables (full-size figures).", no_args_is_help=True)
+    app.add_typer(bench, name="bench")
+
+    @bench.command("generators")
+    def generators(
+        out: Path = typer.Option(Path("bench_runs/generators"), "--out", "-o"),
+        size: int = typer.Option(128, "--size"),
+        categories: str = typer.Option("all", "--categories"),
+        epochs: Optional[int] = typer.Option(None, "--epochs"),
+        rows: str = typer.Option("all", "--rows", help="Comma-separated row numbers (0-based) or 'all'."),
+    ) -> None:
+        """The same CSDA detector trained with each anomaly source; prints the Markdown table."""
+        from comgen.pipeline.bench_cli import main_generators
+
+        main_generators(out, size, categories, epochs, rows)

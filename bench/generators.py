@@ -1,0 +1,22 @@
+"""Generator benchmark: the same CSDA detector trained with each anomaly source (also `comgen bench generators`).
+
+    python bench/generators.py --out bench_runs/generators [--size 128] [--categories all] [--epochs 12]
+
+Builds the built-in benchmark at the chosen size (if missing), runs every row and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from comgen.pipeline.bench_cli import main_generators
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench_runs/generators")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--categories", default="all")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based) or 'all'")
+    args = parser.parse_args()
+    main_generators(args.out, args.size, args.categories, args.epochs, args.rows)
