@@ -1,0 +1,544 @@
+"""Reference Neighbor Association (RNA): a memory bank of frozen-backbone features of normal training images.
+
+Why: a logical anomaly is only visible against what a *normal* image of the same layout looks like. For a query
+the bank retrieves the top-k most similar normal images (faiss over pooled global descriptors that keep a coarse
+layout grid), then aligns every query patch to its nearest patch of those references inside a small local window,
+so normal jitter in position is absorbed while a missing, extra, moved or recoloured component is not.
+Stage II turns the aligned residuals into masks; Stage III feeds the aligned references to the detector.
+
+On disk (``RunDir.bank``): ``bank.json`` (ids, backbone identity, config, checksums, normal statistics; written
+last, so its presence means the bank is complete), ``patches.safetensors``, ``global.faiss``, ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from comgen.config import ConfigBase
+from comgen.errors import ArtifactError, ConfigError, InputError
+from comgen.io import atomic_path, atomic_write_json
+from comgen.progress import progress
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_KINDS = ("flat", "sq8", "ivfpq")
+STAT_QUANTILES = (0.5, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
+
+
+@dataclass
+class MemoryBankConfig(ConfigBase):
+    """How the bank is built and queried.
+
+    ``window`` is the alignment radius in patches (per scale); ``global_grid`` the pooling grid of the global
+    descriptor (>1 keeps a coarse layout, so retrieval prefers images with the same arrangement); ``index`` the
+    faiss index (``flat`` exact; ``sq8`` / ``ivfpq`` compressed); ``coreset`` the fraction of images kept by greedy
+    k-center (1.0 = all); ``feature_dtype`` the storage type of patch features.
+    """
+
+    image_size: int = 256
+    k: int = 3
+    window: int = 1
+    global_grid: int = 4
+    global_layer: int = 1  # which backbone scale is pooled (1 = middle: layout + colour, 640-d for Lite0)
+    global_dim: int = 640  # longer descriptors are randomly projected to this size (0 = never)
+    index: str = "flat"
+    nlist: int = 0  # IVF lists; 0 = about sqrt(N)
+    pq_m: int = 16
+    nprobe: int = 8
+    coreset: float = 1.0
+    feature_dtype: str = "float16"
+    batch_size: int = 16
+    seed: int = 0
+    color_stride: int = 2  # stride of the stored Lab colour scale (sharp residual boundaries); 0 = none
+    color_window: int = 1
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEX_KINDS:
+            raise ConfigError("bank.index", f"{self.index!r} is not one of {list(INDEX_KINDS)}")
+        if self.feature_dtype not in ("float16", "float32"):
+            raise ConfigError("bank.feature_dtype", f"{self.feature_dtype!r} is not float16 or float32")
+        if not 0.0 < self.coreset <= 1.0:
+            raise ConfigError("bank.coreset", f"must be in (0, 1], got {self.coreset}")
+        if self.k < 1 or self.window < 0 or self.global_grid < 1 or self.image_size < 8:
+            raise ConfigError("bank", "k >= 1, window >= 0, global_grid >= 1 and image_size >= 8 are required")
+        if self.color_stride < 0 or self.color_window < 0 or (
+                self.color_stride and self.image_size % self.color_stride):
+            raise ConfigError("bank.color_stride", f"must be >= 0 and divide image_size {self.image_size}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pure helpers (shared with Stage III)
+# --------------------------------------------------------------------------------------------------------------
+def global_descriptors(feats: Sequence[torch.Tensor], grid: int, layer: int = -1, dim: int = 0,
+                       seed: int = 0) -> torch.Tensor:
+    """[B, D] float32 L2-normalised descriptor: one scale pooled to a grid (keeps a coarse layout), per-cell
+    normalised; projected to ``dim`` dims by a fixed random (Johnson-Lindenstrauss) matrix when it is longer, so
+    wide backbones keep retrieval fast."""
+    if not -len(feats) <= layer < len(feats):
+        raise ConfigError("bank.global_layer", f"{layer} is not one of the {len(feats)} feature scales")
+    f = feats[layer].float()
+    pooled = F.normalize(F.adaptive_avg_pool2d(f, grid), dim=1).flatten(1)
+    if dim and pooled.shape[1] > dim:
+        pooled = pooled @ _projection(pooled.shape[1], dim, seed).to(pooled.device)
+    return F.normalize(pooled, dim=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _projection(d_in: int, d_out: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d_in, d_out, generator=g) / d_out ** 0.5
+
+
+def lab_features(images: np.ndarray, stride: int) -> torch.Tensor:
+    """CIE Lab colour of NxHxWx3 uint8 RGB images, average-pooled by ``stride``: float32 [N,3,H/s,W/s].
+
+    L in 0..100, a/b centred on 0, so a Euclidean distance of ~2.3 is one "just noticeable difference".
+    """
+    import cv2
+
+    arr = np.asarray(images)
+    lab = np.stack([cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2LAB) for im in arr]).astype(np.float32)
+    t = torch.from_numpy(lab).permute(0, 3, 1, 2).contiguous()
+    t[:, 0] *= 100.0 / 255.0
+    t[:, 1:] -= 128.0
+    return F.avg_pool2d(t, stride) if stride > 1 else t
+
+
+def align_features(query: torch.Tensor, refs: torch.Tensor, window: int, metric: str = "cosine") -> torch.Tensor:
+    """For every query patch, the reference feature (per reference) nearest to it within ``±window`` patches.
+
+    query [B,C,h,w], refs [B,k,C,h,w] -> [B,k,C,h,w]. Nearest = smallest cosine distance (``metric="l2"``: smallest
+    Euclidean distance, for colours). Loops only over the (2w+1)^2 window offsets; each step is vectorised over
+    all patches, references and images.
+    """
+    if query.ndim != 4 or refs.ndim != 5 or refs.shape[0] != query.shape[0] or refs.shape[2:] != query.shape[1:]:
+        raise InputError("align", f"query {tuple(query.shape)} and references {tuple(refs.shape)} do not match")
+    B, k, C, h, w = refs.shape
+    refs = refs.to(device=query.device, dtype=query.dtype)
+    if window == 0:
+        return refs.clone()
+    if metric == "cosine":
+        qn = F.normalize(query, dim=1).unsqueeze(1)  # [B,1,C,h,w]
+        rn = F.normalize(refs, dim=2)
+    elif metric == "l2":  # argmin |q-r|^2 = argmax 2 q.r - |r|^2
+        qn, rn = 2.0 * query.unsqueeze(1), refs
+    else:
+        raise InputError("align", f"unknown metric {metric!r}")
+    Hp, Wp = h + 2 * window, w + 2 * window
+    pad = (window, window, window, window)
+    rn_pad = F.pad(rn.reshape(B * k, C, h, w), pad, mode="replicate").view(B, k, C, Hp, Wp)
+    sq_pad = (rn_pad ** 2).sum(2) if metric == "l2" else None
+    # centre first, so ties (flat regions) keep the un-shifted patch
+    offsets = [(0, 0)] + [(dy, dx) for dy in range(-window, window + 1) for dx in range(-window, window + 1)
+                          if (dy, dx) != (0, 0)]
+    best_sim = torch.full((B, k, h, w), -float("inf"), device=query.device, dtype=query.dtype)
+    best_off = torch.zeros((B, k, h, w), dtype=torch.long, device=query.device)
+    for o, (dy, dx) in enumerate(offsets):  # running max of similarity; features are gathered once at the end
+        cand = rn_pad[..., window + dy:window + dy + h, window + dx:window + dx + w]
+        sim = (qn * cand).sum(2)
+        if sq_pad is not None:
+            sim = sim - sq_pad[..., window + dy:window + dy + h, window + dx:window + dx + w]
+        better = sim > best_sim
+        best_sim = torch.where(better, sim, best_sim)
+        best_off = torch.where(better, o, best_off)
+    off = torch.tensor(offsets, device=query.device)
+    ys = torch.arange(h, device=query.device).view(1, 1, h, 1) + window + off[:, 0][best_off]
+    xs = torch.arange(w, device=query.device).view(1, 1, 1, w) + window + off[:, 1][best_off]
+    where = (ys * Wp + xs).view(B, k, 1, h * w).expand(B, k, C, h * w)
+    raw_pad = F.pad(refs.reshape(B * k, C, h, w), pad, mode="replicate").view(B, k, C, Hp * Wp)
+    return raw_pad.gather(3, where).view(B, k, C, h, w)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# faiss index
+# --------------------------------------------------------------------------------------------------------------
+def _divisor_at_most(d: int, m: int) -> int:
+    for cand in range(min(m, d), 0, -1):
+        if d % cand == 0:
+            return cand
+    return 1
+
+
+def build_index(desc: np.ndarray, kind: str, nlist: int = 0, pq_m: int = 16, nprobe: int = 8) -> tuple[Any, str]:
+    """A faiss index over ``desc`` [N,D] float32; returns (index, effective kind).
+
+    ``ivfpq`` needs enough points to train its quantisers (>= 39 per list and >= 256 codes); smaller banks fall
+    back to ``sq8`` (trains from min/max only) and say so in the effective kind.
+    """
+    import faiss
+
+    desc = np.ascontiguousarray(desc, dtype=np.float32)
+    n, d = desc.shape
+    if kind == "ivfpq":
+        lists = nlist or max(1, int(round(np.sqrt(n))))
+        if n < max(256, 39 * lists):
+            log.warning("bank of %d images is too small to train IVF-PQ with %d lists; using sq8", n, lists)
+            kind = "sq8"
+        else:
+            m = _divisor_at_most(d, pq_m)
+            quant = faiss.IndexFlatL2(d)
+            index = faiss.IndexIVFPQ(quant, d, lists, m, 8)
+            index.train(desc)
+            index.add(desc)
+            index.nprobe = min(nprobe, lists)
+            return index, f"ivfpq(nlist={lists},m={m})"
+    if kind == "sq8":
+        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit)
+        index.train(desc)
+        index.add(desc)
+        return index, "sq8"
+    index = faiss.IndexFlatL2(d)
+    index.add(desc)
+    return index, "flat"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the bank
+# --------------------------------------------------------------------------------------------------------------
+class MemoryBank:
+    """Global retrieval + local patch alignment over the normal training images (see module doc)."""
+
+    def __init__(self, cfg: MemoryBankConfig, backbone: Any, ids: list[str], patches: list[torch.Tensor],
+                 desc: np.ndarray, index: Any, index_kind: str, stats: dict[str, Any] | None = None,
+                 colors: torch.Tensor | None = None) -> None:
+        self.cfg = cfg
+        self.backbone = backbone
+        self.ids = list(ids)
+        self.patches = patches  # per scale [N,C,h,w] in cfg.feature_dtype
+        self.desc = desc  # [N,D] float32
+        self.colors = colors  # [N,3,S/cs,S/cs] Lab (cfg.feature_dtype) or None when cfg.color_stride == 0
+        self.index = index
+        self.index_kind = index_kind
+        self.stats: dict[str, Any] = dict(stats or {})
+        self._pos = {i: p for p, i in enumerate(self.ids)}
+        if len(self._pos) != len(self.ids):
+            raise InputError("bank", "image ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # --- building -------------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, images: np.ndarray, ids: list[str], backbone: Any, cfg: MemoryBankConfig | None = None
+              ) -> MemoryBank:
+        """Extract features of the normal ``images`` (NxHxWx3 uint8, resized to ``cfg.image_size``) and index them."""
+        cfg = cfg or MemoryBankConfig()
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise InputError("bank", f"empty bank: no normal images to build from (got shape {images.shape})")
+        if len(ids) != images.shape[0]:
+            raise InputError("bank", f"{images.shape[0]} images but {len(ids)} ids")
+        images = _resize_all(images, cfg.image_size)
+        dtype = getattr(torch, cfg.feature_dtype)
+        per_scale: list[list[torch.Tensor]] = []
+        descs = []
+        color_list: list[torch.Tensor] = []
+        starts = range(0, images.shape[0], cfg.batch_size)
+        for s in progress(starts, desc="bank features", total=len(starts)):
+            feats = _extract(backbone, images[s:s + cfg.batch_size])
+            if cfg.color_stride:
+                color_list.append(lab_features(images[s:s + cfg.batch_size], cfg.color_stride).to(dtype))
+            descs.append(global_descriptors(feats, cfg.global_grid, cfg.global_layer, cfg.global_dim, cfg.seed))
+            if not per_scale:
+                per_scale = [[] for _ in feats]
+            for lst, f in zip(per_scale, feats):
+                lst.append(f.to(dtype))
+        desc = torch.cat(descs).numpy()
+        patches = [torch.cat(lst) for lst in per_scale]
+        colors = torch.cat(color_list) if color_list else None
+        ids = list(ids)
+        if cfg.coreset < 1.0:
+            from comgen.masks.coreset import greedy_k_center
+
+            n_keep = max(cfg.k + 1, int(round(cfg.coreset * len(ids))))
+            keep = torch.sort(greedy_k_center(torch.from_numpy(desc), n_keep, seed=cfg.seed)).values
+            desc = desc[keep.numpy()]
+            patches = [p[keep] for p in patches]
+            colors = colors[keep] if colors is not None else None
+            ids = [ids[i] for i in keep.tolist()]
+        index, kind = build_index(desc, cfg.index, cfg.nlist, cfg.pq_m, cfg.nprobe)
+        return cls(cfg, backbone, ids, patches, desc, index, kind, colors=colors)
+
+    # --- querying -------------------------------------------------------------------------------------------
+    def extract(self, images: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        """Backbone features of query images, refusing images of another size than the bank."""
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or tuple(images.shape[-2:]) != (self.cfg.image_size,) * 2:
+                raise InputError("query", f"images are {tuple(images.shape)}, the bank was built at "
+                                          f"{self.cfg.image_size}x{self.cfg.image_size}; resize them first")
+            out: list[list[torch.Tensor]] = []
+            for s in range(0, images.shape[0], self.cfg.batch_size):
+                feats = self.backbone(images[s:s + self.cfg.batch_size])
+                out = out or [[] for _ in feats]
+                for lst, f in zip(out, feats):
+                    lst.append(f)
+            return [torch.cat(lst) for lst in out]
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[1:3] != (self.cfg.image_size, self.cfg.image_size):
+            raise InputError("query", f"images are {arr.shape[1:3] if arr.ndim == 4 else arr.shape}, the bank was "
+                                      f"built at {self.cfg.image_size}x{self.cfg.image_size}; resize them first")
+        out2: list[list[torch.Tensor]] = []
+        for s in range(0, arr.shape[0], self.cfg.batch_size):
+            feats = _extract(self.backbone, arr[s:s + self.cfg.batch_size])
+            out2 = out2 or [[] for _ in feats]
+            for lst, f in zip(out2, feats):
+                lst.append(f)
+        return [torch.cat(lst) for lst in out2]
+
+    def _check_feats(self, feats: Sequence[torch.Tensor]) -> None:
+        if len(feats) != len(self.patches):
+            raise InputError("query", f"{len(feats)} feature scales, the bank has {len(self.patches)}")
+        for s, (f, p) in enumerate(zip(feats, self.patches)):
+            if f.ndim != 4 or tuple(f.shape[1:]) != tuple(p.shape[1:]):
+                raise InputError("query", f"scale {s} features are {tuple(f.shape[1:])}, the bank holds "
+                                          f"{tuple(p.shape[1:])} (another image size or backbone?)")
+
+    def query(self, feats_or_images: Any, k: int | None = None,
+              exclude_ids: Sequence[str | Collection[str] | None] | None = None
+              ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """Top-k nearest bank images per query: (idx LongTensor[B,k] positions in the bank, squared L2 dist [B,k]).
+
+        ``exclude_ids[b]`` (an id or a set of ids) is never returned for query b: pass a bank image's own id
+        when querying with it (leave-one-out).
+        """
+        k = k or self.cfg.k
+        if isinstance(feats_or_images, (list, tuple)) and feats_or_images and isinstance(feats_or_images[0],
+                                                                                          torch.Tensor):
+            feats = list(feats_or_images)
+        else:
+            feats = self.extract(feats_or_images)
+        self._check_feats(feats)
+        B = feats[0].shape[0]
+        excl: list[set[int]] = [set() for _ in range(B)]
+        if exclude_ids is not None:
+            if len(exclude_ids) != B:
+                raise InputError("query", f"{len(exclude_ids)} exclude_ids for {B} queries")
+            for b, e in enumerate(exclude_ids):
+                names = [e] if isinstance(e, str) else list(e or [])
+                excl[b] = {self._pos[n] for n in names if n in self._pos}
+        n_ex = max((len(e) for e in excl), default=0)
+        if k > len(self) - n_ex:
+            raise InputError("query", f"asked for {k} references but the bank has only {len(self)} images "
+                                      f"({n_ex} excluded)")
+        desc = global_descriptors([f.detach().cpu() for f in feats], self.cfg.global_grid,
+                                  self.cfg.global_layer, self.cfg.global_dim, self.cfg.seed).numpy()
+        search_k = min(len(self), k + n_ex)
+        dist, idx = self.index.search(np.ascontiguousarray(desc, dtype=np.float32), search_k)
+        out_i = np.empty((B, k), dtype=np.int64)
+        out_d = np.empty((B, k), dtype=np.float32)
+        for b in range(B):  # over queries only: drop excluded / missing (-1) hits
+            keep = [(i, d) for i, d in zip(idx[b], dist[b]) if i >= 0 and i not in excl[b]][:k]
+            if len(keep) < k:  # an IVF probe can miss; fall back to exact search on the stored descriptors
+                keep = self._exact(desc[b], k, excl[b])
+            out_i[b] = [i for i, _ in keep]
+            out_d[b] = [d for _, d in keep]
+        return torch.from_numpy(out_i), torch.from_numpy(out_d)
+
+    def _exact(self, q: np.ndarray, k: int, excl: set[int]) -> list[tuple[int, float]]:
+        d = ((self.desc - q[None]) ** 2).sum(1)
+        if excl:
+            d[list(excl)] = np.inf
+        order = np.argsort(d)[:k]
+        return [(int(i), float(d[i])) for i in order]
+
+    def features(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Stored per-scale patch features of bank images ``idx`` [B,k] -> list of float32 [B,k,C,h,w]."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
+            raise InputError("bank", f"reference index out of range 0..{len(self) - 1}")
+        B, k = idx.shape
+        return [p[idx.reshape(-1).cpu()].float().view(B, k, *p.shape[1:]) for p in self.patches]
+
+    def align(self, query_feats: Sequence[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
+        """Reference features re-ordered so each query patch gets its nearest reference patch in the window."""
+        self._check_feats(query_feats)
+        refs = self.features(idx)
+        return [align_features(q, r, self.cfg.window) for q, r in zip(query_feats, refs)]
+
+    def extract_colors(self, images: np.ndarray) -> torch.Tensor:
+        """Lab colour scale of query images (NxSxSx3 uint8 at the bank's size), as stored in the bank."""
+        if not self.cfg.color_stride:
+            raise InputError("bank", "this bank stores no colour scale (color_stride=0)")
+        arr = np.asarray(images)
+        arr = arr[None] if arr.ndim == 3 else arr
+        if arr.ndim != 4 or arr.shape[1:3] != (self.cfg.image_size, self.cfg.image_size):
+            raise InputError("query", f"images are {arr.shape[1:3] if arr.ndim == 4 else arr.shape}, the bank was "
+                                      f"built at {self.cfg.image_size}x{self.cfg.image_size}; resize them first")
+        return lab_features(arr, self.cfg.color_stride)
+
+    def align_colors(self, query_colors: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Reference Lab colours [B,k,3,h,w], each query pixel matched to its nearest colour in the window."""
+        if self.colors is None:
+            raise InputError("bank", "this bank stores no colour scale (color_stride=0)")
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        B, k = idx.shape
+        refs = self.colors[idx.reshape(-1)].float().view(B, k, *self.colors.shape[1:])
+        return align_features(query_colors.float(), refs, self.cfg.color_window, metric="l2")
+
+    # --- persistence ----------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the bank atomically (bank.json last, with checksums of the other files)."""
+        import faiss
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta_path = d / "bank.json"
+        if meta_path.exists():
+            meta_path.unlink()  # an interrupted re-save must not leave old metadata over new files
+        tensors = {f"scale{s}": p.contiguous() for s, p in enumerate(self.patches)}
+        tensors["global"] = torch.from_numpy(np.ascontiguousarray(self.desc))
+        if self.colors is not None:
+            tensors["color"] = self.colors.contiguous()
+        with atomic_path(d / "patches.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        with atomic_path(d / "global.faiss") as tmp:
+            faiss.write_index(self.index, str(tmp))
+        self.cfg.save(d / "config.yaml")
+        meta = {
+            "format": FORMAT_VERSION,
+            "n": len(self),
+            "ids": self.ids,
+            "backbone": self.backbone.identity(),
+            "config": self.cfg.to_dict(),
+            "config_hash": self.cfg.hash(),
+            "index_kind": self.index_kind,
+            "scales": [list(p.shape[1:]) for p in self.patches],
+            "files": {name: _sha256(d / name) for name in ("patches.safetensors", "global.faiss")},
+            "stats": self.stats,
+        }
+        atomic_write_json(meta_path, meta)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, backbone: Any, expect: MemoryBankConfig | None = None) -> MemoryBank:
+        """Load a saved bank; refuse (ArtifactError) another backbone or config, a corrupt file or an empty bank."""
+        import faiss
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        meta_path = d / "bank.json"
+        if not meta_path.is_file():
+            raise ArtifactError(d, "no memory bank here (bank.json missing); build it with `comgen mask`")
+        try:
+            meta = json.loads(meta_path.read_text())
+            cfg = MemoryBankConfig.from_dict(meta["config"], where=str(meta_path))
+            ids = list(meta["ids"])
+            files = dict(meta["files"])
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
+            raise ArtifactError(meta_path, f"corrupt bank metadata ({exc.__class__.__name__})") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise ArtifactError(meta_path, f"bank format {meta.get('format')} is not {FORMAT_VERSION}; rebuild it")
+        if not ids or meta.get("n", 0) == 0:
+            raise ArtifactError(d, "empty memory bank (0 images); rebuild it from the training images")
+        _check_backbone(meta_path, meta.get("backbone", {}), backbone.identity())
+        if expect is not None and expect.hash() != cfg.hash():
+            diff = [f"{k}={v!r} (bank has {meta['config'].get(k)!r})" for k, v in expect.to_dict().items()
+                    if meta["config"].get(k) != v]
+            raise ArtifactError(d, f"bank was built with another config: {', '.join(diff)}; rebuild it")
+        for name, digest in files.items():
+            path = d / name
+            if not path.is_file():
+                raise ArtifactError(path, "bank file missing")
+            if _sha256(path) != digest:
+                raise ArtifactError(path, "corrupt bank file (checksum mismatch); rebuild the bank")
+        try:
+            tensors = load_file(str(d / "patches.safetensors"))
+            index = faiss.read_index(str(d / "global.faiss"))
+        except Exception as exc:
+            raise ArtifactError(d, f"corrupt bank file ({exc.__class__.__name__})") from None
+        patches = [tensors[f"scale{s}"] for s in range(len(meta["scales"]))]
+        desc = tensors["global"].numpy()
+        if index.ntotal != len(ids) or any(p.shape[0] != len(ids) for p in patches):
+            raise ArtifactError(d, "corrupt bank: index, features and ids disagree in size")
+        if hasattr(index, "nprobe"):
+            index.nprobe = cfg.nprobe
+        colors = tensors.get("color")
+        if (colors is None) != (cfg.color_stride == 0) or (colors is not None and colors.shape[0] != len(ids)):
+            raise ArtifactError(d, "corrupt bank: colour scale missing or of the wrong size")
+        return cls(cfg, backbone, ids, patches, desc, index, meta.get("index_kind", cfg.index), meta.get("stats"),
+                   colors=colors)
+
+    # --- normal residual statistics -------------------------------------------------------------------------
+    def calibrate(self, max_images: int = 64, residual_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Leave-one-out residual statistics of the banked normal images (thresholds for Residual Mapping).
+
+        Each banked image is queried against the bank without itself, exactly as a generated anomaly is, so the
+        quantiles say how large residuals of *normal* content get, per residual kind (feature, colour). Stored in
+        ``self.stats`` (and saved with the bank).
+        """
+        from comgen.masks.residual import raw_residuals
+
+        if len(self) <= self.cfg.k:
+            raise InputError("bank", f"need more than k={self.cfg.k} images to calibrate, have {len(self)}")
+        kw = dict(residual_kwargs or {})
+        rng = np.random.default_rng(self.cfg.seed)
+        pos = np.sort(rng.choice(len(self), size=min(max_images, len(self)), replace=False))
+        maps: dict[str, list[torch.Tensor]] = {}
+        for s in progress(range(0, len(pos), self.cfg.batch_size), desc="normal residuals"):
+            p = torch.from_numpy(pos[s:s + self.cfg.batch_size])
+            feats = [t[p].float() for t in self.patches]
+            colors = self.colors[p].float() if self.colors is not None else None
+            idx, _ = self.query(feats, exclude_ids=[self.ids[i] for i in p.tolist()])
+            for name, m in raw_residuals(self, feats, colors, idx, **kw).items():
+                maps.setdefault(name, []).append(m)
+        gen = torch.Generator().manual_seed(0)
+        quantiles: dict[str, dict[str, float]] = {}
+        for name, lst in maps.items():
+            flat = torch.cat(lst).flatten()
+            if flat.numel() > 4_000_000:
+                flat = flat[torch.randperm(flat.numel(), generator=gen)[:4_000_000]]
+            vals = torch.quantile(flat, torch.tensor(STAT_QUANTILES)).tolist()
+            quantiles[name] = {str(q): float(v) for q, v in zip(STAT_QUANTILES, vals)}
+        self.stats = {"n_images": int(len(pos)), "quantiles": quantiles, "residual_kwargs": kw}
+        return self.stats
+
+
+def _check_backbone(where: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a bank whose features came from another network or other weights; name the difference."""
+    for key in ("name", "layers", "fingerprint"):
+        if saved.get(key) != current.get(key):
+            raise ArtifactError(where, f"bank was built with backbone {key}={saved.get(key)!r} "
+                                       f"(source {saved.get('source')!r}), not {current.get(key)!r} "
+                                       f"(source {current.get('source')!r}); rebuild the bank or use that backbone")
+
+
+def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1:3] == (size, size):
+        return images
+    try:
+        from comgen.data.imageio import resize_rgb
+    except ImportError:  # data module not there yet: same area interpolation with OpenCV
+        import cv2
+
+        def resize_rgb(img: np.ndarray, s: int) -> np.ndarray:  # type: ignore[misc]
+            return cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+    return np.stack([resize_rgb(im, size) for im in images])
+
+
+def _extract(backbone: Any, images: np.ndarray) -> list[torch.Tensor]:
+    from comgen.detect.backbone import to_tensor
+
+    return [f.detach().float().cpu() for f in backbone(to_tensor(images))]
