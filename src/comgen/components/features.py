@@ -1,0 +1,163 @@
+"""Per-pixel features for Multi-Component Learning: frozen backbone layers (PCA-reduced) + blurred Lab colour.
+
+Why: colour alone splits parts that differ only in texture poorly, and deep features alone blur thin parts;
+ComAD-style k-means on both works on normal images alone. The deep features are projected with PCA *before*
+upsampling (both are linear, so the result is identical and 8x cheaper), then everything is standardised and
+weighted per block so that ``color_weight`` / ``feature_weight`` say how much each block counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from comgen.config import ConfigBase
+from comgen.errors import ConfigError, InputError
+
+
+@dataclass
+class LearnerConfig(ConfigBase):
+    """Options of the CPU component learner (saved beside the component model)."""
+
+    image_size: int = 256
+    k: int = 0  # number of classes incl. background; 0 = choose automatically in [k_min, k_max]
+    k_min: int = 3
+    k_max: int = 10
+    k_select: str = "silhouette"  # silhouette | bic
+    use_backbone: bool = True
+    backbone: str = "tf_efficientnet_lite0"
+    backbone_weights: str = "auto"  # auto | random | <path>
+    backbone_layers: tuple[int, ...] = (1, 2)
+    feature_dims: int = 8  # PCA dimensions kept from the backbone features
+    feature_weight: float = 1.0
+    color_weight: float = 2.0
+    color_norm: str = "median"  # none | median: subtract each image's median Lab (removes global lighting shifts)
+    blur: float = 1.0  # Gaussian sigma (px at 256 px, scaled with image_size) before colour sampling
+    pixels_per_image: int = 1500
+    max_fit_pixels: int = 40000
+    select_pixels: int = 12000  # subsample used to choose K
+    smooth: int = 5  # majority-filter kernel at 256 px (scaled), 0 = off
+    min_area: float = 0.0005  # smallest instance, as a fraction of the image area
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ConfigError("learner.image_size", f"must be >= 16, got {self.image_size}")
+        if self.k and self.k < 2:
+            raise ConfigError("learner.k", f"needs at least 2 classes (background + one part), got {self.k}")
+        if self.k_min < 2 or self.k_max < self.k_min:
+            raise ConfigError("learner.k_min/k_max", f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
+        if self.color_norm not in ("none", "median"):
+            raise ConfigError("learner.color_norm", f"must be none or median, got {self.color_norm!r}")
+        if self.k_select not in ("silhouette", "bic"):
+            raise ConfigError("learner.k_select", f"must be silhouette or bic, got {self.k_select!r}")
+
+    def scaled(self, value: float) -> float:
+        """A length given at 256 px, scaled to ``image_size``."""
+        return value * self.image_size / 256.0
+
+
+@dataclass
+class FeatureTransform:
+    """The fitted part of the featuriser: PCA of deep features and the standardise-and-weight step."""
+
+    pca_mean: np.ndarray | None = None  # [C]
+    pca_components: np.ndarray | None = None  # [C, d]
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [D]
+    scale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [D] = weight / std
+
+
+def resize_square(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize a stack [N,H,W,3] uint8 to the square working resolution (area filter when shrinking)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    interp = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(im, (size, size), interpolation=interp) for im in images])
+
+
+def check_images(images: np.ndarray, where: str = "images") -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3 and images.shape[-1] == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise InputError(where, f"expected uint8 images [N,H,W,3], got {images.dtype} {images.shape}")
+    if len(images) == 0:
+        raise InputError(where, "no images")
+    return images
+
+
+class PixelFeaturizer:
+    """Computes per-pixel raw features (deep + Lab) for batches of working-resolution images."""
+
+    def __init__(self, cfg: LearnerConfig, backbone=None) -> None:
+        self.cfg = cfg
+        self.backbone = backbone
+
+    def lab(self, images: np.ndarray) -> np.ndarray:
+        """Blurred Lab colour [N,S,S,3]; the blur suppresses sensor noise that would split classes."""
+        sigma = self.cfg.scaled(self.cfg.blur)
+        out = []
+        for im in images:
+            f = im.astype(np.float32) / 255.0
+            if sigma > 0.2:
+                f = cv2.GaussianBlur(f, (0, 0), sigma)
+            lab = cv2.cvtColor(f, cv2.COLOR_RGB2LAB)
+            if self.cfg.color_norm == "median":
+                lab = lab - np.median(lab[::4, ::4].reshape(-1, 3), 0)
+            out.append(lab)
+        return np.stack(out)
+
+    def deep(self, images: np.ndarray) -> np.ndarray | None:
+        """Backbone features of the chosen layers, all resized to the finest layer's grid: [N,h,w,C]."""
+        if self.backbone is None:
+            return None
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+        with torch.inference_mode():
+            feats = self.backbone(x)
+            size = feats[0].shape[-2:]
+            feats = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                     for f in feats]
+            out = torch.cat(feats, 1).permute(0, 2, 3, 1).contiguous().numpy()
+        return out.astype(np.float32)
+
+
+def upsample(grid: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of [N,h,w,d] feature grids to [N,size,size,d]."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(grid)).permute(0, 3, 1, 2)
+    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return t.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def transform_pixels(tf: FeatureTransform, lab: np.ndarray, deep_proj: np.ndarray | None) -> np.ndarray:
+    """Concatenate (projected deep, Lab) and apply the fitted standardise-and-weight step. Shapes [...,D]."""
+    parts = [deep_proj] if deep_proj is not None else []
+    parts.append(lab)
+    x = np.concatenate(parts, -1) if len(parts) > 1 else lab
+    return ((x - tf.mean) * tf.scale).astype(np.float32)
+
+
+def project_deep(tf: FeatureTransform, deep: np.ndarray | None) -> np.ndarray | None:
+    if deep is None or tf.pca_components is None:
+        return None
+    return ((deep - tf.pca_mean) @ tf.pca_components).astype(np.float32)
+
+
+def build_backbone_for(cfg: LearnerConfig):
+    """The frozen Stage II backbone with the learner's layers, or None when ``use_backbone`` is off."""
+    if not cfg.use_backbone:
+        return None
+    from comgen.detect.backbone import BackboneConfig, build_backbone
+
+    bb = build_backbone(BackboneConfig(name=cfg.backbone, layers=tuple(cfg.backbone_layers),
+                                       weights=cfg.backbone_weights))
+    bb.eval()
+    return bb

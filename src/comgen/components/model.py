@@ -1,0 +1,186 @@
+"""The learned component model: segments images into component classes and describes their compositions.
+
+Why a separate artefact: every later stage (edits, Low-Density Sampling, the SD back-end's token binding,
+residual gating) needs the same class map, so it is learned once by ``comgen learn`` and saved as
+``model.safetensors`` (centroids, PCA, scalers) + ``model.json`` (metadata) + ``config.yaml`` (LearnerConfig).
+Class 0 is always the background; foreground classes 1..K-1 are named by the tokens ``<c1>``..``<c{K-1}>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from comgen.components.composition import compose as compose_map
+from comgen.components.features import (
+    FeatureTransform,
+    LearnerConfig,
+    PixelFeaturizer,
+    build_backbone_for,
+    check_images,
+    project_deep,
+    resize_square,
+    transform_pixels,
+    upsample,
+)
+from comgen.errors import ArtifactError
+from comgen.io import atomic_path, atomic_write_json
+from comgen.records import Composition
+
+FORMAT_VERSION = 1
+
+
+def majority_filter(labels: np.ndarray, num_classes: int, kernel: int) -> np.ndarray:
+    """Replace each label by the most frequent label in a kernel x kernel window (removes speckle)."""
+    if kernel < 3:
+        return labels
+    votes = np.stack([cv2.boxFilter((labels == k).astype(np.float32), -1, (kernel, kernel))
+                      for k in range(num_classes)], -1)
+    return votes.argmax(-1).astype(labels.dtype)
+
+
+class ComponentModel:
+    """K component classes (k-means centroids in a weighted deep+colour feature space)."""
+
+    def __init__(self, cfg: LearnerConfig, centroids: np.ndarray, transform: FeatureTransform,
+                 backbone_source: str = "none", meta: dict[str, Any] | None = None, backbone=None) -> None:
+        self.cfg = cfg
+        self.centroids = np.asarray(centroids, np.float32)
+        self.transform = transform
+        self.backbone_source = backbone_source
+        self.meta = dict(meta or {})
+        self._backbone = backbone
+
+    # --- identity -------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including the background."""
+        return int(self.centroids.shape[0])
+
+    @property
+    def background(self) -> int:
+        return 0
+
+    @property
+    def tokens(self) -> list[str]:
+        """Tokens of the foreground classes, ``tokens[i]`` names class ``i + 1``."""
+        return [f"<c{k}>" for k in range(1, self.num_classes)]
+
+    @property
+    def min_area_px(self) -> int:
+        return max(1, int(round(self.cfg.min_area * self.cfg.image_size ** 2)))
+
+    # --- inference ------------------------------------------------------------------------
+    def _featurizer(self) -> PixelFeaturizer:
+        if self._backbone is None and self.cfg.use_backbone:
+            self._backbone = build_backbone_for(self.cfg)
+            src = getattr(self._backbone, "source", "unknown")
+            if self.backbone_source not in ("unknown", src):
+                raise ArtifactError(self.meta.get("dir", "component model"),
+                                    f"learned with backbone weights {self.backbone_source} but {src} loaded now")
+            want = self.meta.get("backbone_fingerprint")
+            if want and hasattr(self._backbone, "fingerprint") and self._backbone.fingerprint() != want:
+                raise ArtifactError(self.meta.get("dir", "component model"),
+                                    "backbone weights differ from the ones the components were learned with")
+        return PixelFeaturizer(self.cfg, self._backbone)
+
+    def pixel_features(self, images: np.ndarray) -> np.ndarray:
+        """Transformed per-pixel features [N,S,S,D] of working-resolution images."""
+        fz = self._featurizer()
+        lab = fz.lab(images)
+        deep = project_deep(self.transform, fz.deep(images))
+        if deep is not None:
+            deep = upsample(deep, images.shape[1])
+        return transform_pixels(self.transform, lab, deep)
+
+    def assign(self, feats: np.ndarray) -> np.ndarray:
+        """Nearest centroid per pixel (squared L2 via one matrix product)."""
+        flat = feats.reshape(-1, feats.shape[-1])
+        c = self.centroids
+        d = (c * c).sum(1)[None] - 2.0 * flat @ c.T
+        return d.argmin(1).reshape(feats.shape[:-1]).astype(np.uint8)
+
+    def segment_working(self, images: np.ndarray) -> np.ndarray:
+        """Class maps [N,S,S] of images already at the working resolution (no resizing back)."""
+        images = resize_square(check_images(images), self.cfg.image_size)
+        out = np.empty(images.shape[:3], np.uint8)
+        kernel = int(round(self.cfg.scaled(self.cfg.smooth))) | 1 if self.cfg.smooth else 0
+        bs = max(1, self.cfg.batch_size)
+        for i in range(0, len(images), bs):
+            lab = self.assign(self.pixel_features(images[i:i + bs]))
+            out[i:i + bs] = np.stack([majority_filter(m, self.num_classes, kernel) for m in lab])
+        return out
+
+    def segment(self, images: np.ndarray) -> np.ndarray:
+        """Class maps [N,H,W] (values 0..K-1, 0 = background) at the images' own resolution."""
+        images = check_images(images)
+        h, w = images.shape[1:3]
+        maps = self.segment_working(images)
+        if (h, w) != maps.shape[1:]:
+            maps = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in maps])
+        return maps
+
+    def compose(self, image: np.ndarray, image_id: str, class_map: np.ndarray | None = None) -> Composition:
+        """Components (instances with mask, centroid, area, Lab colour, bbox, orientation) of one image."""
+        image = check_images(image)[0]
+        cm = self.segment(image[None])[0] if class_map is None else class_map
+        h, w = image.shape[:2]
+        min_area = max(1, int(round(self.cfg.min_area * h * w)))
+        return compose_map(cm, image, image_id, background=self.background, min_area=min_area)
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.numpy import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"centroids": self.centroids, "mean": self.transform.mean.astype(np.float32),
+                   "scale": self.transform.scale.astype(np.float32)}
+        if self.transform.pca_components is not None:
+            tensors["pca_mean"] = self.transform.pca_mean.astype(np.float32)
+            tensors["pca_components"] = self.transform.pca_components.astype(np.float32)
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+        self.cfg.save(directory / "config.yaml")
+        meta = {k: v for k, v in self.meta.items() if k != "dir"}
+        atomic_write_json(directory / "model.json", {
+            "format": FORMAT_VERSION, "num_classes": self.num_classes, "background": self.background,
+            "tokens": self.tokens, "backbone": self.cfg.backbone if self.cfg.use_backbone else None,
+            "backbone_source": self.backbone_source, "config_hash": self.cfg.hash(), **meta})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, backbone=None) -> ComponentModel:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        directory = Path(directory)
+        for name in ("model.safetensors", "model.json", "config.yaml"):
+            if not (directory / name).is_file():
+                raise ArtifactError(directory / name, "missing; run `comgen learn` first")
+        try:
+            meta = json.loads((directory / "model.json").read_text())
+        except json.JSONDecodeError:
+            raise ArtifactError(directory / "model.json", "not valid JSON") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise ArtifactError(directory / "model.json", f"unsupported format {meta.get('format')!r}")
+        cfg = LearnerConfig.load(directory / "config.yaml")
+        try:
+            t = load_file(str(directory / "model.safetensors"))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ArtifactError(directory / "model.safetensors", f"unreadable ({exc})") from None
+        if "centroids" not in t or t["centroids"].shape[0] != meta.get("num_classes"):
+            raise ArtifactError(directory / "model.safetensors", "centroids missing or inconsistent with model.json")
+        tf = FeatureTransform(pca_mean=t.get("pca_mean"), pca_components=t.get("pca_components"),
+                              mean=t["mean"], scale=t["scale"])
+        if cfg.use_backbone != (tf.pca_components is not None):
+            raise ArtifactError(directory / "model.safetensors", "backbone projection does not match config.yaml")
+        meta["dir"] = str(directory)
+        return cls(cfg, t["centroids"], tf, backbone_source=meta.get("backbone_source", "unknown"),
+                   meta={k: v for k, v in meta.items() if k not in
+                         ("format", "num_classes", "background", "tokens", "backbone", "backbone_source")},
+                   backbone=backbone)

@@ -1,0 +1,140 @@
+"""The component bank: every normal training image at the working resolution with its class map, instances,
+truth labels (synthetic benchmark only) and cut-out parts, plus nearest-reference lookup.
+
+Why: the compositional back-end never invents pixels for a part; it copies real parts of normal images (add,
+replace) and fills holes from the most similar normal image (remove, move), so edited images stay realistic and
+only the *composition* is wrong. Instances are stored as one int16 map per image (not one mask per part) so a
+200-image bank at 256 px stays small.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from comgen.components.composition import compose, rgb_to_lab
+from comgen.records import Component, Composition
+
+
+@dataclass
+class BankItem:
+    """One part cut out of a normal image (bbox crop) with what it normally lies on (``host`` class)."""
+
+    class_id: int
+    rgb: np.ndarray  # h x w x 3 uint8
+    mask: np.ndarray  # h x w bool
+    truth: np.ndarray | None  # h x w uint8 truth part labels (synthetic benchmark) or None
+    host: int
+    source: int  # index of the image it came from
+    instance: int  # index of the component in that image's composition
+    color_lab: tuple[float, float, float]
+    area: int
+
+
+def ring(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within ``width`` of ``mask`` but outside it."""
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool) & ~mask
+
+
+def dilate(mask: np.ndarray, width: int) -> np.ndarray:
+    if width <= 0:
+        return mask.copy()
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+class ComponentBank:
+    """Normal images, their segmentations and parts, indexed for editing."""
+
+    def __init__(self, images: np.ndarray, class_maps: np.ndarray, truths: list[np.ndarray | None],
+                 ids: list[str], paths: list[str], background: int, min_area: int) -> None:
+        self.images = images
+        self.class_maps = class_maps
+        self.truths = truths
+        self.ids = ids
+        self.paths = paths
+        self.background = background
+        self.min_area = min_area
+        self.size = images.shape[1]
+        self.instance_maps: list[np.ndarray] = []
+        self.components: list[list[Component]] = []  # masks dropped (see composition())
+        self.items: list[BankItem] = []
+        self.hosts: list[list[int]] = []
+        self._build()
+        self._build_references()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _build(self) -> None:
+        pad = 2
+        s = self.size
+        for i, (img, cm) in enumerate(zip(self.images, self.class_maps)):
+            comp = compose(cm, img, self.ids[i], background=self.background, min_area=self.min_area,
+                           lab=rgb_to_lab(img))
+            inst = np.zeros(cm.shape, np.int16)
+            hosts = []
+            for j, c in enumerate(comp.components):
+                inst[c.mask] = j + 1
+                r = ring(c.mask, max(2, s // 64))
+                vals = cm[r]
+                vals = vals[vals != c.class_id]
+                host = int(np.bincount(vals).argmax()) if len(vals) else self.background
+                hosts.append(host)
+                y0, x0, y1, x1 = c.bbox
+                y0, x0, y1, x1 = max(0, y0 - pad), max(0, x0 - pad), min(s, y1 + pad), min(s, x1 + pad)
+                t = self.truths[i]
+                self.items.append(BankItem(
+                    class_id=c.class_id, rgb=img[y0:y1, x0:x1].copy(), mask=c.mask[y0:y1, x0:x1].copy(),
+                    truth=None if t is None else t[y0:y1, x0:x1].copy(), host=host, source=i, instance=j,
+                    color_lab=c.color_lab, area=c.area))
+                c.mask = None  # type: ignore[assignment]  # rebuilt on demand from the instance map
+            self.instance_maps.append(inst)
+            self.components.append(comp.components)
+            self.hosts.append(hosts)
+
+    def _build_references(self) -> None:
+        """Global colour descriptors (16x16 Lab thumbnails) and each image's nearest other normal image."""
+        thumbs = np.stack([cv2.resize(rgb_to_lab(im), (16, 16), interpolation=cv2.INTER_AREA).ravel()
+                           for im in self.images])
+        sq = (thumbs ** 2).sum(1)
+        d = sq[:, None] + sq[None] - 2 * thumbs @ thumbs.T
+        np.fill_diagonal(d, np.inf)
+        self.descriptors = thumbs
+        self.nearest = d.argmin(1) if len(self.images) > 1 else np.zeros(1, int)
+
+    def composition(self, i: int) -> Composition:
+        """Full Composition of bank image ``i`` (masks rebuilt from its instance map; a small LRU cache keeps
+        recently used ones, since candidate edits revisit the same images). Treat it as read-only."""
+        cache = self.__dict__.setdefault("_cache", OrderedDict())
+        if i in cache:
+            cache.move_to_end(i)
+            return cache[i]
+        comp = self._composition(i)
+        cache[i] = comp
+        if len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        return comp
+
+    cache_size = 32
+
+    def _composition(self, i: int) -> Composition:
+        inst = self.instance_maps[i]
+        comps = []
+        for j, c in enumerate(self.components[i]):
+            comps.append(Component(class_id=c.class_id, mask=inst == j + 1, centroid=c.centroid, area=c.area,
+                                   color_lab=c.color_lab, bbox=c.bbox, orientation=c.orientation))
+        return Composition(image_id=self.ids[i], image_shape=(self.size, self.size), components=comps)
+
+    def items_of(self, class_id: int) -> list[BankItem]:
+        return [it for it in self.items if it.class_id == class_id]
+
+    def classes(self) -> list[int]:
+        return sorted({it.class_id for it in self.items})
+
+    def reference(self, i: int) -> int:
+        return int(self.nearest[i])

@@ -1,0 +1,365 @@
+"""The compositional (CPU) back-end: Prompt Modifications applied in pixel space, kept by Low-Density Sampling.
+
+Why: it needs no diffusion model, so it runs anywhere and gives *exact* masks. Parts come from real normal
+images (component bank); holes are filled from the most similar normal image (global Lab-thumbnail retrieval)
+where that image shows what surrounds the removed part, else by OpenCV inpainting; pasted parts are blended
+with a feathered alpha (or Poisson, ``blend="poisson"``) so no hard seam gives the anomaly away.
+For the built-in benchmark, each edit is also applied to the generator's truth part-label map
+(``Anomaly.extra["truth_labels"]``) so the benchmark's rule checker can tell whether the edit broke a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from comgen.components.composition import rgb_to_lab
+from comgen.components.features import LearnerConfig, resize_square
+from comgen.config import ConfigBase
+from comgen.errors import ArtifactError, ConfigError, InputError
+from comgen.generate.component_bank import ComponentBank, dilate, ring
+from comgen.generate.edits import ALL_EDITS, EditPlan, discrete_capacity, edit_key, plan_edit, possible_kinds
+from comgen.generate.low_density import ComponentRealism, CompositionDensity, DensityConfig
+from comgen.generate.structural import apply_structural
+from comgen.progress import progress
+from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS, Anomaly, Sample
+from comgen.rundir import RunDir
+
+
+@dataclass
+class CompositionalConfig(ConfigBase):
+    """Options of the compositional back-end (nested under GenerateConfig)."""
+
+    image_size: int = 256
+    edit_kinds: list[str] = field(default_factory=lambda: list(ALL_EDITS))
+    logical_ratio: float = 0.8  # share of logical anomalies when both families are enabled
+    low_density: bool = True  # False = the "ComGEN without LS" ablation
+    candidates: int = 8  # candidate edits scored per round
+    kind_patience: int = 6  # rounds without a kept candidate before an edit kind is given up
+    blend: str = "alpha"  # alpha | poisson
+    feather: float = 1.2  # alpha feather sigma at 256 px
+    min_mask_area: float = 0.0005  # smallest anomaly mask kept, as a fraction of the image area
+    reuse_components: bool = True  # use RUN/components when present instead of re-learning
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.edit_kinds if k not in ALL_EDITS]
+        if bad or not self.edit_kinds:
+            raise ConfigError("compositional.edit_kinds", f"unknown or empty edit kinds {bad or self.edit_kinds}; "
+                                                          f"valid: {', '.join(ALL_EDITS)}")
+        if not 0.0 <= self.logical_ratio <= 1.0:
+            raise ConfigError("compositional.logical_ratio", f"must be in [0, 1], got {self.logical_ratio}")
+        if self.blend not in ("alpha", "poisson"):
+            raise ConfigError("compositional.blend", f"must be alpha or poisson, got {self.blend!r}")
+        if self.candidates < 1:
+            raise ConfigError("compositional.candidates", "must be >= 1")
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+def _feather(mask: np.ndarray, sigma: float) -> np.ndarray:
+    a = mask.astype(np.float32)
+    if sigma > 0.2:
+        a = np.maximum(a, cv2.GaussianBlur(a, (0, 0), sigma))  # soft outside, fully opaque inside
+    return a
+
+
+def _fill_hole(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
+               ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None, sigma: float) -> None:
+    """Refill ``hole`` in place: reference pixels where the reference shows a surrounding class, else inpaint."""
+    around = ring(hole, max(2, hole.shape[0] // 64))
+    around_cls = np.unique(cm[around]) if around.any() else np.array([0])
+    from_ref = hole & np.isin(ref_cm, around_cls)
+    rest = hole & ~from_ref
+    filled = img.copy()
+    filled[from_ref] = ref[from_ref]
+    if rest.any():
+        ys, xs = np.nonzero(dilate(hole, 4))
+        sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        filled[sl] = cv2.inpaint(filled[sl], rest[sl].astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    a = _feather(hole, sigma)[..., None]
+    img[:] = (a * filled + (1 - a) * img).round().astype(np.uint8)
+    fill_cls = int(np.bincount(cm[around]).argmax()) if around.any() else 0
+    cm[from_ref] = ref_cm[from_ref]
+    cm[rest] = fill_cls
+    if truth is not None:
+        fill_t = int(np.bincount(truth[around]).argmax()) if around.any() else 0
+        if ref_truth is not None:
+            truth[from_ref] = ref_truth[from_ref]
+        else:
+            truth[from_ref] = fill_t
+        truth[rest] = fill_t
+
+
+def _paste(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, p, sigma: float, blend: str) -> np.ndarray:
+    """Blend one part into ``img`` in place; returns the full-size mask of the pasted part."""
+    h, w = p.mask.shape
+    H, W = cm.shape
+    y, x = p.top_left
+    ys, xs, ye, xe = max(0, y), max(0, x), min(H, y + h), min(W, x + w)
+    full = np.zeros(cm.shape, bool)
+    if ye <= ys or xe <= xs:
+        return full
+    sub = (slice(ys - y, ye - y), slice(xs - x, xe - x))
+    dst = (slice(ys, ye), slice(xs, xe))
+    m = p.mask[sub]
+    full[dst] = m
+    if blend == "poisson" and m.sum() > 16:
+        pad = 3
+        # the clone region must include a margin: Poisson keeps gradients *inside* the mask, so a mask that ends
+        # exactly at the part's edge would discard the edge and reproduce the destination
+        big = dilate(np.pad(m, pad), 2).astype(np.uint8) * 255
+        src = cv2.copyMakeBorder(p.rgb[sub], pad, pad, pad, pad, cv2.BORDER_REFLECT)
+        # OpenCV places the centre of the mask's bounding box at the given point
+        my, mx = np.nonzero(m)
+        cy = ys + my.min() + (my.max() - my.min() + 1) // 2
+        cx = xs + mx.min() + (mx.max() - mx.min() + 1) // 2
+        try:
+            out = cv2.seamlessClone(src, img, big, (int(cx), int(cy)), cv2.NORMAL_CLONE)
+            img[:] = out
+        except cv2.error:
+            blend = "alpha"
+    if blend == "alpha":
+        a = np.zeros(cm.shape, np.float32)
+        a[dst] = m
+        a = _feather(a > 0, sigma)
+        src = img.astype(np.float32)
+        src[dst] = np.where(m[..., None], p.rgb[sub], img[dst])
+        img[:] = (a[..., None] * src + (1 - a[..., None]) * img).round().astype(np.uint8)
+    cm[full] = p.class_id
+    if truth is not None and p.truth is not None:
+        truth[dst] = np.where(m, p.truth[sub], truth[dst])
+    return full
+
+
+def _recolor(img: np.ndarray, mask: np.ndarray, delta: np.ndarray, sigma: float) -> None:
+    ys, xs = np.nonzero(dilate(mask, 3))
+    sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    lab = rgb_to_lab(img[sl]) + delta
+    lab[..., 0] = np.clip(lab[..., 0], 0, 100)
+    rgb = np.clip(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB) * 255.0, 0, 255)
+    a = _feather(mask[sl], sigma * 0.5)[..., None]
+    img[sl] = (a * rgb + (1 - a) * img[sl]).round().astype(np.uint8)
+
+
+def render(plan: EditPlan, bank: ComponentBank, blend: str = "alpha", feather: float = 1.2
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Render a plan: (edited image, exact anomaly mask, edited truth labels or None, reference index)."""
+    i = plan.source
+    img = bank.images[i].copy()
+    cm = bank.class_maps[i].copy()
+    truth = None if bank.truths[i] is None else bank.truths[i].copy()
+    sigma = feather * bank.size / 256.0
+    mask = np.zeros(cm.shape, bool)
+    r = bank.reference(i)
+    if plan.erase is not None and plan.erase.any():
+        _fill_hole(img, cm, truth, plan.erase, bank.images[r], bank.class_maps[r], bank.truths[r], sigma)
+        mask |= plan.erase
+    for p in plan.pastes:
+        mask |= _paste(img, cm, truth, p, sigma, blend)
+    if plan.recolor is not None:
+        m, delta = plan.recolor
+        _recolor(img, m, delta, sigma)
+        mask |= m
+    if plan.structural is not None:
+        s = plan.structural
+        img, m = apply_structural(s["kind"], img, s["mask"], s["params"]["seed"])
+        mask |= m
+    return img, mask, truth, r
+
+
+# --- the generator -----------------------------------------------------------------------------
+
+def _load_rgb(sample: Sample) -> np.ndarray:
+    try:
+        return sample.load_image()
+    except ImportError:  # data package not installed yet: plain OpenCV read
+        im = cv2.imread(str(sample.path), cv2.IMREAD_COLOR)
+        if im is None:
+            raise InputError(sample.path, "cannot read image") from None
+        return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    return resize_square(image[None], size)[0]
+
+
+def _load_truth(sample: Sample) -> np.ndarray | None:
+    try:
+        from comgen.data.synth.truth import load_truth, truth_path
+    except ImportError:
+        return None
+    return load_truth(sample) if truth_path(sample).exists() else None
+
+
+class CompositionalGenerator:
+    """ComGEN's CPU back-end: component bank + Prompt Modifications + Low-Density Sampling."""
+
+    name = "compositional"
+
+    def __init__(self, cfg: CompositionalConfig | None = None) -> None:
+        self.cfg = cfg or CompositionalConfig()
+        self.model = None
+        self.bank: ComponentBank | None = None
+        self.density: CompositionDensity | None = None
+        self.realism: ComponentRealism | None = None
+        self.stats: dict[str, dict[str, int]] = {}
+        self._seen: set = set()
+
+    # --- fit ------------------------------------------------------------------------------------
+    def _component_model(self, images: np.ndarray, run: RunDir | None, where: str):
+        from comgen.components.learner import learn_components
+        from comgen.components.model import ComponentModel
+
+        if run is not None and self.cfg.reuse_components and (run.components / "model.json").is_file():
+            return ComponentModel.load(run.components)
+        lcfg = self.cfg.learner.replace(image_size=self.cfg.image_size)
+        model = learn_components(images, lcfg, where=where)
+        if run is not None:
+            model.save(run.components)
+        return model
+
+    def fit(self, train: list[Sample], run: RunDir | None = None) -> None:
+        if not train:
+            raise InputError("train", "no training samples")
+        where = str(train[0].path.parent)
+        s = self.cfg.image_size
+        images = np.stack([_resize(_load_rgb(t), s) for t in progress(train, desc="compositional: load")])
+        truths = []
+        for t in train:
+            tr = _load_truth(t)
+            truths.append(None if tr is None else cv2.resize(tr, (s, s), interpolation=cv2.INTER_NEAREST))
+        self.model = self._component_model(images, run, where)
+        maps = self.model.segment(images)
+        min_area = max(1, int(round(self.model.cfg.min_area * s * s)))
+        self.bank = ComponentBank(images, maps, truths, [t.image_id for t in train], [str(t.path) for t in train],
+                                  background=self.model.background, min_area=min_area)
+        self.reasons = possible_kinds(self.bank)
+        self.kinds = [k for k in self.cfg.edit_kinds if self.reasons[k] is None]
+        if not self.kinds:
+            why = "; ".join(f"{k}: {self.reasons[k]}" for k in self.cfg.edit_kinds)
+            raise InputError(where, f"no requested edit kind is possible ({why})")
+        comps = [c for cs in self.bank.components for c in cs]
+        self.density = CompositionDensity(self.cfg.density, self.model.num_classes, self.model.background)
+        vecs = np.stack([self.density.vector(cs, (s, s)) for cs in self.bank.components])
+        self.density.fit(vecs)
+        self.realism = ComponentRealism(self.cfg.density).fit(comps, (s, s))
+        self._seen = set()
+
+    # --- generate -------------------------------------------------------------------------------
+    def _accept(self, plans: list[EditPlan], logical: bool) -> tuple[list[int], np.ndarray]:
+        shape = (self.bank.size, self.bank.size)
+        vecs = np.stack([self.density.vector(p.components, shape) for p in plans])
+        scores = self.density.score(vecs)
+        ok = []
+        for j, p in enumerate(plans):
+            if p.key() in self._seen:
+                continue
+            if logical and self.cfg.low_density and scores[j] >= self.density.threshold:
+                continue
+            edited = p.components[-len(p.pastes):] if p.pastes else []
+            if p.recolor is not None:
+                edited = [p.components[-1]]
+            if logical and not all(self.realism.realistic(c, shape) for c in edited):
+                continue
+            ok.append(j)
+        return ok, scores
+
+    def generate(self, n: int, rng: np.random.Generator) -> Iterator[Anomaly]:
+        if self.bank is None:
+            raise InputError("compositional", "generator is not fitted; call fit() first")
+        if n < 0:
+            raise InputError("compositional", f"n must be >= 0, got {n}")
+        cap = self.capacity()
+        if n > cap:
+            raise InputError("compositional", f"asked for {n} unique anomalies but only {int(cap)} distinct edits "
+                                              f"exist with edit kinds {self.kinds}")
+        return self._generate(n, rng)
+
+    def _generate(self, n: int, rng: np.random.Generator) -> Iterator[Anomaly]:
+        logical = [k for k in self.kinds if k in LOGICAL_EDITS]
+        structural = [k for k in self.kinds if k in STRUCTURAL_EDITS]
+        failures = {k: 0 for k in self.kinds}
+        made = 0
+        while made < n:
+            if not logical and not structural:
+                raise InputError("compositional", f"made {made} of {n} anomalies; no edit kind still yields new "
+                                                  "low-density edits (lower density.percentile, set "
+                                                  "low_density false, or allow more edit kinds)")
+            want_logical = bool(logical) and (not structural or rng.random() < self.cfg.logical_ratio)
+            pool = logical if want_logical else structural
+            kind = pool[int(rng.integers(len(pool)))]
+            plans = []
+            for _ in range(self.cfg.candidates * 3):
+                if len(plans) >= self.cfg.candidates:
+                    break
+                i = int(rng.integers(len(self.bank)))
+                comp = self.bank.composition(i)
+                p = plan_edit(kind, self.bank, i, comp, rng)
+                if p is not None:
+                    plans.append(p)
+            st = self.stats.setdefault(kind, {"proposed": 0, "kept": 0})
+            st["proposed"] += len(plans)
+            ok, scores = self._accept(plans, want_logical) if plans else ([], None)
+            if not ok:
+                failures[kind] += 1
+                if failures[kind] >= self.cfg.kind_patience:
+                    pool.remove(kind)
+                continue
+            failures[kind] = 0
+            j = ok[int(rng.integers(len(ok)))]
+            plan = plans[j]
+            img, mask, truth, ref = render(plan, self.bank, self.cfg.blend, self.cfg.feather)
+            min_px = max(2, int(round(self.cfg.min_mask_area * mask.size)))
+            if mask.sum() < min_px or np.array_equal(img, self.bank.images[plan.source]):
+                failures[kind] += 1
+                if failures[kind] >= self.cfg.kind_patience * 4:
+                    pool.remove(kind)
+                continue
+            self._seen.add(plan.key())
+            st["kept"] += 1
+            made += 1
+            yield self._anomaly(plan, img, mask, truth, ref, float(scores[j]), want_logical)
+
+    def _anomaly(self, plan: EditPlan, img, mask, truth, ref: int, score: float, logical: bool) -> Anomaly:
+        sigma = max(1.0, 2.0 * self.bank.size / 256.0)
+        gate = cv2.GaussianBlur(plan.gate.astype(np.float32), (0, 0), sigma)
+        gate = np.clip(gate / max(float(gate.max()), 1e-6), 0, 1)
+        edit = plan.edit
+        edit.params["reference"] = self.bank.ids[ref]
+        edit.params["density_threshold"] = round(self.density.threshold, 4)
+        extra = {"gate": gate, "prompt": edit.params["prompt"], "source_prompt": edit.params["source_prompt"],
+                 "reference": self.bank.paths[ref]}
+        if truth is not None:
+            extra["truth_labels"] = truth
+        return Anomaly(image=img, mask=mask, edit=edit, source=self.bank.paths[plan.source], density=score,
+                       backend=self.name, kind="logical" if logical else "structural", extra=extra)
+
+    # --- resumption / uniqueness ------------------------------------------------------------------
+    def capacity(self) -> float:
+        """How many distinct anomalies can still be made (inf unless only parameter-free edit kinds are on)."""
+        if self.bank is None:
+            raise InputError("compositional", "generator is not fitted; call fit() first")
+        return discrete_capacity(self.bank, self.kinds) - len(self._seen)
+
+    def resume_state(self, lines: list[dict]) -> None:
+        """Rebuild the duplicate keys from manifest lines already written (writer hook), so a resumed or
+        chunked run refuses exactly the duplicates an uninterrupted run would."""
+        index = {p: i for i, p in enumerate(self.bank.paths)} if self.bank is not None else {}
+        seen = set()
+        for ln in lines:
+            if ln.get("backend", self.name) != self.name or ln.get("source") not in index:
+                continue
+            seen.add(edit_key(index[ln["source"]], ln.get("kind", ""), ln.get("target", []),
+                              ln.get("classes", []), ln.get("params", {})))
+        self._seen = seen
+
+    # --- helpers for benches / other stages ---------------------------------------------------------
+    def normal_scores(self) -> np.ndarray:
+        if self.density is None:
+            raise ArtifactError("compositional", "not fitted")
+        return self.density.normal_scores

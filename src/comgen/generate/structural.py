@@ -1,0 +1,124 @@
+"""Structural edits inside one component: texture/colour perturbation, deformation, cut, contamination.
+
+Why (design doc, "Prompt Modifications"): structural defects (scratches, dents, stains) are local changes of a
+part's appearance, not of the composition. They come from the same machinery as logical edits: the edited
+component's mask bounds the change, so the anomaly mask is exact and the component's token localises it.
+Every function works on the component's bounding box only (fast at 256 px) and returns (image, mask).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from comgen.generate.component_bank import ring
+
+
+def _roi(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return (slice(max(0, ys.min() - pad), min(h, ys.max() + 1 + pad)),
+            slice(max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)))
+
+
+def _blob(mask: np.ndarray, rng: np.random.Generator, frac: tuple[float, float]) -> np.ndarray:
+    """A random elliptic blob around a point of ``mask``, cut to ``mask``."""
+    ys, xs = np.nonzero(mask)
+    j = int(rng.integers(len(ys)))
+    span = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    ax = np.maximum(1, (rng.uniform(*frac, 2) * span / 2)).astype(int)
+    out = np.zeros(mask.shape, np.uint8)
+    cv2.ellipse(out, (int(xs[j]), int(ys[j])), (int(ax[0]), int(ax[1])), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    return out.astype(bool) & mask
+
+
+def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator, sigma: float) -> np.ndarray:
+    n = rng.standard_normal(shape).astype(np.float32)
+    n = cv2.GaussianBlur(n, (0, 0), max(sigma, 0.5))
+    return n / (np.abs(n).max() + 1e-6)
+
+
+def texture(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Speckle / stripe texture and a brightness shift on a blob of the component."""
+    region = _blob(mask, rng, (0.3, 0.7))
+    sl = _roi(region, 2) if region.any() else _roi(mask, 2)
+    out = image.copy()
+    roi = out[sl].astype(np.float32)
+    r = region[sl]
+    h, w = r.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    theta, freq = rng.uniform(0, np.pi), rng.uniform(0.6, 1.4)
+    stripes = np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * freq)
+    speck = rng.standard_normal((h, w)).astype(np.float32)
+    pattern = (rng.uniform(20, 45) * (0.6 * stripes + 0.4 * speck) + rng.choice([-1, 1]) * rng.uniform(15, 40))
+    roi[r] = roi[r] + pattern[r][:, None]
+    out[sl] = np.clip(roi, 0, 255).astype(np.uint8)
+    return out, region
+
+
+def deform(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Local smooth displacement (a dent/bend) of the component's pixels; mask = pixels that visibly changed."""
+    sl = _roi(mask, 4)
+    roi = image[sl]
+    h, w = roi.shape[:2]
+    amp = max(2.0, 0.25 * min(h, w))
+    sigma = max(1.5, min(h, w) / 4)
+    dx = _smooth_noise((h, w), rng, sigma) * amp
+    dy = _smooth_noise((h, w), rng, sigma) * amp
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    warped = cv2.remap(roi, xx + dx, yy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    region = cv2.dilate(mask[sl].astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    out = image.copy()
+    o = out[sl]
+    o[region] = warped[region]
+    diff = np.abs(o.astype(np.int16) - roi.astype(np.int16)).sum(-1) > 30
+    full = np.zeros(mask.shape, bool)
+    full[sl] = diff & region
+    return out, full
+
+
+def cut(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A thin cut/scratch across the component, showing the colour of what surrounds the part."""
+    ys, xs = np.nonzero(mask)
+    j = int(rng.integers(len(ys)))
+    span = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    ang = rng.uniform(0, np.pi)
+    half = 0.5 * span * rng.uniform(0.5, 1.0)
+    p0 = (int(xs[j] - half * np.cos(ang)), int(ys[j] - half * np.sin(ang)))
+    p1 = (int(xs[j] + half * np.cos(ang)), int(ys[j] + half * np.sin(ang)))
+    line = np.zeros(mask.shape, np.uint8)
+    thick = max(1, int(round(mask.shape[0] / 128 * rng.uniform(1.5, 3.0))))
+    cv2.line(line, p0, p1, 1, thick)
+    region = line.astype(bool) & mask
+    around = ring(mask, max(2, mask.shape[0] // 64))
+    colour = np.median(image[around], 0) if around.any() else np.array([20, 20, 20])
+    out = image.copy()
+    out[region] = np.clip(colour + rng.normal(0, 6, (int(region.sum()), 3)), 0, 255).astype(np.uint8)
+    return out, region
+
+
+def contamination(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A foreign-coloured, textured stain on part of the component."""
+    region = _blob(mask, rng, (0.2, 0.5))
+    if not region.any():
+        return image.copy(), region
+    sl = _roi(region, 2)
+    out = image.copy()
+    roi = out[sl].astype(np.float32)
+    r = region[sl]
+    base = rng.choice([np.array([30, 25, 20]), np.array([120, 90, 40]), rng.uniform(0, 255, 3)])
+    tex = _smooth_noise(r.shape, rng, 1.0)[..., None] * 25
+    alpha = cv2.GaussianBlur(r.astype(np.float32), (0, 0), 0.8)[..., None] * r[..., None]
+    roi = roi * (1 - alpha * 0.9) + (base + tex) * alpha * 0.9
+    out[sl] = np.clip(roi, 0, 255).astype(np.uint8)
+    return out, region
+
+
+STRUCTURAL = {"texture": texture, "deform": deform, "cut": cut, "contamination": contamination}
+
+
+def apply_structural(kind: str, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Apply one structural edit to ``image`` inside the component ``mask``; returns (image, defect mask)."""
+    if not mask.any():
+        return image.copy(), np.zeros(mask.shape, bool)
+    return STRUCTURAL[kind](image, mask, np.random.default_rng(seed))

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from comgen.components.features import LearnerConfig
+from comgen.components.learner import learn_components
+from comgen.components.model import ComponentModel
+from comgen.components.preview import write_preview
+from comgen.errors import ArtifactError, ConfigError, InputError
+from tests.components.toy import toy_images
+
+FAST = dict(image_size=64, use_backbone=False, k_min=2, k_max=4, select_pixels=3000)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_images(10, 64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model(toy):
+    return learn_components(toy[0], LearnerConfig(**FAST))
+
+
+def test_recovers_toy_parts(model, toy):
+    imgs, truth = toy
+    assert model.num_classes == 3 and model.background == 0
+    assert model.tokens == ["<c1>", "<c2>"]
+    seg = model.segment(imgs)
+    assert seg.shape == truth.shape
+    assert adjusted_rand_score(truth.ravel(), seg.ravel()) > 0.95
+    assert (seg[:, :, 0] == 0).mean() > 0.9  # border is background
+
+
+def test_compose_counts_instances(model, toy):
+    imgs, truth = toy
+    comp = model.compose(imgs[0], "0")
+    counts = sorted(len(comp.by_class(k)) for k in (1, 2))
+    assert counts == [1, 2]  # one disc, two squares (class ids by pixel share)
+
+
+def test_segment_resizes_back(model, toy):
+    big = np.stack([np.kron(im, np.ones((2, 2, 1), np.uint8)) for im in toy[0][:2]])
+    seg = model.segment(big)
+    assert seg.shape == (2, 128, 128)
+    assert adjusted_rand_score(np.kron(toy[1][:2], np.ones((1, 2, 2), np.uint8)).ravel(), seg.ravel()) > 0.9
+
+
+def test_save_load_round_trip(model, toy, tmp_path):
+    model.save(tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["tokens"] == ["<c1>", "<c2>"] and meta["backbone"] is None
+    loaded = ComponentModel.load(tmp_path)
+    assert np.array_equal(loaded.segment(toy[0][:3]), model.segment(toy[0][:3]))
+    assert LearnerConfig.load(tmp_path / "config.yaml") == model.cfg
+
+
+def test_load_refuses_missing_or_corrupt(model, tmp_path):
+    with pytest.raises(ArtifactError, match="missing"):
+        ComponentModel.load(tmp_path)
+    model.save(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="unreadable"):
+        ComponentModel.load(tmp_path)
+
+
+def test_preview_png(model, toy, tmp_path):
+    import cv2
+
+    path = write_preview(tmp_path / "preview.png", model, toy[0], n=3)
+    im = cv2.imread(str(path))
+    assert im is not None and im.shape[0] > 3 * 192 and im.shape[1] == 2 * 192 + 4
+
+
+def test_too_few_images(toy):
+    with pytest.raises(InputError, match="at least 8"):
+        learn_components(toy[0][:5], LearnerConfig(**FAST))
+
+
+def test_uniform_images():
+    imgs = np.full((10, 64, 64, 3), 128, np.uint8)
+    with pytest.raises(InputError, match="uniform"):
+        learn_components(imgs, LearnerConfig(**FAST))
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError):
+        LearnerConfig(k=1)
+    with pytest.raises(ConfigError):
+        LearnerConfig(k_select="elbow")
+
+
+def test_with_random_backbone(toy, tmp_path):
+    pytest.importorskip("comgen.detect.backbone")
+    cfg = LearnerConfig(image_size=64, backbone_weights="random", k=3, feature_weight=0.5)
+    m = learn_components(toy[0], cfg)
+    assert m.backbone_source == "random"
+    assert adjusted_rand_score(toy[1].ravel(), m.segment(toy[0]).ravel()) > 0.9
+    m.save(tmp_path)
+    assert json.loads((tmp_path / "model.json").read_text())["backbone_source"] == "random"
+    assert np.array_equal(ComponentModel.load(tmp_path).segment(toy[0][:2]), m.segment(toy[0][:2]))

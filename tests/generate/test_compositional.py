@@ -1,0 +1,167 @@
+import numpy as np
+import pytest
+
+from comgen.components.features import LearnerConfig
+from comgen.errors import ConfigError, InputError
+from comgen.generate.component_bank import dilate
+from comgen.generate.compositional import CompositionalConfig, CompositionalGenerator, render
+from comgen.generate.edits import plan_edit
+from comgen.generate.protocol import AnomalyGenerator
+from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS
+from comgen.rundir import RunDir
+from tests.components.toy import toy_samples
+from tests.generate.test_edits import make_bank
+
+LEARN = LearnerConfig(use_backbone=False, k_min=2, k_max=4, select_pixels=3000)
+
+
+def cfg(**kw):
+    return CompositionalConfig(image_size=64, learner=LEARN, **kw)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return toy_samples(tmp_path_factory.mktemp("toy"), 10, 64)
+
+
+@pytest.fixture(scope="module")
+def gen(samples):
+    g = CompositionalGenerator(cfg())
+    g.fit(samples)
+    return g
+
+
+@pytest.fixture(scope="module")
+def anomalies(gen):
+    return list(gen.generate(40, np.random.default_rng(0)))
+
+
+def test_protocol_and_records(gen, anomalies):
+    assert isinstance(gen, AnomalyGenerator) and gen.name == "compositional"
+    assert len(anomalies) == 40
+    kinds = {a.edit.kind for a in anomalies}
+    assert len(kinds & set(LOGICAL_EDITS)) >= 4 and kinds & set(STRUCTURAL_EDITS)
+    for a in anomalies:
+        assert a.image.shape == (64, 64, 3) and a.image.dtype == np.uint8
+        assert a.mask.shape == (64, 64) and a.mask.dtype == bool and a.mask.sum() >= 2
+        assert a.kind == ("logical" if a.edit.is_logical else "structural")
+        g = a.extra["gate"]
+        assert g.shape == (64, 64) and 0 <= g.min() and g.max() == pytest.approx(1.0)
+        assert a.extra["prompt"].startswith("a photo of") and a.source.endswith(".png")
+        assert "truth_labels" not in a.extra  # toy samples have no synth truth
+
+
+def test_logical_anomalies_are_low_density(gen, anomalies):
+    logical = [a for a in anomalies if a.kind == "logical"]
+    assert logical and all(a.density < gen.density.threshold for a in logical)
+    share = sum(a.kind == "logical" for a in anomalies) / len(anomalies)
+    assert 0.6 <= share <= 0.95  # logical_ratio 0.8
+
+
+def test_pixels_change_only_near_the_mask(gen, anomalies):
+    srcs = {p: im for p, im in zip(gen.bank.paths, gen.bank.images)}
+    for a in anomalies:
+        diff = np.abs(a.image.astype(int) - srcs[a.source].astype(int)).sum(-1) > 0
+        assert not (diff & ~dilate(a.mask, 3)).any(), a.edit.kind
+        assert diff[a.mask].mean() > 0.2, a.edit.kind
+
+
+def test_unique_and_deterministic(samples, gen, anomalies):
+    keys = {(a.source, a.edit.kind, tuple(a.edit.target), str(sorted(a.edit.params.items()))) for a in anomalies}
+    assert len(keys) == len(anomalies)
+    g2 = CompositionalGenerator(cfg())
+    g2.fit(samples)
+    again = list(g2.generate(40, np.random.default_rng(0)))
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) for a, b in zip(anomalies, again))
+
+
+def test_ablation_switches(samples):
+    g = CompositionalGenerator(cfg(edit_kinds=["remove", "add"], low_density=False))
+    g.fit(samples)
+    out = list(g.generate(12, np.random.default_rng(1)))
+    assert {a.edit.kind for a in out} <= {"remove", "add"} and len(out) == 12
+
+
+def test_more_unique_than_exist(samples):
+    g = CompositionalGenerator(cfg(edit_kinds=["remove"], low_density=False))
+    g.fit(samples)
+    assert g.capacity() == 30  # 10 images x 3 parts
+    with pytest.raises(InputError, match="only 30 distinct"):
+        g.generate(31, np.random.default_rng(0))
+    out = list(g.generate(30, np.random.default_rng(0)))
+    assert len(out) == 30
+    with pytest.raises(InputError, match="only 0 distinct"):
+        g.generate(1, np.random.default_rng(0))
+    g.resume_state([{"source": a.source, "kind": a.edit.kind, "target": a.edit.target, "classes": a.edit.classes,
+                     "params": a.edit.params, "backend": "compositional"} for a in out[:10]])
+    assert g.capacity() == 20
+
+
+def test_impossible_kinds_and_bad_input(samples, tmp_path):
+    with pytest.raises(InputError, match="at least 8"):
+        CompositionalGenerator(cfg()).fit(samples[:5])
+    with pytest.raises(InputError, match="no training samples"):
+        CompositionalGenerator(cfg()).fit([])
+    with pytest.raises(InputError, match="not fitted"):
+        CompositionalGenerator(cfg()).generate(1, np.random.default_rng(0))
+    with pytest.raises(ConfigError):
+        cfg(edit_kinds=["explode"])
+    from comgen.io import write_png
+    from comgen.records import Sample
+
+    flat = []
+    for i in range(8):
+        p = tmp_path / f"{i}.png"
+        write_png(p, np.full((64, 64, 3), 90, np.uint8))
+        flat.append(Sample(path=p, category="u", split="train", label="good", kind="good", image_id=str(i)))
+    with pytest.raises(InputError, match="uniform"):
+        CompositionalGenerator(cfg()).fit(flat)
+
+
+def test_swap_impossible_with_one_class(samples, tmp_path):
+    g = CompositionalGenerator(cfg(edit_kinds=["swap", "replace"]))
+    lc = LEARN.replace(k=2, k_min=2, k_max=2)  # background + one merged part class
+    g.cfg = g.cfg.replace(learner=lc)
+    with pytest.raises(InputError, match="no requested edit kind is possible"):
+        g.fit(samples)
+
+
+def test_truth_labels_follow_the_edit():
+    bank = make_bank()
+    rng = np.random.default_rng(3)
+    for kind in ("remove", "add", "move", "replace"):
+        for _ in range(30):
+            i = int(rng.integers(len(bank)))
+            p = plan_edit(kind, bank, i, bank.composition(i), rng)
+            if p is not None:
+                break
+        img, mask, truth, ref = render(p, bank, feather=0.0)
+        counts = [len(np.unique(__import__("cv2").connectedComponents((truth == k).astype(np.uint8))[1])) - 1
+                  for k in (1, 2)]
+        want = np.bincount([c.class_id for c in p.components], minlength=3)[1:]
+        assert counts == want.tolist(), kind
+        assert ref != i
+
+
+def test_components_reused_from_run(samples, tmp_path):
+    run = RunDir.create(tmp_path / "run", tmp_path, "toy")
+    g = CompositionalGenerator(cfg())
+    g.fit(samples, run)
+    assert (run.components / "model.safetensors").is_file()
+    g2 = CompositionalGenerator(cfg())
+    g2.fit(samples, run)
+    assert np.array_equal(g2.model.centroids, g.model.centroids)
+
+
+def test_poisson_blend_renders_inside_mask():
+    bank = make_bank()
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        i = int(rng.integers(len(bank)))
+        p = plan_edit("add", bank, i, bank.composition(i), rng)
+        if p is not None and p.pastes[0].mask.sum() > 16:
+            break
+    img, mask, _, _ = render(p, bank, blend="poisson")
+    diff = np.abs(img.astype(int) - bank.images[i].astype(int)).sum(-1) > 0
+    assert mask.any() and diff[mask].mean() > 0.5
+    assert not (diff & ~dilate(mask, 4)).any()

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+
+from comgen.generate.component_bank import ComponentBank
+from comgen.generate.edits import (
+    discrete_capacity,
+    free_positions,
+    placed_mask,
+    plan_edit,
+    possible_kinds,
+    render_prompt,
+)
+from tests.components.toy import toy_images
+
+
+def make_bank(n=8, size=64, seed=0, truth_as_classes=True):
+    imgs, truth = toy_images(n, size, seed)
+    return ComponentBank(imgs, truth, list(truth), [f"{i}" for i in range(n)], [f"/x/{i}.png" for i in range(n)],
+                         background=0, min_area=4)
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return make_bank()
+
+
+def _plan(bank, kind, seed=0, tries=50):
+    rng = np.random.default_rng(seed)
+    for _ in range(tries):
+        i = int(rng.integers(len(bank)))
+        p = plan_edit(kind, bank, i, bank.composition(i), rng)
+        if p is not None:
+            return p, bank.composition(i)
+    raise AssertionError(f"no {kind} plan")
+
+
+def _counts(components):
+    return np.bincount([c.class_id for c in components], minlength=3)
+
+
+def test_remove(bank):
+    p, comp = _plan(bank, "remove")
+    t = comp.components[p.edit.target[0]]
+    assert (_counts(p.components) == _counts(comp.components) - np.eye(3, dtype=int)[t.class_id]).all()
+    assert p.erase[t.mask].all() and p.gate[t.mask].all()
+    assert p.edit.params["source_prompt"] == "a photo of <c1> <c2> <c2>"
+    assert p.edit.params["prompt"] == render_prompt(p.components)
+
+
+def test_add_renders_extra_token(bank):
+    for seed in range(20):
+        p, comp = _plan(bank, "add", seed)
+        if p.edit.classes == [2]:
+            break
+    assert p.edit.params["prompt"] == "a photo of <c1> <c2> <c2> <c2>"
+    new = p.components[-1]
+    # pasted on its host (background), away from the other parts
+    assert (bank.class_maps[p.source][new.mask] == 0).mean() > 0.95
+    assert len(p.edit.target) == 0 and "position" in p.edit.params
+
+
+def test_replace_changes_class_at_same_place(bank):
+    p, comp = _plan(bank, "replace")
+    old = comp.components[p.edit.target[0]]
+    new = p.components[-1]
+    assert p.edit.classes == [old.class_id, new.class_id] and new.class_id != old.class_id
+    assert np.hypot(new.centroid[0] - old.centroid[0], new.centroid[1] - old.centroid[1]) < 3
+
+
+def test_recolor_moves_colour(bank):
+    p, comp = _plan(bank, "recolor")
+    old = comp.components[p.edit.target[0]]
+    new = p.components[-1]
+    assert np.linalg.norm(np.subtract(new.color_lab, old.color_lab)) >= 20
+    assert p.recolor is not None and p.recolor[0].sum() == old.area
+
+
+def test_move_shifts_without_overlap(bank):
+    p, comp = _plan(bank, "move")
+    old = comp.components[p.edit.target[0]]
+    new = p.components[-1]
+    assert np.hypot(new.centroid[0] - old.centroid[0], new.centroid[1] - old.centroid[1]) >= 0.12 * 64 - 2
+    others = np.zeros((64, 64), bool)
+    for j, c in enumerate(comp.components):
+        if j != p.edit.target[0]:
+            others |= c.mask
+    assert not (new.mask & others).any()
+
+
+def test_swap_exchanges_positions(bank):
+    p, comp = _plan(bank, "swap")
+    a, b = (comp.components[t] for t in p.edit.target)
+    na, nb = p.components[-2], p.components[-1]
+    assert na.class_id == a.class_id and nb.class_id == b.class_id
+    assert np.hypot(na.centroid[0] - b.centroid[0], na.centroid[1] - b.centroid[1]) < 3
+
+
+def test_resize_scales_area(bank):
+    p, comp = _plan(bank, "resize")
+    old = comp.components[p.edit.target[0]]
+    s = p.edit.params["scale"]
+    assert p.components[-1].area == pytest.approx(old.area * s * s, rel=0.35)
+
+
+@pytest.mark.parametrize("kind", ["texture", "deform", "cut", "contamination"])
+def test_structural_keeps_composition(bank, kind):
+    p, comp = _plan(bank, kind)
+    assert _counts(p.components).tolist() == _counts(comp.components).tolist()
+    assert p.structural["kind"] == kind and not p.edit.is_logical
+
+
+def test_free_positions_exact():
+    free = np.zeros((20, 20), bool)
+    free[5:15, 5:15] = True
+    pos = free_positions(free, np.ones((4, 4), bool), min_frac=1.0)
+    assert len(pos) == 49 and pos.min() == 5 and pos.max() == 11
+
+
+def test_placed_mask_clips():
+    m = placed_mask(np.ones((4, 4), bool), (-2, 18), (20, 20))
+    assert m.sum() == 4 and m[0:2, 18:20].all()
+
+
+def test_possible_kinds_and_capacity():
+    imgs, truth = toy_images(8, 64, 0)
+    one = np.where(truth == 2, 0, truth).astype(np.uint8)  # only the disc class left
+    b = ComponentBank(imgs, one, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4)
+    reasons = possible_kinds(b)
+    assert reasons["swap"] and reasons["replace"] and reasons["remove"] is None
+    assert discrete_capacity(b, ["remove"]) == 8
+    assert discrete_capacity(b, ["remove", "add"]) == float("inf")
+    empty = ComponentBank(imgs, np.zeros_like(truth), [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4)
+    assert all(possible_kinds(empty).values())
+
+
+def test_bank_references_and_items(bank):
+    assert len(bank.items) == 8 * 3
+    assert all(it.host == 0 for it in bank.items)
+    assert all(bank.reference(i) != i for i in range(len(bank)))
+
+
+def test_free_positions_coarse_path_is_verified():
+    rng = np.random.default_rng(0)
+    free = np.zeros((160, 160), bool)
+    free[20:100, 30:140] = True
+    free[50:60, 60:70] = False  # an obstacle
+    mask = np.zeros((12, 16), bool)
+    mask[2:10, 1:15] = True
+    pos = free_positions(free, mask, min_frac=1.0, rng=rng)
+    assert len(pos) > 10
+    for y, x in pos:
+        assert free[y:y + 12, x:x + 16][mask].all()
+    far = free_positions(free, mask, min_frac=1.0, rng=rng, accept=lambda p: p[:, 0] >= 70)
+    assert len(far) and (far[:, 0] >= 70).all()
