@@ -30,8 +30,17 @@ def learn(
     weights: str = typer.Option("auto", "--weights", help="backbone weights: auto | random | <path>"),
     no_backbone: bool = typer.Option(False, "--no-backbone", help="colour features only"),
     config: Path = typer.Option(None, "--config", help="LearnerConfig YAML (options given here override it)"),
+    backend: str = typer.Option("components", "--backend",
+                                help="components (CPU learner) | diffusion (also learn SD tokens <c_k>)"),
+    sd_model: Path = typer.Option(None, "--sd-model", help="local diffusers Stable-Diffusion folder (diffusion)"),
+    diffusion_config: Path = typer.Option(None, "--diffusion-config", help="DiffusionConfig YAML (diffusion)"),
 ) -> None:
-    """Learn component classes <c1>..<cK> from normal images; writes RUN/components (model, config, preview)."""
+    """Learn component classes <c1>..<cK> from normal images; writes RUN/components (model, config, preview).
+
+    With ``--backend diffusion`` it then binds one Stable-Diffusion text token per class (RUN/diffusion).
+    """
+    if backend not in ("components", "diffusion"):
+        raise ConfigError("--backend", f"{backend!r} is not one of components, diffusion")
     from comgen.components.features import LearnerConfig
     from comgen.components.learner import learn_into_run
     from comgen.data.readers import open_dataset
@@ -53,6 +62,15 @@ def learn(
     for kk, tok in enumerate(model.tokens, start=1):
         typer.echo(f"  {tok}: {100 * share[kk]:.1f}% of pixels" if kk < len(share) else f"  {tok}")
     typer.echo(f"wrote {run.components}")
+    if backend == "diffusion":
+        from comgen.generate.diffusion import DiffusionConfig, learn_tokens_into_run
+
+        dcfg = DiffusionConfig.load(diffusion_config) if diffusion_config else DiffusionConfig()
+        dcfg = dcfg.replace(sd_model=str(sd_model or dcfg.sd_model), image_size=image_size)
+        if not dcfg.sd_model:
+            raise ConfigError("--sd-model", "the diffusion back-end needs a local Stable-Diffusion folder")
+        learn_tokens_into_run(run, samples, dcfg)
+        typer.echo(f"learned tokens {', '.join(model.tokens)} into {run.root / 'diffusion'}")
 
 
 def register(app: typer.Typer) -> None:

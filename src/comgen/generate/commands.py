@@ -59,10 +59,17 @@ def register(app: typer.Typer) -> None:
         image_size: Optional[int] = typer.Option(None, "--image-size", help="Working resolution (default 256)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
         config: Optional[Path] = typer.Option(None, "--config", help="GenerateConfig YAML (gen.yaml)."),
+        sd_model: Optional[Path] = typer.Option(None, "--sd-model",
+                                                help="Local Stable-Diffusion folder (--backend diffusion)."),
     ) -> None:
         """Generate anomalies with masks into RUN/generated/<backend> (resumable, shardable)."""
-        summary = run_generate(dataset, category, {"n": n, "backend": backend, "shard": shard,
-                                                   "image_size": image_size, "seed": seed}, config, out)
+        overrides = {"n": n, "backend": backend, "shard": shard, "image_size": image_size, "seed": seed}
+        if sd_model is not None:
+            from comgen.generate.config import GenerateConfig
+
+            section = (GenerateConfig.load(config).diffusion if config is not None else {})
+            overrides["diffusion"] = {**section, "sd_model": str(sd_model)}
+        summary = run_generate(dataset, category, overrides, config, out)
         if summary.missing:
             typer.echo(f"warning: the generator did not produce {len(summary.missing)} of the requested "
                        f"anomalies (indices {summary.missing[:5]}...)", err=True)

@@ -36,12 +36,17 @@ def _import(module: str, *names: str) -> list[Any]:
 
 
 def _sub_config(cls: type, data: dict[str, Any], cfg: GenerateConfig, where: str) -> Any:
-    """Build a back-end config from its YAML section, filling shared fields (image_size, seed) it has but omits."""
+    """Build a back-end config from its YAML section.
+
+    ``image_size`` is always the generate config's (one generated set has one working resolution, and
+    ``--image-size`` must win over a section copied from another run); ``seed`` is filled in when omitted.
+    """
     data = dict(data)
     fields = {f.name for f in dataclasses.fields(cls)}
-    for shared in ("image_size", "seed"):
-        if shared in fields and shared not in data:
-            data[shared] = getattr(cfg, shared)
+    if "image_size" in fields:
+        data["image_size"] = cfg.image_size
+    if "seed" in fields and "seed" not in data:
+        data["seed"] = cfg.seed
     if hasattr(cls, "from_dict"):
         return cls.from_dict(data, where=where)
     try:

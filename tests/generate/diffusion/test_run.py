@@ -74,3 +74,27 @@ def test_fit_uses_the_runs_component_model(synth_train, tmp_path):
     assert gen.tokens == [f"<c{k}>" for k in range(1, model.num_classes)] + ["<bg>"]
     assert gen.density is not None and gen.component_model is not None
     assert (run.root / "diffusion" / "learned.json").is_file()
+
+
+def test_cli_learn_and_generate_with_the_diffusion_backend(synth_train, tmp_path):
+    """`comgen learn --backend diffusion --sd-model` then `comgen generate --backend diffusion --sd-model`."""
+    from comgen.cli import main
+    from comgen.generate.config import GenerateConfig
+    from comgen.generate.diffusion.tiny import build_tiny_sd
+    from comgen.generate.writer import read_generated
+
+    root, cat, _ = synth_train
+    sd = build_tiny_sd(tmp_path / "sd")
+    cfg = DiffusionConfig(device="cpu", learn=TokenLearnConfig(steps=2, batch_size=2),
+                          sample=SampleConfig(steps=2, strength=0.5, guidance_scale=1.0, density_filter=False))
+    cfg.save(tmp_path / "diffusion.yaml")
+    GenerateConfig(backend="diffusion", n=2, chunk=2, preview=2, diffusion=cfg.to_dict()).save(tmp_path / "gen.yaml")
+    run = tmp_path / "run"
+    base = [str(root), "--category", cat, "--out", str(run), "--image-size", "64"]
+    assert main(["learn", *base, "--k", "3", "--no-backbone", "--backend", "diffusion", "--sd-model", str(sd),
+                 "--diffusion-config", str(tmp_path / "diffusion.yaml")]) == 0
+    assert (run / "diffusion" / "learned.json").is_file()
+    assert main(["generate", *base, "--backend", "diffusion", "--sd-model", str(sd),
+                 "--config", str(tmp_path / "gen.yaml")]) == 0
+    assert len(read_generated(run / "generated" / "diffusion")) == 2
+    assert main(["learn", *base, "--backend", "diffusion"]) == 2  # no --sd-model: one-line error
