@@ -1,9 +1,91 @@
-"""CLI commands of this stage (filled in by the stage's issue)."""
+"""CLI of Stage III: ``comgen train``, ``comgen predict``, ``comgen export``."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _config(run_dir: Path, config: Optional[Path], **overrides: object):  # noqa: ANN202
+    from comgen.detect.backbone import BackboneConfig
+    from comgen.detect.config import DetectorConfig
+
+    from comgen.errors import ConfigError
+
+    cfg = DetectorConfig.load(config) if config else DetectorConfig()
+    bb = {k.removeprefix("backbone_"): v for k, v in overrides.items() if k.startswith("backbone_") and v is not None}
+    if bb:
+        cfg = cfg.replace(backbone=BackboneConfig.from_dict({**cfg.backbone.to_dict(), **bb}))
+    plain = {k: v for k, v in overrides.items() if not k.startswith("backbone_") and v is not None}
+    try:
+        return cfg.replace(**plain) if plain else cfg
+    except ValueError as exc:
+        raise ConfigError("train options", str(exc)) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the ``comgen`` app."""
+
+    @app.command("train")
+    def train(
+        run_dir: Path = typer.Argument(..., help="run directory (after `comgen generate`)"),
+        backend: Optional[str] = typer.Option(None, help="generated set to train on (default compositional)"),
+        epochs: Optional[int] = typer.Option(None, help="maximum epochs (early stopping may end sooner)"),
+        batch_size: Optional[int] = typer.Option(None),
+        lr: Optional[float] = typer.Option(None),
+        image_size: Optional[int] = typer.Option(None, help="square working resolution"),
+        anomaly_ratio: Optional[float] = typer.Option(None, help="fraction of generated anomalies per batch"),
+        tiles: Optional[int] = typer.Option(None, help="tiled mode: run on tiles x tiles working-size tiles"),
+        patience: Optional[int] = typer.Option(None, help="early-stopping patience (epochs)"),
+        backbone: Optional[str] = typer.Option(None, help="timm model name"),
+        weights: Optional[str] = typer.Option(None, help="backbone weights: auto | random | PATH"),
+        config: Optional[Path] = typer.Option(None, help="DetectorConfig YAML (options above override it)"),
+        resume: bool = typer.Option(False, help="continue an interrupted run exactly"),
+        cpu: bool = typer.Option(False, help="force CPU even when a GPU is present"),
+    ) -> None:
+        """Train the CSDA detector on normal images + generated anomalies (HF Accelerate)."""
+        from comgen.detect.train import train_detector
+
+        from comgen.rundir import RunDir
+
+        saved = RunDir(run_dir).detector / "config.yaml"
+        if resume and config is None and saved.is_file():
+            config = saved  # resume from the run's own config; only the options given here change it
+        cfg = _config(run_dir, config, backend=backend, epochs=epochs, batch_size=batch_size, lr=lr,
+                      image_size=image_size, anomaly_ratio=anomaly_ratio, tiles=tiles, patience=patience,
+                      backbone_name=backbone,
+                      backbone_weights=weights)
+        res = train_detector(run_dir, cfg, resume=resume, log=typer.echo, cpu=True if cpu else None)
+        cal = res.calibration
+        typer.echo(f"trained {res.epochs_run} epoch(s) in {res.seconds:.1f} s (best epoch {res.best_epoch}, "
+                   f"val loss {res.best_val_loss:.4f}); threshold {cal['threshold']:.3f}; "
+                   f"peak RSS {res.peak_rss_mb:.0f} MB")
+
+    @app.command("predict")
+    def predict(
+        run_dir: Path = typer.Argument(..., help="run directory with a trained detector"),
+        images: list[Path] = typer.Argument(..., help="image files or folders"),
+        out: Path = typer.Option(..., "--out", help="output folder (never inside an input folder)"),
+        batch_size: Optional[int] = typer.Option(None),
+        overlays: bool = typer.Option(True, help="write heat-map overlay PNGs"),
+    ) -> None:
+        """Anomaly maps (original resolution), scores.csv with pass/fail, and overlays."""
+        from comgen.detect.predict import predict_paths
+
+        rows = predict_paths(run_dir, images, out, batch_size=batch_size, overlays=overlays)
+        n_fail = sum(r["decision"] == "fail" for r in rows)
+        typer.echo(f"{len(rows)} image(s): {n_fail} fail, {len(rows) - n_fail} pass -> {out / 'scores.csv'}")
+
+    @app.command("export")
+    def export(
+        run_dir: Path = typer.Argument(..., help="run directory with a trained detector"),
+        onnx: Path = typer.Option(..., "--onnx", help="output .onnx file"),
+        opset: int = typer.Option(17),
+    ) -> None:
+        """Export backbone + CSDA head as ONNX (inputs: image and pre-aligned reference features)."""
+        from comgen.detect.export import export_onnx
+
+        path = export_onnx(run_dir, onnx, opset=opset)
+        typer.echo(f"wrote {path} (+ {path.with_suffix('.onnx.json').name} with inputs and calibration)")

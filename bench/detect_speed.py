@@ -1,0 +1,102 @@
+"""Predict throughput of the CSDA detector vs the bare backbone forward (issue 6), and peak memory.
+
+Measures at the working size (default 256 px), batch B, on CPU threads T:
+  backbone  : images/s of the frozen backbone forward alone (float tensors in, features out);
+  predict   : images/s of Detector.predict (uint8 -> tensor, backbone, global retrieval, patch alignment,
+              CSDA head, calibration, map back to the original size);
+  ratio     : predict / backbone (target >= 0.7).
+The head's weights do not change its cost, so an untrained head is used; the bank holds N synthetic normal
+images (the toy two-object world). Peak RSS is the process maximum after each phase.
+
+    python bench/detect_speed.py [--size 256] [--batch 8] [--bank 64] [--threads 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "detect"))
+
+
+def rss_mb() -> float:
+    from comgen.detect.train import peak_rss_mb
+
+    return peak_rss_mb()
+
+
+def toy(n: int, size: int, seed: int) -> np.ndarray:
+    from conftest import toy_image  # the toy world of the detector tests
+
+    rng = np.random.default_rng(seed)
+    return np.stack([toy_image(rng, size, "good")[0] for _ in range(n)])
+
+
+def timed(fn, repeats: int) -> float:  # noqa: ANN001
+    fn()  # warm-up
+    best = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best.append(time.perf_counter() - t)
+    return float(np.median(best))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--bank", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backbone", default="tf_efficientnet_lite0")
+    ap.add_argument("--weights", default="auto")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from comgen.detect.backbone import BackboneConfig, build_backbone, to_tensor
+    from comgen.detect.config import DetectorConfig
+    from comgen.detect.csda import CSDA
+    from comgen.detect.predict import Detector
+    from comgen.masks.memory import MemoryBank, MemoryBankConfig
+
+    cfg = DetectorConfig(image_size=args.size, backbone=BackboneConfig(name=args.backbone, weights=args.weights))
+    backbone = build_backbone(cfg.backbone)
+    rss0 = rss_mb()
+    bank = MemoryBank.build(toy(args.bank, args.size, 0), [f"n{i}" for i in range(args.bank)], backbone,
+                            MemoryBankConfig.from_dict({**cfg.bank, "image_size": args.size, "k": cfg.head.k}))
+    cal = {"score_mean": 0.0, "score_std": 1.0, "map_mean": 0.0, "map_std": 1.0, "threshold": 3.0}
+    det = Detector(cfg, CSDA(backbone, cfg.head), bank, cal, Path("."), torch.device("cpu"))
+    imgs = toy(args.batch, args.size, 1)
+    x = to_tensor(imgs)
+    t_bb = timed(lambda: backbone(x), args.repeats)
+    rss_bb = rss_mb()
+    t_pred = timed(lambda: det.predict(imgs, notice=None), args.repeats)
+    rss_pred = rss_mb()
+    # where predict's time goes
+    feats = det.model.features(x)
+    t_query = timed(lambda: bank.query(feats, cfg.head.k), args.repeats)
+    idx, _ = bank.query(feats, cfg.head.k)
+    t_align = timed(lambda: bank.align(feats, idx), args.repeats)
+    aligned = bank.align(feats, idx)
+    with torch.no_grad():
+        t_head = timed(lambda: det.model.head(feats, aligned, (args.size, args.size)), args.repeats)
+    b = args.batch
+    print(f"backbone {backbone.name} ({backbone.source}), {args.size} px, batch {b}, {args.threads} threads, "
+          f"bank {args.bank} images")
+    print(f"| what | ms / batch | images / s |\n|---|---|---|")
+    for name, t in [("backbone forward", t_bb), ("predict (all)", t_pred), ("  retrieval", t_query),
+                    ("  alignment", t_align), ("  CSDA head", t_head)]:
+        print(f"| {name} | {t * 1000:.1f} | {b / t:.1f} |")
+    print(f"\nratio predict / backbone = {t_bb / t_pred:.2f} (target >= 0.7)")
+    print(f"peak RSS: after model+bank {rss0:.0f} MB, after backbone runs {rss_bb:.0f} MB, "
+          f"after predict {rss_pred:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Inference with a trained CSDA detector: ``Detector.load(run_dir).predict(images) -> (scores, maps)``.
+
+Why calibrated outputs: image scores and maps are z-scores relative to the validation normals (see
+``train.calibrate``), so the pass/fail threshold (a normal-score quantile) means the same thing for every run,
+and maps of different images are comparable. Maps are returned at each image's original resolution whatever
+working size the network ran at, because evaluation and users look at the original images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from comgen.detect.config import DetectorConfig
+from comgen.detect.csda import CSDA
+from comgen.detect.data import from_tiles, to_tiles
+from comgen.detect.train import BANK, BEST, CALIBRATION, read_calibration
+from comgen.errors import ArtifactError, ConfigError, InputError
+from comgen.io import atomic_path, atomic_write_text, write_png
+from comgen.progress import progress
+from comgen.rundir import RunDir
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def detector_dir(path: str | Path) -> Path:
+    """Accept a run directory (uses its detector/) or a detector directory itself."""
+    p = Path(path)
+    if (p / "run.yaml").is_file() or (p / "detector" / "config.yaml").is_file():
+        return RunDir(p).detector
+    if (p / "config.yaml").is_file() and (p / CALIBRATION).is_file():
+        return p
+    if not p.exists():
+        raise ArtifactError(p, "no such run directory")
+    raise ArtifactError(p, "no trained detector here (no checkpoint); run `comgen train` first")
+
+
+def to_rgb_uint8(img: np.ndarray, where: str = "image") -> tuple[np.ndarray, str | None]:
+    """Convert gray / gray+alpha / RGBA / 16-bit / float [0,1] arrays to HxWx3 uint8; returns (image, what changed)."""
+    a = np.asarray(img)
+    note = None
+    if a.ndim == 2:
+        a, note = a[..., None], "gray"
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or min(a.shape[:2]) < 2:
+        raise InputError(where, f"not an image array (shape {a.shape})")
+    if a.dtype == np.uint16:
+        a, note = (a >> 8).astype(np.uint8), "16-bit"
+    elif a.dtype == bool:
+        a, note = a.astype(np.uint8) * 255, "binary"
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise InputError(where, "image contains NaN or inf")
+        a, note = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8), "float"
+    elif a.dtype != np.uint8:
+        raise InputError(where, f"unsupported image dtype {a.dtype}")
+    c = a.shape[2]
+    if c in (1, 2):
+        a, note = np.repeat(a[..., :1], 3, axis=2), "gray"
+    elif c == 4:
+        a, note = a[..., :3], "RGBA"
+    return np.ascontiguousarray(a), note
+
+
+class Detector:
+    """A trained CSDA detector (backbone + head + reference bank + calibration), ready to predict."""
+
+    def __init__(self, cfg: DetectorConfig, model: CSDA, bank: Any, calibration: dict[str, Any],
+                 directory: Path, device: torch.device) -> None:
+        self.cfg = cfg
+        self.model = model.eval()
+        self.bank = bank
+        self.calibration = calibration
+        self.directory = directory
+        self.device = device
+
+    @property
+    def threshold(self) -> float:
+        return float(self.calibration["threshold"])
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | None = None) -> Detector:
+        """Load ``run_dir/detector`` (or a detector dir), refusing missing or mismatched checkpoints."""
+        from comgen.detect.backbone import build_backbone
+        from comgen.masks.memory import MemoryBank
+
+        det = detector_dir(run_dir)
+        if not (det / BEST).is_file():
+            raise ArtifactError(det, "no checkpoint (best.safetensors); run `comgen train` first")
+        cfg = DetectorConfig.load(det / "config.yaml")
+        cal = read_calibration(det)
+        if cal.get("network") != cfg.network_dict():
+            raise ConfigError(det / "config.yaml", "checkpoint was trained with another config (image size, "
+                                                   "backbone or head differ); retrain or restore its config.yaml")
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        backbone = build_backbone(cfg.backbone)
+        ident = cal.get("backbone", {})
+        if ident.get("fingerprint") != backbone.fingerprint():
+            raise ArtifactError(det, f"detector was trained with other backbone weights ({ident.get('source')}); "
+                                     f"now resolved {backbone.source}")
+        model = CSDA(backbone, cfg.head)
+        try:
+            model.head.load_state_dict(load_file(str(det / BEST)))
+        except Exception as exc:
+            raise ConfigError(det / BEST, f"checkpoint does not match config.yaml ({str(exc).splitlines()[0][:100]})"
+                              ) from None
+        bank = MemoryBank.load(det / BANK, backbone)
+        return cls(cfg, model.to(dev), bank, cal, det, dev)
+
+    # --- core ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def raw(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Working-size uint8 batch [N,S,S,3] -> (image logits [N], map logits [N,S,S]), uncalibrated."""
+        from comgen.detect.backbone import to_tensor
+
+        x = to_tensor(images).to(self.device)
+        feats = self.model.features(x)
+        idx, _ = self.bank.query([f.cpu() for f in feats], self.cfg.head.k)
+        aligned = [a.to(self.device) for a in self.bank.align([f.cpu() for f in feats], idx)]
+        s = self.cfg.image_size
+        m, g = self.model.head(feats, aligned, (s, s))
+        return g.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
+
+    def normalise(self, logits: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = self.calibration
+        return ((logits - c["score_mean"]) / c["score_std"]).astype(np.float32), \
+            ((maps - c["map_mean"]) / c["map_std"]).astype(np.float32)
+
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None,
+                notice: Callable[[str], None] | None = _stderr) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
+        """Calibrated image scores [N] and anomaly maps at each image's original size.
+
+        ``maps`` is one float32 array [N,H,W] when all images share a size, else a list of [H,W] arrays.
+        Images of another size or mode are resized / converted, with one notice per call.
+        """
+        if images is None or len(images) == 0:
+            raise InputError("images", "empty image list; nothing to predict")
+        bs = batch_size or self.cfg.batch_size
+        g = self.cfg.tiles
+        s = self.cfg.image_size * g
+        scores = np.zeros(len(images), np.float32)
+        maps: list[np.ndarray] = []
+        notes: set[str] = set()
+        resized = 0
+        for i in range(0, len(images), bs):
+            chunk, shapes = [], []
+            for j in range(i, min(i + bs, len(images))):
+                img, note = to_rgb_uint8(images[j], f"image {j}")
+                if note:
+                    notes.add(note)
+                shapes.append(img.shape[:2])
+                if img.shape[:2] != (s, s):
+                    resized += 1
+                    img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+                chunk.append(img)
+            logits, mlog = self.raw(to_tiles(np.stack(chunk), g))
+            sc, mp = self.normalise(logits, mlog)
+            mp = from_tiles(mp, g)
+            scores[i:i + len(chunk)] = sc.reshape(len(chunk), g * g).max(axis=1)
+            for m, (h, w) in zip(mp, shapes):
+                maps.append(m if (h, w) == (s, s) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
+        if notice and (notes or resized):
+            parts = []
+            if notes:
+                parts.append(f"converted {'/'.join(sorted(notes))} input to RGB uint8")
+            if resized:
+                parts.append(f"resized {resized} image(s) to the {s}x{s} working size (maps returned at original size)")
+            notice("note: " + "; ".join(parts))
+        if len({m.shape for m in maps}) == 1:
+            return scores, np.stack(maps)
+        return scores, maps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# files in, files out
+# ----------------------------------------------------------------------------------------------------------------
+def expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Image files from files/folders (recursive) with a unique output name for each."""
+    out: list[tuple[Path, str]] = []
+    if not inputs:
+        raise InputError("IMAGES", "empty image list; give image files or folders")
+    for inp in inputs:
+        p = Path(inp)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            out += [(f, "__".join(f.relative_to(p).with_suffix("").parts)) for f in files]
+        elif p.is_file():
+            out.append((p, p.stem))
+        else:
+            raise InputError(p, "no such image file or folder")
+    if not out:
+        raise InputError(", ".join(map(str, inputs)), "no images found (png/jpg/bmp/tif)")
+    seen: dict[str, int] = {}
+    named = []
+    for f, name in out:
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        named.append((f, name if n == 0 else f"{name}_{n}"))
+    return named
+
+
+def check_output_dir(out: Path, inputs: Sequence[str | Path], protected: Sequence[Path] = ()) -> None:
+    """Refuse an output folder inside (or equal to) an input folder or the dataset: predict never writes there."""
+    o = out.resolve()
+    dirs = [Path(i).resolve() if Path(i).is_dir() else Path(i).resolve().parent for i in inputs]
+    for d in [*dirs, *[Path(p).resolve() for p in protected]]:
+        if o == d or d in o.parents:
+            raise InputError(out, f"output folder is inside the input/dataset folder {d}; choose another --out")
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, vmax: float = 8.0) -> np.ndarray:
+    """Heat-map overlay (JET) of a calibrated map on its image; z <= 0 is blue, z >= vmax red."""
+    v = (np.clip(amap / vmax, 0, 1) * 255).astype(np.uint8)
+    heat = cv2.cvtColor(cv2.applyColorMap(v, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 0.5, heat, 0.5, 0)
+
+
+def write_tiff(path: Path, amap: np.ndarray) -> Path:
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, amap.astype(np.float32))
+    return path
+
+
+def _dataset_lookup(run_dir: Path) -> tuple[dict[Path, Any], Path | None]:
+    """Resolved image path -> Sample for the run's dataset (empty when it is not readable)."""
+    try:
+        info = RunDir(run_dir).info
+        from comgen.data.readers import open_dataset
+
+        ds = open_dataset(info.dataset)
+        look = {}
+        for split in ("train", "validation", "test"):
+            for smp in ds.samples(info.category, split):
+                look[Path(smp.path).resolve()] = smp
+        return look, Path(info.dataset).resolve()
+    except Exception:  # not a run dir, dataset moved or readers unavailable: images are treated as foreign
+        return {}, None
+
+
+def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, batch_size: int | None = None,
+                  overlays: bool = True, detector: Detector | None = None,
+                  log: Callable[[str], None] = _stderr) -> list[dict[str, Any]]:
+    """``comgen predict``: maps (exchange layout for dataset images, else maps/<name>.tiff), scores.csv, overlays."""
+    from comgen.data.imageio import read_rgb
+
+    files = expand_inputs(inputs)
+    out = Path(out)
+    lookup, ds_root = _dataset_lookup(Path(run_dir))
+    check_output_dir(out, inputs, [ds_root] if ds_root else [])
+    det = detector or Detector.load(run_dir)
+    maps_root = out / "maps"
+    rows: list[dict[str, Any]] = []
+    bs = batch_size or det.cfg.batch_size
+    noticed = False
+
+    def once(msg: str) -> None:
+        nonlocal noticed
+        if not noticed:
+            log(msg)
+            noticed = True
+
+    for i in progress(range(0, len(files), bs), "predict", total=(len(files) + bs - 1) // bs):
+        chunk = files[i:i + bs]
+        imgs = [read_rgb(f) for f, _ in chunk]
+        scores, maps = det.predict(imgs, bs, notice=once)
+        for (f, name), img, sc, amap in zip(chunk, imgs, scores, maps):
+            smp = lookup.get(f.resolve())
+            if smp is not None and smp.split == "test":
+                from comgen.evaluate.maps import map_path, write_map
+
+                write_map(maps_root, smp, amap.astype(np.float32))
+                mpath = map_path(maps_root, smp)
+            else:
+                mpath = write_tiff(maps_root / f"{name}.tiff", amap)
+            if overlays:
+                write_png(out / "overlays" / f"{name}.png", overlay(img, amap))
+            rows.append({"image": str(f), "name": name, "score": float(sc), "threshold": det.threshold,
+                         "decision": "fail" if sc > det.threshold else "pass", "map": str(mpath)})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "scores.csv", buf.getvalue())
+    return rows
+
+
+def predict_dataset(run: RunDir | str | Path, split: str = "test", maps_root: str | Path | None = None,
+                    batch_size: int | None = None, detector: Detector | None = None) -> list[dict[str, Any]]:
+    """Write a map for every image of ``split`` of the run's dataset (exchange layout) and ``scores.csv``."""
+    from comgen.data.readers import open_dataset
+    from comgen.evaluate.maps import write_map, write_scores_csv
+
+    run = run if isinstance(run, RunDir) else RunDir.open(run)
+    maps_root = Path(maps_root) if maps_root is not None else run.maps
+    info = run.info
+    samples = open_dataset(info.dataset).samples(info.category, split)
+    if not samples:
+        raise InputError(f"{info.dataset}/{info.category}/{split}", "no images in this split")
+    det = detector or Detector.load(run.root)
+    bs = batch_size or det.cfg.batch_size
+    rows: list[dict[str, Any]] = []
+    for i in progress(range(0, len(samples), bs), f"predict {split}", total=(len(samples) + bs - 1) // bs):
+        chunk = samples[i:i + bs]
+        scores, maps = det.predict([s.load_image() for s in chunk], bs, notice=None)
+        for smp, sc, amap in zip(chunk, scores, maps):
+            write_map(maps_root, smp, amap.astype(np.float32))
+            rows.append({"category": smp.category, "split": smp.split, "label": smp.label, "kind": smp.kind,
+                         "image_id": smp.image_id, "path": str(smp.path), "score": float(sc),
+                         "decision": int(sc > det.threshold)})  # 1 = fail (anomalous), the exchange CSV's convention
+    cols = ("category", "split", "label", "image_id", "path", "score", "decision")  # the exchange CSV columns
+    write_scores_csv(maps_root / "scores.csv", [{c: r[c] for c in cols} for r in rows])
+    return rows
+
+
+__all__ = ["Detector", "predict_paths", "predict_dataset", "expand_inputs", "to_rgb_uint8"]
