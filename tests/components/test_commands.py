@@ -44,3 +44,17 @@ def test_learn_cli_errors(dataset, tmp_path, capsys):
     rc = main(["learn", str(dataset), "--category", "nope", "--out", str(tmp_path / "r2")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_learn_into_run_without_preview(dataset, tmp_path):
+    pytest.importorskip("comgen.data.readers")
+    from comgen.components.features import LearnerConfig
+    from comgen.components.learner import learn_into_run
+    from comgen.data.readers import open_dataset
+    from comgen.rundir import RunDir
+
+    samples = open_dataset(dataset).samples("toy", "train")
+    run = RunDir.create(tmp_path / "run", dataset, "toy")
+    model = learn_into_run(run, samples, LearnerConfig(image_size=64, k=3, use_backbone=False), preview=0)
+    assert model.num_classes == 3
+    assert (run.components / "model.json").is_file() and not (run.components / "preview.png").exists()

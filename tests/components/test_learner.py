@@ -101,3 +101,38 @@ def test_with_random_backbone(toy, tmp_path):
     m.save(tmp_path)
     assert json.loads((tmp_path / "model.json").read_text())["backbone_source"] == "random"
     assert np.array_equal(ComponentModel.load(tmp_path).segment(toy[0][:2]), m.segment(toy[0][:2]))
+
+
+def test_flatfield_removes_a_lighting_ramp():
+    from comgen.components.features import flatfield
+
+    img = np.full((64, 64, 3), 0.4, np.float32)
+    img[20:44, 20:44] = (0.9, 0.2, 0.1)  # a part in the middle must not bias the fit
+    ramp = (1.0 + 0.25 * (np.arange(64, dtype=np.float32) / 64 - 0.5))[None, :, None]
+    out = flatfield(img * ramp)
+    assert np.ptp((img * ramp)[:, :, 0][0]) > 0.08 and np.ptp(out[:, :20, 0]) < 0.01
+    assert np.allclose(out[32, 32], (0.9, 0.2, 0.1), atol=0.02)
+
+
+def test_balanced_silhouette_rewards_a_small_distinct_cluster():
+    from comgen.components.learner import balanced_silhouette
+
+    rng = np.random.default_rng(0)
+    big = rng.normal(0, 1, (2000, 2))
+    small = rng.normal(0, 0.2, (60, 2)) + (6, 0)
+    x = np.concatenate([big, small])
+    merged = np.r_[np.zeros(2000, int), np.zeros(60, int)]
+    merged[:1000] = 1  # big blob cut in two, small cluster lumped in
+    split = np.r_[np.zeros(2000, int), np.ones(60, int)]
+    assert balanced_silhouette(x, split, 2060, 0) > balanced_silhouette(x, merged, 2060, 0)
+
+
+def test_min_color_distance_treats_never_together_clusters_as_one_part():
+    from comgen.components.learner import min_color_distance
+
+    lab = np.array([[0, 0, 0]] * 20 + [[0, 60, 0]] * 20 + [[0, -60, 0]] * 20, np.float32)
+    labels = np.repeat([0, 1, 2], 20)
+    together = np.tile(np.arange(10), 6)  # every image shows all three clusters
+    assert min_color_distance(lab, labels, 3, 0.0, together) == pytest.approx(60.0)
+    apart = np.r_[np.tile(np.arange(10), 2), np.repeat(np.arange(5), 4), np.repeat(np.arange(5, 10), 4)]
+    assert min_color_distance(lab, labels, 3, 0.0, apart) == 0.0  # clusters 1 and 2 never share an image

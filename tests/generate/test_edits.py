@@ -152,3 +152,21 @@ def test_free_positions_coarse_path_is_verified():
         assert free[y:y + 12, x:x + 16][mask].all()
     far = free_positions(free, mask, min_frac=1.0, rng=rng, accept=lambda p: p[:, 0] >= 70)
     assert len(far) and (far[:, 0] >= 70).all()
+
+
+def test_remove_add_recolor_act_only_on_reliable_parts():
+    imgs, truth = toy_images(8, 64, 0)
+    maps = truth.copy()
+    maps[::2][maps[::2] == 2] = 0  # class 2 present in only half the images: its count is not a rule
+    b = ComponentBank(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4)
+    assert b.stable(1) and not b.stable(2)
+    assert discrete_capacity(b, ["remove"]) == sum(c.class_id == 1 for cs in b.components for c in cs)
+    for kind in ("remove", "add", "recolor"):
+        for seed in range(6):
+            p, comp = _plan(b, kind, seed)
+            changed = p.edit.classes if kind == "add" else [comp.components[p.edit.target[0]].class_id]
+            assert changed == [1], (kind, seed)
+    p, comp = _plan(b, "recolor")
+    own = np.array([it.color_lab for it in b.items_of(1)])
+    new = np.array(p.edit.params["color_lab"])
+    assert np.sqrt(((own - new) ** 2).sum(1)).min() >= 30  # a colour no normal part of this class has

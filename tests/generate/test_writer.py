@@ -182,3 +182,22 @@ class Empty:
 def test_generator_that_yields_nothing_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="produced none"):
         write_generated(Empty(), tmp_path / "gen", _cfg(n=2))
+
+
+class Bounded(Empty):
+    """A generator that can make only ``cap`` unique anomalies."""
+
+    name = "bounded"
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    def capacity(self) -> float:
+        return float(self.cap)
+
+
+def test_more_than_capacity_is_refused_before_writing(tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    with pytest.raises(InputError, match="asked for 5 unique anomalies but only 3"):
+        write_generated(Bounded(3), out, _cfg(n=5))
+    assert not out.exists()

@@ -2,8 +2,10 @@
 
 Why: colour alone splits parts that differ only in texture poorly, and deep features alone blur thin parts;
 ComAD-style k-means on both works on normal images alone. The deep features are projected with PCA *before*
-upsampling (both are linear, so the result is identical and 8x cheaper), then everything is standardised and
-weighted per block so that ``color_weight`` / ``feature_weight`` say how much each block counts.
+upsampling (both are linear, so the result is identical and 8x cheaper), then each block (deep, Lab) is
+standardised with one scale and weighted, so that ``color_weight`` / ``feature_weight`` say how much each block
+counts while Lab distances stay perceptual (per-column scaling blew chroma noise up and split the background;
+see comgen.components.learner for the measurements). A planar lighting ramp is divided out first (``flatfield``).
 """
 
 from __future__ import annotations
@@ -25,15 +27,21 @@ class LearnerConfig(ConfigBase):
     k: int = 0  # number of classes incl. background; 0 = choose automatically in [k_min, k_max]
     k_min: int = 3
     k_max: int = 10
-    k_select: str = "silhouette"  # silhouette | bic
+    k_select: str = "distinct"  # distinct | balanced (per-cluster-averaged silhouette) | silhouette | bic
+    k_distinct_de: float = 15.0  # distinct: the largest K whose cluster mean colours are all this far apart (Lab)
     use_backbone: bool = True
     backbone: str = "tf_efficientnet_lite0"
     backbone_weights: str = "auto"  # auto | random | <path>
-    backbone_layers: tuple[int, ...] = (1, 2)
+    backbone_layers: tuple[int, ...] = (1,)  # layer 1 only: layer 2 (stride 16) blurs thin parts away
     feature_dims: int = 8  # PCA dimensions kept from the backbone features
     feature_weight: float = 1.0
     color_weight: float = 2.0
     color_norm: str = "median"  # none | median: subtract each image's median Lab (removes global lighting shifts)
+    flatfield: str = "border"  # none | border: divide out a planar lighting ramp fitted on the image border
+    split_delta_e: float = 30.0  # split a cluster whose pixels form two hues this far apart (Lab a,b); 0 = off
+    split_silhouette: float = 0.7  # ... and that separate this cleanly
+    split_min_share: float = 0.002  # ... each holding at least this share of the sampled pixels
+    scale_mode: str = "block"  # column | block: standardise each feature column, or each block jointly
     blur: float = 1.0  # Gaussian sigma (px at 256 px, scaled with image_size) before colour sampling
     pixels_per_image: int = 1500
     max_fit_pixels: int = 40000
@@ -52,8 +60,13 @@ class LearnerConfig(ConfigBase):
             raise ConfigError("learner.k_min/k_max", f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
         if self.color_norm not in ("none", "median"):
             raise ConfigError("learner.color_norm", f"must be none or median, got {self.color_norm!r}")
-        if self.k_select not in ("silhouette", "bic"):
-            raise ConfigError("learner.k_select", f"must be silhouette or bic, got {self.k_select!r}")
+        if self.flatfield not in ("none", "border"):
+            raise ConfigError("learner.flatfield", f"must be none or border, got {self.flatfield!r}")
+        if self.k_select not in ("distinct", "silhouette", "balanced", "bic"):
+            raise ConfigError("learner.k_select",
+                              f"must be distinct, silhouette, balanced or bic, got {self.k_select!r}")
+        if self.scale_mode not in ("column", "block"):
+            raise ConfigError("learner.scale_mode", f"must be column or block, got {self.scale_mode!r}")
 
     def scaled(self, value: float) -> float:
         """A length given at 256 px, scaled to ``image_size``."""
@@ -89,6 +102,35 @@ def check_images(images: np.ndarray, where: str = "images") -> np.ndarray:
     return images
 
 
+def flatfield(image: np.ndarray, band: float = 1 / 24) -> np.ndarray:
+    """Divide out a planar multiplicative lighting ramp, fitted to log-brightness on the image border.
+
+    Why: a lighting gradient across the image makes the largest class (the background) drift in colour from
+    one side to the other; the K-selection score then rates "background split in two" almost as well as
+    "thin separators get their own class". The border is (almost) all background in inspection images, so the
+    ramp seen there is the lighting, not the content; a trimmed least-squares refit ignores the few border
+    pixels that belong to parts. Input/output float RGB in [0, 1].
+    """
+    s_h, s_w = image.shape[:2]
+    b = max(2, int(round(band * min(s_h, s_w))))
+    yy, xx = np.mgrid[0:s_h, 0:s_w].astype(np.float32)
+    yy, xx = yy / s_h - 0.5, xx / s_w - 0.5
+    border = np.ones((s_h, s_w), bool)
+    border[b:-b, b:-b] = False
+    logi = np.log(image.mean(-1) + 1e-3)
+    a = np.stack([np.ones(int(border.sum()), np.float32), xx[border], yy[border]], 1)
+    v = logi[border]
+    keep = np.ones(len(v), bool)
+    for _ in range(2):  # trimmed refit: parts touching the border are outliers
+        if keep.sum() < 16:
+            return image
+        coef = np.linalg.lstsq(a[keep], v[keep], rcond=None)[0]
+        r = np.abs(v - a @ coef)
+        keep = r <= max(2.5 * float(np.median(r)), 1e-3)
+    ramp = np.exp(-(coef[1] * xx + coef[2] * yy))[..., None]
+    return (image * ramp).astype(np.float32)
+
+
 class PixelFeaturizer:
     """Computes per-pixel raw features (deep + Lab) for batches of working-resolution images."""
 
@@ -102,6 +144,8 @@ class PixelFeaturizer:
         out = []
         for im in images:
             f = im.astype(np.float32) / 255.0
+            if self.cfg.flatfield == "border":
+                f = flatfield(f)
             if sigma > 0.2:
                 f = cv2.GaussianBlur(f, (0, 0), sigma)
             lab = cv2.cvtColor(f, cv2.COLOR_RGB2LAB)

@@ -66,6 +66,7 @@ class ComponentBank:
         self.hosts: list[list[int]] = []
         self._build()
         self._build_references()
+        self._build_class_stats()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -96,6 +97,39 @@ class ComponentBank:
             self.instance_maps.append(inst)
             self.components.append(comp.components)
             self.hosts.append(hosts)
+
+    #: a class counts as a reliable part when its per-image instance count takes one value in this share of images
+    stable_share = 0.6
+
+    def _build_class_stats(self) -> None:
+        """Per class: how stable its per-image instance count is, and its median instance area.
+
+        Why: an edit only models a *logical* defect when it acts on a real part. A class whose count varies
+        from image to image (a region the learner split unevenly, fragments of a merged part) gives removes
+        and adds that leave the scene normal; an instance far from its class's typical size is such a fragment.
+        """
+        self.count_mode: dict[int, int] = {}
+        self.count_share: dict[int, float] = {}
+        self.median_area: dict[int, float] = {}
+        for k in self.classes():
+            counts = np.array([sum(c.class_id == k for c in cs) for cs in self.components])
+            mode = int(np.bincount(counts).argmax())
+            self.count_mode[k] = mode
+            self.count_share[k] = float((counts == mode).mean())
+            self.median_area[k] = float(np.median([it.area for it in self.items if it.class_id == k]))
+
+    def stable(self, class_id: int) -> bool:
+        """The class's instance count is (nearly) the same in every normal image, and not zero."""
+        return self.count_mode.get(class_id, 0) >= 1 and self.count_share.get(class_id, 0.0) >= self.stable_share
+
+    def typical(self, class_id: int, area: float) -> bool:
+        """The instance is a whole part of its class, not a fragment or a merged blob."""
+        med = self.median_area.get(class_id, 0.0)
+        return med > 0 and 0.5 * med <= area <= 2.0 * med
+
+    def confident(self, c: Component) -> bool:
+        """A whole instance of a reliable part class (what remove/add/recolor edits act on)."""
+        return self.stable(c.class_id) and self.typical(c.class_id, c.area)
 
     def _build_references(self) -> None:
         """Global colour descriptors (16x16 Lab thumbnails) and each image's nearest other normal image."""

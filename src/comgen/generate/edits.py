@@ -181,21 +181,29 @@ def _finish(kind: str, i: int, comp: Composition, targets: list[int], classes: l
 
 # --- logical edits ----------------------------------------------------------------------------
 
+def _confident_target(bank: ComponentBank, comp: Composition, rng: np.random.Generator) -> int | None:
+    """A random instance that is a whole part of a reliable class (see ``ComponentBank.confident``)."""
+    ok = [j for j, c in enumerate(comp.components) if bank.confident(c)]
+    return None if not ok else int(ok[int(rng.integers(len(ok)))])
+
+
 def plan_remove(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    if not comp.components:
+    t = _confident_target(bank, comp, rng)  # removing a fragment of an unreliable class leaves a normal scene
+    if t is None:
         return None
-    t = int(rng.integers(len(comp.components)))
     c = comp.components[t]
     keep = [x for j, x in enumerate(comp.components) if j != t]
     return _finish("remove", i, comp, [t], [c.class_id], {}, keep, [], dilate(c.mask, 1))
 
 
 def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    classes = bank.classes()
+    classes = [k for k in bank.classes() if bank.stable(k)]  # an extra part only breaks a fixed count
     if not classes:
         return None
     k = int(rng.choice(classes))
-    items = bank.items_of(k)
+    items = [it for it in bank.items_of(k) if bank.typical(k, it.area)]
+    if not items:
+        return None
     it: BankItem = items[int(rng.integers(len(items)))]
     free = (bank.class_maps[i] == it.host) & ~dilate(bank.instance_maps[i] > 0, 1)
     pos = free_positions(free, it.mask, rng=rng)
@@ -226,13 +234,22 @@ def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
 
 
 def plan_recolor(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
-                 min_delta: float = 20.0) -> EditPlan | None:
-    if not comp.components or not bank.items:
+                 min_delta: float = 30.0) -> EditPlan | None:
+    if not bank.items:
         return None
-    t = int(rng.integers(len(comp.components)))
+    t = _confident_target(bank, comp, rng)
+    if t is None:
+        return None
     c = comp.components[t]
-    colors = np.array([it.color_lab for it in bank.items])
-    far = colors[np.sqrt(((colors - np.array(c.color_lab)) ** 2).sum(1)) >= min_delta]
+    # the new colour is a real colour of *another* part class ("wrong attribute"), clearly away from this class's
+    # own colours in any normal image (so one part that comes in several normal colours is not "recoloured"
+    # into one of them)
+    own = np.array([it.color_lab for it in bank.items_of(c.class_id)])
+    colors = np.array([it.color_lab for it in bank.items if it.class_id != c.class_id])
+    if len(colors) == 0:
+        return None
+    dist_own = np.sqrt(((colors[:, None] - own[None]) ** 2).sum(-1)).min(1)
+    far = colors[dist_own >= min_delta]
     if len(far) == 0:
         return None
     new = far[int(rng.integers(len(far)))]
@@ -347,6 +364,12 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
             reasons[k] = None if multi else "no image has parts of two different classes to swap"
         elif k == "replace":
             reasons[k] = None if len(bank.classes()) >= 2 else "only one part class was learned"
+        elif k in ("remove", "recolor"):
+            reasons[k] = None if any(bank.confident(c) for cs in bank.components for c in cs) else \
+                "no part class has the same instance count in most training images"
+        elif k == "add":
+            reasons[k] = None if any(bank.stable(c) for c in bank.classes()) else \
+                "no part class has the same instance count in most training images"
         else:
             reasons[k] = None if has else "no component instance found in any training image"
     return reasons
@@ -359,7 +382,7 @@ def discrete_capacity(bank: ComponentBank, kinds: list[str]) -> float:
     total = 0
     for cs in bank.components:
         if "remove" in kinds:
-            total += len(cs)
+            total += sum(bank.confident(c) for c in cs)  # what plan_remove may target
         if "swap" in kinds:
             cls = [c.class_id for c in cs]
             total += sum(1 for a in range(len(cs)) for b in range(a + 1, len(cs)) if cls[a] != cls[b])

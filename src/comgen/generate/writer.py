@@ -251,10 +251,27 @@ def _consolidate(out: Path, shard: tuple[int, int], n: int) -> bool:
     return True
 
 
+def _check_capacity(generator: AnomalyGenerator, cfg: GenerateConfig) -> None:
+    """Refuse up front a request for more unique anomalies than the generator can make (optional
+    ``capacity()`` hook; generators without it are unbounded)."""
+    capacity = getattr(generator, "capacity", None)
+    if not callable(capacity):
+        return
+    reset = getattr(generator, "resume_state", None)
+    if callable(reset):
+        reset([])  # capacity of the whole run, not of whatever an earlier call left in the generator
+    cap = capacity()
+    if cfg.n > cap:
+        backend = getattr(generator, "name", cfg.backend)
+        raise InputError(f"{backend} generator", f"asked for {cfg.n} unique anomalies but only {int(cap)} "
+                                                 "distinct ones can exist; lower --n or allow more edit kinds")
+
+
 def write_generated(generator: AnomalyGenerator, out: str | Path, cfg: GenerateConfig,
                     log: Callable[[str], None] | None = None) -> WriteSummary:
     """Generate ``cfg.n`` anomalies (this shard's share) with a *fitted* generator into ``out``; resumable."""
     out = Path(out)
+    _check_capacity(generator, cfg)  # before anything is written: never leave a partial folder behind
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
     cfg.replace(shard=None).save(out / "config.yaml")  # identical for every shard

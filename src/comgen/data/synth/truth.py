@@ -44,10 +44,66 @@ def load_parts(category_dir: str | Path) -> dict[str, Any]:
         raise DatasetError(path, f"not valid JSON ({exc.msg})") from None
 
 
-def violates(category: str, label_map: np.ndarray, image: np.ndarray) -> list[str]:
+def palettes() -> dict[str, dict[int, tuple[str, tuple[tuple[int, int, int], ...]]]]:
+    """The generator's colour palette of every part: {category: {label: (name, (rgb, ...))}}.
+
+    Each part is drawn from these base colours (plus a small jitter, lighting ramp, gain and noise), so a part
+    whose colour lies outside its palette is a wrong-colour (logical) defect, even for parts that the
+    category's own rules do not mention.
+    """
+    from comgen.data.synth.categories import BAG_COLORS, CABLE_COLORS, LIME, ORANGE
+
+    return {
+        "breakfast_tray": {1: ("tray", ((226, 222, 208), (188, 184, 172))), 2: ("orange", (ORANGE,)),
+                           3: ("lime", (LIME,)), 4: ("cereal", ((168, 112, 56),))},
+        "pushpin_grid": {1: ("box", ((150, 160, 178),)), 2: ("separator", ((92, 98, 118),)),
+                         3: ("pin", ((236, 198, 40),))},
+        "screw_bag": {1: ("bag", ((204, 214, 226),)), 2: ("screw", (BAG_COLORS[2],)), 3: ("nut", (BAG_COLORS[3],)),
+                      4: ("washer", (BAG_COLORS[4],))},
+        "cable_pair": {1: ("connector", ((226, 226, 220),)), 2: ("lever", ((120, 70, 150),)),
+                       3: ("cable", tuple(CABLE_COLORS.values()))},
+    }
+
+
+def _in_palette(rgb: np.ndarray, refs) -> bool:
+    """Hue (coloured parts) or saturation + brightness (grey parts) close to one palette colour.
+
+    Tolerances cover the benchmark's jitter, lighting ramp (+-14%) and channel gain (0.93..1.05) with margin.
+    """
+    from comgen.data.synth.base import hue_distance, hue_sat
+
+    hue, sat = hue_sat(rgb)
+    val = float(np.max(rgb))
+    for ref in refs:
+        r_hue, r_sat = hue_sat(np.asarray(ref, np.float32))
+        r_val = float(max(ref))
+        if r_sat >= 80:
+            if hue_distance(hue, r_hue) <= 15 and sat >= 0.5 * r_sat:
+                return True
+        elif sat <= max(r_sat + 60, 110) and 0.6 <= val / max(r_val, 1.0) <= 1.6:
+            return True
+    return False
+
+
+def palette_violations(category: str, labels: np.ndarray, image: np.ndarray) -> list[str]:
+    """"A part shows a colour outside its part's palette", for every part of the category."""
+    from comgen.data.synth.base import components, median_rgb
+
+    s = labels.shape[0]
+    msgs = []
+    for label, (name, refs) in palettes()[category].items():
+        for m, cy, cx, _ in components(labels == label, max(6.0, 0.0005 * s * s)):
+            if not _in_palette(median_rgb(image, m), refs):
+                msgs.append(f"{name} at ({cy / s:.2f}, {cx / s:.2f}) has a colour outside its palette")
+    return msgs
+
+
+def violates(category: str, label_map: np.ndarray, image: np.ndarray, palette: bool = True) -> list[str]:
     """Messages for every logical rule of ``category`` that the scene breaks ([] for a normal scene).
 
-    The image is used only for colour rules; it is resized to the label map when sizes differ.
+    The image is used only for colour rules; it is resized to the label map when sizes differ. ``palette``
+    adds the rule "every part keeps a colour of its palette" (``palette_violations``) to the category's own
+    rules; ``palette=False`` checks the category's listed rules only.
     """
     from comgen.data.synth.categories import CATEGORY_SPECS
 
@@ -62,4 +118,8 @@ def violates(category: str, label_map: np.ndarray, image: np.ndarray) -> list[st
         labels = cv2.resize(labels.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
     if img.shape[:2] != labels.shape:
         img = cv2.resize(img, (labels.shape[1], labels.shape[0]), interpolation=cv2.INTER_AREA)
-    return CATEGORY_SPECS[category].check(labels.astype(np.uint8), img)
+    labels = labels.astype(np.uint8)
+    msgs = CATEGORY_SPECS[category].check(labels, img)
+    if palette:
+        msgs += palette_violations(category, labels, img)
+    return msgs
