@@ -12,12 +12,12 @@ evaluation module. Training and prediction each run in a fresh child process so 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from child import run_in_child
 
 
 def _child(fn_name: str, kwargs: dict[str, Any], q: Any) -> None:
@@ -48,15 +48,10 @@ def _child(fn_name: str, kwargs: dict[str, Any], q: Any) -> None:
 
 
 def in_child(fn_name: str, **kwargs: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(fn_name, kwargs, q))
-    p.start()
-    out = q.get()
-    p.join()
-    if "error" in out:
-        raise RuntimeError(f"{fn_name}: {out['error']}")
-    return out
+    try:
+        return run_in_child(_child, fn_name, kwargs)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{fn_name}: {exc}") from None
 
 
 def image_auroc(rows: list[dict[str, Any]], kind: str) -> float:

@@ -9,10 +9,11 @@ Each stage runs in a fresh child process, so its peak RSS (VmHWM) is its own.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
+
+from child import run_in_child
 
 
 def _peak_mb() -> float:
@@ -86,15 +87,10 @@ def _stage(name: str, args: dict[str, Any], q: Any) -> None:
 
 
 def in_child(name: str, **args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_stage, args=(name, args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    if "error" in out:
-        raise RuntimeError(f"{name}: {out['error']}")
-    return out
+    try:
+        return run_in_child(_stage, name, args)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{name}: {exc}") from None
 
 
 def main() -> None:
