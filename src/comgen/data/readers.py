@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal
 
 from comgen.data.imageio import IMAGE_SUFFIXES
-from comgen.errors import DatasetError
+from comgen.errors import ConfigError, DatasetError
 from comgen.records import DefectSpec, Sample, SampleKind
 
 Layout = Literal["loco", "mvtec_ad", "folder"]
@@ -117,6 +118,17 @@ class Dataset:
 
     def categories(self) -> list[str]:
         return list(self._category_dirs)
+
+    def select_categories(self, spec: str | Sequence[str]) -> list[str]:
+        """``"all"``, ``"a,b"`` or a list -> known category names; ConfigError naming an unknown one."""
+        known = self.categories()
+        if isinstance(spec, str):
+            spec = known if spec == "all" else [c.strip() for c in spec.split(",") if c.strip()]
+        unknown = [c for c in spec if c not in known]
+        if unknown or not spec:
+            raise ConfigError("--category", f"unknown category {unknown[0] if unknown else ''!r} "
+                                            f"(dataset has: {', '.join(known)})")
+        return list(spec)
 
     def category_dir(self, category: str) -> Path:
         if category not in self._category_dirs:

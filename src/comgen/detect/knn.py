@@ -19,6 +19,7 @@ from comgen.data.imageio import resize_rgb
 from comgen.detect.backbone import BackboneConfig, build_backbone, to_tensor
 from comgen.errors import InputError
 from comgen.masks.coreset import greedy_k_center
+from comgen.masks.residual import gaussian_blur
 from comgen.progress import progress
 
 
@@ -89,17 +90,8 @@ class KnnDetector:
             dist, _ = self.index.search(np.ascontiguousarray(f.reshape(-1, d).numpy()), 1)
             m = torch.from_numpy(np.sqrt(np.maximum(dist[:, 0], 0))).view(b, 1, h, w)
             m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)
-            maps.append(_blur(m, self.cfg.blur_sigma)[:, 0])
+            m = m[:, 0]
+            maps.append(gaussian_blur(m, self.cfg.blur_sigma) if self.cfg.blur_sigma > 0 else m)
         out = torch.cat(maps).numpy().astype(np.float32)
         return out.reshape(len(out), -1).max(axis=1), out
 
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma <= 0:
-        return x
-    radius = int(round(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))

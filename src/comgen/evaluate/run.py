@@ -209,12 +209,7 @@ def evaluate_category(dataset: Any, category: str, maps_root: str | Path, cfg: E
 def evaluate_dataset(dataset: Any, categories: Sequence[str] | str, maps_root: str | Path,
                      cfg: EvalConfig | None = None, scores_csv: str | Path | None = None) -> dict[str, Any]:
     """Evaluate several categories (``"all"`` = every category of the dataset)."""
-    known = list(dataset.categories())
-    if isinstance(categories, str):
-        categories = known if categories == "all" else [c.strip() for c in categories.split(",") if c.strip()]
-    unknown = [c for c in categories if c not in known]
-    if unknown:
-        raise ConfigError("--category", f"unknown category {unknown[0]!r} (dataset has: {', '.join(known)})")
+    categories = dataset.select_categories(categories)
     results = {c: evaluate_category(dataset, c, maps_root, cfg, scores_csv) for c in categories}
     return {"dataset": str(getattr(dataset, "root", "")), "categories": results}
 

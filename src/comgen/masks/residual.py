@@ -75,11 +75,12 @@ def residual_maps(query_feats: Sequence[torch.Tensor], aligned_feats: Sequence[t
         fused = up * w if fused is None else fused + up * w
     fused = fused / float(sum(weights))
     if blur_sigma > 0:
-        fused = _gaussian_blur(fused, blur_sigma)
+        fused = gaussian_blur(fused, blur_sigma)
     return fused
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [B, H, W] maps with replicate padding (shared by residual maps and kNN)."""
     radius = max(1, int(round(3 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
@@ -211,7 +212,7 @@ def color_residual(query_lab: torch.Tensor, aligned_lab: torch.Tensor, out_size:
     size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
     d = _reduce_k((query_lab.float().unsqueeze(1) - aligned_lab.float()).norm(dim=2), reduce)
     up = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    return _gaussian_blur(up, blur_sigma) if blur_sigma > 0 else up
+    return gaussian_blur(up, blur_sigma) if blur_sigma > 0 else up
 
 
 def raw_residuals(bank, feats: Sequence[torch.Tensor], colors: torch.Tensor | None, idx: torch.Tensor,

@@ -51,6 +51,8 @@ def row_config(base: RunConfig, row: Row) -> RunConfig:
 
 def run_knn(dataset: Any, category: str, out: Path, base: RunConfig) -> dict[str, Any]:
     """Fit the kNN peer on the train split, write maps for the test split, evaluate them."""
+    import cv2
+
     from comgen.data.imageio import resize_rgb
     from comgen.detect.knn import KnnConfig, KnnDetector
     from comgen.evaluate.maps import write_map, write_scores_csv
@@ -66,17 +68,11 @@ def run_knn(dataset: Any, category: str, out: Path, base: RunConfig) -> dict[str
         images = [s.load_image() for s in chunk]
         scores, maps = det.predict(images)
         for s, img, sc, m in zip(chunk, images, scores, maps):
-            write_map(out / "maps", s, resize_rgb_map(m, img.shape[:2]))
+            write_map(out / "maps", s, cv2.resize(m, img.shape[1::-1], interpolation=cv2.INTER_LINEAR))
             rows.append({"category": category, "split": "test", "label": s.label, "image_id": s.image_id,
                          "path": str(s.path), "score": float(sc)})
     write_scores_csv(out / "maps" / "scores.csv", rows)
     return evaluate_category(dataset, category, out / "maps", base.evaluate)
-
-
-def resize_rgb_map(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    return cv2.resize(amap.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def run_generator_benchmark(dataset: str | Path, out: str | Path, base: RunConfig, categories: str = "all",
@@ -85,10 +81,9 @@ def run_generator_benchmark(dataset: str | Path, out: str | Path, base: RunConfi
     from comgen.data.readers import open_dataset
     from comgen.evaluate.run import evaluate_category
     from comgen.pipeline.run import run_category
-    from comgen.pipeline.suite import _categories
 
     ds = open_dataset(dataset)
-    cats = _categories(ds, categories)
+    cats = ds.select_categories(categories)
     out = Path(out)
     table: dict[str, Any] = {}
     for row in rows:

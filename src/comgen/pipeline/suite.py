@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from comgen.errors import ConfigError
 from comgen.pipeline.config import RunConfig
 from comgen.rundir import RunDir
 
@@ -27,16 +26,6 @@ def selected_config(config: Path | None = None, **overrides: Any) -> RunConfig:
     return RunConfig.from_dict(cfg.to_dict())  # re-validate the combination
 
 
-def _categories(dataset: Any, spec: str) -> list[str]:
-    known = dataset.categories()
-    wanted = known if spec == "all" else [c.strip() for c in spec.split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in known]
-    if unknown or not wanted:
-        raise ConfigError("--category", f"unknown category {unknown[0] if unknown else spec!r} "
-                                        f"(dataset has: {', '.join(known) or 'none'})")
-    return wanted
-
-
 def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: RunConfig,
               force: bool = False, log: Any = print) -> dict[str, Any]:
     """Run each selected category into its own run directory and write one combined report.
@@ -50,7 +39,7 @@ def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: R
     from comgen.pipeline.run import run_category
 
     ds = open_dataset(dataset)
-    cats = _categories(ds, category)
+    cats = ds.select_categories(category)
     single = len(cats) == 1 and category != "all"
     parent = Path(out) if out is not None else Path("runs")
     runs: dict[str, RunDir] = {}
