@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: R
     if single:
         run = runs[cats[0]]
         report = run.eval / "report.html"
-        results = {cats[0]: evaluate_category(ds, cats[0], run.maps, cfg.evaluate)}
+        # the evaluate stage already wrote this category's metrics: read them, do not evaluate twice
+        results = json.loads((run.eval / "metrics.json").read_text())["categories"]
     else:
         results = {c: evaluate_category(ds, c, r.maps, cfg.evaluate) for c, r in runs.items()}
         extras = {c: _previews(r, cfg) for c, r in runs.items()}
