@@ -38,6 +38,10 @@ def test_run_all_stages_then_skip_then_cascade(tiny: Path, tmp_path: Path) -> No
     metrics = json.loads((run.eval / "metrics.json").read_text())["categories"]["screw_bag"]["metrics"]
     assert {"logical", "structural", "mean"} <= set(metrics)
     assert 0.0 <= metrics["mean"]["image_auroc"] <= 1.0
+    # the detector's branches are scored separately too (network alone, composition prior alone)
+    assert {"image_auroc_network", "image_auroc_prior"} <= set(metrics["logical"])
+    calibration = json.loads((run.detector / "calibration.json").read_text())
+    assert calibration["prior"]["enabled"]
 
     logs.clear()
     run_category(tiny, "screw_bag", tmp_path / "run", cfg, log=logs.append)

@@ -10,6 +10,7 @@ from typing import Any
 
 from comgen.config import ConfigBase
 from comgen.detect.backbone import BackboneConfig
+from comgen.detect.composition_prior import PriorConfig
 from comgen.detect.csda import HeadConfig
 from comgen.detect.loss import LossConfig
 
@@ -24,6 +25,7 @@ class DetectorConfig(ConfigBase):
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)  # composition prior fused into the image score
     # MemoryBankConfig overrides for the detector's bank; alignment window 1 (9 offsets) keeps predict fast
     bank: dict[str, Any] = field(default_factory=lambda: {"window": 1})
     backend: str = "compositional"  # which generated set to train on (RUN/generated/<backend>)

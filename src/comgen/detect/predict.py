@@ -78,8 +78,10 @@ class Detector:
     """A trained CSDA detector (backbone + head + reference bank + calibration), ready to predict."""
 
     def __init__(self, cfg: DetectorConfig, model: CSDA, bank: Any, calibration: dict[str, Any],
-                 directory: Path, device: torch.device) -> None:
+                 directory: Path, device: torch.device, prior: Any = None) -> None:
         self.cfg = cfg
+        self.prior = prior  # CompositionPrior or None (see composition_prior.py)
+        self.last_parts: dict[str, np.ndarray] = {}  # per-branch image scores of the last predict() call
         self.model = model.eval()
         self.bank = bank
         self.calibration = calibration
@@ -117,7 +119,12 @@ class Detector:
             raise ConfigError(det / BEST, f"checkpoint does not match config.yaml ({str(exc).splitlines()[0][:100]})"
                               ) from None
         bank = MemoryBank.load(det / BANK, backbone)
-        return cls(cfg, model.to(dev), bank, cal, det, dev)
+        prior = None
+        if (cal.get("prior") or {}).get("enabled"):
+            from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior
+
+            prior = CompositionPrior.load(det / PRIOR_DIR)
+        return cls(cfg, model.to(dev), bank, cal, det, dev, prior)
 
     # --- core ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -151,6 +158,7 @@ class Detector:
         g = self.cfg.tiles
         s = self.cfg.image_size * g
         scores = np.zeros(len(images), np.float32)
+        prior = np.full(len(images), np.nan, np.float32)
         maps: list[np.ndarray] = []
         notes: set[str] = set()
         resized = 0
@@ -169,8 +177,15 @@ class Detector:
             sc, mp = self.normalise(logits, mlog)
             mp = from_tiles(mp, g)
             scores[i:i + len(chunk)] = sc.reshape(len(chunk), g * g).max(axis=1)
+            if self.prior is not None and g == 1:
+                prior[i:i + len(chunk)] = self.prior.score(np.stack(chunk))
             for m, (h, w) in zip(mp, shapes):
                 maps.append(m if (h, w) == (s, s) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
+        self.last_parts = {"network": scores.copy(), "prior": prior}
+        if self.prior is not None and g == 1:
+            from comgen.detect.composition_prior import fuse_scores
+
+            scores = fuse_scores(scores, prior, self.cfg.prior.fuse)
         if notice and (notes or resized):
             parts = []
             if notes:
@@ -277,7 +292,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
         chunk = files[i:i + bs]
         imgs = [read_rgb(f) for f, _ in chunk]
         scores, maps = det.predict(imgs, bs, notice=once)
-        for (f, name), img, sc, amap in zip(chunk, imgs, scores, maps):
+        parts = det.last_parts
+        for k, ((f, name), img, sc, amap) in enumerate(zip(chunk, imgs, scores, maps)):
             smp = lookup.get(f.resolve())
             if smp is not None and smp.split == "test":
                 from comgen.evaluate.maps import map_path, write_map
@@ -289,7 +305,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
             if overlays:
                 write_png(out / "overlays" / f"{name}.png", overlay(img, amap))
             rows.append({"image": str(f), "name": name, "score": float(sc), "threshold": det.threshold,
-                         "decision": "fail" if sc > det.threshold else "pass", "map": str(mpath)})
+                         "decision": "fail" if sc > det.threshold else "pass", "map": str(mpath),
+                         "network_score": float(parts["network"][k]), "prior_score": float(parts["prior"][k])})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
@@ -302,7 +319,7 @@ def predict_dataset(run: RunDir | str | Path, split: str = "test", maps_root: st
                     batch_size: int | None = None, detector: Detector | None = None) -> list[dict[str, Any]]:
     """Write a map for every image of ``split`` of the run's dataset (exchange layout) and ``scores.csv``."""
     from comgen.data.readers import open_dataset
-    from comgen.evaluate.maps import write_map, write_scores_csv
+    from comgen.evaluate.maps import BRANCH_COLUMNS, write_map, write_scores_csv
 
     run = run if isinstance(run, RunDir) else RunDir.open(run)
     maps_root = Path(maps_root) if maps_root is not None else run.maps
@@ -316,12 +333,14 @@ def predict_dataset(run: RunDir | str | Path, split: str = "test", maps_root: st
     for i in progress(range(0, len(samples), bs), f"predict {split}", total=(len(samples) + bs - 1) // bs):
         chunk = samples[i:i + bs]
         scores, maps = det.predict([s.load_image() for s in chunk], bs, notice=None)
-        for smp, sc, amap in zip(chunk, scores, maps):
+        parts = det.last_parts
+        for j, (smp, sc, amap) in enumerate(zip(chunk, scores, maps)):
             write_map(maps_root, smp, amap.astype(np.float32))
             rows.append({"category": smp.category, "split": smp.split, "label": smp.label, "kind": smp.kind,
                          "image_id": smp.image_id, "path": str(smp.path), "score": float(sc),
-                         "decision": int(sc > det.threshold)})  # 1 = fail (anomalous), the exchange CSV's convention
-    cols = ("category", "split", "label", "image_id", "path", "score", "decision")  # the exchange CSV columns
+                         "decision": int(sc > det.threshold),  # 1 = fail (anomalous), the exchange CSV's convention
+                         "network_score": float(parts["network"][j]), "prior_score": float(parts["prior"][j])})
+    cols = ("category", "split", "label", "image_id", "path", "score", "decision", *BRANCH_COLUMNS)
     write_scores_csv(maps_root / "scores.csv", [{c: r[c] for c in cols} for r in rows])
     return rows
 

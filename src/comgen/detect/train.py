@@ -18,6 +18,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -380,10 +381,54 @@ def train_detector(run: RunDir | str | Path, cfg: DetectorConfig | None = None, 
                     cfg.threshold_quantile, splits.val.group if cfg.tiles > 1 else None)
     cal.update({"best_epoch": best_epoch, "best_val_loss": best_loss, "backbone": identity,
                 "network": cfg.network_dict()})
+    cal["prior"] = attach_prior(run, splits, cfg, cal, val["logits"], log) if accel.is_main_process else None
     if accel.is_main_process:
         atomic_write_json(det / CALIBRATION, cal)
     seconds = time.perf_counter() - t0
     return TrainResult(len(history), best_epoch, best_loss, stopped_early, seconds, peak_rss_mb(), cal, history)
+
+
+def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str, Any], val_logits: np.ndarray,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """Fit the composition prior (``composition_prior.py``) and re-derive the threshold on the fused scores.
+
+    Returns the calibration's ``prior`` entry; updates ``cal`` in place (threshold, validation AUROC).
+    """
+    from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
+
+    out = run.detector / PRIOR_DIR
+    why = None
+    if not cfg.prior.enabled:
+        why = "disabled in the config"
+    elif cfg.tiles > 1:
+        why = "tiled mode scores tiles, not whole compositions"
+    elif not (run.components / "model.json").is_file():
+        why = "the run has no component model (`comgen learn`)"
+    if why is not None:
+        if out.exists():
+            shutil.rmtree(out)
+        log(f"composition prior off: {why}")
+        return {"enabled": False, "reason": why}
+    from comgen.components.model import ComponentModel
+
+    model = ComponentModel.load(run.components)
+    labels = splits.val.labels
+    log("fitting the composition prior on the training normals")
+    prior = CompositionPrior.fit(model, splits.bank_images, splits.val.images[labels == 0], cfg.prior)
+    z_net = (val_logits - cal["score_mean"]) / cal["score_std"]
+    z_prior = prior.score(splits.val.images)
+    fused = fuse_scores(z_net, z_prior, cfg.prior.fuse)
+    cal["threshold_network"] = cal["threshold"]
+    cal["threshold"] = float(np.quantile(fused[labels == 0], cfg.threshold_quantile))
+    entry: dict[str, Any] = {"enabled": True, "fuse": cfg.prior.fuse, "nll_mean": prior.mean, "nll_std": prior.std}
+    if (labels == 1).any() and (labels == 0).any():
+        from sklearn.metrics import roc_auc_score
+
+        entry["val_auroc_generated_prior"] = float(roc_auc_score(labels, z_prior))
+        cal["val_auroc_generated_network"] = cal.get("val_auroc_generated")
+        cal["val_auroc_generated"] = float(roc_auc_score(labels, fused))
+    prior.save(out)
+    return entry
 
 
 def read_calibration(det_dir: Path) -> dict[str, Any]:

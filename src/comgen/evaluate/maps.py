@@ -22,6 +22,8 @@ from comgen.records import Sample
 
 TIFF_SUFFIXES = (".tiff", ".tif", ".TIFF", ".TIF")
 SCORE_COLUMNS = ("category", "split", "label", "image_id", "path", "score")
+#: optional columns: the detector's per-branch calibrated scores (network, composition prior) behind "score"
+BRANCH_COLUMNS = ("network_score", "prior_score")
 OPTIONAL_COLUMNS = ("decision",)
 
 
@@ -112,6 +114,7 @@ def write_scores_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Pat
     rows = list(rows)
     with_decision = any(r.get("decision") is not None for r in rows)
     columns = list(SCORE_COLUMNS) + (["decision"] if with_decision else [])
+    columns += [c for c in BRANCH_COLUMNS if any(c in r for r in rows)]  # optional per-branch scores
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -126,6 +129,9 @@ def write_scores_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Pat
         out["score"] = repr(score)
         if with_decision:
             out["decision"] = "" if r.get("decision") is None else int(bool(r["decision"]))
+        for c in BRANCH_COLUMNS:
+            if c in r:
+                out[c] = "" if r[c] is None or not math.isfinite(float(r[c])) else repr(float(r[c]))
         writer.writerow(out)
     return atomic_write_text(path, buf.getvalue())
 
@@ -158,6 +164,13 @@ def read_scores_csv(path: str | Path) -> list[dict[str, Any]]:
                 out["decision"] = int(dec.lower() in ("1", "true"))
             else:
                 out["decision"] = None
+            for c in BRANCH_COLUMNS:
+                if c in header:
+                    try:
+                        v = float(r[c]) if (r[c] or "").strip() else None
+                    except ValueError:
+                        raise InputError(path, f"line {line}: {c} {r[c]!r} is not a number") from None
+                    out[c] = v if v is not None and math.isfinite(v) else None
             rows.append(out)
     return rows
 

@@ -18,13 +18,16 @@ import numpy as np
 from comgen.config import ConfigBase
 from comgen.errors import ConfigError, DatasetError, InputError
 from comgen.evaluate.groundtruth import GroundTruth, ground_truth_from_masks
-from comgen.evaluate.maps import find_map, map_path, read_map, read_scores_csv, scores_by_key
+from comgen.evaluate.maps import BRANCH_COLUMNS, find_map, map_path, read_map, read_scores_csv, scores_by_key
 from comgen.evaluate.metrics import (AUPRO_LIMIT, DEFAULT_CHUNK_PIXELS, SPRO_HEADLINE, SPRO_LIMITS,
                                      PixelCurveBuilder, PixelCurves, image_auroc, image_roc)
 from comgen.progress import progress
 from comgen.records import DefectSpec, Sample
 
 LOCO_GROUPS = ("logical", "structural")
+
+#: per-branch image AUROCs (network alone, composition prior alone) added when the scores CSV has them
+BRANCH_AUROCS = tuple(f"image_auroc_{c.removesuffix('_score')}" for c in BRANCH_COLUMNS)
 
 
 @dataclass
@@ -71,19 +74,27 @@ def _plan(samples: Sequence[Sample]) -> _Plan:
 
 
 def _image_scores(samples: Sequence[Sample], maps_root: Path, cfg: EvalConfig,
-                  scores_csv: Path | None) -> tuple[dict[int, float] | None, str]:
-    """Scores from the CSV (or None when the map maximum is to be used) and a description of the source."""
+                  scores_csv: Path | None) -> tuple[dict[int, float] | None, str, dict[str, np.ndarray]]:
+    """Scores from the CSV (or None when the map maximum is to be used), a description of the source, and the
+    detector's per-branch scores where the CSV has them for every image (``network``, ``prior``)."""
     csv_path = scores_csv if scores_csv is not None else maps_root / "scores.csv"
     if cfg.image_score == "max" or (cfg.image_score == "auto" and scores_csv is None and not csv_path.is_file()):
-        return None, "map_max"
+        return None, "map_max", {}
     rows = scores_by_key(read_scores_csv(csv_path))
     out = {}
+    matched = []
     for i, s in enumerate(samples):
         row = rows.get((s.category, s.split, s.label, s.image_id))
         if row is None:
             raise InputError(csv_path, f"no score for test image {s.category}/{s.split}/{s.label}/{s.image_id}")
         out[i] = float(row["score"])
-    return out, f"csv:{csv_path}"
+        matched.append(row)
+    branches = {}
+    for col in BRANCH_COLUMNS:
+        vals = [r.get(col) for r in matched]
+        if vals and all(v is not None for v in vals):
+            branches[col.removesuffix("_score")] = np.array(vals, np.float64)
+    return out, f"csv:{csv_path}", branches
 
 
 def _summarise(curves: PixelCurves, scores: np.ndarray, labels: np.ndarray, cfg: EvalConfig) -> dict[str, Any]:
@@ -104,7 +115,9 @@ def _summarise(curves: PixelCurves, scores: np.ndarray, labels: np.ndarray, cfg:
 def _mean(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     """LOCO's mean of the logical and structural results (None where either is undefined)."""
     out: dict[str, Any] = {}
-    for key in ("image_auroc", "pixel_auroc", "aupro", "spro"):
+    for key in ("image_auroc", "pixel_auroc", "aupro", "spro", *BRANCH_AUROCS):
+        if key in BRANCH_AUROCS and key not in a and key not in b:
+            continue
         out[key] = None if a.get(key) is None or b.get(key) is None else 0.5 * (a[key] + b[key])
     if a.get("auc_spro") and b.get("auc_spro"):
         out["auc_spro"] = {k: (None if a["auc_spro"][k] is None or b["auc_spro"][k] is None
@@ -144,8 +157,8 @@ def evaluate_category(dataset: Any, category: str, maps_root: str | Path, cfg: E
     plan = _plan(samples)
     specs = dataset.defects(category) if plan.loco else {}
     by_value: dict[int, DefectSpec] | None = {d.pixel_value: d for d in specs.values()} if specs else None
-    csv_scores, score_source = _image_scores(samples, maps_root, cfg,
-                                             Path(scores_csv) if scores_csv is not None else None)
+    csv_scores, score_source, branches = _image_scores(samples, maps_root, cfg,
+                                                       Path(scores_csv) if scores_csv is not None else None)
     map_max = np.zeros(len(samples), np.float64)
 
     def load_map(i: int) -> np.ndarray:
@@ -175,6 +188,8 @@ def evaluate_category(dataset: Any, category: str, maps_root: str | Path, cfg: E
         labels = groups[sel] != "good"
         c = builder.curves(members)
         metrics[name] = _summarise(c, scores[sel], labels, cfg)
+        for branch, values in branches.items():  # what each detector branch alone would have scored
+            metrics[name][f"image_auroc_{branch}"] = image_auroc(values[sel], labels)
         roc = image_roc(scores[sel], labels)
         plots[name] = {key: (None if cur is None else cur.for_plot(cfg.curve_points))
                        for key, cur in (("image_roc", roc), ("pixel_roc", c.roc), ("pro", c.pro), ("spro", c.spro))}

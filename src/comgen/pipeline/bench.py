@@ -104,7 +104,8 @@ def run_generator_benchmark(dataset: str | Path, out: str | Path, base: RunConfi
 COLUMNS = [("row", "anomaly source"), ("category", "category"), ("logical_auroc", "logical AUROC"),
            ("structural_auroc", "structural AUROC"), ("mean_auroc", "mean AUROC"),
            ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
-           ("seconds", "wall time (s)")]
+           ("logical_auroc_network", "logical AUROC, network alone"),
+           ("structural_auroc_network", "structural AUROC, network alone"), ("seconds", "wall time (s)")]
 
 
 def benchmark_markdown(table: dict[str, Any]) -> str:
@@ -115,6 +116,6 @@ def benchmark_markdown(table: dict[str, Any]) -> str:
         for r in rows:
             detail.append({"row": name, **r})
         mean = {k: float(np.mean([r[k] for r in rows if r.get(k) is not None]))
-                for k, _ in COLUMNS[2:7] if any(r.get(k) is not None for r in rows)}
+                for k, _ in COLUMNS[2:-1] if any(r.get(k) is not None for r in rows)}
         summary.append({"row": name, "category": "mean", **mean, "seconds": round(entry["seconds"])})
-    return format_markdown(summary, COLUMNS) + "\n\n" + format_markdown(detail, COLUMNS[:7])
+    return format_markdown(summary, COLUMNS) + "\n\n" + format_markdown(detail, COLUMNS[:-1])

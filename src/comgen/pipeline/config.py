@@ -1,7 +1,8 @@
 """``RunConfig``: every stage's config in one YAML, so ``comgen run --config run.yaml`` reproduces a whole run.
 
 ``image_size`` and ``seed`` are set once here and pushed into every stage (``resolved()``), so the stages can never
-disagree on the working resolution.
+disagree on the working resolution. The one exception is ``learn_size``: the component learner may segment at a
+finer size than the detector runs (its class maps are resized to each image), because thin parts vanish at 128 px.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class RunConfig(ConfigBase):
     seed: int = 0
     backend: str = "compositional"  # anomaly source the detector is trained on
     n_anomalies: int = 300
+    learn_size: int = 0  # working size of the component learner; 0 = image_size (small parts need >= 256 px)
     mask: bool = True  # run the residual-mask stage (Stage II) and report its IoU
     learn: LearnerConfig = field(default_factory=LearnerConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -36,6 +38,8 @@ class RunConfig(ConfigBase):
     def __post_init__(self) -> None:
         if self.image_size < 16:
             raise ConfigError("run.image_size", f"{self.image_size} px is too small (need >= 16)")
+        if self.learn_size and self.learn_size < 16:
+            raise ConfigError("run.learn_size", f"{self.learn_size} px is too small (need >= 16, or 0)")
         if self.n_anomalies < 1:
             raise ConfigError("run.n_anomalies", f"{self.n_anomalies}: need at least 1")
 
@@ -53,5 +57,5 @@ class RunConfig(ConfigBase):
                 gen_dict[section] = {**gen_dict.get(section, {}), "image_size": s}
         masks = self.masks.replace(bank=self.masks.bank.replace(image_size=s))
         detector = self.detector.replace(image_size=s, backend=self.backend, seed=self.seed)
-        return self.replace(learn=self.learn.replace(image_size=s, seed=self.seed),
+        return self.replace(learn=self.learn.replace(image_size=self.learn_size or s, seed=self.seed),
                             generate=GenerateConfig.from_dict(gen_dict), masks=masks, detector=detector)

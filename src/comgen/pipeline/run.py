@@ -51,7 +51,7 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
     cfg.save(run.root / "config.yaml")
     runner = StageRunner(run, force=force, log=lambda m: log(f"{category}: {m}"))
 
-    if cfg.learns_components:
+    if cfg.learns_components or cfg.detector.prior.enabled:  # the detector's composition prior needs components
         def learn() -> dict[str, Any]:
             from comgen.components.learner import learn_into_run
 

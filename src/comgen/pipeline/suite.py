@@ -76,6 +76,7 @@ def results_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             if subset in m:
                 row[f"{subset}_auroc"] = m[subset].get("image_auroc")
                 row[f"{subset}_spro"] = m[subset].get("spro")
+                row[f"{subset}_auroc_network"] = m[subset].get("image_auroc_network")
         rows.append(row)
     return rows
 

@@ -1,0 +1,89 @@
+"""The composition prior: count errors invisible patch-wise are flagged, it round-trips, and training wires it in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from comgen.components.features import LearnerConfig
+from comgen.components.learner import learn_components
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, PriorConfig, fuse_scores
+from comgen.errors import ConfigError
+from comgen.rundir import RunDir
+from tests.detect.conftest import SIZE, tiny_config, toy_image, toy_splits
+
+
+def _images(kind: str, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([toy_image(rng, SIZE, kind)[0] for _ in range(n)])
+
+
+@pytest.fixture(scope="module")
+def component_model():
+    cfg = LearnerConfig(image_size=SIZE, k=3, use_backbone=False, pixels_per_image=300, max_fit_pixels=6000,
+                        select_pixels=2000)
+    return learn_components(_images("good", 16, 0), cfg)
+
+
+@pytest.fixture(scope="module")
+def prior(component_model) -> CompositionPrior:
+    return CompositionPrior.fit(component_model, _images("good", 24, 1), _images("good", 8, 2))
+
+
+def test_missing_and_extra_parts_score_far_above_normals(prior: CompositionPrior) -> None:
+    good = prior.score(_images("good", 12, 3))
+    anomalous = np.concatenate([prior.score(_images("missing", 6, 4)), prior.score(_images("extra", 6, 5))])
+    labels = np.r_[np.zeros(len(good)), np.ones(len(anomalous))]
+    assert roc_auc_score(labels, np.r_[good, anomalous]) == 1.0
+    assert abs(float(np.median(good))) < 3.0  # calibrated: normals near z = 0
+    assert anomalous.min() > good.max() + 3.0
+
+
+def test_round_trip_gives_identical_scores(prior: CompositionPrior, tmp_path: Path) -> None:
+    images = np.concatenate([_images("good", 3, 6), _images("extra", 3, 7)])
+    back = CompositionPrior.load(prior.save(tmp_path / "p"))
+    np.testing.assert_allclose(back.score(images), prior.score(images), rtol=1e-5, atol=1e-5)
+
+
+def test_load_names_the_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="vectors.safetensors"):
+        CompositionPrior.load(tmp_path)
+
+
+def test_fusion_and_config() -> None:
+    a, b = np.array([0.0, 5.0, -1.0]), np.array([2.0, 1.0, -3.0])
+    assert fuse_scores(a, b, "max").tolist() == [2.0, 5.0, -1.0]
+    assert fuse_scores(a, b, "sum").tolist() == [2.0, 6.0, -4.0]
+    with pytest.raises(ConfigError, match="fuse"):
+        PriorConfig(fuse="mean")
+
+
+def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path: Path) -> None:
+    from comgen.detect.predict import Detector
+    from comgen.detect.train import train_detector
+
+    run = RunDir(tmp_path / "run")
+    component_model.save(run.components)
+    res = train_detector(run, tiny_config(epochs=1), splits=toy_splits(), log=lambda m: None, cpu=True)
+    entry = res.calibration["prior"]
+    assert entry["enabled"] and (run.detector / PRIOR_DIR / "components" / "model.json").is_file()
+    assert res.calibration["threshold"] != res.calibration["threshold_network"]
+
+    det = Detector.load(run.root)
+    images = np.concatenate([_images("good", 4, 8), _images("missing", 4, 9)])
+    scores, _ = det.predict(images, notice=None)
+    parts = det.last_parts
+    assert np.isfinite(parts["prior"]).all()
+    np.testing.assert_allclose(scores, np.maximum(parts["network"], parts["prior"]), rtol=1e-6)
+    assert parts["prior"][4:].min() > parts["prior"][:4].max()
+
+
+def test_training_without_component_model_leaves_the_prior_off(tmp_path: Path) -> None:
+    from comgen.detect.train import train_detector
+
+    res = train_detector(tmp_path / "run", tiny_config(epochs=1), splits=toy_splits(), log=lambda m: None, cpu=True)
+    assert res.calibration["prior"] == {"enabled": False, "reason": "the run has no component model (`comgen learn`)"}
+    assert not (tmp_path / "run" / "detector" / PRIOR_DIR).exists()
