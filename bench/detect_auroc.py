@@ -54,14 +54,17 @@ def in_child(fn_name: str, **kwargs: Any) -> dict[str, Any]:
         raise RuntimeError(f"{fn_name}: {exc}") from None
 
 
-def image_auroc(rows: list[dict[str, Any]], kind: str) -> float:
+def image_auroc(rows: list[dict[str, Any]], kind: str, key: str = "score") -> float:
     from sklearn.metrics import roc_auc_score
 
     sel = [r for r in rows if r["kind"] in ("good", kind)]
     y = [r["kind"] == kind for r in sel]
     if not any(y) or all(y):
         return float("nan")
-    return float(roc_auc_score(y, [r["score"] for r in sel]))
+    vals = [r.get(key) for r in sel]
+    if any(v is None or not np.isfinite(v) for v in vals):
+        return float("nan")
+    return float(roc_auc_score(y, vals))
 
 
 def find_spro(metrics: Any, kind: str) -> float | None:
@@ -139,7 +142,9 @@ def main() -> None:
         except ImportError as exc:
             print(f"[{cat}] evaluation module unavailable ({exc}); sPRO not computed")
         r = {"category": cat, "auroc_logical": image_auroc(rows, "logical"),
-             "auroc_structural": image_auroc(rows, "structural"), "spro_logical": spro_l, "spro_structural": spro_s,
+             "auroc_structural": image_auroc(rows, "structural"), "spro_logical": spro_l,
+             "net_logical": image_auroc(rows, "logical", "network_score"),
+             "net_structural": image_auroc(rows, "structural", "network_score"), "spro_structural": spro_s,
              "train_s": tr["seconds"], "epochs": tr["epochs"], "train_peak_mb": tr["peak_mb"],
              "predict_s": pr["seconds"], "predict_peak_mb": pr["peak_mb"], "n_test": len(rows),
              "stage1_s": t_stage1}
@@ -152,15 +157,18 @@ def main() -> None:
     print(f"\nCSDA on the built-in benchmark: {args.size} px, backbone {args.backbone} ({args.weights}), "
           f"{args.n_anomalies} compositional anomalies, <= {args.epochs} epochs, {args.threads} threads")
     print("| category | img AUROC logical | img AUROC structural | sPRO@0.05 log | sPRO@0.05 str | train s | epochs "
-          "| train peak MB | predict s (n) | predict peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| train peak MB | predict s (n) | predict peak MB | network alone: logical / structural |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['category']} | {f(r['auroc_logical'])} | {f(r['auroc_structural'])} | {f(r['spro_logical'])} "
               f"| {f(r['spro_structural'])} | {f(r['train_s'], 0)} | {r['epochs']} | {f(r['train_peak_mb'], 0)} "
-              f"| {f(r['predict_s'], 1)} ({r['n_test']}) | {f(r['predict_peak_mb'], 0)} |")
+              f"| {f(r['predict_s'], 1)} ({r['n_test']}) | {f(r['predict_peak_mb'], 0)} "
+              f"| {f(r['net_logical'])} / {f(r['net_structural'])} |")
     mean_l = np.nanmean([r["auroc_logical"] for r in results])
     mean_s = np.nanmean([r["auroc_structural"] for r in results])
-    print(f"| mean | {mean_l:.3f} | {mean_s:.3f} | | | {np.mean([r['train_s'] for r in results]):.0f} | | | | |")
+    net = [np.nanmean([r[k] for r in results]) for k in ("net_logical", "net_structural")]
+    print(f"| mean | {mean_l:.3f} | {mean_s:.3f} | | | {np.mean([r['train_s'] for r in results]):.0f} | | | | "
+          f"| {f(net[0])} / {f(net[1])} |")
 
 
 if __name__ == "__main__":
