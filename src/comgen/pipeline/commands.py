@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the benchmark and the runs."),
-        size: int = typer.Option(128, "--size", help="Image size of the built-in benchmark and the runs."),
+        size: int = typer.Option(256, "--size", help="Image size of the built-in benchmark and the runs."),
         categories: str = typer.Option("all", "--categories", help="Categories of the built-in benchmark."),
         quick: bool = typer.Option(False, "--quick", help="Tiny settings (a smoke test in a few minutes)."),
         force: bool = typer.Option(False, "--force", help="Redo every stage even when up to date."),
