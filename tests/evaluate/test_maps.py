@@ -79,3 +79,15 @@ def test_scores_csv_round_trip_and_errors(tmp_path: Path, sample: Sample):
         read_scores_csv(bad)
     with pytest.raises(InputError, match="NaN"):
         write_scores_csv(tmp_path / "n.csv", [score_row(sample, float("nan"))])
+
+
+def test_scores_csv_keeps_the_detector_branch_columns(tmp_path: Path, sample: Sample):
+    rows = [{**score_row(sample, 2.0), "network_score": 0.5, "prior_score": 2.0},
+            {**score_row(sample, 0.1), "image_id": "004", "network_score": 0.1, "prior_score": float("nan")}]
+    path = write_scores_csv(tmp_path / "scores.csv", rows)
+    assert path.read_text().splitlines()[0].endswith(",score,network_score,prior_score")
+    back = read_scores_csv(path)
+    assert [r["network_score"] for r in back] == [0.5, 0.1]
+    assert [r["prior_score"] for r in back] == [2.0, None]  # a branch that did not run reads as missing
+    plain = read_scores_csv(write_scores_csv(tmp_path / "plain.csv", [score_row(sample, 1.0)]))
+    assert "network_score" not in plain[0]

@@ -252,8 +252,27 @@ class Backbone(nn.Module):
         with torch.no_grad():
             # no_grad rather than inference_mode: equally fast here (measured, 8x256px on 1 CPU thread) and the
             # outputs stay usable as inputs of trainable Stage III layers. channels_last gave no gain either.
-            feats = self.model((x - self.mean) / self.std)
+            feats = self._features((x - self.mean) / self.std)
         return list(feats)
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The model's feature list, stopping after the deepest requested stage.
+
+        Why: timm's EfficientNet ``features_only`` model runs every block even when only early stages are returned
+        (the component learner asks for stage 1 only); stopping early gives identical features for a fraction of
+        the compute. Other models (timm's FeatureListNet already truncates) run unchanged.
+        """
+        m = self.model
+        out_idx = getattr(m, "_stage_out_idx", None)
+        if not isinstance(out_idx, dict) or getattr(m, "feature_hooks", True) is not None or not hasattr(m, "blocks"):
+            return list(m(x))
+        x = m.bn1(m.conv_stem(x))
+        feats = [x] if 0 in out_idx else []
+        for i, block in enumerate(m.blocks[:max(out_idx)]):
+            x = block(x)
+            if i + 1 in out_idx:
+                feats.append(x)
+        return feats
 
     def fingerprint(self) -> str:
         """Short hash of all weights: two backbones with equal fingerprints give equal features."""

@@ -7,6 +7,9 @@ Inputs of the exported graph (documented in the sidecar ``<model>.json``):
   faiss bank, which is not an ONNX op; a deployment computes them once per reference set (or with the bank).
 Outputs: ``map_logits`` [B,1,S,S] and ``image_logit`` [B], uncalibrated; apply ``calibration`` from the sidecar:
 score = (image_logit - score_mean) / score_std, map = (map_logits - map_mean) / map_std, fail if score > threshold.
+The composition prior (``composition_prior.py``: segmentation + a Gaussian mixture) is not part of the graph; the
+sidecar's ``threshold`` is therefore the network-only threshold, and ``composition_prior`` says where the prior's
+files are for a deployment that also runs it in Python.
 """
 
 from __future__ import annotations
@@ -73,8 +76,11 @@ def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> Path:
     from comgen.detect.predict import Detector
 
     det = Detector.load(run_dir, device="cpu")
-    meta = {"calibration": {k: det.calibration[k] for k in ("score_mean", "score_std", "map_mean", "map_std",
-                                                            "threshold")},
+    cal = {k: det.calibration[k] for k in ("score_mean", "score_std", "map_mean", "map_std")}
+    cal["threshold"] = det.calibration.get("threshold_network", det.calibration["threshold"])
+    prior = det.calibration.get("prior") or {}
+    meta = {"calibration": cal,
+            "composition_prior": str(det.directory / "composition_prior") if prior.get("enabled") else None,
             "backbone": det.calibration.get("backbone"), "image_size": det.cfg.image_size, "k": det.cfg.head.k}
     return export_model(det.model, path, det.cfg.image_size, det.cfg.head.k, opset=opset, meta=meta)
 
