@@ -4,7 +4,9 @@ Measures at the working size (default 256 px), batch B, on CPU threads T:
   backbone  : images/s of the frozen backbone forward alone (float tensors in, features out);
   predict   : images/s of Detector.predict (uint8 -> tensor, backbone, global retrieval, patch alignment,
               CSDA head, calibration, map back to the original size);
-  ratio     : predict / backbone (target >= 0.7).
+  ratio     : predict / backbone (target >= 0.7);
+  + prior   : the same with the composition prior (segmentation at the learner's size + density), which the
+              detector adds when the run has a component model (``--no-prior`` skips this row).
 The head's weights do not change its cost, so an untrained head is used; the bank holds N synthetic normal
 images (the toy two-object world). Peak RSS is the process maximum after each phase.
 
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
     ap.add_argument("--weights", default="auto")
+    ap.add_argument("--no-prior", action="store_true", help="skip the composition-prior rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -86,16 +89,32 @@ def main() -> None:
     aligned = bank.align(feats, idx)
     with torch.no_grad():
         t_head = timed(lambda: det.model.head(feats, aligned, (args.size, args.size)), args.repeats)
+    rows = [("backbone forward", t_bb), ("predict (all)", t_pred), ("  retrieval", t_query),
+            ("  alignment", t_align), ("  CSDA head", t_head)]
+    t_pred_p = None
+    if not args.no_prior:
+        from comgen.components.features import LearnerConfig
+        from comgen.components.learner import learn_components
+        from comgen.detect.composition_prior import CompositionPrior
+
+        model = learn_components(toy(16, args.size, 2), LearnerConfig(image_size=args.size, k=3))
+        prior = CompositionPrior.fit(model, toy(24, args.size, 3), toy(8, args.size, 4))
+        det_p = Detector(cfg, det.model, bank, cal, Path("."), torch.device("cpu"), prior)
+        t_pred_p = timed(lambda: det_p.predict(imgs, notice=None), args.repeats)
+        rows += [("predict with composition prior", t_pred_p),
+                 ("  composition prior", timed(lambda: prior.score(imgs), args.repeats))]
+    rss_prior = rss_mb()
     b = args.batch
     print(f"backbone {backbone.name} ({backbone.source}), {args.size} px, batch {b}, {args.threads} threads, "
           f"bank {args.bank} images")
     print(f"| what | ms / batch | images / s |\n|---|---|---|")
-    for name, t in [("backbone forward", t_bb), ("predict (all)", t_pred), ("  retrieval", t_query),
-                    ("  alignment", t_align), ("  CSDA head", t_head)]:
+    for name, t in rows:
         print(f"| {name} | {t * 1000:.1f} | {b / t:.1f} |")
     print(f"\nratio predict / backbone = {t_bb / t_pred:.2f} (target >= 0.7)")
+    if t_pred_p is not None:
+        print(f"ratio predict with composition prior / backbone = {t_bb / t_pred_p:.2f}")
     print(f"peak RSS: after model+bank {rss0:.0f} MB, after backbone runs {rss_bb:.0f} MB, "
-          f"after predict {rss_pred:.0f} MB")
+          f"after predict {rss_pred:.0f} MB, after the prior rows {rss_prior:.0f} MB")
 
 
 if __name__ == "__main__":
