@@ -39,3 +39,17 @@ def test_interrupted_stage_reruns(tmp_path: Path) -> None:
     again = StageRunner(run, log=lambda _msg: None)
     assert again.stage("learn", "a", lambda: {}).skipped
     assert not again.stage("generate", "b", lambda: {}).skipped
+
+
+def test_learn_size_lets_the_learner_segment_finer_than_the_detector() -> None:
+    import pytest
+
+    from comgen.errors import ConfigError
+    from comgen.pipeline.config import RunConfig
+
+    same = RunConfig(image_size=128).resolved()
+    finer = RunConfig(image_size=128, learn_size=256).resolved()
+    assert same.learn.image_size == 128 and finer.learn.image_size == 256
+    assert finer.detector.image_size == 128 and finer.generate.image_size == 128
+    with pytest.raises(ConfigError, match="learn_size"):
+        RunConfig(learn_size=8)
