@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from comgen.components.composition import compose as compose_map
 from comgen.config import ConfigBase
 from comgen.errors import ArtifactError, ConfigError
 from comgen.generate.low_density import CompositionDensity, DensityConfig
@@ -69,14 +68,12 @@ class CompositionPrior:
     @staticmethod
     def vectors(model: Any, density: CompositionDensity, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Composition vectors [N,D] of uint8 images [N,H,W,3] (segmented in batches at the learner's size)."""
-        h, w = images.shape[1:3]
-        min_area = max(1, int(round(model.cfg.min_area * h * w)))
+        shape = images.shape[1:3]
         out = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
             for cmap, img in zip(model.segment(chunk), chunk):
-                comp = compose_map(cmap, img, "", background=model.background, min_area=min_area)
-                out.append(density.vector(comp.components, (h, w)))
+                out.append(density.vector(model.compose(img, "", class_map=cmap).components, shape))
         return np.stack(out) if out else np.zeros((0, 0))
 
     def nll(self, images: np.ndarray) -> np.ndarray:
@@ -86,19 +83,23 @@ class CompositionPrior:
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """Calibrated scores: z of the negative log-density relative to the validation normals."""
-        return ((self.nll(images) - self.mean) / self.std).astype(np.float32)
+        return self.z(self.nll(images))
+
+    def z(self, nll: np.ndarray) -> np.ndarray:
+        """Negative log-densities -> calibrated scores (for callers that already hold the ``nll``)."""
+        return ((nll - self.mean) / self.std).astype(np.float32)
 
     # --- fitting ------------------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, model: Any, train_images: np.ndarray, val_images: np.ndarray,
+    def fit(cls, model: Any, train_images: np.ndarray, val_images: np.ndarray | None = None,
             cfg: PriorConfig | None = None) -> CompositionPrior:
-        """Fit the density on the training normals and calibrate on held-out normals."""
+        """Fit the density on the training normals and calibrate on held-out normals (or later, ``calibrate``)."""
         cfg = cfg or PriorConfig()
         density = CompositionDensity(cfg.density, model.num_classes, model.background)
         vecs = cls.vectors(model, density, np.asarray(train_images), cfg.batch_size)
         density.fit(vecs)
         prior = cls(model, density, cfg, vecs)
-        if len(val_images):
+        if val_images is not None and len(val_images):
             prior.calibrate(prior.nll(val_images))
         return prior
 

@@ -88,6 +88,11 @@ class Detector:
         self.directory = directory
         self.device = device
 
+    def branch_scores(self, j: int) -> dict[str, float]:
+        """Image ``j`` of the last ``predict`` call: each branch's calibrated score (the scores CSV's columns)."""
+        return {"network_score": float(self.last_parts["network"][j]),
+                "prior_score": float(self.last_parts["prior"][j])}
+
     @property
     def threshold(self) -> float:
         return float(self.calibration["threshold"])
@@ -292,7 +297,6 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
         chunk = files[i:i + bs]
         imgs = [read_rgb(f) for f, _ in chunk]
         scores, maps = det.predict(imgs, bs, notice=once)
-        parts = det.last_parts
         for k, ((f, name), img, sc, amap) in enumerate(zip(chunk, imgs, scores, maps)):
             smp = lookup.get(f.resolve())
             if smp is not None and smp.split == "test":
@@ -306,7 +310,7 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
                 write_png(out / "overlays" / f"{name}.png", overlay(img, amap))
             rows.append({"image": str(f), "name": name, "score": float(sc), "threshold": det.threshold,
                          "decision": "fail" if sc > det.threshold else "pass", "map": str(mpath),
-                         "network_score": float(parts["network"][k]), "prior_score": float(parts["prior"][k])})
+                         **det.branch_scores(k)})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
@@ -333,13 +337,12 @@ def predict_dataset(run: RunDir | str | Path, split: str = "test", maps_root: st
     for i in progress(range(0, len(samples), bs), f"predict {split}", total=(len(samples) + bs - 1) // bs):
         chunk = samples[i:i + bs]
         scores, maps = det.predict([s.load_image() for s in chunk], bs, notice=None)
-        parts = det.last_parts
         for j, (smp, sc, amap) in enumerate(zip(chunk, scores, maps)):
             write_map(maps_root, smp, amap.astype(np.float32))
             rows.append({"category": smp.category, "split": smp.split, "label": smp.label, "kind": smp.kind,
                          "image_id": smp.image_id, "path": str(smp.path), "score": float(sc),
                          "decision": int(sc > det.threshold),  # 1 = fail (anomalous), the exchange CSV's convention
-                         "network_score": float(parts["network"][j]), "prior_score": float(parts["prior"][j])})
+                         **det.branch_scores(j)})
     cols = ("category", "split", "label", "image_id", "path", "score", "decision", *BRANCH_COLUMNS)
     write_scores_csv(maps_root / "scores.csv", [{c: r[c] for c in cols} for r in rows])
     return rows

@@ -414,9 +414,11 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str
     model = ComponentModel.load(run.components)
     labels = splits.val.labels
     log("fitting the composition prior on the training normals")
-    prior = CompositionPrior.fit(model, splits.bank_images, splits.val.images[labels == 0], cfg.prior)
+    prior = CompositionPrior.fit(model, splits.bank_images, cfg=cfg.prior)
+    nll = prior.nll(splits.val.images)  # segmented once: normals calibrate, anomalies give the validation AUROC
+    prior.calibrate(nll[labels == 0])
+    z_prior = prior.z(nll)
     z_net = (val_logits - cal["score_mean"]) / cal["score_std"]
-    z_prior = prior.score(splits.val.images)
     fused = fuse_scores(z_net, z_prior, cfg.prior.fuse)
     cal["threshold_network"] = cal["threshold"]
     cal["threshold"] = float(np.quantile(fused[labels == 0], cfg.threshold_quantile))

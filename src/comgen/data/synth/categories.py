@@ -441,9 +441,10 @@ class CablePair(Category):
         if counts[0] != counts[1]:
             msgs.append(f"connectors have {counts[0]} and {counts[1]} levers; they must match")
         cable = labels == 3
-        if cable.sum() < _nominal(s, 0.3 * 0.03, 0.3):
+        min_piece = _nominal(s, 0.3 * 0.03, 0.3)
+        if cable.sum() < min_piece:
             return msgs + ["cable is missing"]
-        pieces = components(cable, _nominal(s, 0.3 * 0.03, 0.3))
+        pieces = components(cable, min_piece)
         # the area test needs a cable several pixels wide: below ~96 px line rasterisation alone varies it by 1.6x
         if len(pieces) > 1 or (s >= 96 and cable.sum() > CABLE_AREA_MAX * _cable_area(s)):
             msgs.append("more than one cable" if len(pieces) > 1 else
