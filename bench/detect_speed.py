@@ -10,7 +10,7 @@ Measures at the working size (default 256 px), batch B, on CPU threads T:
 The head's weights do not change its cost, so an untrained head is used; the bank holds N synthetic normal
 images (the toy two-object world). Peak RSS is the process maximum after each phase.
 
-    python bench/detect_speed.py [--size 256] [--batch 8] [--bank 64] [--threads 2] [--repeats 5]
+    python bench/detect_speed.py [--size 256] [--batch 8] [--bank 64] [--threads 2] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -49,13 +49,30 @@ def timed(fn, repeats: int) -> float:  # noqa: ANN001
     return float(np.median(best))
 
 
+def paired(fns: list, repeats: int) -> list[np.ndarray]:  # noqa: ANN001
+    """Seconds of each function per round, the functions run back to back in every round.
+
+    Why paired: on a shared VM the speed of the cores drifts by up to 2x over a minute, so a ratio of two medians
+    taken minutes apart mixes the drift into the ratio; per-round ratios of back-to-back runs cancel most of it.
+    """
+    for fn in fns:
+        fn()  # warm-up
+    out = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            out[i].append(time.perf_counter() - t)
+    return [np.asarray(o) for o in out]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--bank", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--no-prior", action="store_true", help="skip the composition-prior rows")
@@ -77,9 +94,10 @@ def main() -> None:
     det = Detector(cfg, CSDA(backbone, cfg.head), bank, cal, Path("."), torch.device("cpu"))
     imgs = toy(args.batch, args.size, 1)
     x = to_tensor(imgs)
-    t_bb = timed(lambda: backbone(x), args.repeats)
-    rss_bb = rss_mb()
-    t_pred = timed(lambda: det.predict(imgs, notice=None), args.repeats)
+    with torch.no_grad():
+        bb_runs, pred_runs = paired([lambda: backbone(x), lambda: det.predict(imgs, notice=None)], args.repeats)
+    t_bb, t_pred = float(np.median(bb_runs)), float(np.median(pred_runs))
+    ratios = bb_runs / pred_runs
     rss_pred = rss_mb()
     # where predict's time goes
     feats = det.model.features(x)
@@ -100,9 +118,12 @@ def main() -> None:
         model = learn_components(toy(16, args.size, 2), LearnerConfig(image_size=args.size, k=3))
         prior = CompositionPrior.fit(model, toy(24, args.size, 3), toy(8, args.size, 4))
         det_p = Detector(cfg, det.model, bank, cal, Path("."), torch.device("cpu"), prior)
-        t_pred_p = timed(lambda: det_p.predict(imgs, notice=None), args.repeats)
-        rows += [("predict with composition prior", t_pred_p),
-                 ("  composition prior", timed(lambda: prior.score(imgs), args.repeats))]
+        with torch.no_grad():
+            bb_p, pred_p = paired([lambda: backbone(x), lambda: det_p.predict(imgs, notice=None)], args.repeats)
+        t_pred_p, ratios_p = float(np.median(pred_p)), bb_p / pred_p
+        shared = det_p._prior_scale is not None
+        rows += [(f"predict with composition prior ({'shares' if shared else 'own'} backbone features)", t_pred_p),
+                 ("  composition prior alone (own backbone pass)", timed(lambda: prior.score(imgs), args.repeats))]
     rss_prior = rss_mb()
     b = args.batch
     print(f"backbone {backbone.name} ({backbone.source}), {args.size} px, batch {b}, {args.threads} threads, "
@@ -110,11 +131,13 @@ def main() -> None:
     print(f"| what | ms / batch | images / s |\n|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {t * 1000:.1f} | {b / t:.1f} |")
-    print(f"\nratio predict / backbone = {t_bb / t_pred:.2f} (target >= 0.7)")
+    print(f"\nratio predict / backbone = {np.median(ratios):.2f} (median of {len(ratios)} back-to-back rounds; "
+          f"quartiles {np.quantile(ratios, 0.25):.2f}-{np.quantile(ratios, 0.75):.2f}; target >= 0.7)")
     if t_pred_p is not None:
-        print(f"ratio predict with composition prior / backbone = {t_bb / t_pred_p:.2f}")
-    print(f"peak RSS: after model+bank {rss0:.0f} MB, after backbone runs {rss_bb:.0f} MB, "
-          f"after predict {rss_pred:.0f} MB, after the prior rows {rss_prior:.0f} MB")
+        print(f"ratio predict with composition prior / backbone = {np.median(ratios_p):.2f} "
+              f"(quartiles {np.quantile(ratios_p, 0.25):.2f}-{np.quantile(ratios_p, 0.75):.2f})")
+    print(f"peak RSS: after model+bank {rss0:.0f} MB, after backbone and predict {rss_pred:.0f} MB, "
+          f"after the prior rows {rss_prior:.0f} MB")
 
 
 if __name__ == "__main__":

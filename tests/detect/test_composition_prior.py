@@ -87,3 +87,29 @@ def test_training_without_component_model_leaves_the_prior_off(tmp_path: Path) -
     res = train_detector(tmp_path / "run", tiny_config(epochs=1), splits=toy_splits(), log=lambda m: None, cpu=True)
     assert res.calibration["prior"] == {"enabled": False, "reason": "the run has no component model (`comgen learn`)"}
     assert not (tmp_path / "run" / "detector" / PRIOR_DIR).exists()
+
+
+def test_predict_reuses_the_detector_features_when_the_backbones_match() -> None:
+    """Same weights, layer and size: the prior segments from the detector's features, with identical scores."""
+    import torch
+
+    from comgen.detect.backbone import build_backbone
+    from comgen.detect.csda import CSDA
+    from comgen.detect.predict import Detector
+    from comgen.masks.memory import MemoryBank, MemoryBankConfig
+
+    cfg = tiny_config()
+    learner = LearnerConfig(image_size=SIZE, k=3, backbone_weights="random", pixels_per_image=300,
+                            max_fit_pixels=6000, select_pixels=2000)
+    model = learn_components(_images("good", 12, 10), learner)
+    prior = CompositionPrior.fit(model, _images("good", 16, 11), _images("good", 6, 12))
+    backbone = build_backbone(cfg.backbone)
+    bank = MemoryBank.build(_images("good", 6, 13), [f"n{i}" for i in range(6)], backbone,
+                            MemoryBankConfig.from_dict({**cfg.bank, "image_size": SIZE, "k": cfg.head.k}))
+    cal = {"score_mean": 0.0, "score_std": 1.0, "map_mean": 0.0, "map_std": 1.0, "threshold": 3.0}
+    det = Detector(cfg, CSDA(backbone, cfg.head), bank, cal, Path("."), torch.device("cpu"), prior)
+    assert det._prior_scale == 0  # learner layer 1 = the detector's first scale
+    images = np.concatenate([_images("good", 3, 14), _images("missing", 3, 15)])
+    det.predict(images, notice=None)
+    np.testing.assert_allclose(det.last_parts["prior"], prior.score(images), rtol=1e-4, atol=1e-4)
+    assert model.shared_feature_index(backbone, SIZE * 2) is None  # another working size: no sharing

@@ -40,7 +40,7 @@ def test_predict_resizes_and_converts_with_one_notice(detector: Detector) -> Non
     assert isinstance(maps, list) and [m.shape for m in maps] == [(96, 96), (SIZE, SIZE), (80, 80)]
     assert len(notes) == 1 and "resized 2 image(s)" in notes[0] and "gray" in notes[0] and "RGBA" in notes[0]
     same, _ = detector.predict([gray], notice=None)
-    assert same[0] == pytest.approx(scores[1], abs=1e-5)
+    assert same[0] == pytest.approx(scores[1], rel=1e-5, abs=1e-5)  # batch size changes float32 kernels only
 
 
 def test_bad_inputs(detector: Detector, tmp_path: Path) -> None:

@@ -185,8 +185,10 @@ def transform_pixels(tf: FeatureTransform, lab: np.ndarray, deep_proj: np.ndarra
     """Concatenate (projected deep, Lab) and apply the fitted standardise-and-weight step. Shapes [...,D]."""
     parts = [deep_proj] if deep_proj is not None else []
     parts.append(lab)
-    x = np.concatenate(parts, -1) if len(parts) > 1 else lab
-    return ((x - tf.mean) * tf.scale).astype(np.float32)
+    x = np.concatenate(parts, -1) if len(parts) > 1 else lab.astype(np.float32)
+    x -= tf.mean.astype(np.float32)  # in place and float32: a float64 mean would double the cost of this step
+    x *= tf.scale.astype(np.float32)
+    return x
 
 
 def project_deep(tf: FeatureTransform, deep: np.ndarray | None) -> np.ndarray | None:

@@ -27,7 +27,7 @@ from comgen.components.features import (
     transform_pixels,
     upsample,
 )
-from comgen.errors import ArtifactError
+from comgen.errors import ArtifactError, InputError
 from comgen.io import atomic_path, atomic_write_json
 from comgen.records import Composition
 
@@ -88,11 +88,30 @@ class ComponentModel:
                                     "backbone weights differ from the ones the components were learned with")
         return PixelFeaturizer(self.cfg, self._backbone)
 
-    def pixel_features(self, images: np.ndarray) -> np.ndarray:
-        """Transformed per-pixel features [N,S,S,D] of working-resolution images."""
-        fz = self._featurizer()
+    def shared_feature_index(self, backbone: Any, image_size: int) -> int | None:
+        """Where this model's deep features sit in ``backbone``'s output list at ``image_size``, if anywhere.
+
+        Why: the detector already ran the same frozen backbone on the same images; when the weights, the layer
+        and the working size match, the composition prior segments from those features instead of a second
+        forward pass. None when anything differs (the prior then runs its own backbone).
+        """
+        want = self.meta.get("backbone_fingerprint")
+        layers = tuple(getattr(getattr(backbone, "cfg", None), "layers", ()))
+        if (not self.cfg.use_backbone or len(self.cfg.backbone_layers) != 1 or image_size != self.cfg.image_size
+                or getattr(backbone, "name", None) != self.cfg.backbone or not want
+                or not hasattr(backbone, "fingerprint") or backbone.fingerprint() != want):
+            return None
+        layer = self.cfg.backbone_layers[0]
+        return layers.index(layer) if layer in layers else None
+
+    def pixel_features(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
+        """Transformed per-pixel features [N,S,S,D] of working-resolution images.
+
+        ``deep``: the learner's backbone features [N,h,w,C] of these images when the caller already has them.
+        """
+        fz = self._featurizer() if deep is None else PixelFeaturizer(self.cfg)
         lab = fz.lab(images)
-        deep = project_deep(self.transform, fz.deep(images))
+        deep = project_deep(self.transform, fz.deep(images) if deep is None else deep)
         if deep is not None:
             deep = upsample(deep, images.shape[1])
         return transform_pixels(self.transform, lab, deep)
@@ -104,22 +123,30 @@ class ComponentModel:
         d = (c * c).sum(1)[None] - 2.0 * flat @ c.T
         return d.argmin(1).reshape(feats.shape[:-1]).astype(np.uint8)
 
-    def segment_working(self, images: np.ndarray) -> np.ndarray:
-        """Class maps [N,S,S] of images already at the working resolution (no resizing back)."""
-        images = resize_square(check_images(images), self.cfg.image_size)
+    def segment_working(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
+        """Class maps [N,S,S] at the working resolution (no resizing back).
+
+        ``deep``: precomputed backbone features [N,h,w,C] (see ``shared_feature_index``); the images must then
+        already be at the working size.
+        """
+        images = check_images(images)
+        if deep is not None and (images.shape[1:3] != (self.cfg.image_size,) * 2 or len(deep) != len(images)):
+            raise InputError("segment", f"precomputed features need {len(images)} images at the working size "
+                                        f"{self.cfg.image_size}, got {images.shape[1:3]} and {len(deep)} feature maps")
+        images = resize_square(images, self.cfg.image_size)
         out = np.empty(images.shape[:3], np.uint8)
         kernel = int(round(self.cfg.scaled(self.cfg.smooth))) | 1 if self.cfg.smooth else 0
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(images), bs):
-            lab = self.assign(self.pixel_features(images[i:i + bs]))
+            lab = self.assign(self.pixel_features(images[i:i + bs], None if deep is None else deep[i:i + bs]))
             out[i:i + bs] = np.stack([majority_filter(m, self.num_classes, kernel) for m in lab])
         return out
 
-    def segment(self, images: np.ndarray) -> np.ndarray:
+    def segment(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
         """Class maps [N,H,W] (values 0..K-1, 0 = background) at the images' own resolution."""
         images = check_images(images)
         h, w = images.shape[1:3]
-        maps = self.segment_working(images)
+        maps = self.segment_working(images, deep)
         if (h, w) != maps.shape[1:]:
             maps = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in maps])
         return maps

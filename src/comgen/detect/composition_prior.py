@@ -66,24 +66,29 @@ class CompositionPrior:
 
     # --- scoring ------------------------------------------------------------------------------------------------
     @staticmethod
-    def vectors(model: Any, density: CompositionDensity, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """Composition vectors [N,D] of uint8 images [N,H,W,3] (segmented in batches at the learner's size)."""
+    def vectors(model: Any, density: CompositionDensity, images: np.ndarray, batch_size: int = 16,
+                deep: np.ndarray | None = None) -> np.ndarray:
+        """Composition vectors [N,D] of uint8 images [N,H,W,3] (segmented in batches at the learner's size).
+
+        ``deep``: the learner's backbone features of these images, when the caller has them already.
+        """
         shape = images.shape[1:3]
         out = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            for cmap, img in zip(model.segment(chunk), chunk):
+            maps = model.segment(chunk, None if deep is None else deep[i:i + batch_size])
+            for cmap, img in zip(maps, chunk):
                 out.append(density.vector(model.compose(img, "", class_map=cmap).components, shape))
         return np.stack(out) if out else np.zeros((0, 0))
 
-    def nll(self, images: np.ndarray) -> np.ndarray:
+    def nll(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
         """Negative composition log-density of each image (higher = rarer composition)."""
-        vecs = self.vectors(self.model, self.density, np.asarray(images), self.cfg.batch_size)
+        vecs = self.vectors(self.model, self.density, np.asarray(images), self.cfg.batch_size, deep)
         return -self.density.score(vecs)
 
-    def score(self, images: np.ndarray) -> np.ndarray:
+    def score(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
         """Calibrated scores: z of the negative log-density relative to the validation normals."""
-        return self.z(self.nll(images))
+        return self.z(self.nll(images, deep))
 
     def z(self, nll: np.ndarray) -> np.ndarray:
         """Negative log-densities -> calibrated scores (for callers that already hold the ``nll``)."""

@@ -87,6 +87,9 @@ class Detector:
         self.calibration = calibration
         self.directory = directory
         self.device = device
+        # which detector feature scale the prior can segment from (None: the prior runs its own backbone)
+        self._prior_scale = None if prior is None or cfg.tiles != 1 else \
+            prior.model.shared_feature_index(model.backbone, cfg.image_size)
 
     def branch_scores(self, j: int) -> dict[str, float]:
         """Image ``j`` of the last ``predict`` call: each branch's calibrated score (the scores CSV's columns)."""
@@ -135,6 +138,12 @@ class Detector:
     @torch.no_grad()
     def raw(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Working-size uint8 batch [N,S,S,3] -> (image logits [N], map logits [N,S,S]), uncalibrated."""
+        g, m, _ = self._forward(images)
+        return g, m
+
+    @torch.no_grad()
+    def _forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
+        """``raw`` plus the backbone features (kept for the composition prior)."""
         from comgen.detect.backbone import to_tensor
 
         x = to_tensor(images).to(self.device)
@@ -143,7 +152,14 @@ class Detector:
         aligned = [a.to(self.device) for a in self.bank.align([f.cpu() for f in feats], idx)]
         s = self.cfg.image_size
         m, g = self.model.head(feats, aligned, (s, s))
-        return g.float().cpu().numpy(), m[:, 0].float().cpu().numpy()
+        return g.float().cpu().numpy(), m[:, 0].float().cpu().numpy(), feats
+
+    def _prior_scores(self, images: np.ndarray, feats: list[torch.Tensor]) -> np.ndarray:
+        """Composition-prior scores of a working-size batch, reusing the detector's features where they match."""
+        deep = None
+        if self._prior_scale is not None:
+            deep = feats[self._prior_scale].float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return self.prior.score(images, deep)
 
     def normalise(self, logits: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = self.calibration
@@ -178,12 +194,12 @@ class Detector:
                     resized += 1
                     img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
                 chunk.append(img)
-            logits, mlog = self.raw(to_tiles(np.stack(chunk), g))
+            logits, mlog, feats = self._forward(to_tiles(np.stack(chunk), g))
             sc, mp = self.normalise(logits, mlog)
             mp = from_tiles(mp, g)
             scores[i:i + len(chunk)] = sc.reshape(len(chunk), g * g).max(axis=1)
             if self.prior is not None and g == 1:
-                prior[i:i + len(chunk)] = self.prior.score(np.stack(chunk))
+                prior[i:i + len(chunk)] = self._prior_scores(np.stack(chunk), feats)
             for m, (h, w) in zip(mp, shapes):
                 maps.append(m if (h, w) == (s, s) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
         self.last_parts = {"network": scores.copy(), "prior": prior}

@@ -29,6 +29,7 @@ from comgen.config import ConfigBase
 from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.io import atomic_path, atomic_write_json
 from comgen.progress import progress
+from comgen.tensor_ops import unit_along
 
 log = logging.getLogger(__name__)
 
@@ -129,36 +130,48 @@ def align_features(query: torch.Tensor, refs: torch.Tensor, window: int, metric:
     refs = refs.to(device=query.device, dtype=query.dtype)
     if window == 0:
         return refs.clone()
-    if metric == "cosine":
-        qn = F.normalize(query, dim=1).unsqueeze(1)  # [B,1,C,h,w]
-        rn = F.normalize(refs, dim=2)
-    elif metric == "l2":  # argmin |q-r|^2 = argmax 2 q.r - |r|^2
-        qn, rn = 2.0 * query.unsqueeze(1), refs
-    else:
+    if metric not in ("cosine", "l2"):
         raise InputError("align", f"unknown metric {metric!r}")
+    if (2 * window + 1) ** 2 > 255:
+        raise InputError("align", f"window {window} is too large (at most 7)")
     Hp, Wp = h + 2 * window, w + 2 * window
     pad = (window, window, window, window)
-    rn_pad = F.pad(rn.reshape(B * k, C, h, w), pad, mode="replicate").view(B, k, C, Hp, Wp)
-    sq_pad = (rn_pad ** 2).sum(2) if metric == "l2" else None
+    # One padded copy of the raw references serves both the similarity and the final gather. Cosine needs only
+    # the query normalised: dividing q.r by |r| (a small [B,k,Hp,Wp] map) gives the same argmax without a
+    # normalised copy of the references. argmin |q-r|^2 = argmax 2 q.r - |r|^2 for the l2 metric.
+    raw_pad = F.pad(refs.reshape(B * k, C, h, w), pad, mode="replicate").view(B, k, C, Hp, Wp)
+    sq_pad = raw_pad.pow(2).sum(2)
+    if metric == "cosine":
+        q = unit_along(query, 1).unsqueeze(1)  # [B,1,C,h,w]
+        scale_pad, shift_pad = sq_pad.clamp_min(1e-24).rsqrt(), None
+    else:
+        q, scale_pad, shift_pad = 2.0 * query.unsqueeze(1), None, sq_pad
     # centre first, so ties (flat regions) keep the un-shifted patch
     offsets = [(0, 0)] + [(dy, dx) for dy in range(-window, window + 1) for dx in range(-window, window + 1)
                           if (dy, dx) != (0, 0)]
-    best_sim = torch.full((B, k, h, w), -float("inf"), device=query.device, dtype=query.dtype)
-    best_off = torch.zeros((B, k, h, w), dtype=torch.long, device=query.device)
+    prod = torch.empty((B, k, C, h, w), device=query.device, dtype=query.dtype)  # reused: no allocation per step
+    sim = torch.empty((B, k, h, w), device=query.device, dtype=query.dtype)
+    best_sim = torch.empty_like(sim)
+    best_off = torch.zeros((B, k, h, w), dtype=torch.uint8, device=query.device)  # offset index (< 256 offsets)
     for o, (dy, dx) in enumerate(offsets):  # running max of similarity; features are gathered once at the end
-        cand = rn_pad[..., window + dy:window + dy + h, window + dx:window + dx + w]
-        sim = (qn * cand).sum(2)
-        if sq_pad is not None:
-            sim = sim - sq_pad[..., window + dy:window + dy + h, window + dx:window + dx + w]
-        better = sim > best_sim
-        best_sim = torch.where(better, sim, best_sim)
-        best_off = torch.where(better, o, best_off)
+        ys, xs = window + dy, window + dx
+        torch.mul(q, raw_pad[..., ys:ys + h, xs:xs + w], out=prod)
+        torch.sum(prod, dim=2, out=sim)
+        if scale_pad is not None:
+            sim.mul_(scale_pad[..., ys:ys + h, xs:xs + w])
+        else:
+            sim.sub_(shift_pad[..., ys:ys + h, xs:xs + w])
+        if o == 0:
+            best_sim.copy_(sim)
+            continue
+        best_off.masked_fill_(sim > best_sim, o)
+        torch.maximum(best_sim, sim, out=best_sim)
     off = torch.tensor(offsets, device=query.device)
+    best_off = best_off.long()
     ys = torch.arange(h, device=query.device).view(1, 1, h, 1) + window + off[:, 0][best_off]
     xs = torch.arange(w, device=query.device).view(1, 1, 1, w) + window + off[:, 1][best_off]
     where = (ys * Wp + xs).view(B, k, 1, h * w).expand(B, k, C, h * w)
-    raw_pad = F.pad(refs.reshape(B * k, C, h, w), pad, mode="replicate").view(B, k, C, Hp * Wp)
-    return raw_pad.gather(3, where).view(B, k, C, h, w)
+    return raw_pad.reshape(B, k, C, Hp * Wp).gather(3, where).view(B, k, C, h, w)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from comgen.config import ConfigBase
 from comgen.errors import InputError
+from comgen.tensor_ops import norm_along, unit_along
 
 
 @dataclass
@@ -68,9 +69,9 @@ def residual_maps(query_feats: Sequence[torch.Tensor], aligned_feats: Sequence[t
     for w, q, a in zip(weights, query_feats, aligned_feats):
         if a.ndim != 5 or a.shape[0] != q.shape[0] or a.shape[2:] != q.shape[1:]:
             raise InputError("residual", f"aligned {tuple(a.shape)} does not match query {tuple(q.shape)}")
-        qn = F.normalize(q.float(), dim=1).unsqueeze(1)
-        an = F.normalize(a.float().to(q.device), dim=2)
-        d = _reduce_k((qn - an).norm(dim=2), reduce)  # [B,h,w]
+        qn = unit_along(q.float(), 1).unsqueeze(1)
+        an = unit_along(a.float().to(q.device), 2)
+        d = _reduce_k(norm_along(qn - an, 2), reduce)  # [B,h,w]
         up = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         fused = up * w if fused is None else fused + up * w
     fused = fused / float(sum(weights))
@@ -210,7 +211,7 @@ def color_residual(query_lab: torch.Tensor, aligned_lab: torch.Tensor, out_size:
         raise InputError("residual", f"aligned colours {tuple(aligned_lab.shape)} vs query {tuple(query_lab.shape)}")
     _check_reduce(reduce)
     size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
-    d = _reduce_k((query_lab.float().unsqueeze(1) - aligned_lab.float()).norm(dim=2), reduce)
+    d = _reduce_k(norm_along(query_lab.float().unsqueeze(1) - aligned_lab.float(), 2), reduce)
     up = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
     return gaussian_blur(up, blur_sigma) if blur_sigma > 0 else up
 
