@@ -76,8 +76,13 @@ def main() -> None:
     ap.add_argument("--backbone", default="tf_efficientnet_lite0")
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--no-prior", action="store_true", help="skip the composition-prior rows")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="keep glibc's default allocator settings (the comgen CLI tunes them; see comgen.runtime)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from comgen.runtime import tune_allocator
+
+    tuned = False if args.default_malloc else tune_allocator()
 
     from comgen.detect.backbone import BackboneConfig, build_backbone, to_tensor
     from comgen.detect.config import DetectorConfig
@@ -127,7 +132,7 @@ def main() -> None:
     rss_prior = rss_mb()
     b = args.batch
     print(f"backbone {backbone.name} ({backbone.source}), {args.size} px, batch {b}, {args.threads} threads, "
-          f"bank {args.bank} images")
+          f"bank {args.bank} images, allocator {'tuned as by the CLI' if tuned else 'glibc default'}")
     print(f"| what | ms / batch | images / s |\n|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {t * 1000:.1f} | {b / t:.1f} |")

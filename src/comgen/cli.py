@@ -48,6 +48,9 @@ for _name in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the Typer app, turning user-facing errors into one line and exit code 2."""
+    from comgen.runtime import tune_allocator
+
+    tune_allocator()
     try:
         app(args=argv, standalone_mode=False)
     except ComgenError as exc:
