@@ -6,12 +6,20 @@ real normal images the generators never saw (the validation split). Lower accura
 more realistic; 0.5 is chance. Features: pooled maps of the frozen backbone's layers (``--pool avg`` or ``avgmax``;
 max pooling keeps small local anomalies from vanishing in the average).
 
+``--against normal`` (the issue's protocol) takes real *normal* images as the real class. Then the probe also
+detects the change a logical edit makes on purpose: a swapped colour or a missing part is a different image
+whatever its rendering. ``--against anomalies`` takes the benchmark's real test anomalies as the real class, as
+anomaly-generation papers compare generated with real defects. The probe then asks whether generated anomalies
+look like real ones, and only rendering artefacts or a wrong defect distribution separate them. Crops come from
+around each set's own masks.
+
 ``--region image`` probes whole images. That also rewards a back-end for changing *less*: a logical edit (an
 extra or missing part) changes the global content on purpose, a small CutPaste scar hardly does. ``--region mask``
 isolates realism: it probes crops around each anomaly's mask (bbox + margin) against the *same* box cut from a
 real image, so location and size are matched and only the look of the edited region differs.
 
-    python bench/realism_probe.py --size 128 --train 40 --validation 40 --n 60 --region image --region mask
+    python bench/realism_probe.py --size 128 --train 40 --validation 40 --n 60 --region image --region mask \
+        --against normal --against anomalies
 """
 
 from __future__ import annotations
@@ -60,6 +68,39 @@ def mask_crops(images: np.ndarray, masks: np.ndarray, real: np.ndarray, out: int
     return np.stack(real_c), np.stack(fake_c)
 
 
+def own_crops(images: np.ndarray, masks: list[np.ndarray], out: int, margin: float = 0.25,
+              min_side: float = 0.25) -> np.ndarray:
+    """Square crops (bbox + margin, at least ``min_side`` of the image) around each image's own mask."""
+    import cv2
+
+    crops = []
+    for img, mask in zip(images, masks):
+        size = img.shape[0]
+        ys, xs = np.nonzero(mask) if mask.any() else (np.array([0, size - 1]), np.array([0, size - 1]))
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        side = max((ys.max() - ys.min() + 1), (xs.max() - xs.min() + 1)) * (1 + 2 * margin)
+        side = int(min(size, max(side, min_side * size)))
+        y0 = int(np.clip(round(cy - side / 2), 0, size - side))
+        x0 = int(np.clip(round(cx - side / 2), 0, size - side))
+        crops.append(cv2.resize(img[y0:y0 + side, x0:x0 + side], (out, out), interpolation=cv2.INTER_AREA))
+    return np.stack(crops)
+
+
+def real_anomalies(samples, size: int) -> tuple[np.ndarray, list[np.ndarray]]:  # noqa: ANN001
+    """The test split's real anomalies at ``size`` px with the union of their ground-truth masks."""
+    import cv2
+
+    from comgen.data.imageio import resize_rgb
+
+    imgs, masks = [], []
+    for s in samples:
+        imgs.append(resize_rgb(s.load_image(), size))
+        gt = [m > 0 for m in s.load_masks()]
+        union = np.any(np.stack(gt), 0) if gt else np.zeros(imgs[-1].shape[:2], bool)
+        masks.append(cv2.resize(union.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+    return np.stack(imgs), masks
+
+
 def probe_accuracy(real: np.ndarray, fake: np.ndarray, folds: int, seed: int) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -90,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", choices=("avg", "avgmax"), default="avgmax")
     ap.add_argument("--region", action="append", choices=("image", "mask"), default=None,
                     help="probe whole images and/or crops around the masks (repeatable; default both)")
+    ap.add_argument("--against", action="append", choices=("normal", "anomalies"), default=None,
+                    help="real class: normal images (validation) and/or the real test anomalies (repeatable; "
+                         "default normal)")
+    ap.add_argument("--test", type=int, default=150, help="test images per category of the generated benchmark "
+                                                          "(good + anomalies), for --against anomalies")
     ap.add_argument("--data", type=Path, default=None, help="reuse a synth benchmark folder")
     args = ap.parse_args(argv)
     os.environ.setdefault("COMGEN_QUIET", "1")
@@ -109,25 +155,33 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp.name) / "synth"
         t0 = time.perf_counter()
         generate_benchmark(root, SynthConfig(size=args.size, n_train=args.train, n_validation=args.validation,
-                                             n_test=4, seed=args.seed, categories=cats))
+                                             n_test=args.test if "anomalies" in (args.against or []) else 4,
+                                             seed=args.seed, categories=cats))
         print(f"synth data: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     ds = open_dataset(root)
     backbone = build_backbone(BackboneConfig(weights=args.weights))
     print(f"backbone {backbone.source}; image size {args.size}; {args.n} anomalies per back-end; "
           f"{args.folds}-fold logistic regression (chance = 0.5, lower = more realistic)")
     backends = args.backends.split(",")
-    regions = args.region or ["image", "mask"]
-    header = "".join(f"{b + '/' + r:>22}" for r in regions for b in backends)
+    regions = [(a, r) for a in (args.against or ["normal"]) for r in (args.region or ["image", "mask"])]
+    header = "".join(f"{b + '/' + a[:4] + '/' + r:>26}" for a, r in regions for b in backends)
     print(f"{'category':<16}{header}")
-    table: dict[tuple[str, str], list[float]] = {(b, r): [] for r in regions for b in backends}
+    table: dict[tuple[str, tuple[str, str]], list[float]] = {(b, ar): [] for ar in regions for b in backends}
     from comgen.data.imageio import resize_rgb
 
     for cat in cats:
         train = ds.samples(cat, "train")
         held = [s for s in ds.samples(cat, "validation") if s.kind == "good"] or train
         real_imgs = np.stack([resize_rgb(s.load_image(), args.size) for s in held])
-        real_feats = pooled_features(real_imgs, backbone, args.pool)
-        cells: dict[tuple[str, str], str] = {}
+        real = {"normal": (real_imgs, None)}
+        if any(a == "anomalies" for a, _ in regions):
+            anomalous = [s for s in ds.samples(cat, "test") if s.kind != "good"]
+            if not anomalous:
+                print(f"  {cat}: no real test anomalies; --against anomalies skipped", file=sys.stderr)
+            else:
+                real["anomalies"] = real_anomalies(anomalous, args.size)
+        feats_of: dict[tuple[str, str], np.ndarray] = {}
+        cells: dict[tuple[str, tuple[str, str]], str] = {}
         for b in backends:
             cfg = GenerateConfig(backend=b, n=args.n, image_size=args.size, seed=args.seed)
             try:
@@ -138,20 +192,33 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {cat}/{b}: {exc}", file=sys.stderr)
                 continue
             fake_imgs = np.stack([a.image for a in made])
-            for r in regions:
+            fake_masks = [a.mask for a in made]
+            fake_whole = pooled_features(fake_imgs, backbone, args.pool)
+            for a, r in regions:
+                if a not in real:
+                    continue
+                ref_imgs, ref_masks = real[a]
                 if r == "image":
-                    real_f, fake_f = real_feats, pooled_features(fake_imgs, backbone, args.pool)
-                else:
-                    rc, fc = mask_crops(fake_imgs, np.stack([a.mask for a in made]), real_imgs, args.size // 2,
+                    if (a, r) not in feats_of:
+                        feats_of[(a, r)] = pooled_features(ref_imgs, backbone, args.pool)
+                    real_f, fake_f = feats_of[(a, r)], fake_whole
+                elif a == "normal":  # the same boxes cut from real normal images: location and size matched
+                    rc, fc = mask_crops(fake_imgs, np.stack(fake_masks), ref_imgs, args.size // 2,
                                         np.random.default_rng(args.seed))
                     real_f, fake_f = pooled_features(rc, backbone, args.pool), pooled_features(fc, backbone, args.pool)
+                else:  # each set cropped around its own defects
+                    if (a, r) not in feats_of:
+                        feats_of[(a, r)] = pooled_features(own_crops(ref_imgs, ref_masks, args.size // 2), backbone,
+                                                           args.pool)
+                    real_f = feats_of[(a, r)]
+                    fake_f = pooled_features(own_crops(fake_imgs, fake_masks, args.size // 2), backbone, args.pool)
                 acc, sd = probe_accuracy(real_f, fake_f, args.folds, args.seed)
-                table[(b, r)].append(acc)
-                cells[(b, r)] = f"{acc:.3f}±{sd:.3f}"
-        print(f"{cat:<16}" + "".join(f"{cells.get((b, r), 'n/a'):>22}" for r in regions for b in backends),
+                table[(b, (a, r))].append(acc)
+                cells[(b, (a, r))] = f"{acc:.3f}±{sd:.3f}"
+        print(f"{cat:<16}" + "".join(f"{cells.get((b, ar), 'n/a'):>26}" for ar in regions for b in backends),
               flush=True)
-    print(f"{'mean':<16}" + "".join(f"{np.mean(table[(b, r)]) if table[(b, r)] else float('nan'):>22.3f}"
-                                    for r in regions for b in backends))
+    print(f"{'mean':<16}" + "".join(f"{np.mean(table[(b, ar)]) if table[(b, ar)] else float('nan'):>26.3f}"
+                                    for ar in regions for b in backends))
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -11,7 +11,7 @@ For the built-in benchmark, each edit is also applied to the generator's truth p
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -68,15 +68,43 @@ def _feather(mask: np.ndarray, sigma: float) -> np.ndarray:
     return a
 
 
+def lighting_gain(dst: np.ndarray, dst_where: np.ndarray, src: np.ndarray, src_where: np.ndarray,
+                  limit: float = 0.35) -> np.ndarray:
+    """Per-channel gain [3] that maps the lighting of ``src`` onto ``dst``, from pixels that show the same surface.
+
+    Why: normal images differ in exposure and colour cast; a part or a patch of surface copied from another image
+    keeps *its* lighting and shows as a tinted disc (the realism probe and the eye both caught it). Lighting is
+    multiplicative, so a ratio of means over one surface (the background, or the ring around a hole) corrects it.
+    Clipped to 1 +- ``limit``; 1 when either side has too few pixels.
+    """
+    if dst_where.sum() < 16 or src_where.sum() < 16:
+        return np.ones(3, np.float32)
+    g = (dst[dst_where].reshape(-1, 3).mean(0) + 1.0) / (src[src_where].reshape(-1, 3).mean(0) + 1.0)
+    return np.clip(g, 1.0 - limit, 1.0 + limit).astype(np.float32)
+
+
+def _relit(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    return np.clip(rgb.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+
+
 def _fill_hole(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
                ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None, sigma: float) -> None:
-    """Refill ``hole`` in place: reference pixels where the reference shows a surrounding class, else inpaint."""
+    """Refill ``hole`` in place: reference pixels where the reference shows a surrounding class, else inpaint.
+
+    The reference pixels are relit to this image first (``lighting_gain`` over the ring around the hole, where
+    both images show the same class).
+    """
     around = ring(hole, max(2, hole.shape[0] // 64))
     around_cls = np.unique(cm[around]) if around.any() else np.array([0])
-    from_ref = hole & np.isin(ref_cm, around_cls)
+    # reference pixels of a surrounding class, but not the soft edge of a part the reference has there
+    # (segmentation labels that edge as surface; copied, it showed as a pale crescent)
+    ref_surface = np.isin(ref_cm, around_cls)
+    from_ref = hole & ref_surface & ~dilate(~ref_surface, max(1, hole.shape[0] // 85))
     rest = hole & ~from_ref
     filled = img.copy()
-    filled[from_ref] = ref[from_ref]
+    if from_ref.any():
+        same = around & (ref_cm == cm)
+        filled[from_ref] = _relit(ref[from_ref], lighting_gain(img, same, ref, same))
     if rest.any():
         ys, xs = np.nonzero(dilate(hole, 4))
         sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
@@ -160,6 +188,11 @@ def render(plan: EditPlan, bank: ComponentBank, blend: str = "alpha", feather: f
         _fill_hole(img, cm, truth, plan.erase, bank.images[r], bank.class_maps[r], bank.truths[r], sigma)
         mask |= plan.erase
     for p in plan.pastes:
+        if p.source >= 0 and p.source != i:  # a part from another image: bring it into this image's lighting
+            bg = bank.background
+            gain = lighting_gain(bank.images[i], bank.class_maps[i] == bg, bank.images[p.source],
+                                 bank.class_maps[p.source] == bg)
+            p = replace(p, rgb=_relit(p.rgb, gain))
         mask |= _paste(img, cm, truth, p, sigma, blend)
     if plan.recolor is not None:
         m, delta = plan.recolor

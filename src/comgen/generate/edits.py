@@ -32,6 +32,7 @@ class Paste:
     top_left: tuple[int, int]
     class_id: int
     color_lab: tuple[float, float, float]
+    source: int = -1  # bank index of the image the part was cut from (-1: the edited image itself)
 
 
 @dataclass
@@ -144,14 +145,20 @@ def _own_crop(bank: ComponentBank, i: int, c: Component, pad: int = 2):
             None if t is None else t[y0:y1, x0:x1].copy(), (y0, x0))
 
 
+def _hole(bank: ComponentBank, mask: np.ndarray) -> np.ndarray:
+    """The region to refill where a part was: its mask plus the soft edge and shadow that segmentation leaves
+    outside it (~3 px at 256 px; a 1 px margin left a visible ring of the old part)."""
+    return dilate(mask, max(1, int(round(3 * bank.size / 256))))
+
+
 def _centered(mask: np.ndarray, centroid: tuple[float, float]) -> tuple[int, int]:
     ys, xs = np.nonzero(mask)
     return int(round(centroid[0] - ys.mean())), int(round(centroid[1] - xs.mean()))
 
 
-def _paste(rgb, mask, truth, top_left, class_id, color_lab) -> Paste:
+def _paste(rgb, mask, truth, top_left, class_id, color_lab, source: int = -1) -> Paste:
     return Paste(rgb=rgb, mask=mask, truth=truth, top_left=(int(top_left[0]), int(top_left[1])),
-                 class_id=int(class_id), color_lab=tuple(float(v) for v in color_lab))
+                 class_id=int(class_id), color_lab=tuple(float(v) for v in color_lab), source=int(source))
 
 
 def _finish(kind: str, i: int, comp: Composition, targets: list[int], classes: list[int], params: dict,
@@ -181,19 +188,28 @@ def _finish(kind: str, i: int, comp: Composition, targets: list[int], classes: l
 
 # --- logical edits ----------------------------------------------------------------------------
 
-def _confident_target(bank: ComponentBank, comp: Composition, rng: np.random.Generator) -> int | None:
-    """A random instance that is a whole part of a reliable class (see ``ComponentBank.confident``)."""
-    ok = [j for j, c in enumerate(comp.components) if bank.confident(c)]
+def _confident_target(bank: ComponentBank, comp: Composition, rng: np.random.Generator,
+                      loose: bool = False) -> int | None:
+    """A random instance that is a whole part of a reliable class (see ``ComponentBank.confident``);
+    ``loose``: also small enough to be a loose part (``ComponentBank.small``)."""
+    ok = [j for j, c in enumerate(comp.components) if bank.confident(c) and (not loose or bank.small(c.area))]
+    return None if not ok else int(ok[int(rng.integers(len(ok)))])
+
+
+def _movable_target(bank: ComponentBank, comp: Composition, rng: np.random.Generator) -> int | None:
+    """A random whole, loose part (``ComponentBank.movable``): what move, resize and replace act on."""
+    ok = [j for j, c in enumerate(comp.components) if bank.movable(c)]
     return None if not ok else int(ok[int(rng.integers(len(ok)))])
 
 
 def plan_remove(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    t = _confident_target(bank, comp, rng)  # removing a fragment of an unreliable class leaves a normal scene
+    # removing a fragment of an unreliable class leaves a normal scene; removing the fixture leaves no scene
+    t = _confident_target(bank, comp, rng, loose=True)
     if t is None:
         return None
     c = comp.components[t]
     keep = [x for j, x in enumerate(comp.components) if j != t]
-    return _finish("remove", i, comp, [t], [c.class_id], {}, keep, [], dilate(c.mask, 1))
+    return _finish("remove", i, comp, [t], [c.class_id], {}, keep, [], _hole(bank, c.mask))
 
 
 def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
@@ -201,7 +217,7 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     if not classes:
         return None
     k = int(rng.choice(classes))
-    items = [it for it in bank.items_of(k) if bank.typical(k, it.area)]
+    items = [it for it in bank.items_of(k) if bank.typical(k, it.area) and bank.small(it.area)]
     if not items:
         return None
     it: BankItem = items[int(rng.integers(len(items)))]
@@ -210,27 +226,28 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     if len(pos) == 0:
         return None
     y, x = pos[int(rng.integers(len(pos)))]
-    p = _paste(it.rgb, it.mask, it.truth, (y, x), k, it.color_lab)
+    p = _paste(it.rgb, it.mask, it.truth, (y, x), k, it.color_lab, it.source)
     params = {"position": [int(y), int(x)], "bank_source": bank.ids[it.source]}
     return _finish("add", i, comp, [], [k], params, list(comp.components), [p], None)
 
 
 def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    if not comp.components:
+    t = _movable_target(bank, comp, rng)
+    if t is None:
         return None
-    t = int(rng.integers(len(comp.components)))
     c = comp.components[t]
-    others = [k for k in bank.classes() if k != c.class_id]
+    # the stand-in is a whole loose part of another class (not a fragment, not the fixture)
+    others = [k for k in bank.classes() if k != c.class_id and any(bank.movable(it) for it in bank.items_of(k))]
     if not others:
         return None
     k = int(rng.choice(others))
-    items = bank.items_of(k)
+    items = [it for it in bank.items_of(k) if bank.movable(it)]
     it = items[int(rng.integers(len(items)))]
     tl = _centered(it.mask, c.centroid)
-    p = _paste(it.rgb, it.mask, it.truth, tl, k, it.color_lab)
+    p = _paste(it.rgb, it.mask, it.truth, tl, k, it.color_lab, it.source)
     keep = [x for j, x in enumerate(comp.components) if j != t]
     params = {"position": [int(tl[0]), int(tl[1])], "bank_source": bank.ids[it.source]}
-    return _finish("replace", i, comp, [t], [c.class_id, k], params, keep, [p], dilate(c.mask, 1))
+    return _finish("replace", i, comp, [t], [c.class_id, k], params, keep, [p], _hole(bank, c.mask))
 
 
 def plan_recolor(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
@@ -266,9 +283,9 @@ def plan_recolor(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
 
 def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
               min_shift: float = 0.12) -> EditPlan | None:
-    if not comp.components:
+    t = _movable_target(bank, comp, rng)
+    if t is None:
         return None
-    t = int(rng.integers(len(comp.components)))
     c = comp.components[t]
     host = bank.hosts[i][t]
     others = (bank.instance_maps[i] > 0) & ~c.mask
@@ -284,12 +301,13 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     p = _paste(rgb, mask, truth, (y, x), c.class_id, c.color_lab)
     keep = [x_ for j, x_ in enumerate(comp.components) if j != t]
     params = {"shift": [int(y - y0), int(x - x0)]}
-    return _finish("move", i, comp, [t], [c.class_id], params, keep, [p], dilate(c.mask, 1))
+    return _finish("move", i, comp, [t], [c.class_id], params, keep, [p], _hole(bank, c.mask))
 
 
 def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
     cs = comp.components
-    pairs = [(a, b) for a in range(len(cs)) for b in range(a + 1, len(cs)) if cs[a].class_id != cs[b].class_id]
+    loose = [j for j, c in enumerate(cs) if bank.movable(c)]
+    pairs = [(a, b) for a in loose for b in loose if a < b and cs[a].class_id != cs[b].class_id]
     if not pairs:
         return None
     a, b = pairs[int(rng.integers(len(pairs)))]
@@ -299,14 +317,14 @@ def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
         pastes.append(_paste(rgb, mask, truth, _centered(mask, cs[dst].centroid), cs[src].class_id,
                              cs[src].color_lab))
     keep = [x for j, x in enumerate(cs) if j not in (a, b)]
-    erase = dilate(cs[a].mask | cs[b].mask, 1)
+    erase = _hole(bank, cs[a].mask | cs[b].mask)
     return _finish("swap", i, comp, [a, b], [cs[a].class_id, cs[b].class_id], {}, keep, pastes, erase)
 
 
 def plan_resize(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    if not comp.components:
+    t = _movable_target(bank, comp, rng)
+    if t is None:
         return None
-    t = int(rng.integers(len(comp.components)))
     c = comp.components[t]
     scale = float(rng.uniform(0.5, 0.7) if rng.random() < 0.5 else rng.uniform(1.4, 1.8))
     rgb, mask, truth, _ = _own_crop(bank, i, c)
@@ -322,7 +340,7 @@ def plan_resize(bank: ComponentBank, i: int, comp: Composition, rng: np.random.G
     p = _paste(rgb2, mask2, truth2, _centered(mask2, c.centroid), c.class_id, c.color_lab)
     keep = [x for j, x in enumerate(comp.components) if j != t]
     return _finish("resize", i, comp, [t], [c.class_id], {"scale": round(scale, 3)}, keep, [p],
-                   dilate(c.mask, 1))
+                   _hole(bank, c.mask))
 
 
 # --- structural edits (inside one component; rendered by comgen.generate.structural) -------------
@@ -355,21 +373,30 @@ def plan_edit(kind: str, bank: ComponentBank, i: int, comp: Composition, rng: np
 
 def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
     """For each edit kind, None when it can be applied somewhere in the bank, else the reason why not."""
-    n_inst = [len(cs) for cs in bank.components]
-    multi = any(len({c.class_id for c in cs}) >= 2 for cs in bank.components)
-    has = any(n_inst)
+    has = any(len(cs) for cs in bank.components)
+    loose = [[c for c in cs if bank.movable(c)] for cs in bank.components]
+    loose_classes = {c.class_id for cs in loose for c in cs}
+    multi = any(len({c.class_id for c in cs}) >= 2 for cs in loose)
+    too_big = f"no whole part smaller than {bank.max_part_area:.0%} of the image (max_part_area)"
     reasons: dict[str, str | None] = {}
     for k in ALL_EDITS:
         if k == "swap":
-            reasons[k] = None if multi else "no image has parts of two different classes to swap"
+            reasons[k] = None if multi else "no image has loose parts of two different classes to swap"
         elif k == "replace":
-            reasons[k] = None if len(bank.classes()) >= 2 else "only one part class was learned"
-        elif k in ("remove", "recolor"):
+            reasons[k] = None if len(loose_classes) >= 2 else "fewer than two classes of loose parts were learned"
+        elif k == "recolor":
             reasons[k] = None if any(bank.confident(c) for cs in bank.components for c in cs) else \
                 "no part class has the same instance count in most training images"
+        elif k == "remove":
+            reasons[k] = None if any(bank.confident(c) and bank.small(c.area) for cs in bank.components
+                                     for c in cs) else \
+                "no small part class has the same instance count in most training images"
         elif k == "add":
-            reasons[k] = None if any(bank.stable(c) for c in bank.classes()) else \
-                "no part class has the same instance count in most training images"
+            reasons[k] = None if any(bank.stable(c) and any(bank.typical(c, it.area) and bank.small(it.area)
+                                                            for it in bank.items_of(c)) for c in bank.classes()) \
+                else "no small part class has the same instance count in most training images"
+        elif k in ("move", "resize"):
+            reasons[k] = None if any(loose) else too_big
         else:
             reasons[k] = None if has else "no component instance found in any training image"
     return reasons
