@@ -165,3 +165,15 @@ def test_poisson_blend_renders_inside_mask():
     diff = np.abs(img.astype(int) - bank.images[i].astype(int)).sum(-1) > 0
     assert mask.any() and diff[mask].mean() > 0.5
     assert not (diff & ~dilate(mask, 4)).any()
+
+
+def test_lighting_gain_maps_one_exposure_onto_another():
+    from comgen.generate.compositional import lighting_gain
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(60, 160, (32, 32, 3)).astype(np.uint8)
+    dst = np.clip(src.astype(np.float32) * np.array([1.2, 1.0, 0.9]), 0, 255).astype(np.uint8)
+    everywhere = np.ones((32, 32), bool)
+    assert np.allclose(lighting_gain(dst, everywhere, src, everywhere), [1.2, 1.0, 0.9], atol=0.02)
+    assert np.allclose(lighting_gain(dst, np.zeros((32, 32), bool), src, everywhere), 1.0)  # too few pixels
+    assert lighting_gain(dst * 0 + 255, everywhere, src // 4, everywhere).max() <= 1.35  # clipped

@@ -170,3 +170,53 @@ def test_remove_add_recolor_act_only_on_reliable_parts():
     own = np.array([it.color_lab for it in b.items_of(1)])
     new = np.array(p.edit.params["color_lab"])
     assert np.sqrt(((own - new) ** 2).sum(1)).min() >= 30  # a colour no normal part of this class has
+
+
+def _connector_bank(n: int = 8, size: int = 64) -> ComponentBank:
+    """Each image: a white body (class 1) enclosing a purple lever (class 2), and a loose dot (class 3)."""
+    rng = np.random.default_rng(0)
+    imgs = np.zeros((n, size, size, 3), np.uint8)
+    maps = np.zeros((n, size, size), np.uint8)
+    imgs[:] = (40, 45, 50)
+    for i in range(n):
+        y, x = 8 + int(rng.integers(0, 6)), 8 + int(rng.integers(0, 6))
+        maps[i, y:y + 16, x:x + 12] = 1
+        maps[i, y + 5:y + 9, x + 3:x + 9] = 2  # enclosed by the body
+        maps[i, 44:50, 44 + i % 4:50 + i % 4] = 3
+    imgs[maps == 1] = (230, 230, 220)
+    imgs[maps == 2] = (140, 60, 170)
+    imgs[maps == 3] = (200, 120, 30)
+    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4)
+
+
+def test_a_part_enclosing_another_is_cut_moved_and_removed_whole():
+    b = _connector_bank()
+    body = [it for it in b.items if it.class_id == 1][0]
+    assert body.mask.sum() == 16 * 12 and [x.class_id for x in body.inner] == [2]  # holes filled, lever listed
+    for seed in range(20):
+        p, comp = _plan(b, "remove", seed)
+        if comp.components[p.edit.target[0]].class_id == 1:
+            break
+    assert comp.components[p.edit.target[0]].class_id == 1
+    assert sorted(c.class_id for c in p.components) == [3]  # the lever left with its body
+    for seed in range(10):
+        p, comp = _plan(b, "move", seed)
+        if comp.components[p.edit.target[0]].class_id == 1:
+            break
+    assert comp.components[p.edit.target[0]].class_id == 1
+    assert sorted(c.class_id for c in p.components) == [1, 2, 3]
+    moved_body = [c for c in p.components if c.class_id == 1][0]
+    moved_lever = [c for c in p.components if c.class_id == 2][0]
+    assert moved_body.mask[moved_lever.mask].all()  # the lever travelled inside its body
+
+
+def test_fixtures_larger_than_max_part_area_are_not_moved_or_removed():
+    imgs, truth = toy_images(8, 64, 0)
+    maps = truth.copy()
+    maps[:, 2:40, 2:40][maps[:, 2:40, 2:40] == 0] = 3  # a big tray (class 3) under the parts: > 10% of the image
+    b = ComponentBank(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4)
+    assert b.stable(3) and not b.small(b.median_area[3])
+    for kind in ("remove", "move", "resize", "replace", "swap"):
+        for seed in range(6):
+            p, comp = _plan(b, kind, seed)
+            assert all(comp.components[t].class_id != 3 for t in p.edit.target), (kind, seed)

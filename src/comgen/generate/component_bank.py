@@ -10,7 +10,7 @@ only the *composition* is wrong. Instances are stored as one int16 map per image
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -20,18 +20,66 @@ from comgen.records import Component, Composition
 
 
 @dataclass
+class Inner:
+    """A component enclosed by another one (a lever inside a connector body), in the enclosing crop's frame."""
+
+    index: int  # index in the image's composition
+    class_id: int
+    mask: np.ndarray  # crop-sized bool
+    color_lab: tuple[float, float, float]
+
+
+@dataclass
 class BankItem:
-    """One part cut out of a normal image (bbox crop) with what it normally lies on (``host`` class)."""
+    """One part cut out of a normal image (bbox crop) with what it normally lies on (``host`` class).
+
+    ``mask`` is the part's outline with its holes filled, so a part that encloses parts of other classes (a
+    connector body with its levers) is cut, moved and pasted whole; ``inner`` lists those enclosed parts.
+    """
 
     class_id: int
     rgb: np.ndarray  # h x w x 3 uint8
-    mask: np.ndarray  # h x w bool
+    mask: np.ndarray  # h x w bool (holes filled)
     truth: np.ndarray | None  # h x w uint8 truth part labels (synthetic benchmark) or None
     host: int
     source: int  # index of the image it came from
     instance: int  # index of the component in that image's composition
     color_lab: tuple[float, float, float]
-    area: int
+    area: int  # the instance's own area (class statistics)
+    inner: list[Inner] = field(default_factory=list)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every enclosed hole filled (outer contours drawn filled)."""
+    m = mask.astype(np.uint8)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.zeros_like(m)
+    cv2.drawContours(out, contours, -1, 1, thickness=cv2.FILLED)
+    return out.astype(bool) | mask
+
+
+def object_crop(image: np.ndarray, truth: np.ndarray | None, comp: Composition, j: int, pad: int = 2
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, int], list[Inner]]:
+    """Crop of instance ``j`` as a whole object: (rgb, filled mask, truth, top-left, enclosed components).
+
+    Why: segmentation gives a part's classes separately; editing only the outer class left the inner parts
+    behind as a smeared blob (remove) or moved an empty shell (move), which the realism probe picked out.
+    """
+    s_h, s_w = image.shape[:2]
+    c = comp.components[j]
+    y0, x0, y1, x1 = c.bbox
+    y0, x0, y1, x1 = max(0, y0 - pad), max(0, x0 - pad), min(s_h, y1 + pad), min(s_w, x1 + pad)
+    filled = fill_holes(c.mask[y0:y1, x0:x1])
+    inner = []
+    if filled.sum() > c.area:
+        for k, o in enumerate(comp.components):
+            if k == j or o.bbox[0] < y0 or o.bbox[1] < x0 or o.bbox[2] > y1 or o.bbox[3] > x1:
+                continue
+            om = o.mask[y0:y1, x0:x1]
+            if (om & filled).sum() >= 0.8 * o.area:
+                inner.append(Inner(index=k, class_id=o.class_id, mask=om & filled, color_lab=o.color_lab))
+    return (image[y0:y1, x0:x1].copy(), filled, None if truth is None else truth[y0:y1, x0:x1].copy(), (y0, x0),
+            inner)
 
 
 def ring(mask: np.ndarray, width: int) -> np.ndarray:
@@ -86,13 +134,10 @@ class ComponentBank:
                 vals = vals[vals != c.class_id]
                 host = int(np.bincount(vals).argmax()) if len(vals) else self.background
                 hosts.append(host)
-                y0, x0, y1, x1 = c.bbox
-                y0, x0, y1, x1 = max(0, y0 - pad), max(0, x0 - pad), min(s, y1 + pad), min(s, x1 + pad)
-                t = self.truths[i]
-                self.items.append(BankItem(
-                    class_id=c.class_id, rgb=img[y0:y1, x0:x1].copy(), mask=c.mask[y0:y1, x0:x1].copy(),
-                    truth=None if t is None else t[y0:y1, x0:x1].copy(), host=host, source=i, instance=j,
-                    color_lab=c.color_lab, area=c.area))
+                rgb, mask, truth, _, inner = object_crop(img, self.truths[i], comp, j, pad)
+                self.items.append(BankItem(class_id=c.class_id, rgb=rgb, mask=mask, truth=truth, host=host, source=i,
+                                           instance=j, color_lab=c.color_lab, area=c.area, inner=inner))
+            for c in comp.components:
                 c.mask = None  # type: ignore[assignment]  # rebuilt on demand from the instance map
             self.instance_maps.append(inst)
             self.components.append(comp.components)

@@ -96,6 +96,11 @@ def _fill_hole(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: 
     """
     around = ring(hole, max(2, hole.shape[0] // 64))
     around_cls = np.unique(cm[around]) if around.any() else np.array([0])
+    # the surface to restore is what surrounds the hole, not the classes being removed: a removed connector's
+    # levers touch the ring, and copying the reference's levers into the hole left a purple blob
+    core = cv2.erode(hole.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    surface = np.setdiff1d(around_cls, np.unique(cm[core])) if core.any() else around_cls
+    around_cls = surface if len(surface) else around_cls
     # reference pixels of a surrounding class, but not the soft edge of a part the reference has there
     # (segmentation labels that edge as surface; copied, it showed as a pale crescent)
     ref_surface = np.isin(ref_cm, around_cls)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from comgen.generate.component_bank import BankItem, ComponentBank, dilate
+from comgen.generate.component_bank import BankItem, ComponentBank, Inner, dilate, object_crop
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS, Component, Composition, EditSpec
 
 ALL_EDITS: tuple[str, ...] = LOGICAL_EDITS + STRUCTURAL_EDITS
@@ -136,13 +136,39 @@ def free_positions(free: np.ndarray, mask: np.ndarray, min_frac: float = 0.97,
     return pos[np.array(good, bool)]
 
 
-def _own_crop(bank: ComponentBank, i: int, c: Component, pad: int = 2):
-    s = bank.size
-    y0, x0, y1, x1 = c.bbox
-    y0, x0, y1, x1 = max(0, y0 - pad), max(0, x0 - pad), min(s, y1 + pad), min(s, x1 + pad)
-    t = bank.truths[i]
-    return (bank.images[i][y0:y1, x0:x1].copy(), c.mask[y0:y1, x0:x1].copy(),
-            None if t is None else t[y0:y1, x0:x1].copy(), (y0, x0))
+@dataclass
+class ObjectCut:
+    """Instance ``index`` of a bank image cut out whole (holes filled, enclosed parts listed)."""
+
+    index: int
+    rgb: np.ndarray
+    mask: np.ndarray  # crop-sized, holes filled
+    truth: np.ndarray | None
+    top_left: tuple[int, int]
+    inner: list[Inner]
+
+    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        return placed_mask(self.mask, self.top_left, shape)
+
+    def indices(self) -> set[int]:
+        """The instance and the parts it encloses (all leave their place together)."""
+        return {self.index, *(x.index for x in self.inner)}
+
+
+def _cut(bank: ComponentBank, i: int, comp: Composition, t: int) -> ObjectCut:
+    rgb, mask, truth, tl, inner = object_crop(bank.images[i], bank.truths[i], comp, t)
+    return ObjectCut(t, rgb, mask, truth, tl, inner)
+
+
+def _object_pastes(rgb: np.ndarray, mask: np.ndarray, truth: np.ndarray | None, top_left, class_id: int,
+                   color_lab, inner: list[Inner], source: int = -1,
+                   inner_masks: list[np.ndarray] | None = None) -> list[Paste]:
+    """The object's paste plus one (pixel-identical) paste per enclosed part, so the edited composition lists
+    the enclosed parts at their new place too."""
+    masks = inner_masks if inner_masks is not None else [x.mask for x in inner]
+    out = [_paste(rgb, mask, truth, top_left, class_id, color_lab, source)]
+    out += [_paste(rgb, m, truth, top_left, x.class_id, x.color_lab, source) for x, m in zip(inner, masks) if m.any()]
+    return out
 
 
 def _hole(bank: ComponentBank, mask: np.ndarray) -> np.ndarray:
@@ -208,8 +234,11 @@ def plan_remove(bank: ComponentBank, i: int, comp: Composition, rng: np.random.G
     if t is None:
         return None
     c = comp.components[t]
-    keep = [x for j, x in enumerate(comp.components) if j != t]
-    return _finish("remove", i, comp, [t], [c.class_id], {}, keep, [], _hole(bank, c.mask))
+    cut = _cut(bank, i, comp, t)
+    gone = cut.indices()
+    keep = [x for j, x in enumerate(comp.components) if j not in gone]
+    full = cut.full_mask(comp.image_shape)
+    return _finish("remove", i, comp, [t], [c.class_id], {}, keep, [], _hole(bank, full), extra_gate=full)
 
 
 def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
@@ -226,9 +255,9 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     if len(pos) == 0:
         return None
     y, x = pos[int(rng.integers(len(pos)))]
-    p = _paste(it.rgb, it.mask, it.truth, (y, x), k, it.color_lab, it.source)
+    pastes = _object_pastes(it.rgb, it.mask, it.truth, (y, x), k, it.color_lab, it.inner, it.source)
     params = {"position": [int(y), int(x)], "bank_source": bank.ids[it.source]}
-    return _finish("add", i, comp, [], [k], params, list(comp.components), [p], None)
+    return _finish("add", i, comp, [], [k], params, list(comp.components), pastes, None)
 
 
 def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
@@ -244,10 +273,13 @@ def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
     items = [it for it in bank.items_of(k) if bank.movable(it)]
     it = items[int(rng.integers(len(items)))]
     tl = _centered(it.mask, c.centroid)
-    p = _paste(it.rgb, it.mask, it.truth, tl, k, it.color_lab, it.source)
-    keep = [x for j, x in enumerate(comp.components) if j != t]
+    pastes = _object_pastes(it.rgb, it.mask, it.truth, tl, k, it.color_lab, it.inner, it.source)
+    cut = _cut(bank, i, comp, t)
+    gone = cut.indices()
+    keep = [x for j, x in enumerate(comp.components) if j not in gone]
+    full = cut.full_mask(comp.image_shape)
     params = {"position": [int(tl[0]), int(tl[1])], "bank_source": bank.ids[it.source]}
-    return _finish("replace", i, comp, [t], [c.class_id, k], params, keep, [p], _hole(bank, c.mask))
+    return _finish("replace", i, comp, [t], [c.class_id, k], params, keep, pastes, _hole(bank, full), extra_gate=full)
 
 
 def plan_recolor(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
@@ -288,37 +320,49 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
         return None
     c = comp.components[t]
     host = bank.hosts[i][t]
-    others = (bank.instance_maps[i] > 0) & ~c.mask
-    free = ((bank.class_maps[i] == host) | c.mask) & ~dilate(others, 1)
-    rgb, mask, truth, (y0, x0) = _own_crop(bank, i, c)
+    cut = _cut(bank, i, comp, t)
+    full = cut.full_mask(comp.image_shape)
+    others = (bank.instance_maps[i] > 0) & ~full
+    free = ((bank.class_maps[i] == host) | full) & ~dilate(others, 1)
+    y0, x0 = cut.top_left
+
     def far_enough(p: np.ndarray) -> np.ndarray:
         return np.hypot(p[:, 0] - y0, p[:, 1] - x0) >= min_shift * bank.size
 
-    pos = free_positions(free, mask, rng=rng, accept=far_enough)
+    pos = free_positions(free, cut.mask, rng=rng, accept=far_enough)
     if len(pos) == 0:
         return None
     y, x = pos[int(rng.integers(len(pos)))]
-    p = _paste(rgb, mask, truth, (y, x), c.class_id, c.color_lab)
-    keep = [x_ for j, x_ in enumerate(comp.components) if j != t]
+    pastes = _object_pastes(cut.rgb, cut.mask, cut.truth, (y, x), c.class_id, c.color_lab, cut.inner)
+    gone = cut.indices()
+    keep = [x_ for j, x_ in enumerate(comp.components) if j not in gone]
     params = {"shift": [int(y - y0), int(x - x0)]}
-    return _finish("move", i, comp, [t], [c.class_id], params, keep, [p], _hole(bank, c.mask))
+    return _finish("move", i, comp, [t], [c.class_id], params, keep, pastes, _hole(bank, full), extra_gate=full)
 
 
-def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
+def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
+              max_swap_ratio: float = 8.0) -> EditPlan | None:
     cs = comp.components
     loose = [j for j, c in enumerate(cs) if bank.movable(c)]
-    pairs = [(a, b) for a in loose for b in loose if a < b and cs[a].class_id != cs[b].class_id]
+    # two parts of comparable size: a connector swapped with one of its levers is not a mix-up a line makes
+    pairs = [(a, b) for a in loose for b in loose if a < b and cs[a].class_id != cs[b].class_id
+             and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)]
     if not pairs:
         return None
     a, b = pairs[int(rng.integers(len(pairs)))]
+    cuts = {a: _cut(bank, i, comp, a), b: _cut(bank, i, comp, b)}
+    if cuts[a].indices() & cuts[b].indices():
+        return None  # one encloses the other: not two loose parts
     pastes = []
     for src, dst in ((a, b), (b, a)):
-        rgb, mask, truth, _ = _own_crop(bank, i, cs[src])
-        pastes.append(_paste(rgb, mask, truth, _centered(mask, cs[dst].centroid), cs[src].class_id,
-                             cs[src].color_lab))
-    keep = [x for j, x in enumerate(cs) if j not in (a, b)]
-    erase = _hole(bank, cs[a].mask | cs[b].mask)
-    return _finish("swap", i, comp, [a, b], [cs[a].class_id, cs[b].class_id], {}, keep, pastes, erase)
+        o = cuts[src]
+        pastes += _object_pastes(o.rgb, o.mask, o.truth, _centered(o.mask, cs[dst].centroid), cs[src].class_id,
+                                 cs[src].color_lab, o.inner)
+    gone = cuts[a].indices() | cuts[b].indices()
+    keep = [x for j, x in enumerate(cs) if j not in gone]
+    full = cuts[a].full_mask(comp.image_shape) | cuts[b].full_mask(comp.image_shape)
+    return _finish("swap", i, comp, [a, b], [cs[a].class_id, cs[b].class_id], {}, keep, pastes, _hole(bank, full),
+                   extra_gate=full)
 
 
 def plan_resize(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
@@ -327,20 +371,27 @@ def plan_resize(bank: ComponentBank, i: int, comp: Composition, rng: np.random.G
         return None
     c = comp.components[t]
     scale = float(rng.uniform(0.5, 0.7) if rng.random() < 0.5 else rng.uniform(1.4, 1.8))
-    rgb, mask, truth, _ = _own_crop(bank, i, c)
-    h, w = mask.shape
+    cut = _cut(bank, i, comp, t)
+    h, w = cut.mask.shape
     nh, nw = max(2, int(round(h * scale))), max(2, int(round(w * scale)))
     if nh >= bank.size or nw >= bank.size:
         return None
-    rgb2 = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    mask2 = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).astype(bool)
-    truth2 = None if truth is None else cv2.resize(truth, (nw, nh), interpolation=cv2.INTER_NEAREST)
+
+    def scaled(m: np.ndarray) -> np.ndarray:
+        return cv2.resize(m.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+    rgb2 = cv2.resize(cut.rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    mask2 = scaled(cut.mask)
+    truth2 = None if cut.truth is None else cv2.resize(cut.truth, (nw, nh), interpolation=cv2.INTER_NEAREST)
     if not mask2.any():
         return None
-    p = _paste(rgb2, mask2, truth2, _centered(mask2, c.centroid), c.class_id, c.color_lab)
-    keep = [x for j, x in enumerate(comp.components) if j != t]
-    return _finish("resize", i, comp, [t], [c.class_id], {"scale": round(scale, 3)}, keep, [p],
-                   _hole(bank, c.mask))
+    pastes = _object_pastes(rgb2, mask2, truth2, _centered(mask2, c.centroid), c.class_id, c.color_lab, cut.inner,
+                            inner_masks=[scaled(x.mask) for x in cut.inner])
+    gone = cut.indices()
+    keep = [x for j, x in enumerate(comp.components) if j not in gone]
+    full = cut.full_mask(comp.image_shape)
+    return _finish("resize", i, comp, [t], [c.class_id], {"scale": round(scale, 3)}, keep, pastes,
+                   _hole(bank, full), extra_gate=full)
 
 
 # --- structural edits (inside one component; rendered by comgen.generate.structural) -------------
