@@ -58,8 +58,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return out.astype(bool) | mask
 
 
-def object_crop(image: np.ndarray, truth: np.ndarray | None, comp: Composition, j: int, pad: int = 2
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, int], list[Inner]]:
+def object_crop(image: np.ndarray, truth: np.ndarray | None, comp: Composition, j: int, pad: int = 2,
+                whole: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, int], list[Inner]]:
     """Crop of instance ``j`` as a whole object: (rgb, filled mask, truth, top-left, enclosed components).
 
     Why: segmentation gives a part's classes separately; editing only the outer class left the inner parts
@@ -69,9 +69,9 @@ def object_crop(image: np.ndarray, truth: np.ndarray | None, comp: Composition, 
     c = comp.components[j]
     y0, x0, y1, x1 = c.bbox
     y0, x0, y1, x1 = max(0, y0 - pad), max(0, x0 - pad), min(s_h, y1 + pad), min(s_w, x1 + pad)
-    filled = fill_holes(c.mask[y0:y1, x0:x1])
+    filled = fill_holes(c.mask[y0:y1, x0:x1]) if whole else c.mask[y0:y1, x0:x1].copy()
     inner = []
-    if filled.sum() > c.area:
+    if whole and filled.sum() > c.area:
         for k, o in enumerate(comp.components):
             if k == j or o.bbox[0] < y0 or o.bbox[1] < x0 or o.bbox[2] > y1 or o.bbox[3] > x1:
                 continue
@@ -99,7 +99,12 @@ class ComponentBank:
     """Normal images, their segmentations and parts, indexed for editing."""
 
     def __init__(self, images: np.ndarray, class_maps: np.ndarray, truths: list[np.ndarray | None],
-                 ids: list[str], paths: list[str], background: int, min_area: int) -> None:
+                 ids: list[str], paths: list[str], background: int, min_area: int,
+                 max_part_area: float | None = None, whole_objects: bool | None = None) -> None:
+        if max_part_area is not None:
+            self.max_part_area = max_part_area
+        if whole_objects is not None:
+            self.whole_objects = whole_objects
         self.images = images
         self.class_maps = class_maps
         self.truths = truths
@@ -134,7 +139,7 @@ class ComponentBank:
                 vals = vals[vals != c.class_id]
                 host = int(np.bincount(vals).argmax()) if len(vals) else self.background
                 hosts.append(host)
-                rgb, mask, truth, _, inner = object_crop(img, self.truths[i], comp, j, pad)
+                rgb, mask, truth, _, inner = object_crop(img, self.truths[i], comp, j, pad, self.whole_objects)
                 self.items.append(BankItem(class_id=c.class_id, rgb=rgb, mask=mask, truth=truth, host=host, source=i,
                                            instance=j, color_lab=c.color_lab, area=c.area, inner=inner))
             for c in comp.components:
@@ -150,6 +155,8 @@ class ComponentBank:
     #: part; moving or duplicating it pasted a second tray, removing it left a tray-sized hole. The realism probe
     #: told such edits from real normal images with 0.97-0.99 accuracy (bench/realism_probe.py, 128 px).
     max_part_area = 0.1
+    #: cut a part whole (holes filled, the parts it encloses go with it) rather than its own class's pixels only
+    whole_objects = True
 
     def _build_class_stats(self) -> None:
         """Per class: how stable its per-image instance count is, and its median instance area.

@@ -42,6 +42,8 @@ class CompositionalConfig(ConfigBase):
     blend: str = "alpha"  # alpha | poisson
     feather: float = 1.2  # alpha feather sigma at 256 px
     min_mask_area: float = 0.0005  # smallest anomaly mask kept, as a fraction of the image area
+    max_part_area: float = 0.1  # largest part (share of the image) that geometric edits move, add or remove
+    whole_objects: bool = True  # a part that encloses others (a connector and its levers) is edited whole
     reuse_components: bool = True  # use RUN/components when present instead of re-learning
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
@@ -275,7 +277,8 @@ class CompositionalGenerator:
         maps = self.model.segment(images)
         min_area = max(1, int(round(self.model.cfg.min_area * s * s)))
         self.bank = ComponentBank(images, maps, truths, [t.image_id for t in train], [str(t.path) for t in train],
-                                  background=self.model.background, min_area=min_area)
+                                  background=self.model.background, min_area=min_area,
+                                  max_part_area=self.cfg.max_part_area, whole_objects=self.cfg.whole_objects)
         self.reasons = possible_kinds(self.bank)
         self.kinds = [k for k in self.cfg.edit_kinds if self.reasons[k] is None]
         if not self.kinds:

@@ -156,7 +156,7 @@ class ObjectCut:
 
 
 def _cut(bank: ComponentBank, i: int, comp: Composition, t: int) -> ObjectCut:
-    rgb, mask, truth, tl, inner = object_crop(bank.images[i], bank.truths[i], comp, t)
+    rgb, mask, truth, tl, inner = object_crop(bank.images[i], bank.truths[i], comp, t, whole=bank.whole_objects)
     return ObjectCut(t, rgb, mask, truth, tl, inner)
 
 
