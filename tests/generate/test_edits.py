@@ -186,7 +186,8 @@ def _connector_bank(n: int = 8, size: int = 64) -> ComponentBank:
     imgs[maps == 1] = (230, 230, 220)
     imgs[maps == 2] = (140, 60, 170)
     imgs[maps == 3] = (200, 120, 30)
-    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4)
+    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4,
+                         whole_objects=True)
 
 
 def test_a_part_enclosing_another_is_cut_moved_and_removed_whole():
@@ -214,9 +215,21 @@ def test_fixtures_larger_than_max_part_area_are_not_moved_or_removed():
     imgs, truth = toy_images(8, 64, 0)
     maps = truth.copy()
     maps[:, 2:40, 2:40][maps[:, 2:40, 2:40] == 0] = 3  # a big tray (class 3) under the parts: > 10% of the image
-    b = ComponentBank(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4)
+    b = ComponentBank(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4, max_part_area=0.1)
     assert b.stable(3) and not b.small(b.median_area[3])
     for kind in ("remove", "move", "resize", "replace", "swap"):
         for seed in range(6):
             p, comp = _plan(b, kind, seed)
             assert all(comp.components[t].class_id != 3 for t in p.edit.target), (kind, seed)
+
+
+def test_without_whole_objects_a_part_is_cut_by_its_own_pixels():
+    from comgen.generate.component_bank import object_crop
+
+    b = _connector_bank()
+    comp = b.composition(0)
+    j = next(k for k, c in enumerate(comp.components) if c.class_id == 1)
+    _, mask, _, _, inner = object_crop(b.images[0], None, comp, j, whole=False)
+    assert mask.sum() == comp.components[j].area and inner == []
+    _, filled, _, _, inner = object_crop(b.images[0], None, comp, j)
+    assert filled.sum() > mask.sum() and [x.class_id for x in inner] == [2]

@@ -152,11 +152,10 @@ class ComponentBank:
     stable_share = 0.6
     #: the largest instance (share of the image area) that remove/add/move/resize/swap/replace act on. Why: a
     #: component covering a third of the image (a tray insert, a grid frame) is the scene's fixture, not a loose
-    #: part; moving or duplicating it pasted a second tray, removing it left a tray-sized hole. The realism probe
-    #: told such edits from real normal images with 0.97-0.99 accuracy (bench/realism_probe.py, 128 px).
-    max_part_area = 0.1
+    #: part; moving or duplicating it pastes a second tray. 1.0 (the default, see CompositionalConfig) = no limit.
+    max_part_area = 1.0
     #: cut a part whole (holes filled, the parts it encloses go with it) rather than its own class's pixels only
-    whole_objects = True
+    whole_objects = False
 
     def _build_class_stats(self) -> None:
         """Per class: how stable its per-image instance count is, and its median instance area.

@@ -42,8 +42,12 @@ class CompositionalConfig(ConfigBase):
     blend: str = "alpha"  # alpha | poisson
     feather: float = 1.2  # alpha feather sigma at 256 px
     min_mask_area: float = 0.0005  # smallest anomaly mask kept, as a fraction of the image area
-    max_part_area: float = 0.1  # largest part (share of the image) that geometric edits move, add or remove
-    whole_objects: bool = True  # a part that encloses others (a connector and its levers) is edited whole
+    # Loose-part and whole-object rules (see ComponentBank). Off by default: on the built-in benchmark they made
+    # the edits look more plausible to the eye, but logical validity fell from 0.92 to 0.85-0.88 (the rule checker
+    # counts an edited tray or a moved connector body as a broken rule) and the whole-image realism probe did not
+    # improve (bench/generation_validity.py, bench/realism_probe.py; figures in the README).
+    max_part_area: float = 1.0  # largest part (share of the image) that geometric edits move, add or remove
+    whole_objects: bool = False  # a part that encloses others (a connector and its levers) is edited whole
     reuse_components: bool = True  # use RUN/components when present instead of re-learning
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
