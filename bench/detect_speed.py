@@ -39,16 +39,6 @@ def toy(n: int, size: int, seed: int) -> np.ndarray:
     return np.stack([toy_image(rng, size, "good")[0] for _ in range(n)])
 
 
-def timed(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    best = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best.append(time.perf_counter() - t)
-    return float(np.median(best))
-
-
 def paired(fns: list, repeats: int) -> list[np.ndarray]:  # noqa: ANN001
     """Seconds of each function per round, the functions run back to back in every round.
 
@@ -64,6 +54,11 @@ def paired(fns: list, repeats: int) -> list[np.ndarray]:  # noqa: ANN001
             fn()
             out[i].append(time.perf_counter() - t)
     return [np.asarray(o) for o in out]
+
+
+def timed(fn, repeats: int) -> float:  # noqa: ANN001
+    """Median seconds of ``fn`` over ``repeats`` runs after a warm-up."""
+    return float(np.median(paired([fn], repeats)[0]))
 
 
 def main() -> None:

@@ -48,42 +48,40 @@ def pooled_features(images: np.ndarray, backbone, pool: str = "avgmax", batch: i
     return torch.cat(feats).numpy()
 
 
+def square_box(mask: np.ndarray, margin: float = 0.25, min_side: float = 0.25) -> tuple[int, int, int]:
+    """(y0, x0, side) of a square around ``mask``'s bbox plus ``margin``, at least ``min_side`` of the image and
+    inside it; the whole image when the mask is empty."""
+    size = mask.shape[0]
+    ys, xs = np.nonzero(mask) if mask.any() else (np.array([0, size - 1]), np.array([0, size - 1]))
+    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+    side = max((ys.max() - ys.min() + 1), (xs.max() - xs.min() + 1)) * (1 + 2 * margin)
+    side = int(min(size, max(side, min_side * size)))
+    return int(np.clip(round(cy - side / 2), 0, size - side)), int(np.clip(round(cx - side / 2), 0, size - side)), side
+
+
+def _crop(image: np.ndarray, box: tuple[int, int, int], out: int) -> np.ndarray:
+    import cv2
+
+    y0, x0, side = box
+    return cv2.resize(image[y0:y0 + side, x0:x0 + side], (out, out), interpolation=cv2.INTER_AREA)
+
+
 def mask_crops(images: np.ndarray, masks: np.ndarray, real: np.ndarray, out: int, rng: np.random.Generator,
                margin: float = 0.25, min_side: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """Square crops around each mask (fake) and the same boxes from random real images, resized to ``out`` px."""
-    import cv2
-
-    size = images.shape[1]
     fake_c, real_c = [], []
     for img, mask in zip(images, masks):
-        ys, xs = np.nonzero(mask)
-        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-        side = max((ys.max() - ys.min() + 1), (xs.max() - xs.min() + 1)) * (1 + 2 * margin)
-        side = int(min(size, max(side, min_side * size)))
-        y0 = int(np.clip(round(cy - side / 2), 0, size - side))
-        x0 = int(np.clip(round(cx - side / 2), 0, size - side))
+        box = square_box(mask, margin, min_side)
         other = real[int(rng.integers(len(real)))]
-        for src, dst in ((img, fake_c), (other, real_c)):
-            dst.append(cv2.resize(src[y0:y0 + side, x0:x0 + side], (out, out), interpolation=cv2.INTER_AREA))
+        fake_c.append(_crop(img, box, out))
+        real_c.append(_crop(other, box, out))
     return np.stack(real_c), np.stack(fake_c)
 
 
 def own_crops(images: np.ndarray, masks: list[np.ndarray], out: int, margin: float = 0.25,
               min_side: float = 0.25) -> np.ndarray:
     """Square crops (bbox + margin, at least ``min_side`` of the image) around each image's own mask."""
-    import cv2
-
-    crops = []
-    for img, mask in zip(images, masks):
-        size = img.shape[0]
-        ys, xs = np.nonzero(mask) if mask.any() else (np.array([0, size - 1]), np.array([0, size - 1]))
-        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-        side = max((ys.max() - ys.min() + 1), (xs.max() - xs.min() + 1)) * (1 + 2 * margin)
-        side = int(min(size, max(side, min_side * size)))
-        y0 = int(np.clip(round(cy - side / 2), 0, size - side))
-        x0 = int(np.clip(round(cx - side / 2), 0, size - side))
-        crops.append(cv2.resize(img[y0:y0 + side, x0:x0 + side], (out, out), interpolation=cv2.INTER_AREA))
-    return np.stack(crops)
+    return np.stack([_crop(img, square_box(mask, margin, min_side), out) for img, mask in zip(images, masks)])
 
 
 def real_anomalies(samples, size: int) -> tuple[np.ndarray, list[np.ndarray]]:  # noqa: ANN001

@@ -3,8 +3,8 @@
 Why: glibc serves every allocation above a (dynamic) threshold with a fresh ``mmap`` and returns it to the
 system on ``free``; PyTorch's CPU kernels allocate and free feature maps of several MB per layer, so every
 forward pass page-faults its working memory in again. Keeping large blocks in the heap (the effect PyTorch's
-performance guide gets from jemalloc/tcmalloc) made the 256 px predict path ~1.4x faster on this 2-core machine
-(``bench/detect_speed.py``: 36.5 vs 24-28 img/s) for ~100 MB more peak RSS. Applied by the ``comgen`` CLI; library
+performance guide gets from jemalloc/tcmalloc) made the 256 px predict path ~1.5x faster on this 2-core machine
+(``bench/detect_speed.py`` with and without ``--default-malloc``: 39.8 vs 26.8 img/s) for ~160 MB more peak RSS. Applied by the ``comgen`` CLI; library
 users may call ``tune_allocator()`` themselves. ``COMGEN_MALLOC_TUNING=0`` turns it off.
 """
 

@@ -198,12 +198,14 @@ def render(plan: EditPlan, bank: ComponentBank, blend: str = "alpha", feather: f
     if plan.erase is not None and plan.erase.any():
         _fill_hole(img, cm, truth, plan.erase, bank.images[r], bank.class_maps[r], bank.truths[r], sigma)
         mask |= plan.erase
+    gains: dict[int, np.ndarray] = {}  # one gain per source image (an object and its enclosed parts share it)
     for p in plan.pastes:
         if p.source >= 0 and p.source != i:  # a part from another image: bring it into this image's lighting
-            bg = bank.background
-            gain = lighting_gain(bank.images[i], bank.class_maps[i] == bg, bank.images[p.source],
-                                 bank.class_maps[p.source] == bg)
-            p = replace(p, rgb=_relit(p.rgb, gain))
+            if p.source not in gains:
+                bg = bank.background
+                gains[p.source] = lighting_gain(bank.images[i], bank.class_maps[i] == bg, bank.images[p.source],
+                                                bank.class_maps[p.source] == bg)
+            p = replace(p, rgb=_relit(p.rgb, gains[p.source]))
         mask |= _paste(img, cm, truth, p, sigma, blend)
     if plan.recolor is not None:
         m, delta = plan.recolor

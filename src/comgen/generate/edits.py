@@ -155,6 +155,12 @@ class ObjectCut:
         return {self.index, *(x.index for x in self.inner)}
 
 
+def _remaining(comp: Composition, *cuts: ObjectCut) -> list[Component]:
+    """The components that stay where they are when ``cuts`` are taken out."""
+    gone = set().union(*(c.indices() for c in cuts))
+    return [x for j, x in enumerate(comp.components) if j not in gone]
+
+
 def _cut(bank: ComponentBank, i: int, comp: Composition, t: int) -> ObjectCut:
     rgb, mask, truth, tl, inner = object_crop(bank.images[i], bank.truths[i], comp, t, whole=bank.whole_objects)
     return ObjectCut(t, rgb, mask, truth, tl, inner)
@@ -214,29 +220,20 @@ def _finish(kind: str, i: int, comp: Composition, targets: list[int], classes: l
 
 # --- logical edits ----------------------------------------------------------------------------
 
-def _confident_target(bank: ComponentBank, comp: Composition, rng: np.random.Generator,
-                      loose: bool = False) -> int | None:
-    """A random instance that is a whole part of a reliable class (see ``ComponentBank.confident``);
-    ``loose``: also small enough to be a loose part (``ComponentBank.small``)."""
-    ok = [j for j, c in enumerate(comp.components) if bank.confident(c) and (not loose or bank.small(c.area))]
-    return None if not ok else int(ok[int(rng.integers(len(ok)))])
-
-
-def _movable_target(bank: ComponentBank, comp: Composition, rng: np.random.Generator) -> int | None:
-    """A random whole, loose part (``ComponentBank.movable``): what move, resize and replace act on."""
-    ok = [j for j, c in enumerate(comp.components) if bank.movable(c)]
-    return None if not ok else int(ok[int(rng.integers(len(ok)))])
+def _random_target(comp: Composition, rng: np.random.Generator, ok: Callable[[Component], bool]) -> int | None:
+    """A random instance of ``comp`` that ``ok`` accepts (None when there is none)."""
+    idx = [j for j, c in enumerate(comp.components) if ok(c)]
+    return None if not idx else int(idx[int(rng.integers(len(idx)))])
 
 
 def plan_remove(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
     # removing a fragment of an unreliable class leaves a normal scene; removing the fixture leaves no scene
-    t = _confident_target(bank, comp, rng, loose=True)
+    t = _random_target(comp, rng, lambda c: bank.confident(c) and bank.small(c.area))
     if t is None:
         return None
     c = comp.components[t]
     cut = _cut(bank, i, comp, t)
-    gone = cut.indices()
-    keep = [x for j, x in enumerate(comp.components) if j not in gone]
+    keep = _remaining(comp, cut)
     full = cut.full_mask(comp.image_shape)
     return _finish("remove", i, comp, [t], [c.class_id], {}, keep, [], _hole(bank, full), extra_gate=full)
 
@@ -246,7 +243,7 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     if not classes:
         return None
     k = int(rng.choice(classes))
-    items = [it for it in bank.items_of(k) if bank.typical(k, it.area) and bank.small(it.area)]
+    items = [it for it in bank.items_of(k) if bank.movable(it)]
     if not items:
         return None
     it: BankItem = items[int(rng.integers(len(items)))]
@@ -261,7 +258,7 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
 
 
 def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    t = _movable_target(bank, comp, rng)
+    t = _random_target(comp, rng, bank.movable)
     if t is None:
         return None
     c = comp.components[t]
@@ -275,8 +272,7 @@ def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
     tl = _centered(it.mask, c.centroid)
     pastes = _object_pastes(it.rgb, it.mask, it.truth, tl, k, it.color_lab, it.inner, it.source)
     cut = _cut(bank, i, comp, t)
-    gone = cut.indices()
-    keep = [x for j, x in enumerate(comp.components) if j not in gone]
+    keep = _remaining(comp, cut)
     full = cut.full_mask(comp.image_shape)
     params = {"position": [int(tl[0]), int(tl[1])], "bank_source": bank.ids[it.source]}
     return _finish("replace", i, comp, [t], [c.class_id, k], params, keep, pastes, _hole(bank, full), extra_gate=full)
@@ -286,7 +282,7 @@ def plan_recolor(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
                  min_delta: float = 30.0) -> EditPlan | None:
     if not bank.items:
         return None
-    t = _confident_target(bank, comp, rng)
+    t = _random_target(comp, rng, bank.confident)
     if t is None:
         return None
     c = comp.components[t]
@@ -315,7 +311,7 @@ def plan_recolor(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
 
 def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
               min_shift: float = 0.12) -> EditPlan | None:
-    t = _movable_target(bank, comp, rng)
+    t = _random_target(comp, rng, bank.movable)
     if t is None:
         return None
     c = comp.components[t]
@@ -334,8 +330,7 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
         return None
     y, x = pos[int(rng.integers(len(pos)))]
     pastes = _object_pastes(cut.rgb, cut.mask, cut.truth, (y, x), c.class_id, c.color_lab, cut.inner)
-    gone = cut.indices()
-    keep = [x_ for j, x_ in enumerate(comp.components) if j not in gone]
+    keep = _remaining(comp, cut)
     params = {"shift": [int(y - y0), int(x - x0)]}
     return _finish("move", i, comp, [t], [c.class_id], params, keep, pastes, _hole(bank, full), extra_gate=full)
 
@@ -358,15 +353,14 @@ def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
         o = cuts[src]
         pastes += _object_pastes(o.rgb, o.mask, o.truth, _centered(o.mask, cs[dst].centroid), cs[src].class_id,
                                  cs[src].color_lab, o.inner)
-    gone = cuts[a].indices() | cuts[b].indices()
-    keep = [x for j, x in enumerate(cs) if j not in gone]
+    keep = _remaining(comp, cuts[a], cuts[b])
     full = cuts[a].full_mask(comp.image_shape) | cuts[b].full_mask(comp.image_shape)
     return _finish("swap", i, comp, [a, b], [cs[a].class_id, cs[b].class_id], {}, keep, pastes, _hole(bank, full),
                    extra_gate=full)
 
 
 def plan_resize(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    t = _movable_target(bank, comp, rng)
+    t = _random_target(comp, rng, bank.movable)
     if t is None:
         return None
     c = comp.components[t]
@@ -387,8 +381,7 @@ def plan_resize(bank: ComponentBank, i: int, comp: Composition, rng: np.random.G
         return None
     pastes = _object_pastes(rgb2, mask2, truth2, _centered(mask2, c.centroid), c.class_id, c.color_lab, cut.inner,
                             inner_masks=[scaled(x.mask) for x in cut.inner])
-    gone = cut.indices()
-    keep = [x for j, x in enumerate(comp.components) if j not in gone]
+    keep = _remaining(comp, cut)
     full = cut.full_mask(comp.image_shape)
     return _finish("resize", i, comp, [t], [c.class_id], {"scale": round(scale, 3)}, keep, pastes,
                    _hole(bank, full), extra_gate=full)
@@ -428,7 +421,8 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
     loose = [[c for c in cs if bank.movable(c)] for cs in bank.components]
     loose_classes = {c.class_id for cs in loose for c in cs}
     multi = any(len({c.class_id for c in cs}) >= 2 for cs in loose)
-    too_big = f"no whole part smaller than {bank.max_part_area:.0%} of the image (max_part_area)"
+    too_big = (f"no part of its class's typical size and at most {bank.max_part_area:.0%} of the image "
+               "(max_part_area)")
     reasons: dict[str, str | None] = {}
     for k in ALL_EDITS:
         if k == "swap":
@@ -443,8 +437,8 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
                                      for c in cs) else \
                 "no small part class has the same instance count in most training images"
         elif k == "add":
-            reasons[k] = None if any(bank.stable(c) and any(bank.typical(c, it.area) and bank.small(it.area)
-                                                            for it in bank.items_of(c)) for c in bank.classes()) \
+            reasons[k] = None if any(bank.stable(c) and any(bank.movable(it) for it in bank.items_of(c))
+                                     for c in bank.classes()) \
                 else "no small part class has the same instance count in most training images"
         elif k in ("move", "resize"):
             reasons[k] = None if any(loose) else too_big
