@@ -106,6 +106,8 @@ def test_impossible_kinds_and_bad_input(samples, tmp_path):
         CompositionalGenerator(cfg()).generate(1, np.random.default_rng(0))
     with pytest.raises(ConfigError):
         cfg(edit_kinds=["explode"])
+    with pytest.raises(ConfigError, match="max_part_area"):
+        cfg(max_part_area=0.0)
     from comgen.io import write_png
     from comgen.records import Sample
 

@@ -53,8 +53,8 @@ def relative_residual(f: Tensor, diff: Tensor) -> Tensor:
 
 
 def channels_last(x: Tensor) -> Tensor:
-    """oneDNN runs the head's 3x3 convolutions ~2x faster on channels-last inputs (forward and backward, measured
-    on CPU); the 1x1 convolutions are not worth the copy and stay NCHW."""
+    """oneDNN runs the head's 3x3 convolutions faster on channels-last inputs (measured on CPU at 64x64, batch 8:
+    forward ~2x, forward+backward ~1.5x); the 1x1 convolutions are not worth the copy and stay NCHW."""
     return x.contiguous(memory_format=torch.channels_last)
 
 

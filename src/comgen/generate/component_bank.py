@@ -63,7 +63,7 @@ def object_crop(image: np.ndarray, truth: np.ndarray | None, comp: Composition, 
     """Crop of instance ``j`` as a whole object: (rgb, filled mask, truth, top-left, enclosed components).
 
     Why: segmentation gives a part's classes separately; editing only the outer class left the inner parts
-    behind as a smeared blob (remove) or moved an empty shell (move), which the realism probe picked out.
+    behind as a smeared blob (remove) or moved an empty shell (move), as the generated previews showed.
     """
     s_h, s_w = image.shape[:2]
     c = comp.components[j]

@@ -63,6 +63,9 @@ class CompositionalConfig(ConfigBase):
             raise ConfigError("compositional.blend", f"must be alpha or poisson, got {self.blend!r}")
         if self.candidates < 1:
             raise ConfigError("compositional.candidates", "must be >= 1")
+        if not 0.0 < self.max_part_area <= 1.0:
+            raise ConfigError("compositional.max_part_area", f"must be in (0, 1] (a share of the image area), "
+                                                             f"got {self.max_part_area}")
 
 
 # --- rendering --------------------------------------------------------------------------------
