@@ -106,7 +106,7 @@ def main() -> None:
     t_align = timed(lambda: bank.align(feats, idx), args.repeats)
     aligned = bank.align(feats, idx)
     with torch.no_grad():
-        t_head = timed(lambda: det.model.head(feats, aligned, (args.size, args.size)), args.repeats)
+        t_head = timed(lambda: det._head(feats, aligned, (args.size, args.size)), args.repeats)  # as predict runs it
     rows = [("backbone forward", t_bb), ("predict (all)", t_pred), ("  retrieval", t_query),
             ("  alignment", t_align), ("  CSDA head", t_head)]
     t_pred_p = None

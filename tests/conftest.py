@@ -8,6 +8,8 @@ os.environ.setdefault("COMGEN_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# torch.compile costs seconds per new shape; only tests/test_compiled.py turns it on
+os.environ.setdefault("COMGEN_COMPILE", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -97,3 +97,17 @@ def test_predict_paths_writes_maps_scores_overlays(detector: Detector, trained_r
     assert float(table[0]["threshold"]) == pytest.approx(detector.threshold)
     with pytest.raises(InputError, match="inside the input"):
         predict_paths(trained_run, [inp], inp / "out", detector=detector)
+
+
+def test_compiled_predict_matches_eager(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import comgen.compiled as compiled
+
+    rng = np.random.default_rng(9)
+    images = [toy_image(rng, SIZE, k)[0] for k in ("good", "missing", "extra")]
+    monkeypatch.setenv("COMGEN_COMPILE", "0")
+    eager_scores, eager_maps = Detector.load(trained_run, device="cpu").predict(images, notice=None)
+    monkeypatch.setenv("COMGEN_COMPILE", "1")
+    scores, maps = Detector.load(trained_run, device="cpu").predict(images, notice=None)
+    assert not compiled._failed  # the head and the alignment search really ran compiled
+    np.testing.assert_allclose(scores, eager_scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(maps, eager_maps, rtol=1e-4, atol=1e-4)

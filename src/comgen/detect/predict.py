@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from comgen.compiled import maybe_compiled
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.data import from_tiles, to_tiles
@@ -83,6 +84,9 @@ class Detector:
         self.prior = prior  # CompositionPrior or None (see composition_prior.py)
         self.last_parts: dict[str, np.ndarray] = {}  # per-branch image scores of the last predict() call
         self.model = model.eval()
+        # The head as predict runs it: through torch.compile where possible (comgen.compiled), with its weights
+        # frozen into the graph, since a loaded detector never trains (head forward ~2x faster on CPU, measured).
+        self._head = maybe_compiled(self.model.head.forward, "CSDAHead.forward", {"freezing": True})
         self.bank = bank
         self.calibration = calibration
         self.directory = directory
@@ -151,7 +155,7 @@ class Detector:
         idx, _ = self.bank.query([f.cpu() for f in feats], self.cfg.head.k)
         aligned = [a.to(self.device) for a in self.bank.align([f.cpu() for f in feats], idx)]
         s = self.cfg.image_size
-        m, g = self.model.head(feats, aligned, (s, s))
+        m, g = self._head(feats, aligned, (s, s))
         return g.float().cpu().numpy(), m[:, 0].float().cpu().numpy(), feats
 
     def _prior_scores(self, images: np.ndarray, feats: list[torch.Tensor]) -> np.ndarray:
@@ -162,9 +166,13 @@ class Detector:
         return self.prior.score(images, deep)
 
     def normalise(self, logits: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated (z-scored on the validation normals) image scores and maps, float32; the maps in place
+        when they are float32 already (the largest arrays of predict: no extra copies)."""
         c = self.calibration
-        return ((logits - c["score_mean"]) / c["score_std"]).astype(np.float32), \
-            ((maps - c["map_mean"]) / c["map_std"]).astype(np.float32)
+        m = maps if maps.dtype == np.float32 and maps.flags.writeable else maps.astype(np.float32)
+        m -= np.float32(c["map_mean"])
+        m /= np.float32(c["map_std"])
+        return ((logits - c["score_mean"]) / c["score_std"]).astype(np.float32), m
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None,
                 notice: Callable[[str], None] | None = _stderr) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:

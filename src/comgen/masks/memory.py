@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from comgen.config import ConfigBase
+from comgen.compiled import maybe_compiled
 from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.io import atomic_path, atomic_write_json
 from comgen.progress import progress
-from comgen.tensor_ops import unit_along
 
 log = logging.getLogger(__name__)
 
@@ -117,61 +117,71 @@ def lab_features(images: np.ndarray, stride: int) -> torch.Tensor:
     return F.avg_pool2d(t, stride) if stride > 1 else t
 
 
-def align_features(query: torch.Tensor, refs: torch.Tensor, window: int, metric: str = "cosine") -> torch.Tensor:
+def window_offsets(window: int) -> list[tuple[int, int]]:
+    """The (dy, dx) offsets of a ``±window`` search, centre first so that ties keep the un-shifted patch."""
+    return [(0, 0)] + [(dy, dx) for dy in range(-window, window + 1) for dx in range(-window, window + 1)
+                       if (dy, dx) != (0, 0)]
+
+
+@maybe_compiled
+def _best_offsets(q: torch.Tensor, raw_pad: torch.Tensor, sq_pad: torch.Tensor, window: int,
+                  cosine: bool) -> torch.Tensor:
+    """Index into ``window_offsets`` of the best reference offset per patch: q [B,1,C,h,w], padded references
+    [B,k,C,h+2w,w+2w] (any float dtype) and their squared norms [B,k,h+2w,w+2w] -> long [B,k,h,w].
+
+    Per query patch the argmax over offsets ignores the query's own norm, so cosine needs neither a normalised
+    query nor normalised references: q.r / |r| ranks the offsets alike. For l2, argmin |q-r|^2 = argmax
+    2 q.r - |r|^2. Written functionally, as a running maximum, so that ``torch.compile`` fuses the dtype
+    conversion and the search into one pass (compiling the padding or the gather too made it slower, measured);
+    eager it costs one product and one channel sum per offset.
+    """
+    h, w = q.shape[-2:]
+    weight = sq_pad.clamp_min(1e-24).rsqrt() if cosine else None
+    best_sim = best_off = None
+    for o, (dy, dx) in enumerate(window_offsets(window)):
+        ys, xs = window + dy, window + dx
+        dot = (q * raw_pad[..., ys:ys + h, xs:xs + w]).sum(2)
+        sim = dot * weight[..., ys:ys + h, xs:xs + w] if weight is not None else \
+            2.0 * dot - sq_pad[..., ys:ys + h, xs:xs + w]
+        if best_sim is None or best_off is None:
+            best_sim, best_off = sim, torch.zeros_like(sim, dtype=torch.long)
+            continue
+        best_off = torch.where(sim > best_sim, o, best_off)  # strictly better only: ties keep the earlier offset
+        best_sim = torch.maximum(best_sim, sim)
+    assert best_off is not None
+    return best_off
+
+
+def align_features(query: torch.Tensor, refs: torch.Tensor, window: int, metric: str = "cosine",
+                   ref_sq: torch.Tensor | None = None) -> torch.Tensor:
     """For every query patch, the reference feature (per reference) nearest to it within ``±window`` patches.
 
     query [B,C,h,w], refs [B,k,C,h,w] -> [B,k,C,h,w]. Nearest = smallest cosine distance (``metric="l2"``: smallest
-    Euclidean distance, for colours). Loops only over the (2w+1)^2 window offsets; each step is vectorised over
-    all patches, references and images.
+    Euclidean distance, for colours). ``ref_sq`` [B,k,h,w], the squared norms of ``refs`` if the caller has them
+    cached, saves one pass over the references. Loops only over the (2w+1)^2 window offsets; each step is
+    vectorised over all patches, references and images.
     """
     if query.ndim != 4 or refs.ndim != 5 or refs.shape[0] != query.shape[0] or refs.shape[2:] != query.shape[1:]:
         raise InputError("align", f"query {tuple(query.shape)} and references {tuple(refs.shape)} do not match")
     B, k, C, h, w = refs.shape
-    refs = refs.to(device=query.device, dtype=query.dtype)
+    refs = refs.to(device=query.device)
     if window == 0:
-        return refs.clone()
+        return refs.to(dtype=query.dtype, copy=True)
     if metric not in ("cosine", "l2"):
         raise InputError("align", f"unknown metric {metric!r}")
-    if (2 * window + 1) ** 2 > 255:
-        raise InputError("align", f"window {window} is too large (at most 7)")
+    # float16 references (as the bank stores them) are padded and searched as they are, and only the gathered
+    # output is converted: no float32 copy of all k padded references
     Hp, Wp = h + 2 * window, w + 2 * window
     pad = (window, window, window, window)
-    # One padded copy of the raw references serves both the similarity and the final gather. Cosine needs only
-    # the query normalised: dividing q.r by |r| (a small [B,k,Hp,Wp] map) gives the same argmax without a
-    # normalised copy of the references. argmin |q-r|^2 = argmax 2 q.r - |r|^2 for the l2 metric.
     raw_pad = F.pad(refs.reshape(B * k, C, h, w), pad, mode="replicate").view(B, k, C, Hp, Wp)
-    sq_pad = raw_pad.pow(2).sum(2)
-    if metric == "cosine":
-        q = unit_along(query, 1).unsqueeze(1)  # [B,1,C,h,w]
-        scale_pad, shift_pad = sq_pad.clamp_min(1e-24).rsqrt(), None
-    else:
-        q, scale_pad, shift_pad = 2.0 * query.unsqueeze(1), None, sq_pad
-    # centre first, so ties (flat regions) keep the un-shifted patch
-    offsets = [(0, 0)] + [(dy, dx) for dy in range(-window, window + 1) for dx in range(-window, window + 1)
-                          if (dy, dx) != (0, 0)]
-    prod = torch.empty((B, k, C, h, w), device=query.device, dtype=query.dtype)  # reused: no allocation per step
-    sim = torch.empty((B, k, h, w), device=query.device, dtype=query.dtype)
-    best_sim = torch.empty_like(sim)
-    best_off = torch.zeros((B, k, h, w), dtype=torch.uint8, device=query.device)  # offset index (< 256 offsets)
-    for o, (dy, dx) in enumerate(offsets):  # running max of similarity; features are gathered once at the end
-        ys, xs = window + dy, window + dx
-        torch.mul(q, raw_pad[..., ys:ys + h, xs:xs + w], out=prod)
-        torch.sum(prod, dim=2, out=sim)
-        if scale_pad is not None:
-            sim.mul_(scale_pad[..., ys:ys + h, xs:xs + w])
-        else:
-            sim.sub_(shift_pad[..., ys:ys + h, xs:xs + w])
-        if o == 0:
-            best_sim.copy_(sim)
-            continue
-        best_off.masked_fill_(sim > best_sim, o)
-        torch.maximum(best_sim, sim, out=best_sim)
-    off = torch.tensor(offsets, device=query.device)
-    best_off = best_off.long()
-    ys = torch.arange(h, device=query.device).view(1, 1, h, 1) + window + off[:, 0][best_off]
-    xs = torch.arange(w, device=query.device).view(1, 1, 1, w) + window + off[:, 1][best_off]
+    sq = ref_sq.to(query.device) if ref_sq is not None else refs.float().pow(2).sum(2)
+    best = _best_offsets(query.unsqueeze(1), raw_pad, F.pad(sq.float(), pad, mode="replicate"), window,
+                         metric == "cosine")
+    off = torch.tensor(window_offsets(window), device=query.device)
+    ys = torch.arange(h, device=query.device).view(1, 1, h, 1) + window + off[:, 0][best]
+    xs = torch.arange(w, device=query.device).view(1, 1, 1, w) + window + off[:, 1][best]
     where = (ys * Wp + xs).view(B, k, 1, h * w).expand(B, k, C, h * w)
-    return raw_pad.reshape(B, k, C, Hp * Wp).gather(3, where).view(B, k, C, h, w)
+    return raw_pad.reshape(B, k, C, Hp * Wp).gather(3, where).view(B, k, C, h, w).to(query.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -244,6 +254,7 @@ class MemoryBank:
         self.index_kind = index_kind
         self.stats: dict[str, Any] = dict(stats or {})
         self._pos = {i: p for p, i in enumerate(self.ids)}
+        self._sq_norms: list[torch.Tensor] | None = None  # per scale [N,h,w] float32, built on the first align
         if len(self._pos) != len(self.ids):
             raise InputError("bank", "image ids must be unique")
 
@@ -376,19 +387,30 @@ class MemoryBank:
         order = np.argsort(d)[:k]
         return [(int(i), float(d[i])) for i in order]
 
-    def features(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Stored per-scale patch features of bank images ``idx`` [B,k] -> list of float32 [B,k,C,h,w]."""
+    def features(self, idx: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> list[torch.Tensor]:
+        """Stored per-scale patch features of bank images ``idx`` [B,k] -> list of [B,k,C,h,w] in ``dtype``
+        (None: the stored ``feature_dtype``)."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
             raise InputError("bank", f"reference index out of range 0..{len(self) - 1}")
         B, k = idx.shape
-        return [p[idx.reshape(-1).cpu()].float().view(B, k, *p.shape[1:]) for p in self.patches]
+        return [p[idx.reshape(-1).cpu()].to(dtype or p.dtype).view(B, k, *p.shape[1:]) for p in self.patches]
 
     def align(self, query_feats: Sequence[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
         """Reference features re-ordered so each query patch gets its nearest reference patch in the window."""
         self._check_feats(query_feats)
-        refs = self.features(idx)
-        return [align_features(q, r, self.cfg.window) for q, r in zip(query_feats, refs)]
+        refs = self.features(idx, dtype=None)
+        flat = torch.as_tensor(idx, dtype=torch.long).reshape(-1).cpu()
+        sq = [n[flat].view(*r.shape[:2], *n.shape[1:]) for n, r in zip(self.squared_norms(), refs)]
+        return [align_features(q, r, self.cfg.window, ref_sq=n) for q, r, n in zip(query_feats, refs, sq)]
+
+    def squared_norms(self) -> list[torch.Tensor]:
+        """Per scale [N,h,w] squared feature norms of every bank patch, computed once (in chunks, so the float32
+        copy of the bank never exists whole): alignment then needs no pass over the references for them."""
+        if self._sq_norms is None:
+            self._sq_norms = [torch.cat([c.float().pow(2).sum(1) for c in p.split(64)]) if len(p) else
+                              torch.zeros((0, *p.shape[2:])) for p in self.patches]
+        return self._sq_norms
 
     def extract_colors(self, images: np.ndarray) -> torch.Tensor:
         """Lab colour scale of query images (NxSxSx3 uint8 at the bank's size), as stored in the bank."""
