@@ -53,5 +53,5 @@ def test_compiled_alignment_matches_eager(monkeypatch: pytest.MonkeyPatch, windo
     eager = align_features(q, refs, window, metric)
     monkeypatch.setenv("COMGEN_COMPILE", "1")
     fused = align_features(q, refs, window, metric)
-    assert "comgen.masks.memory._best_offsets" not in compiled._failed  # really compiled, no fallback
+    assert not compiled._failed  # the search and the selection really ran compiled, no fallback
     assert fused.dtype == torch.float32 and torch.equal(fused, eager)

@@ -27,19 +27,22 @@ def compile_enabled() -> bool:
     return os.environ.get("COMGEN_COMPILE", "1") != "0"
 
 
-def maybe_compiled(fn: F, name: str | None = None, options: dict[str, Any] | None = None) -> F:
-    """``fn`` run through ``torch.compile`` when enabled, falling back to eager ``fn`` for good on a failure.
+def maybe_compiled(fn: F, name: str | None = None, options: dict[str, Any] | None = None,
+                   eager: Callable[..., Any] | None = None) -> F:
+    """``fn`` run through ``torch.compile`` when enabled, falling back to eager for good on a failure.
 
     ``name`` (default: the function's qualified name) keys the failure memory and the notice; ``options`` go to
-    inductor (e.g. ``{"freezing": True}``: weights become constants, for modules that no longer train).
+    inductor (e.g. ``{"freezing": True}``: weights become constants, for modules that no longer train);
+    ``eager`` is an equivalent formulation that is faster than ``fn`` without the compiler (default ``fn``).
     """
     name = name or f"{fn.__module__}.{fn.__qualname__}"
+    slow = eager or fn
     compiled: list[Callable[..., Any]] = []
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         if name in _failed or not compile_enabled():
-            return fn(*args, **kwargs)
+            return slow(*args, **kwargs)
         try:
             if not compiled:
                 import torch
@@ -51,6 +54,6 @@ def maybe_compiled(fn: F, name: str | None = None, options: dict[str, Any] | Non
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             print(f"note: running {name} without torch.compile ({reason}); "
                   f"set COMGEN_COMPILE=0 to skip the attempt", file=sys.stderr)
-            return fn(*args, **kwargs)
+            return slow(*args, **kwargs)
 
     return run  # type: ignore[return-value]

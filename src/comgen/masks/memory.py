@@ -169,19 +169,46 @@ def align_features(query: torch.Tensor, refs: torch.Tensor, window: int, metric:
         return refs.to(dtype=query.dtype, copy=True)
     if metric not in ("cosine", "l2"):
         raise InputError("align", f"unknown metric {metric!r}")
-    # float16 references (as the bank stores them) are padded and searched as they are, and only the gathered
+    # float16 references (as the bank stores them) are padded and searched as they are, and only the aligned
     # output is converted: no float32 copy of all k padded references
-    Hp, Wp = h + 2 * window, w + 2 * window
     pad = (window, window, window, window)
-    raw_pad = F.pad(refs.reshape(B * k, C, h, w), pad, mode="replicate").view(B, k, C, Hp, Wp)
+    raw_pad = F.pad(refs.reshape(B * k, C, h, w), pad, mode="replicate").view(B, k, C, h + 2 * window, -1)
     sq = ref_sq.to(query.device) if ref_sq is not None else refs.float().pow(2).sum(2)
-    best = _best_offsets(query.unsqueeze(1), raw_pad, F.pad(sq.float(), pad, mode="replicate"), window,
-                         metric == "cosine")
-    off = torch.tensor(window_offsets(window), device=query.device)
-    ys = torch.arange(h, device=query.device).view(1, 1, h, 1) + window + off[:, 0][best]
-    xs = torch.arange(w, device=query.device).view(1, 1, 1, w) + window + off[:, 1][best]
+    return align_padded(query, raw_pad, F.pad(sq.float(), pad, mode="replicate"), window, metric)
+
+
+def align_padded(query: torch.Tensor, raw_pad: torch.Tensor, sq_pad: torch.Tensor, window: int,
+                 metric: str = "cosine") -> torch.Tensor:
+    """``align_features`` on references already padded by ``window`` (replicate) with their squared norms:
+    [B,C,h,w], [B,k,C,h+2w,w+2w], [B,k,h+2w,w+2w] -> [B,k,C,h,w] in the query's dtype."""
+    best = _best_offsets(query.unsqueeze(1), raw_pad, sq_pad, window, metric == "cosine")
+    return _select_offsets(raw_pad, best, window).to(query.dtype)
+
+
+def _gather_offsets(raw_pad: torch.Tensor, best: torch.Tensor, window: int) -> torch.Tensor:
+    """The reference vector at each patch's best offset, by one gather (the fast form in eager mode)."""
+    B, k, C, Hp, Wp = raw_pad.shape
+    h, w = Hp - 2 * window, Wp - 2 * window
+    off = torch.tensor(window_offsets(window), device=raw_pad.device)
+    ys = torch.arange(h, device=raw_pad.device).view(1, 1, h, 1) + window + off[:, 0][best]
+    xs = torch.arange(w, device=raw_pad.device).view(1, 1, 1, w) + window + off[:, 1][best]
     where = (ys * Wp + xs).view(B, k, 1, h * w).expand(B, k, C, h * w)
-    return raw_pad.reshape(B, k, C, Hp * Wp).gather(3, where).view(B, k, C, h, w).to(query.dtype)
+    return raw_pad.reshape(B, k, C, Hp * Wp).gather(3, where).view(B, k, C, h, w)
+
+
+def _where_offsets(raw_pad: torch.Tensor, best: torch.Tensor, window: int) -> torch.Tensor:
+    """The same selection as a chain of ``where`` over the window's shifted views: compiled, it is one fused
+    pass and ~2x faster than the gather at the finest scale (measured); eager, 9 passes, so eager uses the gather.
+    """
+    h, w = best.shape[-2:]
+    out = raw_pad[..., window:window + h, window:window + w]
+    for o, (dy, dx) in enumerate(window_offsets(window)[1:], start=1):
+        ys, xs = window + dy, window + dx
+        out = torch.where((best == o).unsqueeze(2), raw_pad[..., ys:ys + h, xs:xs + w], out)
+    return out
+
+
+_select_offsets = maybe_compiled(_where_offsets, "comgen.masks.memory._select_offsets", eager=_gather_offsets)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -255,6 +282,7 @@ class MemoryBank:
         self.stats: dict[str, Any] = dict(stats or {})
         self._pos = {i: p for p, i in enumerate(self.ids)}
         self._sq_norms: list[torch.Tensor] | None = None  # per scale [N,h,w] float32, built on the first align
+        self._padded: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # see padded()
         if len(self._pos) != len(self.ids):
             raise InputError("bank", "image ids must be unique")
 
@@ -387,22 +415,39 @@ class MemoryBank:
         order = np.argsort(d)[:k]
         return [(int(i), float(d[i])) for i in order]
 
-    def features(self, idx: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> list[torch.Tensor]:
-        """Stored per-scale patch features of bank images ``idx`` [B,k] -> list of [B,k,C,h,w] in ``dtype``
-        (None: the stored ``feature_dtype``)."""
+    def _checked_index(self, idx: torch.Tensor) -> torch.Tensor:
         idx = torch.as_tensor(idx, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
             raise InputError("bank", f"reference index out of range 0..{len(self) - 1}")
+        return idx
+
+    def features(self, idx: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> list[torch.Tensor]:
+        """Stored per-scale patch features of bank images ``idx`` [B,k] -> list of [B,k,C,h,w] in ``dtype``
+        (None: the stored ``feature_dtype``)."""
+        idx = self._checked_index(idx)
         B, k = idx.shape
         return [p[idx.reshape(-1).cpu()].to(dtype or p.dtype).view(B, k, *p.shape[1:]) for p in self.patches]
 
     def align(self, query_feats: Sequence[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
         """Reference features re-ordered so each query patch gets its nearest reference patch in the window."""
         self._check_feats(query_feats)
-        refs = self.features(idx, dtype=None)
-        flat = torch.as_tensor(idx, dtype=torch.long).reshape(-1).cpu()
-        sq = [n[flat].view(*r.shape[:2], *n.shape[1:]) for n, r in zip(self.squared_norms(), refs)]
-        return [align_features(q, r, self.cfg.window, ref_sq=n) for q, r, n in zip(query_feats, refs, sq)]
+        idx = self._checked_index(idx)
+        if self.cfg.window == 0:
+            return self.features(idx)
+        B, k = idx.shape
+        flat = idx.reshape(-1).cpu()
+        return [align_padded(q, p[flat].view(B, k, *p.shape[1:]).to(q.device), n[flat].view(B, k, *n.shape[1:]).to(
+            q.device), self.cfg.window) for q, (p, n) in zip(query_feats, self.padded())]
+
+    def padded(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per scale (patches [N,C,h+2w,w+2w] in the stored dtype, squared norms [N,h+2w,w+2w] float32), padded
+        by the alignment window once, so that aligning a batch copies each reference once (no pad per call)."""
+        if self._padded is None:
+            w = self.cfg.window
+            pad = (w, w, w, w)
+            self._padded = [(F.pad(p, pad, mode="replicate") if len(p) else p, F.pad(n, pad, mode="replicate")
+                             if len(n) else n) for p, n in zip(self.patches, self.squared_norms())]
+        return self._padded
 
     def squared_norms(self) -> list[torch.Tensor]:
         """Per scale [N,h,w] squared feature norms of every bank patch, computed once (in chunks, so the float32
