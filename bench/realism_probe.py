@@ -18,8 +18,12 @@ extra or missing part) changes the global content on purpose, a small CutPaste s
 isolates realism: it probes crops around each anomaly's mask (bbox + margin) against the *same* box cut from a
 real image, so location and size are matched and only the look of the edited region differs.
 
+``--backends`` may include ``real``: the benchmark's own real test anomalies (logical and structural, at most
+``--n``) in place of generated ones. Against normal images that row is the floor of the whole-image probe: how
+separable a *real* anomaly is from a normal image by the change it makes, rendering aside.
+
     python bench/realism_probe.py --size 128 --train 40 --validation 40 --n 60 --region image --region mask \
-        --against normal --against anomalies
+        --against normal --against anomalies [--backends compositional,cutpaste,draem,nsa,real]
 """
 
 from __future__ import annotations
@@ -153,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp.name) / "synth"
         t0 = time.perf_counter()
         generate_benchmark(root, SynthConfig(size=args.size, n_train=args.train, n_validation=args.validation,
-                                             n_test=args.test if "anomalies" in (args.against or []) else 4,
+                                             n_test=args.test if "anomalies" in (args.against or []) or
+                                             "real" in args.backends.split(",") else 4,
                                              seed=args.seed, categories=cats))
         print(f"synth data: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     ds = open_dataset(root)
@@ -172,28 +177,36 @@ def main(argv: list[str] | None = None) -> int:
         held = [s for s in ds.samples(cat, "validation") if s.kind == "good"] or train
         real_imgs = np.stack([resize_rgb(s.load_image(), args.size) for s in held])
         real = {"normal": (real_imgs, None)}
-        if any(a == "anomalies" for a, _ in regions):
-            anomalous = [s for s in ds.samples(cat, "test") if s.kind != "good"]
+        anomalous = [s for s in ds.samples(cat, "test") if s.kind != "good"]
+        if any(a == "anomalies" for a, _ in regions) or "real" in backends:
             if not anomalous:
-                print(f"  {cat}: no real test anomalies; --against anomalies skipped", file=sys.stderr)
+                print(f"  {cat}: no real test anomalies; --against anomalies and the real row skipped",
+                      file=sys.stderr)
             else:
                 real["anomalies"] = real_anomalies(anomalous, args.size)
         feats_of: dict[tuple[str, str], np.ndarray] = {}
         cells: dict[tuple[str, tuple[str, str]], str] = {}
         for b in backends:
-            cfg = GenerateConfig(backend=b, n=args.n, image_size=args.size, seed=args.seed)
-            try:
-                gen = build_generator(b, cfg)
-                gen.fit(train, None)
-                made = list(gen.generate(args.n, np.random.default_rng(args.seed)))
-            except ComgenError as exc:
-                print(f"  {cat}/{b}: {exc}", file=sys.stderr)
-                continue
-            fake_imgs = np.stack([a.image for a in made])
-            fake_masks = [a.mask for a in made]
+            if b == "real":  # reference row: real anomalies in place of generated ones
+                if "anomalies" not in real:
+                    continue
+                pick = np.random.default_rng(args.seed).permutation(len(real["anomalies"][0]))[:args.n]
+                fake_imgs = real["anomalies"][0][pick]
+                fake_masks = [real["anomalies"][1][i] for i in pick]
+            else:
+                try:
+                    gen = build_generator(b, GenerateConfig(backend=b, n=args.n, image_size=args.size,
+                                                            seed=args.seed))
+                    gen.fit(train, None)
+                    made = list(gen.generate(args.n, np.random.default_rng(args.seed)))
+                except ComgenError as exc:
+                    print(f"  {cat}/{b}: {exc}", file=sys.stderr)
+                    continue
+                fake_imgs = np.stack([a.image for a in made])
+                fake_masks = [a.mask for a in made]
             fake_whole = pooled_features(fake_imgs, backbone, args.pool)
             for a, r in regions:
-                if a not in real:
+                if a not in real or (b == "real" and a == "anomalies"):  # real vs itself: meaningless
                     continue
                 ref_imgs, ref_masks = real[a]
                 if r == "image":
