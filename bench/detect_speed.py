@@ -7,6 +7,7 @@ Measures at the working size (default 256 px), batch B, on CPU threads T:
   ratio     : predict / backbone (target >= 0.7);
   + prior   : the same with the composition prior (segmentation at the learner's size + density), which the
               detector adds when the run has a component model (``--no-prior`` skips this row).
+Predict runs as for a long job (>= ``COMPILE_MIN_IMAGES`` images): alignment and head through torch.compile.
 The head's weights do not change its cost, so an untrained head is used; the bank holds N synthetic normal
 images (the toy two-object world). Peak RSS is the process maximum after each phase.
 
@@ -82,6 +83,7 @@ def main() -> None:
     from comgen.detect.backbone import BackboneConfig, build_backbone, to_tensor
     from comgen.detect.config import DetectorConfig
     from comgen.detect.csda import CSDA
+    import comgen.detect.predict as predict_module
     from comgen.detect.predict import Detector
     from comgen.masks.memory import MemoryBank, MemoryBankConfig
 
@@ -91,6 +93,7 @@ def main() -> None:
     bank = MemoryBank.build(toy(args.bank, args.size, 0), [f"n{i}" for i in range(args.bank)], backbone,
                             MemoryBankConfig.from_dict({**cfg.bank, "image_size": args.size, "k": cfg.head.k}))
     cal = {"score_mean": 0.0, "score_std": 1.0, "map_mean": 0.0, "map_std": 1.0, "threshold": 3.0}
+    predict_module.COMPILE_MIN_IMAGES = 0  # the steady state of a long job, though each call predicts one batch
     det = Detector(cfg, CSDA(backbone, cfg.head), bank, cal, Path("."), torch.device("cpu"))
     imgs = toy(args.batch, args.size, 1)
     x = to_tensor(imgs)

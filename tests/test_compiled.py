@@ -19,6 +19,18 @@ def test_disabled_never_calls_the_compiler(monkeypatch: pytest.MonkeyPatch) -> N
     assert torch.equal(compiled.maybe_compiled(double)(torch.ones(3)), torch.full((3,), 2.0))
 
 
+def test_eager_block_skips_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMGEN_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled inside an eager() block"))
+
+    def triple(x: torch.Tensor) -> torch.Tensor:
+        return 3 * x
+
+    with compiled.eager():
+        assert torch.equal(compiled.maybe_compiled(triple)(torch.ones(2)), torch.full((2,), 3.0))
+    assert compiled.compile_enabled()
+
+
 def test_a_compiler_failure_falls_back_to_eager_with_one_notice(monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("COMGEN_COMPILE", "1")

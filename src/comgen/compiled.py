@@ -5,7 +5,8 @@ inductor fuses the whole search into one pass over the references (on this 2-cor
 scale took 13.5 ms eager and 1.2 ms compiled, batch 8, 256 px). Compiling costs ~30 s the first time on a
 machine; inductor caches the kernels on disk, so later processes start in ~2 s.
 
-``COMGEN_COMPILE=0`` turns it off (the test suite does, except for the tests of this module). When compilation is
+``COMGEN_COMPILE=0`` turns it off (the test suite does, except for the tests of this module). Each process traces
+the graphs again (~10 s with a warm cache), so small jobs run eager inside ``with eager():``. When compilation is
 not possible (no C++ compiler, an unsupported platform), the first failure prints one notice and the eager
 function is used from then on: results agree up to float rounding either way.
 """
@@ -15,16 +16,30 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _failed: set[str] = set()
+_eager_blocks = 0
 
 
 def compile_enabled() -> bool:
-    """True unless ``COMGEN_COMPILE=0`` (read at every call, so tests and users can switch it per run)."""
-    return os.environ.get("COMGEN_COMPILE", "1") != "0"
+    """True unless ``COMGEN_COMPILE=0`` (read at every call) or inside ``eager()``."""
+    return _eager_blocks == 0 and os.environ.get("COMGEN_COMPILE", "1") != "0"
+
+
+@contextmanager
+def eager() -> Iterator[None]:
+    """Run every ``maybe_compiled`` function eagerly in this block: for work too small to repay the tracing."""
+    global _eager_blocks
+    _eager_blocks += 1
+    try:
+        yield
+    finally:
+        _eager_blocks -= 1
 
 
 def maybe_compiled(fn: F, name: str | None = None, options: dict[str, Any] | None = None,
@@ -45,9 +60,15 @@ def maybe_compiled(fn: F, name: str | None = None, options: dict[str, Any] | Non
             return slow(*args, **kwargs)
         try:
             if not compiled:
+                import logging
+
                 import torch
 
-                compiled.append(torch.compile(fn, dynamic=None, options=options))
+                # inductor's CPU path warns "No CUDA runtime is found" on every CPU-only machine: not news
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+                # dynamic: one graph serves every batch size and feature-map size (measured: half the first-run compile
+                # time of specialising per shape, same steady speed)
+                compiled.append(torch.compile(fn, dynamic=True, options=options))
             return compiled[0](*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler/toolchain failure means: run eager
             _failed.add(name)

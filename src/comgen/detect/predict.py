@@ -12,6 +12,7 @@ import csv
 import io
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from comgen.compiled import maybe_compiled
+from comgen.compiled import eager, maybe_compiled
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.data import from_tiles, to_tiles
@@ -73,6 +74,11 @@ def to_rgb_uint8(img: np.ndarray, where: str = "image") -> tuple[np.ndarray, str
     elif c == 4:
         a, note = a[..., :3], "RGBA"
     return np.ascontiguousarray(a), note
+
+
+# Fewer images than this run eagerly: tracing the compiled alignment and head costs ~10 s per process even with
+# inductor's disk cache warm (~60 s cold), more than it saves on a small job (see comgen.compiled).
+COMPILE_MIN_IMAGES = 64
 
 
 class Detector:
@@ -202,7 +208,8 @@ class Detector:
                     resized += 1
                     img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
                 chunk.append(img)
-            logits, mlog, feats = self._forward(to_tiles(np.stack(chunk), g))
+            with eager() if len(images) < COMPILE_MIN_IMAGES else nullcontext():
+                logits, mlog, feats = self._forward(to_tiles(np.stack(chunk), g))
             sc, mp = self.normalise(logits, mlog)
             mp = from_tiles(mp, g)
             scores[i:i + len(chunk)] = sc.reshape(len(chunk), g * g).max(axis=1)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Collection, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from comgen.config import ConfigBase
-from comgen.compiled import maybe_compiled
+from comgen.compiled import eager, maybe_compiled
 from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.io import atomic_path, atomic_write_json
 from comgen.progress import progress
@@ -181,8 +182,10 @@ def align_padded(query: torch.Tensor, raw_pad: torch.Tensor, sq_pad: torch.Tenso
                  metric: str = "cosine") -> torch.Tensor:
     """``align_features`` on references already padded by ``window`` (replicate) with their squared norms:
     [B,C,h,w], [B,k,C,h+2w,w+2w], [B,k,h+2w,w+2w] -> [B,k,C,h,w] in the query's dtype."""
-    best = _best_offsets(query.unsqueeze(1), raw_pad, sq_pad, window, metric == "cosine")
-    return _select_offsets(raw_pad, best, window).to(query.dtype)
+    # colours (l2: 3 channels) cost little either way; compiling them would trace two more graphs (~16 s cold)
+    with eager() if metric == "l2" else nullcontext():
+        best = _best_offsets(query.unsqueeze(1), raw_pad, sq_pad, window, metric == "cosine")
+        return _select_offsets(raw_pad, best, window).to(query.dtype)
 
 
 def _gather_offsets(raw_pad: torch.Tensor, best: torch.Tensor, window: int) -> torch.Tensor:
