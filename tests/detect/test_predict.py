@@ -112,3 +112,24 @@ def test_compiled_predict_matches_eager(trained_run: Path, monkeypatch: pytest.M
     assert "CSDAHead.forward" not in compiled._failed  # the head really ran compiled
     np.testing.assert_allclose(scores, eager_scores, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(maps, eager_maps, rtol=1e-4, atol=1e-4)
+
+
+def test_only_large_jobs_compile(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from comgen.detect.predict import COMPILE_MIN_IMAGES
+
+    compiled_fns: list[object] = []
+
+    def record(fn, **kw):  # noqa: ANN001, ANN003, ANN202 - stands in for torch.compile, runs fn unchanged
+        compiled_fns.append(fn)
+        return fn
+
+    monkeypatch.setenv("COMGEN_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", record)
+    det = Detector.load(trained_run, device="cpu")
+    images = [toy_image(np.random.default_rng(3), SIZE, "good")[0]] * 2
+    det.predict(images, notice=None)  # a small job: eager
+    assert not compiled_fns
+    det.predict(images, notice=None, job_size=COMPILE_MIN_IMAGES)  # one chunk of a large job: compiled
+    assert any(getattr(f, "__name__", "") == "forward" for f in compiled_fns)

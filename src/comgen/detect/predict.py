@@ -181,11 +181,14 @@ class Detector:
         return ((logits - c["score_mean"]) / c["score_std"]).astype(np.float32), m
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None,
-                notice: Callable[[str], None] | None = _stderr) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
+                notice: Callable[[str], None] | None = _stderr, job_size: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
         """Calibrated image scores [N] and anomaly maps at each image's original size.
 
         ``maps`` is one float32 array [N,H,W] when all images share a size, else a list of [H,W] arrays.
-        Images of another size or mode are resized / converted, with one notice per call.
+        Images of another size or mode are resized / converted, with one notice per call. ``job_size``: the
+        number of images of the whole job when this call is one chunk of it (default: this call's); jobs of at
+        least ``COMPILE_MIN_IMAGES`` run the compiled alignment and head.
         """
         if images is None or len(images) == 0:
             raise InputError("images", "empty image list; nothing to predict")
@@ -208,7 +211,7 @@ class Detector:
                     resized += 1
                     img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
                 chunk.append(img)
-            with eager() if len(images) < COMPILE_MIN_IMAGES else nullcontext():
+            with eager() if (job_size or len(images)) < COMPILE_MIN_IMAGES else nullcontext():
                 logits, mlog, feats = self._forward(to_tiles(np.stack(chunk), g))
             sc, mp = self.normalise(logits, mlog)
             mp = from_tiles(mp, g)
@@ -327,7 +330,7 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
     for i in progress(range(0, len(files), bs), "predict", total=(len(files) + bs - 1) // bs):
         chunk = files[i:i + bs]
         imgs = [read_rgb(f) for f, _ in chunk]
-        scores, maps = det.predict(imgs, bs, notice=once)
+        scores, maps = det.predict(imgs, bs, notice=once, job_size=len(files))
         for k, ((f, name), img, sc, amap) in enumerate(zip(chunk, imgs, scores, maps)):
             smp = lookup.get(f.resolve())
             if smp is not None and smp.split == "test":
@@ -367,7 +370,7 @@ def predict_dataset(run: RunDir | str | Path, split: str = "test", maps_root: st
     rows: list[dict[str, Any]] = []
     for i in progress(range(0, len(samples), bs), f"predict {split}", total=(len(samples) + bs - 1) // bs):
         chunk = samples[i:i + bs]
-        scores, maps = det.predict([s.load_image() for s in chunk], bs, notice=None)
+        scores, maps = det.predict([s.load_image() for s in chunk], bs, notice=None, job_size=len(samples))
         for j, (smp, sc, amap) in enumerate(zip(chunk, scores, maps)):
             write_map(maps_root, smp, amap.astype(np.float32))
             rows.append({"category": smp.category, "split": smp.split, "label": smp.label, "kind": smp.kind,
