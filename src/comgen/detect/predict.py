@@ -76,9 +76,11 @@ def to_rgb_uint8(img: np.ndarray, where: str = "image") -> tuple[np.ndarray, str
     return np.ascontiguousarray(a), note
 
 
-# Fewer images than this run eagerly: tracing the compiled alignment and head costs ~10 s per process even with
-# inductor's disk cache warm (~60 s cold), more than it saves on a small job (see comgen.compiled).
-COMPILE_MIN_IMAGES = 64
+# Jobs of fewer images run eagerly. Compiling pays only on long jobs (measured on 2 cores, 256 px): the compiled
+# path predicts ~59 img/s against ~48 eager, i.e. it saves ~4 ms per image, while each process traces the alignment
+# again (~10 s with inductor's disk cache warm, ~40 s cold) and the head, whose weights are frozen into its graph,
+# compiles anew for every detector (~20-30 s). Break-even is a few thousand images.
+COMPILE_MIN_IMAGES = 5000
 
 
 class Detector:
