@@ -101,6 +101,16 @@ def test_with_random_backbone(toy, tmp_path):
     m.save(tmp_path)
     assert json.loads((tmp_path / "model.json").read_text())["backbone_source"] == "random"
     assert np.array_equal(ComponentModel.load(tmp_path).segment(toy[0][:2]), m.segment(toy[0][:2]))
+    # centroid scores on the backbone grid, then upsampled = the full-resolution two-step form
+    imgs = toy[0][:3]
+    assert m.transform.pca_components is not None
+    two_step = m.assign(m.pixel_features(imgs))
+    assert (m.assign_images(imgs) == two_step).mean() > 0.999
+
+
+def test_assign_images_without_backbone_matches_two_step(model, toy):
+    imgs = toy[0][:3]
+    assert np.array_equal(model.assign_images(imgs), model.assign(model.pixel_features(imgs)))
 
 
 def test_flatfield_removes_a_lighting_ramp():

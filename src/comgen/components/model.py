@@ -123,6 +123,26 @@ class ComponentModel:
         d = (c * c).sum(1)[None] - 2.0 * flat @ c.T
         return d.argmin(1).reshape(feats.shape[:-1]).astype(np.uint8)
 
+    def assign_images(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
+        """``assign(pixel_features(images, deep))`` without the full-resolution feature map.
+
+        Why: standardising and the dot products with the centroids are linear, and so is bilinear upsampling, so
+        the deep part of every centroid score is computed on the backbone's grid and only the K scores are
+        upsampled, instead of D feature channels followed by a [pixels, D] matrix product at full resolution.
+        Equal to the two-step form up to float rounding (tested).
+        """
+        fz = self._featurizer() if deep is None else PixelFeaturizer(self.cfg)
+        tf, c = self.transform, self.centroids.astype(np.float32)
+        weights = tf.scale.astype(np.float32)[:, None] * c.T  # [D,K]: x.c = v @ weights + bias, v = raw features
+        bias = -(tf.mean.astype(np.float32) * tf.scale.astype(np.float32)) @ c.T
+        lab = fz.lab(images)
+        scores = lab @ weights[-lab.shape[-1]:] + bias  # Lab is the last block of the feature vector
+        deep = project_deep(tf, fz.deep(images) if deep is None else deep)
+        if deep is not None:
+            scores += upsample(deep @ weights[:deep.shape[-1]], images.shape[1])
+        d = (c * c).sum(1) - 2.0 * scores
+        return d.argmin(-1).astype(np.uint8)
+
     def segment_working(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
         """Class maps [N,S,S] at the working resolution (no resizing back).
 
@@ -138,7 +158,7 @@ class ComponentModel:
         kernel = int(round(self.cfg.scaled(self.cfg.smooth))) | 1 if self.cfg.smooth else 0
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(images), bs):
-            lab = self.assign(self.pixel_features(images[i:i + bs], None if deep is None else deep[i:i + bs]))
+            lab = self.assign_images(images[i:i + bs], None if deep is None else deep[i:i + bs])
             out[i:i + bs] = np.stack([majority_filter(m, self.num_classes, kernel) for m in lab])
         return out
 
