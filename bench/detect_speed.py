@@ -7,7 +7,8 @@ Measures at the working size (default 256 px), batch B, on CPU threads T:
   ratio     : predict / backbone (target >= 0.7);
   + prior   : the same with the composition prior (segmentation at the learner's size + density), which the
               detector adds when the run has a component model (``--no-prior`` skips this row).
-Predict runs as for a long job (>= ``COMPILE_MIN_IMAGES`` images): alignment and head through torch.compile.
+Predict runs as for a long job (>= ``COMPILE_MIN_IMAGES`` images): alignment and head through torch.compile; the
+first call, which compiles, is timed on its own (run with an empty ``TORCHINDUCTOR_CACHE_DIR`` for the cold cost).
 The head's weights do not change its cost, so an untrained head is used; the bank holds N synthetic normal
 images (the toy two-object world). Peak RSS is the process maximum after each phase.
 
@@ -98,6 +99,9 @@ def main() -> None:
     imgs = toy(args.batch, args.size, 1)
     x = to_tensor(imgs)
     with torch.no_grad():
+        t0 = time.perf_counter()
+        det.predict(imgs, notice=None)  # the first call compiles (or traces from inductor's disk cache)
+        t_first = time.perf_counter() - t0
         bb_runs, pred_runs = paired([lambda: backbone(x), lambda: det.predict(imgs, notice=None)], args.repeats)
     t_bb, t_pred = float(np.median(bb_runs)), float(np.median(pred_runs))
     ratios = bb_runs / pred_runs
@@ -139,6 +143,10 @@ def main() -> None:
     if t_pred_p is not None:
         print(f"ratio predict with composition prior / backbone = {np.median(ratios_p):.2f} "
               f"(quartiles {np.quantile(ratios_p, 0.25):.2f}-{np.quantile(ratios_p, 0.75):.2f})")
+    from comgen.compiled import compile_enabled
+
+    how = "torch.compile on: compiling, or tracing from the disk cache" if compile_enabled() else "eager"
+    print(f"first predict call: {t_first:.1f} s ({how})")
     print(f"peak RSS: after model+bank {rss0:.0f} MB, after backbone and predict {rss_pred:.0f} MB, "
           f"after the prior rows {rss_prior:.0f} MB")
 

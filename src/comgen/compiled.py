@@ -2,11 +2,12 @@
 
 Why: in eager PyTorch every step of the alignment's window search writes a full-size intermediate to memory;
 inductor fuses the whole search into one pass over the references (on this 2-core CPU the search at the finest
-scale took 13.5 ms eager and 1.2 ms compiled, batch 8, 256 px). Compiling costs ~30 s the first time on a
-machine; inductor caches the kernels on disk, so later processes start in ~2 s.
+scale took 13.5 ms eager and 1.2 ms compiled, batch 8, 256 px). Compiling costs time up front: the first compiled
+predict call took 112 s with inductor's disk cache empty and 24 s with it warm (``bench/detect_speed.py``), since
+every process traces the graphs again.
 
-``COMGEN_COMPILE=0`` turns it off (the test suite does, except for the tests of this module). Each process traces
-the graphs again (~10 s with a warm cache), so small jobs run eager inside ``with eager():``. When compilation is
+``COMGEN_COMPILE=0`` turns it off (the test suite does, except for the tests of this module); small jobs run eager
+inside ``with eager():``. When compilation is
 not possible (no C++ compiler, an unsupported platform), the first failure prints one notice and the eager
 function is used from then on: results agree up to float rounding either way.
 """

@@ -11,7 +11,6 @@ see comgen.components.learner for the measurements). A planar lighting ramp is d
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass, field
 
 import cv2

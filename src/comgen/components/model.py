@@ -133,8 +133,9 @@ class ComponentModel:
         """
         fz = self._featurizer() if deep is None else PixelFeaturizer(self.cfg)
         tf, c = self.transform, self.centroids.astype(np.float32)
-        weights = tf.scale.astype(np.float32)[:, None] * c.T  # [D,K]: x.c = v @ weights + bias, v = raw features
-        bias = -(tf.mean.astype(np.float32) * tf.scale.astype(np.float32)) @ c.T
+        scale = tf.scale.astype(np.float32)
+        weights = scale[:, None] * c.T  # [D,K]: x.c = v @ weights + bias, v = raw features
+        bias = -(tf.mean.astype(np.float32) * scale) @ c.T
         lab = fz.lab(images)
         scores = lab @ weights[-lab.shape[-1]:] + bias  # Lab is the last block of the feature vector
         deep = project_deep(tf, fz.deep(images) if deep is None else deep)

@@ -76,10 +76,10 @@ def to_rgb_uint8(img: np.ndarray, where: str = "image") -> tuple[np.ndarray, str
     return np.ascontiguousarray(a), note
 
 
-# Jobs of fewer images run eagerly. Compiling pays only on long jobs (measured on 2 cores, 256 px): the compiled
-# path predicts ~59 img/s against ~48 eager, i.e. it saves ~4 ms per image, while each process traces the alignment
-# again (~10 s with inductor's disk cache warm, ~40 s cold) and the head, whose weights are frozen into its graph,
-# compiles anew for every detector (~20-30 s). Break-even is a few thousand images.
+# Jobs of fewer images run eagerly. Compiling pays only on long jobs (bench/detect_speed.py, 2 cores, 256 px): the
+# compiled path predicts at 0.70-0.74x the backbone's rate against 0.60 eager, ~3 ms less per image, while the
+# first compiled call of a process took 24 s with inductor's disk cache warm and 112 s cold (the head, whose
+# weights are frozen into its graph, compiles anew for every detector). Break-even is several thousand images.
 COMPILE_MIN_IMAGES = 5000
 
 

@@ -426,12 +426,11 @@ class MemoryBank:
             raise InputError("bank", f"reference index out of range 0..{len(self) - 1}")
         return idx
 
-    def features(self, idx: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> list[torch.Tensor]:
-        """Stored per-scale patch features of bank images ``idx`` [B,k] -> list of [B,k,C,h,w] in ``dtype``
-        (None: the stored ``feature_dtype``)."""
+    def features(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Stored per-scale patch features of bank images ``idx`` [B,k] -> list of float32 [B,k,C,h,w]."""
         idx = self._checked_index(idx)
         B, k = idx.shape
-        return [p[idx.reshape(-1).cpu()].to(dtype or p.dtype).view(B, k, *p.shape[1:]) for p in self.patches]
+        return [p[idx.reshape(-1).cpu()].float().view(B, k, *p.shape[1:]) for p in self.patches]
 
     def align(self, query_feats: Sequence[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
         """Reference features re-ordered so each query patch gets its nearest reference patch in the window."""
