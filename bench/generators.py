@@ -1,6 +1,6 @@
 """Generator benchmark: the same CSDA detector trained with each anomaly source (also `comgen bench generators`).
 
-    python bench/generators.py --out bench_runs/generators [--size 128] [--categories all] [--epochs 12]
+    python bench/generators.py --out bench_runs/generators [--size 128] [--categories all] [--epochs 12] [--seeds 0,1]
 
 Builds the built-in benchmark at the chosen size (if missing), runs every row and prints the Markdown table.
 """
@@ -8,7 +8,9 @@ Builds the built-in benchmark at the chosen size (if missing), runs every row an
 from __future__ import annotations
 
 import argparse
+import sys
 
+from comgen.errors import ComgenError
 from comgen.pipeline.bench_cli import main_generators
 
 if __name__ == "__main__":
@@ -18,5 +20,10 @@ if __name__ == "__main__":
     parser.add_argument("--categories", default="all")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based) or 'all'")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds: each row runs once per seed, the table "
+                                                     "gives the mean and the spread across seeds")
     args = parser.parse_args()
-    main_generators(args.out, args.size, args.categories, args.epochs, args.rows)
+    try:
+        main_generators(args.out, args.size, args.categories, args.epochs, args.rows, args.seeds)
+    except ComgenError as exc:
+        sys.exit(f"error: {exc}")

@@ -23,7 +23,7 @@ real image, so location and size are matched and only the look of the edited reg
 separable a *real* anomaly is from a normal image by the change it makes, rendering aside.
 
     python bench/realism_probe.py --size 128 --train 40 --validation 40 --n 60 --region image --region mask \
-        --against normal --against anomalies [--backends compositional,cutpaste,draem,nsa,real]
+        --against normal --against anomalies [--backends compositional,cutpaste,draem,nsa,real] [--logical-ratio 1]
 """
 
 from __future__ import annotations
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", type=int, default=150, help="test images per category of the generated benchmark "
                                                           "(good + anomalies), for --against anomalies")
     ap.add_argument("--data", type=Path, default=None, help="reuse a synth benchmark folder")
+    ap.add_argument("--logical-ratio", type=float, default=None,
+                    help="share of logical edits of the compositional back-end (default: its config default); "
+                         "1.0 probes its logical edits alone")
     args = ap.parse_args(argv)
     os.environ.setdefault("COMGEN_QUIET", "1")
 
@@ -195,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 fake_masks = [real["anomalies"][1][i] for i in pick]
             else:
                 try:
+                    extra = {"logical_ratio": args.logical_ratio} if args.logical_ratio is not None else {}
                     gen = build_generator(b, GenerateConfig(backend=b, n=args.n, image_size=args.size,
-                                                            seed=args.seed))
+                                                            seed=args.seed, compositional=extra))
                     gen.fit(train, None)
                     made = list(gen.generate(args.n, np.random.default_rng(args.seed)))
                 except ComgenError as exc:

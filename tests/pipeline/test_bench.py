@@ -6,7 +6,11 @@ from pathlib import Path
 
 from comgen.data.synth.config import SynthConfig
 from comgen.data.synth.writer import generate_benchmark
+import pytest
+
+from comgen.errors import ConfigError
 from comgen.pipeline.bench import ROWS, Row, benchmark_markdown, row_config, run_generator_benchmark
+from comgen.pipeline.bench_cli import parse_seeds
 from comgen.pipeline.demo import demo_settings
 
 
@@ -25,9 +29,23 @@ def test_benchmark_table_on_tiny_data(tmp_path: Path) -> None:
     base = base.replace(n_anomalies=8, detector=base.detector.replace(epochs=1))
     rows = (Row("cutpaste", "cutpaste"), Row("knn", "knn"))
     table = run_generator_benchmark(tmp_path / "data", tmp_path / "runs", base, "cable_pair", rows,
-                                    log=lambda _m: None)
+                                    log=lambda _m: None, seeds=(0, 1))
     text = benchmark_markdown(table)
     assert text.count("| cutpaste |") == 2 and text.count("| knn |") == 2
+    assert set(table["cutpaste"]["by_seed"]) == {0, 1} and set(table["knn"]["by_seed"]) == {0}  # kNN: no seed
+    assert (tmp_path / "runs" / "seed1" / "cutpaste" / "cable_pair").is_dir()
+    headline = next(line for line in text.splitlines() if line.startswith("| cutpaste | mean"))
+    assert headline.count(" ± ") == 4  # fused and network-alone AUROC, logical and structural
+    by_seed = [table["cutpaste"]["by_seed"][s]["cable_pair"]["metrics"]["logical"]["image_auroc"] for s in (0, 1)]
+    detail = next(line for line in text.splitlines() if line.startswith("| cutpaste | cable_pair"))
+    assert detail.split(" | ")[2] == f"{sum(by_seed) / 2:.3f}"  # the detail rows are the mean over seeds
     for entry in table.values():
         auroc = entry["results"]["cable_pair"]["metrics"]["mean"]["image_auroc"]
         assert 0.0 <= auroc <= 1.0
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0") == (0,) and parse_seeds("0,1,2") == (0, 1, 2)
+    for bad in ("a", "0,0", "-1", ""):
+        with pytest.raises(ConfigError):
+            parse_seeds(bad)

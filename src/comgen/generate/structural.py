@@ -68,12 +68,13 @@ def deform(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tup
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     warped = cv2.remap(roi, xx + dx, yy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     region = cv2.dilate(mask[sl].astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    # only visible changes are written, so the image differs from the source exactly on the returned mask (a
+    # faint warp left outside the mask would be an unlabelled anomaly)
+    changed = region & (np.abs(warped.astype(np.int16) - roi.astype(np.int16)).sum(-1) > 30)
     out = image.copy()
-    o = out[sl]
-    o[region] = warped[region]
-    diff = np.abs(o.astype(np.int16) - roi.astype(np.int16)).sum(-1) > 30
+    out[sl][changed] = warped[changed]
     full = np.zeros(mask.shape, bool)
-    full[sl] = diff & region
+    full[sl] = changed
     return out, full
 
 

@@ -76,27 +76,42 @@ def run_knn(dataset: Any, category: str, out: Path, base: RunConfig) -> dict[str
 
 
 def run_generator_benchmark(dataset: str | Path, out: str | Path, base: RunConfig, categories: str = "all",
-                            rows: tuple[Row, ...] = ROWS, log: Any = print) -> dict[str, Any]:
-    """Run every row on every category; returns {row name: {"results": {cat: result}, "seconds": s}}."""
+                            rows: tuple[Row, ...] = ROWS, log: Any = print,
+                            seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:
+    """Run every row on every category, once per seed.
+
+    Returns {row name: {"results": {cat: result} of the first seed, "by_seed": {seed: {cat: result}},
+    "seconds": s}}. Why several seeds: one seed's AUROC moves by several points with the generated set and the
+    detector's initialisation (measured: 4 points on a category mean), which is as large as the differences
+    between rows. The training-free kNN row does not depend on the seed and runs once.
+    """
     from comgen.data.readers import open_dataset
     from comgen.evaluate.run import evaluate_category
     from comgen.pipeline.run import run_category
 
+    if not seeds:
+        raise ValueError("run_generator_benchmark needs at least one seed")
     ds = open_dataset(dataset)
     cats = ds.select_categories(categories)
     out = Path(out)
     table: dict[str, Any] = {}
     for row in rows:
         start = time.perf_counter()
-        results = {}
-        for cat in cats:
-            folder = out / _slug(row.name) / cat
+        by_seed: dict[int, dict[str, Any]] = {}
+        for seed in seeds:
+            results = {}
+            for cat in cats:
+                # seed 0 keeps the single-seed layout, so earlier runs resume
+                folder = out / _slug(row.name) / cat if seed == 0 else out / f"seed{seed}" / _slug(row.name) / cat
+                if row.backend == "knn":
+                    results[cat] = run_knn(ds, cat, folder, base.resolved())
+                else:
+                    run = run_category(dataset, cat, folder, row_config(base.replace(seed=seed), row), log=log)
+                    results[cat] = evaluate_category(ds, cat, run.maps, base.evaluate)
+            by_seed[seed] = results
             if row.backend == "knn":
-                results[cat] = run_knn(ds, cat, folder, base.resolved())
-            else:
-                run = run_category(dataset, cat, folder, row_config(base, row), log=log)
-                results[cat] = evaluate_category(ds, cat, run.maps, base.evaluate)
-        table[row.name] = {"results": results, "seconds": time.perf_counter() - start}
+                break
+        table[row.name] = {"results": by_seed[seeds[0]], "by_seed": by_seed, "seconds": time.perf_counter() - start}
         log(f"[bench] {row.name}: {time.perf_counter() - start:.0f} s")
     return table
 
@@ -108,14 +123,43 @@ COLUMNS = [("row", "anomaly source"), ("category", "category"), ("logical_auroc"
            ("structural_auroc_network", "structural AUROC, network alone"), ("seconds", "wall time (s)")]
 
 
+SPREAD_KEYS = ("logical_auroc", "structural_auroc", "logical_auroc_network", "structural_auroc_network")
+
+
+def _mean_rows(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per category, the mean over seeds of every metric (rows come in the same category order per seed)."""
+    merged = []
+    for rows in zip(*per_seed):
+        r = {"category": rows[0]["category"]}
+        for k, _ in COLUMNS[2:-1]:
+            vals = [x[k] for x in rows if x.get(k) is not None]
+            r[k] = float(np.mean(vals)) if vals else None
+        merged.append(r)
+    return merged
+
+
+def _category_mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def benchmark_markdown(table: dict[str, Any]) -> str:
-    """Per-row mean table first (the headline), then every category."""
+    """Per-row mean table first (the headline), then every category; values are means over the seeds.
+
+    With several seeds the headline's AUROC cells read "mean ± sd", the sd being that of the category mean
+    across seeds: a difference between rows smaller than it is not a result.
+    """
     summary, detail = [], []
     for name, entry in table.items():
-        rows = results_rows(entry["results"])
+        per_seed = [results_rows(res) for res in entry.get("by_seed", {0: entry["results"]}).values()]
+        rows = _mean_rows(per_seed)
         for r in rows:
             detail.append({"row": name, **r})
-        mean = {k: float(np.mean([r[k] for r in rows if r.get(k) is not None]))
-                for k, _ in COLUMNS[2:-1] if any(r.get(k) is not None for r in rows)}
+        mean: dict[str, Any] = {k: _category_mean(rows, k) for k, _ in COLUMNS[2:-1]}
+        if len(per_seed) > 1:
+            for k in SPREAD_KEYS:
+                seed_means = [m for m in (_category_mean(rs, k) for rs in per_seed) if m is not None]
+                if mean[k] is not None and seed_means:
+                    mean[k] = f"{mean[k]:.3f} ± {float(np.std(seed_means)):.3f}"
         summary.append({"row": name, "category": "mean", **mean, "seconds": round(entry["seconds"])})
     return format_markdown(summary, COLUMNS) + "\n\n" + format_markdown(detail, COLUMNS[:-1])

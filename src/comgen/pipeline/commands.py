@@ -56,8 +56,10 @@ def register(app: typer.Typer) -> None:
         categories: str = typer.Option("all", "--categories"),
         epochs: Optional[int] = typer.Option(None, "--epochs"),
         rows: str = typer.Option("all", "--rows", help="Comma-separated row numbers (0-based) or 'all'."),
+        seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds; each row runs once per seed and "
+                                                      "the table gives the mean (and the spread across seeds)."),
     ) -> None:
         """The same CSDA detector trained with each anomaly source; prints the Markdown table."""
         from comgen.pipeline.bench_cli import main_generators
 
-        main_generators(out, size, categories, epochs, rows)
+        main_generators(out, size, categories, epochs, rows, seeds)
