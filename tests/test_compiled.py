@@ -49,7 +49,9 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_notice(monkeypatch: pyt
         return x + 1
 
     fn = compiled.maybe_compiled(plus_one, "test.plus_one")
+    assert compiled.runs_compiled(fn) and not compiled.runs_compiled(plus_one)
     assert torch.equal(fn(torch.zeros(2)), torch.ones(2))
+    assert not compiled.runs_compiled(fn)  # callers now prepare the eager path's inputs
     assert torch.equal(fn(torch.ones(2)), torch.full((2,), 2.0))
     assert len(calls) == 1  # not retried after the first failure
     err = capsys.readouterr().err.strip().splitlines()

@@ -43,6 +43,15 @@ def eager() -> Iterator[None]:
         _eager_blocks -= 1
 
 
+def runs_compiled(fn: Callable[..., Any]) -> bool:
+    """Whether a ``maybe_compiled`` function would run compiled now: enabled here and not failed before.
+
+    Callers that prepare inputs differently for the two paths ask this, not ``compile_enabled()``, so the eager
+    fallback after a compile failure gets the eager path's inputs too."""
+    name = getattr(fn, "compile_name", None)
+    return name is not None and name not in _failed and compile_enabled()
+
+
 def maybe_compiled(fn: F, name: str | None = None, options: dict[str, Any] | None = None,
                    eager: Callable[..., Any] | None = None) -> F:
     """``fn`` run through ``torch.compile`` when enabled, falling back to eager for good on a failure.
@@ -78,4 +87,5 @@ def maybe_compiled(fn: F, name: str | None = None, options: dict[str, Any] | Non
                   f"set COMGEN_COMPILE=0 to skip the attempt", file=sys.stderr)
             return slow(*args, **kwargs)
 
+    run.compile_name = name  # type: ignore[attr-defined]  # read by runs_compiled
     return run  # type: ignore[return-value]

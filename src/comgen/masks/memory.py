@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from comgen.config import ConfigBase
-from comgen.compiled import compile_enabled, eager, maybe_compiled
+from comgen.compiled import eager, maybe_compiled, runs_compiled
 from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.io import atomic_path, atomic_write_json
 from comgen.progress import progress
@@ -184,7 +184,7 @@ def align_padded(query: torch.Tensor, raw_pad: torch.Tensor, sq_pad: torch.Tenso
     [B,C,h,w], [B,k,C,h+2w,w+2w], [B,k,h+2w,w+2w] -> [B,k,C,h,w] in the query's dtype."""
     # colours (l2: 3 channels) cost little either way; compiling them would trace two more graphs (~16 s cold)
     with eager() if metric == "l2" else nullcontext():
-        if not compile_enabled():  # eager mixed-dtype products are slower than one float32 copy (measured)
+        if not runs_compiled(_best_offsets):  # eager mixed-dtype products are slower than one float32 copy (measured)
             raw_pad = raw_pad.to(query.dtype)
         best = _best_offsets(query.unsqueeze(1), raw_pad, sq_pad, window, metric == "cosine")
         return _select_offsets(raw_pad, best, window).to(query.dtype)
