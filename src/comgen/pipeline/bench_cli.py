@@ -26,6 +26,7 @@ def main_generators(out: str | Path, size: int = 128, categories: str = "all", e
     from comgen.pipeline.bench import ROWS, benchmark_markdown, run_generator_benchmark
     from comgen.pipeline.demo import demo_settings
 
+    seed_list = parse_seeds(seeds)  # before any work: a typo must not cost a benchmark build
     out = Path(out)
     synth, cfg = demo_settings(size, categories, quick=False)
     if epochs is not None:
@@ -34,7 +35,7 @@ def main_generators(out: str | Path, size: int = 128, categories: str = "all", e
     if not (data / "config.yaml").is_file() or SynthConfig.load(data / "config.yaml").hash() != synth.hash():
         generate_benchmark(data, synth)
     chosen = ROWS if rows == "all" else tuple(ROWS[int(i)] for i in rows.split(","))
-    table = run_generator_benchmark(data, out / "runs", cfg, categories, chosen, seeds=parse_seeds(seeds))
+    table = run_generator_benchmark(data, out / "runs", cfg, categories, chosen, seeds=seed_list)
     text = benchmark_markdown(table)
     atomic_write_text(out / "generators.md", text + "\n")
     print(text)
