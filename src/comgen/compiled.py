@@ -7,9 +7,9 @@ predict call took 112 s with inductor's disk cache empty and 24 s with it warm (
 every process traces the graphs again.
 
 ``COMGEN_COMPILE=0`` turns it off (the test suite does, except for the tests of this module); small jobs run eager
-inside ``with eager():``. When compilation is
-not possible (no C++ compiler, an unsupported platform), the first failure prints one notice and the eager
-function is used from then on: results agree up to float rounding either way.
+inside ``with eager():``. When compilation is not possible (no C++ compiler, an unsupported platform), the first
+failure prints one notice and the eager function is used from then on: results agree up to float rounding either
+way.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ changes. A training-free PatchCore-like kNN detector is the peer row.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def run_generator_benchmark(dataset: str | Path, out: str | Path, base: RunConfi
     for row in rows:
         start = time.perf_counter()
         by_seed: dict[int, dict[str, Any]] = {}
-        for seed in seeds:
+        for seed in seeds[:1] if row.backend == "knn" else seeds:
             results = {}
             for cat in cats:
                 # seed 0 keeps the single-seed layout, so earlier runs resume
@@ -109,8 +110,6 @@ def run_generator_benchmark(dataset: str | Path, out: str | Path, base: RunConfi
                     run = run_category(dataset, cat, folder, row_config(base.replace(seed=seed), row), log=log)
                     results[cat] = evaluate_category(ds, cat, run.maps, base.evaluate)
             by_seed[seed] = results
-            if row.backend == "knn":
-                break
         table[row.name] = {"results": by_seed[seeds[0]], "by_seed": by_seed, "seconds": time.perf_counter() - start}
         log(f"[bench] {row.name}: {time.perf_counter() - start:.0f} s")
     return table
@@ -126,21 +125,16 @@ COLUMNS = [("row", "anomaly source"), ("category", "category"), ("logical_auroc"
 SPREAD_KEYS = ("logical_auroc", "structural_auroc", "logical_auroc_network", "structural_auroc_network")
 
 
-def _mean_rows(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per category, the mean over seeds of every metric (rows come in the same category order per seed)."""
-    merged = []
-    for rows in zip(*per_seed):
-        r = {"category": rows[0]["category"]}
-        for k, _ in COLUMNS[2:-1]:
-            vals = [x[k] for x in rows if x.get(k) is not None]
-            r[k] = float(np.mean(vals)) if vals else None
-        merged.append(r)
-    return merged
-
-
-def _category_mean(rows: list[dict[str, Any]], key: str) -> float | None:
+def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over the rows that have it (None when none do)."""
     vals = [r[key] for r in rows if r.get(key) is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def _mean_rows(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per category, the mean over seeds of every metric (rows come in the same category order per seed)."""
+    return [{"category": rows[0]["category"], **{k: _mean_of(rows, k) for k, _ in COLUMNS[2:-1]}}
+            for rows in zip(*per_seed)]
 
 
 def benchmark_markdown(table: dict[str, Any]) -> str:
@@ -151,14 +145,14 @@ def benchmark_markdown(table: dict[str, Any]) -> str:
     """
     summary, detail = [], []
     for name, entry in table.items():
-        per_seed = [results_rows(res) for res in entry.get("by_seed", {0: entry["results"]}).values()]
+        per_seed = [results_rows(res) for res in entry["by_seed"].values()]
         rows = _mean_rows(per_seed)
         for r in rows:
             detail.append({"row": name, **r})
-        mean: dict[str, Any] = {k: _category_mean(rows, k) for k, _ in COLUMNS[2:-1]}
+        mean: dict[str, Any] = {k: _mean_of(rows, k) for k, _ in COLUMNS[2:-1]}
         if len(per_seed) > 1:
             for k in SPREAD_KEYS:
-                seed_means = [m for m in (_category_mean(rs, k) for rs in per_seed) if m is not None]
+                seed_means = [m for m in (_mean_of(rs, k) for rs in per_seed) if m is not None]
                 if mean[k] is not None and seed_means:
                     mean[k] = f"{mean[k]:.3f} ± {float(np.std(seed_means)):.3f}"
         summary.append({"row": name, "category": "mean", **mean, "seconds": round(entry["seconds"])})
