@@ -37,8 +37,8 @@ class CompositionalConfig(ConfigBase):
     edit_kinds: list[str] = field(default_factory=lambda: list(ALL_EDITS))
     # Share of logical anomalies when both families are enabled. 0.5 was measured against 0.8: on the 128-px
     # generator benchmark (two seeds, four categories) it raised the network-alone AUROCs (logical 0.619 -> 0.634,
-    # structural 0.793 -> 0.859), but in the 256-px demo settings it made screw_bag's map collapse (structural sPRO
-    # 0.528 / 0.364 with 0.8, 0.004 / 0.000 with 0.5, two seeds). Localisation that works at full size wins.
+    # structural 0.793 -> 0.859), but in the 256-px demo settings (ad-hoc runs) it made screw_bag's map collapse
+    # (structural sPRO 0.528 / 0.364 with 0.8, 0.004 / 0.000 with 0.5, two seeds). Localisation that works at full size wins.
     logical_ratio: float = 0.8
     low_density: bool = True  # False = the "ComGEN without LS" ablation
     candidates: int = 8  # candidate edits scored per round
