@@ -135,7 +135,7 @@ def main() -> None:
     b = args.batch
     print(f"backbone {backbone.name} ({backbone.source}), {args.size} px, batch {b}, {args.threads} threads, "
           f"bank {args.bank} images, allocator {'tuned as by the CLI' if tuned else 'glibc default'}")
-    print(f"| what | ms / batch | images / s |\n|---|---|---|")
+    print("| what | ms / batch | images / s |\n|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {t * 1000:.1f} | {b / t:.1f} |")
     print(f"\nratio predict / backbone = {np.median(ratios):.2f} (median of {len(ratios)} back-to-back rounds; "

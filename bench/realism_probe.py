@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of logical edits of the compositional back-end (default: its config default); "
                          "1.0 probes its logical edits alone")
     args = ap.parse_args(argv)
+    if args.logical_ratio is not None and not 0.0 <= args.logical_ratio <= 1.0:
+        ap.error(f"--logical-ratio must be in [0, 1], got {args.logical_ratio}")
     os.environ.setdefault("COMGEN_QUIET", "1")
 
     from comgen.data.readers import open_dataset

@@ -10,6 +10,8 @@ from comgen.generate.edits import (
     possible_kinds,
     render_prompt,
 )
+from comgen.generate.structural import NEEDS_DONOR
+from comgen.records import STRUCTURAL_EDITS
 from tests.components.toy import toy_images
 
 
@@ -102,11 +104,13 @@ def test_resize_scales_area(bank):
     assert p.components[-1].area == pytest.approx(old.area * s * s, rel=0.35)
 
 
-@pytest.mark.parametrize("kind", ["texture", "deform", "cut", "contamination"])
+@pytest.mark.parametrize("kind", STRUCTURAL_EDITS)
 def test_structural_keeps_composition(bank, kind):
     p, comp = _plan(bank, kind)
     assert _counts(p.components).tolist() == _counts(comp.components).tolist()
     assert p.structural["kind"] == kind and not p.edit.is_logical
+    if kind in NEEDS_DONOR:  # the patch comes from another normal image
+        assert p.structural["params"]["donor"] != p.source
 
 
 def test_free_positions_exact():

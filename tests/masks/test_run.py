@@ -95,7 +95,6 @@ def test_iou_report_means() -> None:
 def test_cli_mask_on_synth_benchmark(tmp_path) -> None:
     """End to end on the built-in benchmark, once the data and generator stages are there."""
     try:
-        from comgen.data.readers import open_dataset  # noqa: F401
         from comgen.data.synth import CATEGORIES
     except ImportError as exc:
         pytest.skip(f"data stage not available yet ({exc})")

@@ -220,7 +220,9 @@ def render(plan: EditPlan, bank: ComponentBank, blend: str = "alpha", feather: f
         mask |= m
     if plan.structural is not None:
         s = plan.structural
-        img, m = apply_structural(s["kind"], img, s["mask"], s["params"]["seed"])
+        donor = s["params"].get("donor")
+        img, m = apply_structural(s["kind"], img, s["mask"], s["params"]["seed"],
+                                  None if donor is None else bank.images[donor])
         mask |= m
     return img, mask, truth, r
 
@@ -385,6 +387,8 @@ class CompositionalGenerator:
         gate = np.clip(gate / max(float(gate.max()), 1e-6), 0, 1)
         edit = plan.edit
         edit.params["reference"] = self.bank.ids[ref]
+        if "donor" in edit.params:  # which normal image a transplant took its patch from
+            edit.params["donor_id"] = self.bank.ids[edit.params["donor"]]
         edit.params["density_threshold"] = round(self.density.threshold, 4)
         extra = {"gate": gate, "prompt": edit.params["prompt"], "source_prompt": edit.params["source_prompt"],
                  "reference": self.bank.paths[ref]}

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from comgen.generate.component_bank import BankItem, ComponentBank, Inner, dilate, object_crop
+from comgen.generate.structural import NEEDS_DONOR
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS, Component, Composition, EditSpec
 
 ALL_EDITS: tuple[str, ...] = LOGICAL_EDITS + STRUCTURAL_EDITS
@@ -54,7 +55,7 @@ class EditPlan:
 
 
 #: params that describe provenance, not the edit itself (excluded from the duplicate key)
-PROVENANCE_PARAMS = ("prompt", "source_prompt", "reference", "density_threshold")
+PROVENANCE_PARAMS = ("prompt", "source_prompt", "reference", "density_threshold", "donor_id")
 
 
 def edit_key(source: int, kind: str, target, classes, params: dict) -> tuple:
@@ -396,6 +397,10 @@ def plan_structural(kind: str, bank: ComponentBank, i: int, comp: Composition,
     t = int(rng.integers(len(comp.components)))
     c = comp.components[t]
     params = {"seed": int(rng.integers(2 ** 31))}
+    if kind in NEEDS_DONOR:
+        if len(bank) < 2:
+            return None
+        params["donor"] = int((i + rng.integers(1, len(bank))) % len(bank))
     return _finish(kind, i, comp, [t], [c.class_id], params, list(comp.components), [], None,
                    structural={"kind": kind, "mask": c.mask, "params": dict(params)})
 

@@ -8,7 +8,6 @@ changes. A training-free PatchCore-like kNN detector is the peer row.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from comgen.pipeline.config import RunConfig
-from comgen.pipeline.suite import format_markdown, results_rows
+from comgen.pipeline.suite import format_markdown, mean_of_present, results_rows
 from comgen.records import STRUCTURAL_EDITS
 
 
@@ -125,15 +124,9 @@ COLUMNS = [("row", "anomaly source"), ("category", "category"), ("logical_auroc"
 SPREAD_KEYS = ("logical_auroc", "structural_auroc", "logical_auroc_network", "structural_auroc_network")
 
 
-def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
-    """Mean of ``key`` over the rows that have it (None when none do)."""
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return float(np.mean(vals)) if vals else None
-
-
 def _mean_rows(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per category, the mean over seeds of every metric (rows come in the same category order per seed)."""
-    return [{"category": rows[0]["category"], **{k: _mean_of(rows, k) for k, _ in COLUMNS[2:-1]}}
+    return [{"category": rows[0]["category"], **{k: mean_of_present(rows, k) for k, _ in COLUMNS[2:-1]}}
             for rows in zip(*per_seed)]
 
 
@@ -149,10 +142,10 @@ def benchmark_markdown(table: dict[str, Any]) -> str:
         rows = _mean_rows(per_seed)
         for r in rows:
             detail.append({"row": name, **r})
-        mean: dict[str, Any] = {k: _mean_of(rows, k) for k, _ in COLUMNS[2:-1]}
+        mean: dict[str, Any] = {k: mean_of_present(rows, k) for k, _ in COLUMNS[2:-1]}
         if len(per_seed) > 1:
             for k in SPREAD_KEYS:
-                seed_means = [m for m in (_mean_of(rs, k) for rs in per_seed) if m is not None]
+                seed_means = [m for m in (mean_of_present(rs, k) for rs in per_seed) if m is not None]
                 if mean[k] is not None and seed_means:
                     mean[k] = f"{mean[k]:.3f} ± {float(np.std(seed_means)):.3f}"
         summary.append({"row": name, "category": "mean", **mean, "seconds": round(entry["seconds"])})

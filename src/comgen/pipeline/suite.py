@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,16 @@ RESULT_COLUMNS = [("category", "category"), ("logical_auroc", "logical AUROC"),
                   ("mean_spro", "mean sPRO@0.05")]
 
 
+def mean_of_present(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over the rows that have it (None when none do): a category without logical anomalies
+    (MVTec AD) must not drag a mean to zero."""
+    vals = [float(r[key]) for r in rows if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def print_table(summary: dict[str, Any]) -> None:
     rows = results_rows(summary["results"])
     if rows:
-        means = {k: [r[k] for r in rows if r.get(k) is not None] for k, _ in RESULT_COLUMNS[1:]}
-        rows.append({"category": "**mean**", **{k: sum(v) / len(v) for k, v in means.items() if v}})
+        rows.append({"category": "**mean**", **{k: mean_of_present(rows, k) for k, _ in RESULT_COLUMNS[1:]}})
     print(format_markdown(rows, RESULT_COLUMNS))
     print(f"report: {summary['report']}")
