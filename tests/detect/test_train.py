@@ -81,3 +81,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypat
     state = torch.load(tmp_path / "detector/state.pt", weights_only=False)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in load_file(str(tmp_path / "detector/best.safetensors")).values())
+
+
+def test_loss_target_keeps_small_defects_whole_with_max_pool() -> None:
+    """A 2x2-px defect in a 4x4 cell is a 0.25 soft target with area pooling, a full positive with max pooling."""
+    t = torch.zeros(1, 1, 8, 8)
+    t[0, 0, 1:3, 1:3] = 1.0
+    soft = train_mod.loss_target(t, (2, 2), "avg")
+    hard = train_mod.loss_target(t, (2, 2), "max")
+    assert soft[0, 0].tolist() == [[0.25, 0.0], [0.0, 0.0]]
+    assert hard[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    assert train_mod.loss_target(t, (8, 8), "max") is t  # at the working size nothing changes
+    with pytest.raises(ValueError, match="target_pool"):
+        tiny_config(target_pool="median")

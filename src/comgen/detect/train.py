@@ -149,10 +149,12 @@ def build_bank(backbone: torch.nn.Module, splits: Splits, cfg: DetectorConfig, b
     return bank
 
 
-def loss_target(target: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Pixel target at the loss resolution: area-averaged (soft) when smaller than the working size."""
+def loss_target(target: torch.Tensor, size: tuple[int, ...], pool: str = "avg") -> torch.Tensor:
+    """Pixel target at the loss resolution when smaller than the working size: area-averaged (soft) or max."""
     if tuple(target.shape[-2:]) == tuple(size):
         return target
+    if pool == "max":
+        return torch.nn.functional.adaptive_max_pool2d(target, size)
     return torch.nn.functional.adaptive_avg_pool2d(target, size)
 
 
@@ -172,7 +174,7 @@ def evaluate_head(head: torch.nn.Module, feats: list[torch.Tensor], aligned_fn: 
         aligned = aligned_fn(fb, sl)
         size = (s, s) if with_maps or cfg.train_full_res else tuple(fb[0].shape[-2:])
         m, g = head(fb, aligned, size)
-        tgt = loss_target(torch.from_numpy(mat.targets[sl]).unsqueeze(1).to(device), size)
+        tgt = loss_target(torch.from_numpy(mat.targets[sl]).unsqueeze(1).to(device), size, cfg.target_pool)
         lab = torch.from_numpy(mat.labels[sl]).to(device)
         loss, _ = csda_loss(m, g, tgt, lab, cfg.loss)
         losses.append(float(loss))
@@ -326,7 +328,7 @@ def train_detector(run: RunDir | str | Path, cfg: DetectorConfig | None = None, 
             aligned = matcher.align(fb, refs[var, it])
             lab = torch.from_numpy(splits.train.labels[idx]).to(device)
             size = (cfg.image_size,) * 2 if cfg.train_full_res else tuple(fb[0].shape[-2:])
-            tgt = loss_target(tgt, size)
+            tgt = loss_target(tgt, size, cfg.target_pool)
             with accel.autocast():
                 m, g = head(fb, aligned, size)
                 loss, terms = csda_loss(m.float(), g.float(), tgt, lab, cfg.loss)
