@@ -39,6 +39,9 @@ class CompositionalConfig(ConfigBase):
     # generator benchmark (two seeds, four categories) it raised the network-alone AUROCs (logical 0.619 -> 0.634,
     # structural 0.793 -> 0.859), but in the 256-px demo settings (ad-hoc runs) it made screw_bag's map collapse
     # (structural sPRO 0.528 / 0.364 with 0.8, 0.004 / 0.000 with 0.5, two seeds). Localisation that works at full size wins.
+    # Measured again with the transplant edit (ad hoc, two seeds): 0.5 no longer helps at 128 px (network alone
+    # 0.616 / 0.833 against 0.634 / 0.825) and lowers screw_bag at 256 px (structural AUROC 0.561 / 0.654 against
+    # 0.678 / 0.743).
     logical_ratio: float = 0.8
     low_density: bool = True  # False = the "ComGEN without LS" ablation
     candidates: int = 8  # candidate edits scored per round
