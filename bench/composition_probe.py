@@ -30,15 +30,14 @@ def load_images(paths: list[Path], size: int) -> np.ndarray:
     return np.stack([resize_rgb(read_rgb(p), size) for p in paths])
 
 
-def generated_images(run: Path) -> tuple[list[Path], str]:
-    """The generated images of one run directory (one back-end folder under ``generated/``)."""
-    import json
+def generated_images(run: Path) -> list[Path]:
+    """The generated images of one run directory (its one back-end folder under ``generated/``)."""
+    from comgen.generate.writer import read_generated
 
-    folders = [d for d in sorted((run / "generated").glob("*")) if (d / "manifest.jsonl").is_file()]
+    folders = [d for d in sorted((run / "generated").glob("*")) if d.is_dir()]
     if len(folders) != 1:
-        raise SystemExit(f"{run}: expected one generated set, found {len(folders)}")
-    lines = [json.loads(x) for x in (folders[0] / "manifest.jsonl").read_text().splitlines() if x.strip()]
-    return [folders[0] / x["file"] for x in lines], folders[0].name
+        raise SystemExit(f"{run / 'generated'}: expected one generated set, found {len(folders)}")
+    return [folders[0] / line["file"] for line in read_generated(folders[0])]
 
 
 def composition_classifier(normal: np.ndarray, anomalous: np.ndarray):
@@ -74,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ds = open_dataset(data)
     rows = [d for d in sorted(runs.iterdir()) if d.is_dir() and (d / ds.categories()[0] / "generated").is_dir()]
+    if not rows:
+        print(f"{runs}: no trained rows with a generated set (run bench/generators.py first)", file=sys.stderr)
+        return 2
     table: dict[str, list[float]] = {"prior (no anomalies)": []}
     print(f"{'category':<16}{'prior':>8}" + "".join(f"{r.name[:22]:>24}" for r in rows))
     for cat in ds.categories():
@@ -82,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{ref}: missing (run bench/generators.py first)", file=sys.stderr)
             return 2
         prior = CompositionPrior.load(ref)
-        first, _ = generated_images(rows[0] / cat)
-        size = image_size(first[0])[0]  # the working size the rows generated at
+        size = image_size(generated_images(rows[0] / cat)[0])[0]  # the working size the rows generated at
         test = ds.samples(cat, "test")
         good = [s.path for s in test if s.kind == "good"]
         logical = [s.path for s in test if s.kind == "logical"]
@@ -95,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         table["prior (no anomalies)"].append(auc_prior)
         cells = []
         for r in rows:
-            paths, _ = generated_images(r / cat)
-            vg = prior.vectors(prior.model, prior.density, load_images(paths, size))
+            vg = prior.vectors(prior.model, prior.density, load_images(generated_images(r / cat), size))
             auc = float(roc_auc_score(y, composition_classifier(prior.train_vectors, vg).decision_function(vt)))
             table.setdefault(r.name, []).append(auc)
             cells.append(auc)
@@ -108,4 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from comgen.errors import ComgenError
+
+    try:
+        sys.exit(main())
+    except ComgenError as exc:  # an unreadable run or image: one line, not a traceback
+        sys.exit(f"composition_probe.py: {exc}")
