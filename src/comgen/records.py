@@ -16,10 +16,10 @@ import numpy as np
 SampleKind = Literal["good", "logical", "structural", "defect"]
 EditKind = Literal[
     "remove", "add", "replace", "recolor", "move", "swap", "resize",  # logical
-    "texture", "deform", "cut", "contamination", "transplant",  # structural (inside one component)
+    "texture", "deform", "cut", "contamination", "stain", "transplant",  # structural (one component)
 ]
 LOGICAL_EDITS: tuple[str, ...] = ("remove", "add", "replace", "recolor", "move", "swap", "resize")
-STRUCTURAL_EDITS: tuple[str, ...] = ("texture", "deform", "cut", "contamination", "transplant")
+STRUCTURAL_EDITS: tuple[str, ...] = ("texture", "deform", "cut", "contamination", "stain", "transplant")
 
 
 @dataclass(frozen=True)

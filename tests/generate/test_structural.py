@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from comgen.generate.structural import STRUCTURAL, apply_structural
+from comgen.generate.structural import STRUCTURAL, apply_structural, spill_px
 from tests.components.toy import toy_images
 
 
@@ -26,8 +26,10 @@ def test_structural_edit_changes_exactly_its_mask(scene, kind, seed):
     changed = np.any(out != image, axis=2)
     assert mask.any()
     assert np.array_equal(changed & ~mask, np.zeros_like(mask)), "changed pixels outside the anomaly mask"
-    near = cv2.dilate(part.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    reach = 2 * spill_px(kind, image.shape) + 1
+    near = cv2.dilate(part.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
     assert not (mask & ~near).any(), "the edit left the component"
+    assert (mask & part).any(), "the edit missed the component"
 
 
 def test_transplant_takes_material_from_the_donor(scene):
