@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -50,8 +51,6 @@ def main() -> None:
     data = out / "data"
     missing = [c for c in cats if not (data / c).is_dir()]
     if missing:  # only the missing categories, so existing ones (and anomalies made from them) stay valid
-        import shutil
-
         generate_benchmark(data, SynthConfig(size=args.size, n_train=args.n_train, n_validation=2, n_test=2,
                                              categories=missing, seed=args.seed))
         for c in missing:
@@ -59,10 +58,11 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for cat in cats:
         run_root = out / "runs" / cat
-        if not (run_root / "generated" / "compositional" / "manifest.jsonl").exists():
-            run_generate(data, cat, {"n": args.n, "image_size": args.size, "backend": "compositional",
-                                     "seed": args.seed},
-                         out=run_root, log=lambda m: None)
+        # made anew every run (seconds): a set left by older code passes the config check, since code defaults
+        # are not in the saved config, and once gave figures of the old generator
+        shutil.rmtree(run_root, ignore_errors=True)
+        run_generate(data, cat, {"n": args.n, "image_size": args.size, "backend": "compositional", "seed": args.seed},
+                     out=run_root, log=lambda m: None)
         for weights in args.backbones.split(","):
             cfg = MaskConfig(backbone=BackboneConfig(weights=weights),
                              bank=MemoryBankConfig(image_size=args.size, k=args.k),
