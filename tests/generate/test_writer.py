@@ -201,3 +201,22 @@ def test_more_than_capacity_is_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="asked for 5 unique anomalies but only 3"):
         write_generated(Bounded(3), out, _cfg(n=5))
     assert not out.exists()
+
+
+def test_saved_config_holds_the_backends_defaults_so_a_changed_default_is_refused(tmp_path) -> None:
+    """A set made by code with other defaults (here: one edit kind fewer) must not be resumed by this code."""
+    from comgen.errors import ConfigError
+    from comgen.generate.config import GenerateConfig
+    from comgen.generate.edits import ALL_EDITS
+    from comgen.generate.writer import _check_config
+
+    cfg = GenerateConfig(backend="compositional")
+    assert cfg.to_dict()["compositional"]["edit_kinds"] == list(ALL_EDITS)
+    assert GenerateConfig.from_dict(cfg.to_dict()).hash() == cfg.hash()
+    older = cfg.to_dict()
+    older["compositional"]["edit_kinds"] = list(ALL_EDITS[:-1])
+    GenerateConfig.from_dict(older).save(tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match="compositional"):
+        _check_config(tmp_path, cfg)
+    cfg.save(tmp_path / "config.yaml")
+    _check_config(tmp_path, cfg)  # the same code and settings resume

@@ -62,6 +62,24 @@ class GenerateConfig(ConfigBase):
     def shard_index(self) -> tuple[int, int]:
         return parse_shard(self.shard)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, with the active back-end's section written out in full (its defaults included).
+
+        Why: the section is a free dict (parsed by the back-end), so without this a default changed in the code
+        (a new edit kind) left the saved config, its hash and a resumed folder's identity unchanged, and a rerun
+        kept anomalies the new code would not make.
+        """
+        d = super().to_dict()
+        if self.backend == "compositional":
+            from comgen.generate.compositional import CompositionalConfig
+
+            d["compositional"] = CompositionalConfig.from_dict(d["compositional"], "generate.compositional").to_dict()
+        elif self.backend == "diffusion":
+            from comgen.generate.diffusion.config import DiffusionConfig
+
+            d["diffusion"] = DiffusionConfig.from_dict(d["diffusion"], "generate.diffusion").to_dict()
+        return d
+
     def identity(self) -> dict[str, Any]:
         """What must match for a resumed or sharded run to continue an existing folder (not n, shard, preview)."""
         d = self.to_dict()
