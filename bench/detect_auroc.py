@@ -123,9 +123,10 @@ def main() -> None:
         run = RunDir.create(run_dir, data, cat)
         if not (run.components / "config.yaml").exists():
             assert cli(["learn", str(data), "-c", cat, "--out", str(run_dir), "--image-size", str(args.size)]) == 0
-        if not (run.generated("compositional") / "manifest.jsonl").exists():
-            assert cli(["generate", str(data), "-c", cat, "--out", str(run_dir), "--n", str(args.n_anomalies),
-                        "--image-size", str(args.size)]) == 0
+        # always through `comgen generate`: a finished set resumes at once, a set of other settings or code
+        # defaults is refused (one line) instead of being reused
+        assert cli(["generate", str(data), "-c", cat, "--out", str(run_dir), "--n", str(args.n_anomalies),
+                    "--image-size", str(args.size)]) == 0
         t_stage1 = time.perf_counter() - t0
         cfg = DetectorConfig(image_size=args.size, epochs=args.epochs,
                              backbone=BackboneConfig(name=args.backbone, weights=args.weights))
