@@ -58,8 +58,8 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for cat in cats:
         run_root = out / "runs" / cat
-        # made anew every run (seconds): a set left by older code passes the config check, since code defaults
-        # are not in the saved config, and once gave figures of the old generator
+        # made anew every run (seconds): a set saved before the generator's defaults went into its config.yaml
+        # passes the config check even when the code has changed since, and once gave the old generator's figures
         shutil.rmtree(run_root, ignore_errors=True)
         run_generate(data, cat, {"n": args.n, "image_size": args.size, "backend": "compositional", "seed": args.seed},
                      out=run_root, log=lambda m: None)

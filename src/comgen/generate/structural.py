@@ -100,6 +100,7 @@ def cut(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[
 
 
 VISIBLE_TAU = 12  # a pixel counts as changed (written and labelled) when a channel moved by more than this
+CONTAMINATION_RADIUS = (0.025, 0.05)  # blob radius as a fraction of the image side
 
 
 def spill_px(kind: str, shape: tuple[int, ...]) -> int:
@@ -109,19 +110,24 @@ def spill_px(kind: str, shape: tuple[int, ...]) -> int:
     return 3
 
 
-def _write_visible(image: np.ndarray, edited: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Copy ``edited`` into ``image`` where ``region`` visibly changed; returns (image, changed mask).
+def _visible(before: np.ndarray, after: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Pixels of ``region`` where ``after`` differs visibly from ``before`` (any channel by more than VISIBLE_TAU).
 
     Why: a faint change left outside the label would be an unlabelled anomaly, and a labelled pixel that did not
     change teaches the detector to flag normal appearance.
     """
-    changed = region & (np.abs(edited.astype(np.int16) - image.astype(np.int16)).max(-1) > VISIBLE_TAU)
+    return region & (np.abs(after.astype(np.int16) - before.astype(np.int16)).max(-1) > VISIBLE_TAU)
+
+
+def _paste_visible(image: np.ndarray, sl: tuple[slice, slice], edited: np.ndarray,
+                   region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Write the window ``edited`` (of ``image[sl]``) where ``region`` visibly changed; returns (image, mask)."""
+    changed = _visible(image[sl], edited, region)
     out = image.copy()
-    out[changed] = edited[changed]
-    return out, changed
-
-
-CONTAMINATION_RADIUS = (0.025, 0.05)  # blob radius as a fraction of the image side
+    out[sl][changed] = edited[changed]
+    full = np.zeros(image.shape[:2], bool)
+    full[sl] = changed
+    return out, full
 
 
 def contamination(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +147,8 @@ def contamination(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator)
     pad = int(np.ceil(r)) + 2
     y0, y1 = max(0, ys[j] - pad), min(mask.shape[0], ys[j] + pad + 1)
     x0, x1 = max(0, xs[j] - pad), min(mask.shape[1], xs[j] + pad + 1)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    sl = (slice(y0, y1), slice(x0, x1))
+    yy, xx = np.mgrid[sl].astype(np.float32)
     ang = rng.uniform(0, np.pi)
     u = ((xx - xs[j]) * np.cos(ang) + (yy - ys[j]) * np.sin(ang)) / ax[0]
     v = (-(xx - xs[j]) * np.sin(ang) + (yy - ys[j]) * np.cos(ang)) / ax[1]
@@ -151,14 +158,9 @@ def contamination(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator)
     base = rng.choice([np.array([30, 25, 20]), np.array([120, 90, 40]), rng.uniform(0, 255, 3)])
     tex = _smooth_noise(blob.shape, rng, 1.0)[..., None] * 25
     alpha = cv2.GaussianBlur(blob.astype(np.float32), (0, 0), 0.8)[..., None] * blob[..., None]
-    roi = image[y0:y1, x0:x1].astype(np.float32)
+    roi = image[sl].astype(np.float32)
     edited = np.clip(roi * (1 - alpha * 0.9) + (base + tex) * alpha * 0.9, 0, 255).astype(np.uint8)
-    out_roi, changed = _write_visible(image[y0:y1, x0:x1], edited, blob)
-    out = image.copy()
-    out[y0:y1, x0:x1] = out_roi
-    full = np.zeros(mask.shape, bool)
-    full[y0:y1, x0:x1] = changed
-    return out, full
+    return _paste_visible(image, sl, edited, blob)
 
 
 def stain(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -182,12 +184,7 @@ def stain(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tupl
     alpha = cv2.GaussianBlur(region[sl].astype(np.float32), (0, 0), 1.0)[..., None] * region[sl][..., None]
     roi = image[sl].astype(np.float32)
     edited = np.clip(roi * (1 - alpha + alpha * tint), 0, 255).astype(np.uint8)
-    out_roi, changed = _write_visible(image[sl], edited, region[sl])
-    out = image.copy()
-    out[sl] = out_roi
-    full = np.zeros(mask.shape, bool)
-    full[sl] = changed
-    return out, full
+    return _paste_visible(image, sl, edited, region[sl])
 
 
 def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
@@ -213,33 +210,22 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     spots = [(int(rng.integers(0, hh - h + 1)), int(rng.integers(0, ww - w + 1))) for _ in range(4)]
     sy, sx = max(spots, key=lambda p: float(donor[p[0]:p[0] + h, p[1]:p[1] + w].std()))
     patch = donor[sy:sy + h, sx:sx + w]
-    out = image.copy()
-    roi = out[y0:y1, x0:x1]
+    sl = (slice(y0, y1), slice(x0, x1))
+    roi, r = image[sl], region[sl]
     blended = None
     if min(h, w) >= 3 and 1 <= y0 and y1 < hh and 1 <= x0 and x1 < ww:
         clone = (cv2.NORMAL_CLONE, cv2.MIXED_CLONE)[int(rng.integers(2))]
-        m8 = np.pad(region[y0:y1, x0:x1], 1).astype(np.uint8) * 255  # the solver needs a margin
+        m8 = np.pad(r, 1).astype(np.uint8) * 255  # the solver needs a margin
         src = cv2.copyMakeBorder(patch, 1, 1, 1, 1, cv2.BORDER_REFLECT)
         # OpenCV puts the mask's bounding box (w x h) at centre - size // 2, i.e. exactly at (x0, y0)
         try:
-            blended = cv2.seamlessClone(src, image, m8, (int(x0 + w // 2), int(y0 + h // 2)), clone)[y0:y1, x0:x1]
+            blended = cv2.seamlessClone(src, image, m8, (int(x0 + w // 2), int(y0 + h // 2)), clone)[sl]
         except cv2.error:  # degenerate geometry for the solver: feathered paste below
             blended = None
-
-    def visible(b: np.ndarray) -> np.ndarray:
-        diff = np.abs(b.astype(np.int16) - roi.astype(np.int16)).max(-1)
-        return region[y0:y1, x0:x1] & (diff > VISIBLE_TAU)
-
-    changed = None if blended is None else visible(blended)
-    if changed is None or changed.sum() < 0.3 * region.sum():
-        a = cv2.GaussianBlur(region[y0:y1, x0:x1].astype(np.float32), (0, 0), 0.8)[..., None]
+    if blended is None or _visible(roi, blended, r).sum() < 0.3 * region.sum():
+        a = cv2.GaussianBlur(r.astype(np.float32), (0, 0), 0.8)[..., None]
         blended = (a * patch + (1 - a) * roi).round().astype(np.uint8)
-        changed = visible(blended)
-    roi[changed] = blended[changed]
-    full = np.zeros(mask.shape, bool)
-    full[y0:y1, x0:x1] = changed
-    return out, full
-
+    return _paste_visible(image, sl, blended, r)
 
 STRUCTURAL = {"texture": texture, "deform": deform, "cut": cut, "contamination": contamination,
               "stain": stain, "transplant": transplant}
