@@ -115,7 +115,12 @@ class ConfigBase:
             raise ConfigError(path, f"not valid YAML ({exc.__class__.__name__})") from None
         if not isinstance(data, dict):
             raise ConfigError(path, "expected a mapping at the top level")
-        return cls.from_dict(data, where=str(path))
+        try:
+            return cls.from_dict(data, where=str(path))
+        except ConfigError as exc:  # a check inside the config names its option; the message also names the file
+            if exc.where is not None and exc.where.startswith(str(path)):
+                raise
+            raise ConfigError(path, str(exc)) from None
 
     def hash(self) -> str:
         """Short stable hash of the config's content (used to detect stale stage outputs)."""

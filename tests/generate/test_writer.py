@@ -220,3 +220,17 @@ def test_saved_config_holds_the_backends_defaults_so_a_changed_default_is_refuse
         _check_config(tmp_path, cfg)
     cfg.save(tmp_path / "config.yaml")
     _check_config(tmp_path, cfg)  # the same code and settings resume
+
+
+@pytest.mark.parametrize("text, problem", [("compositional:\n  colour_ratio: 0.3\n", "colour_ratio"),
+                                           ("compositional:\n  logical_ratio: 3\n", "logical_ratio"),
+                                           ("n: 0\n", "generate.n")])
+def test_a_bad_generate_config_file_is_named_in_one_line(tmp_path, text, problem) -> None:
+    from comgen.errors import ConfigError
+    from comgen.generate.config import GenerateConfig
+
+    path = tmp_path / "gen.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=problem) as info:
+        GenerateConfig.load(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)

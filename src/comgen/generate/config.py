@@ -57,6 +57,19 @@ class GenerateConfig(ConfigBase):
         if self.preview < 0:
             raise ConfigError("generate.preview", f"{self.preview}: must be >= 0")
         parse_shard(self.shard)
+        self._backend_section()  # a bad option of the back-end fails here, where a config file is being read
+
+    def _backend_section(self) -> tuple[str, dict[str, Any]] | None:
+        """The active back-end's section parsed by its own config class, defaults included (None: typed section)."""
+        if self.backend == "compositional":
+            from comgen.generate.compositional import CompositionalConfig
+
+            return "compositional", CompositionalConfig.from_dict(self.compositional, "generate.compositional").to_dict()
+        if self.backend == "diffusion":
+            from comgen.generate.diffusion.config import DiffusionConfig
+
+            return "diffusion", DiffusionConfig.from_dict(self.diffusion, "generate.diffusion").to_dict()
+        return None
 
     @property
     def shard_index(self) -> tuple[int, int]:
@@ -70,14 +83,9 @@ class GenerateConfig(ConfigBase):
         kept anomalies the new code would not make.
         """
         d = super().to_dict()
-        if self.backend == "compositional":
-            from comgen.generate.compositional import CompositionalConfig
-
-            d["compositional"] = CompositionalConfig.from_dict(d["compositional"], "generate.compositional").to_dict()
-        elif self.backend == "diffusion":
-            from comgen.generate.diffusion.config import DiffusionConfig
-
-            d["diffusion"] = DiffusionConfig.from_dict(d["diffusion"], "generate.diffusion").to_dict()
+        section = self._backend_section()
+        if section is not None:
+            d[section[0]] = section[1]
         return d
 
     def identity(self) -> dict[str, Any]:
