@@ -176,7 +176,7 @@ def test_remove_add_recolor_act_only_on_reliable_parts():
     assert np.sqrt(((own - new) ** 2).sum(1)).min() >= 30  # a colour no normal part of this class has
 
 
-def _connector_bank(n: int = 8, size: int = 64) -> ComponentBank:
+def _connector_bank(n: int = 8, size: int = 64, whole_objects: bool = True) -> ComponentBank:
     """Each image: a white body (class 1) enclosing a purple lever (class 2), and a loose dot (class 3)."""
     rng = np.random.default_rng(0)
     imgs = np.zeros((n, size, size, 3), np.uint8)
@@ -191,7 +191,7 @@ def _connector_bank(n: int = 8, size: int = 64) -> ComponentBank:
     imgs[maps == 2] = (140, 60, 170)
     imgs[maps == 3] = (200, 120, 30)
     return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4,
-                         whole_objects=True)
+                         whole_objects=whole_objects)
 
 
 def test_a_part_enclosing_another_is_cut_moved_and_removed_whole():
@@ -237,3 +237,42 @@ def test_without_whole_objects_a_part_is_cut_by_its_own_pixels():
     assert mask.sum() == comp.components[j].area and inner == []
     _, filled, _, _, inner = object_crop(b.images[0], None, comp, j)
     assert filled.sum() > mask.sum() and [x.class_id for x in inner] == [2]
+
+
+def _frame_bank(n: int = 8, size: int = 64) -> ComponentBank:
+    """Each image: a thin square frame (class 1, about 3x the area of a cell), a solid cell (class 2) and a
+    small dot (class 3), as a pushpin grid's separators, one compartment and a pin."""
+    maps = np.zeros((n, size, size), np.uint8)
+    imgs = np.full((n, size, size, 3), (40, 45, 50), np.uint8)
+    for i in range(n):
+        maps[i, 4:58, 4:58] = 1
+        maps[i, 6:56, 6:56] = 0  # a 2 px wide frame, 54 px across
+        d = i % 3
+        maps[i, 10 + d:24 + d, 10:24] = 2  # a 14 px cell
+        maps[i, 36:43, 36 + d:43 + d] = 3  # a 7 px dot: half the cell's extent
+    imgs[maps == 1] = (120, 120, 140)
+    imgs[maps == 2] = (200, 200, 230)
+    imgs[maps == 3] = (230, 180, 20)
+    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4)
+
+
+def test_swap_and_replace_pair_parts_of_comparable_extent_only():
+    b = _frame_bank()
+    area = b.median_area
+    assert area[1] <= 8 * area[2]  # the frame passes the area rule; only its extent (54 px against 14) tells
+    for kind in ("swap", "replace"):
+        for seed in range(8):
+            p, comp = _plan(b, kind, seed)
+            classes = set(p.edit.classes)
+            assert classes == {2, 3}, (kind, seed, classes)  # never the frame pasted at a cell or a dot
+
+
+def test_a_container_cut_by_its_own_pixels_is_not_moved_pasted_or_swapped():
+    b = _connector_bank(whole_objects=False)
+    assert b.container(1) and not b.container(2) and not b.container(3)
+    assert not _connector_bank().container(1)  # cut whole, the body carries its lever: movable again
+    for kind in ("move", "resize", "add"):
+        for seed in range(6):
+            p, comp = _plan(b, kind, seed)
+            moved = p.edit.classes if kind == "add" else [comp.components[t].class_id for t in p.edit.target]
+            assert 1 not in moved, (kind, seed)  # never a hollow body beside its left-behind lever

@@ -47,6 +47,7 @@ class BankItem:
     color_lab: tuple[float, float, float]
     area: int  # the instance's own area (class statistics)
     inner: list[Inner] = field(default_factory=list)
+    encloses: bool = False  # other parts lie inside its holes (listed in ``inner`` only with whole objects)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -140,8 +141,10 @@ class ComponentBank:
                 host = int(np.bincount(vals).argmax()) if len(vals) else self.background
                 hosts.append(host)
                 rgb, mask, truth, _, inner = object_crop(img, self.truths[i], comp, j, pad, self.whole_objects)
+                encloses = bool(inner) if self.whole_objects else bool(object_crop(img, None, comp, j, pad)[4])
                 self.items.append(BankItem(class_id=c.class_id, rgb=rgb, mask=mask, truth=truth, host=host, source=i,
-                                           instance=j, color_lab=c.color_lab, area=c.area, inner=inner))
+                                           instance=j, color_lab=c.color_lab, area=c.area, inner=inner,
+                                           encloses=encloses))
             for c in comp.components:
                 c.mask = None  # type: ignore[assignment]  # rebuilt on demand from the instance map
             self.instance_maps.append(inst)
@@ -164,6 +167,9 @@ class ComponentBank:
         from image to image (a region the learner split unevenly, fragments of a merged part) gives removes
         and adds that leave the scene normal; an instance far from its class's typical size is such a fragment.
         """
+        self.enclosing_share: dict[int, float] = {}
+        for k in self.classes():
+            self.enclosing_share[k] = float(np.mean([it.encloses for it in self.items_of(k)]))
         self.count_mode: dict[int, int] = {}
         self.count_share: dict[int, float] = {}
         self.median_area: dict[int, float] = {}
@@ -191,9 +197,19 @@ class ComponentBank:
         """Small enough to be a loose part (see ``max_part_area``)."""
         return area <= self.max_part_area * self.size ** 2
 
+    #: a class counts as a container when at least this share of its instances has other parts in its holes
+    container_share = 0.5
+
+    def container(self, class_id: int) -> bool:
+        """Its parts hold other parts (a grid's cells hold pins, a connector its levers), and they are cut by their
+        own pixels (``whole_objects`` off). Why: moving, swapping or pasting such a part alone carries a hole where
+        its content was and leaves the content behind; pushpin cells swapped with pins did just that."""
+        return not self.whole_objects and self.enclosing_share.get(class_id, 0.0) >= self.container_share
+
     def movable(self, c: Component | BankItem) -> bool:
-        """A whole part that can be taken out, put elsewhere, resized or swapped: not a fragment, not a tray."""
-        return self.typical(c.class_id, c.area) and self.small(c.area)
+        """A whole part that can be taken out, put elsewhere, resized or swapped: not a fragment, not a tray, not
+        a container cut without its content."""
+        return self.typical(c.class_id, c.area) and self.small(c.area) and not self.container(c.class_id)
 
     def _build_references(self) -> None:
         """Global colour descriptors (16x16 Lab thumbnails) and each image's nearest other normal image."""

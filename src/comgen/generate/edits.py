@@ -258,17 +258,22 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     return _finish("add", i, comp, [], [k], params, list(comp.components), pastes, None)
 
 
-def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
+def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
+                 max_extent: float = 3.0) -> EditPlan | None:
     t = _random_target(comp, rng, bank.movable)
     if t is None:
         return None
     c = comp.components[t]
     # the stand-in is a whole loose part of another class (not a fragment, not the fixture)
-    others = [k for k in bank.classes() if k != c.class_id and any(bank.movable(it) for it in bank.items_of(k))]
+    # of comparable extent (see plan_swap): a pin replaced by the whole separator grid is no part mix-up
+    def fits(it: BankItem) -> bool:
+        return bank.movable(it) and _similar_extent(c.bbox, _mask_box(it.mask), max_extent)
+
+    others = [k for k in bank.classes() if k != c.class_id and any(fits(it) for it in bank.items_of(k))]
     if not others:
         return None
     k = int(rng.choice(others))
-    items = [it for it in bank.items_of(k) if bank.movable(it)]
+    items = [it for it in bank.items_of(k) if fits(it)]
     it = items[int(rng.integers(len(items)))]
     tl = _centered(it.mask, c.centroid)
     pastes = _object_pastes(it.rgb, it.mask, it.truth, tl, k, it.color_lab, it.inner, it.source)
@@ -336,13 +341,33 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     return _finish("move", i, comp, [t], [c.class_id], params, keep, pastes, _hole(bank, full), extra_gate=full)
 
 
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of a mask's pixels, the layout of ``Component.bbox``."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return 0, 0, 0, 0
+    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+def _similar_extent(box_a: tuple[int, int, int, int], box_b: tuple[int, int, int, int], ratio: float) -> bool:
+    """Both boxes' long sides, and both short sides, are within ``ratio`` of each other (orientation-free)."""
+    def sides(b):
+        h, w = max(1, b[2] - b[0]), max(1, b[3] - b[1])
+        return max(h, w), min(h, w)
+    (la, sa), (lb, sb) = sides(box_a), sides(box_b)
+    return max(la, lb) <= ratio * min(la, lb) and max(sa, sb) <= ratio * min(sa, sb)
+
+
 def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
-              max_swap_ratio: float = 8.0) -> EditPlan | None:
+              max_swap_ratio: float = 8.0, max_swap_extent: float = 3.0) -> EditPlan | None:
     cs = comp.components
     loose = [j for j, c in enumerate(cs) if bank.movable(c)]
-    # two parts of comparable size: a connector swapped with one of its levers is not a mix-up a line makes
+    # two parts of comparable size: a connector swapped with one of its levers is not a mix-up a line makes.
+    # Area alone is not enough: a thin frame (a pushpin grid's separators, 17% of the image in a 110 px box) has
+    # the area of three cells, and swapping it with one cell pasted the whole grid around that cell
     pairs = [(a, b) for a in loose for b in loose if a < b and cs[a].class_id != cs[b].class_id
-             and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)]
+             and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)
+             and _similar_extent(cs[a].bbox, cs[b].bbox, max_swap_extent)]
     if not pairs:
         return None
     a, b = pairs[int(rng.integers(len(pairs)))]
