@@ -267,12 +267,12 @@ def test_swap_and_replace_pair_parts_of_comparable_extent_only():
             assert classes == {2, 3}, (kind, seed, classes)  # never the frame pasted at a cell or a dot
 
 
-def test_a_container_cut_by_its_own_pixels_is_not_moved_pasted_or_swapped():
+def test_a_container_cut_by_its_own_pixels_is_not_moved_pasted_or_removed():
     b = _connector_bank(whole_objects=False)
     assert b.container(1) and not b.container(2) and not b.container(3)
     assert not _connector_bank().container(1)  # cut whole, the body carries its lever: movable again
-    for kind in ("move", "resize", "add"):
+    for kind in ("move", "resize", "add", "remove"):
         for seed in range(6):
             p, comp = _plan(b, kind, seed)
             moved = p.edit.classes if kind == "add" else [comp.components[t].class_id for t in p.edit.target]
-            assert 1 not in moved, (kind, seed)  # never a hollow body beside its left-behind lever
+            assert 1 not in moved, (kind, seed)  # never a hollow body, nor a lever left floating

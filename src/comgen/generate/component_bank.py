@@ -197,6 +197,12 @@ class ComponentBank:
         """Small enough to be a loose part (see ``max_part_area``)."""
         return area <= self.max_part_area * self.size ** 2
 
+    def removable(self, c: Component) -> bool:
+        """What a remove edit may take out. Why: removing a fragment of an unreliable class leaves a normal scene,
+        removing the fixture leaves no scene, and removing a container cut by its own pixels leaves its content
+        floating (fruit without its tray, levers without their connector)."""
+        return self.confident(c) and self.small(c.area) and not self.container(c.class_id)
+
     #: a class counts as a container when at least this share of its instances has other parts in its holes
     container_share = 0.5
 

@@ -228,8 +228,7 @@ def _random_target(comp: Composition, rng: np.random.Generator, ok: Callable[[Co
 
 
 def plan_remove(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    # removing a fragment of an unreliable class leaves a normal scene; removing the fixture leaves no scene
-    t = _random_target(comp, rng, lambda c: bank.confident(c) and bank.small(c.area))
+    t = _random_target(comp, rng, bank.removable)
     if t is None:
         return None
     c = comp.components[t]
@@ -463,9 +462,8 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
             reasons[k] = None if any(bank.confident(c) for cs in bank.components for c in cs) else \
                 "no part class has the same instance count in most training images"
         elif k == "remove":
-            reasons[k] = None if any(bank.confident(c) and bank.small(c.area) for cs in bank.components
-                                     for c in cs) else \
-                "no small part class has the same instance count in most training images"
+            reasons[k] = None if any(bank.removable(c) for cs in bank.components for c in cs) else \
+                "no small part class that holds no other parts has the same instance count in most training images"
         elif k == "add":
             reasons[k] = None if any(bank.stable(c) and any(bank.movable(it) for it in bank.items_of(c))
                                      for c in bank.classes()) \
@@ -484,7 +482,7 @@ def discrete_capacity(bank: ComponentBank, kinds: list[str]) -> float:
     total = 0
     for cs in bank.components:
         if "remove" in kinds:
-            total += sum(bank.confident(c) for c in cs)  # what plan_remove may target
+            total += sum(bank.removable(c) for c in cs)  # what plan_remove may target
         if "swap" in kinds:
             cls = [c.class_id for c in cs]
             total += sum(1 for a in range(len(cs)) for b in range(a + 1, len(cs)) if cls[a] != cls[b])
