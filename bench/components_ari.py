@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -72,6 +73,7 @@ def main() -> None:
     a = ap.parse_args()
     cats = [c for c in a.categories.split(",") if c]
     variants = [v for v in a.variants.split(",") if v]
+    tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
     if a.data is None:
         from comgen.data.synth import SynthConfig, generate_benchmark
 
@@ -81,7 +83,11 @@ def main() -> None:
             kw["categories"] = cats
         generate_benchmark(tmp, SynthConfig(**kw))
         a.data = tmp
-    run(a.data, cats, a.size, a.train, a.eval, variants, a.weights)
+    try:
+        run(a.data, cats, a.size, a.train, a.eval, variants, a.weights)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -76,6 +77,7 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
             rows.append((cat, ls, valid, len(out) / secs, valid_np))
             print(f"{cat:<22}{'on' if ls else 'off':<5}{normal_bad:>13.2f}{total:>9}{valid:>8.2f}{valid_np:>8.2f}"
                   f"{len(out) / secs:>8.1f}{fit_s:>7.1f}  {kinds}", flush=True)
+        shutil.rmtree(model_dir, ignore_errors=True)
     on = [r for r in rows if r[1]]
     print(f"\nmean validity (LS on): {np.mean([r[2] for r in on]):.3f} "
           f"(without the palette rule {np.mean([r[4] for r in on]):.3f}); "
@@ -95,6 +97,7 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true")
     a = ap.parse_args()
     cats = [c for c in a.categories.split(",") if c]
+    tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
     if a.data is None:
         from comgen.data.synth import SynthConfig, generate_benchmark
 
@@ -104,7 +107,11 @@ def main() -> None:
             kw["categories"] = cats
         generate_benchmark(tmp, SynthConfig(**kw))
         a.data = tmp
-    run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, a.seed)
+    try:
+        run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, a.seed)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

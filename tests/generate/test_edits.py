@@ -176,7 +176,8 @@ def test_remove_add_recolor_act_only_on_reliable_parts():
     assert np.sqrt(((own - new) ** 2).sum(1)).min() >= 30  # a colour no normal part of this class has
 
 
-def _connector_bank(n: int = 8, size: int = 64, whole_objects: bool = True) -> ComponentBank:
+def _connector_bank(n: int = 8, size: int = 64, whole_objects: bool = True,
+                    strict_parts: bool = False) -> ComponentBank:
     """Each image: a white body (class 1) enclosing a purple lever (class 2), and a loose dot (class 3)."""
     rng = np.random.default_rng(0)
     imgs = np.zeros((n, size, size, 3), np.uint8)
@@ -191,7 +192,7 @@ def _connector_bank(n: int = 8, size: int = 64, whole_objects: bool = True) -> C
     imgs[maps == 2] = (140, 60, 170)
     imgs[maps == 3] = (200, 120, 30)
     return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4,
-                         whole_objects=whole_objects)
+                         whole_objects=whole_objects, strict_parts=strict_parts)
 
 
 def test_a_part_enclosing_another_is_cut_moved_and_removed_whole():
@@ -239,7 +240,7 @@ def test_without_whole_objects_a_part_is_cut_by_its_own_pixels():
     assert filled.sum() > mask.sum() and [x.class_id for x in inner] == [2]
 
 
-def _frame_bank(n: int = 8, size: int = 64) -> ComponentBank:
+def _frame_bank(n: int = 8, size: int = 64, strict_parts: bool = True) -> ComponentBank:
     """Each image: a thin square frame (class 1, about 3x the area of a cell), a solid cell (class 2) and a
     small dot (class 3), as a pushpin grid's separators, one compartment and a pin."""
     maps = np.zeros((n, size, size), np.uint8)
@@ -253,10 +254,11 @@ def _frame_bank(n: int = 8, size: int = 64) -> ComponentBank:
     imgs[maps == 1] = (120, 120, 140)
     imgs[maps == 2] = (200, 200, 230)
     imgs[maps == 3] = (230, 180, 20)
-    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4)
+    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4,
+                         strict_parts=strict_parts)
 
 
-def test_swap_and_replace_pair_parts_of_comparable_extent_only():
+def test_strict_parts_swap_and_replace_pair_parts_of_comparable_extent_only():
     b = _frame_bank()
     area = b.median_area
     assert area[1] <= 8 * area[2]  # the frame passes the area rule; only its extent (54 px against 14) tells
@@ -265,12 +267,15 @@ def test_swap_and_replace_pair_parts_of_comparable_extent_only():
             p, comp = _plan(b, kind, seed)
             classes = set(p.edit.classes)
             assert classes == {2, 3}, (kind, seed, classes)  # never the frame pasted at a cell or a dot
+    loose = _frame_bank(strict_parts=False)  # the default: only the area rule
+    assert any(1 in _plan(loose, "swap", seed)[0].edit.classes for seed in range(8))
 
 
-def test_a_container_cut_by_its_own_pixels_is_not_moved_pasted_or_removed():
-    b = _connector_bank(whole_objects=False)
+def test_strict_parts_a_container_cut_by_its_own_pixels_is_not_moved_pasted_or_removed():
+    b = _connector_bank(whole_objects=False, strict_parts=True)
     assert b.container(1) and not b.container(2) and not b.container(3)
-    assert not _connector_bank().container(1)  # cut whole, the body carries its lever: movable again
+    assert not _connector_bank(strict_parts=True).container(1)  # cut whole, the body carries its lever
+    assert not _connector_bank(whole_objects=False).container(1)  # the default: no container rule
     for kind in ("move", "resize", "add", "remove"):
         for seed in range(6):
             p, comp = _plan(b, kind, seed)

@@ -101,11 +101,14 @@ class ComponentBank:
 
     def __init__(self, images: np.ndarray, class_maps: np.ndarray, truths: list[np.ndarray | None],
                  ids: list[str], paths: list[str], background: int, min_area: int,
-                 max_part_area: float | None = None, whole_objects: bool | None = None) -> None:
+                 max_part_area: float | None = None, whole_objects: bool | None = None,
+                 strict_parts: bool | None = None) -> None:
         if max_part_area is not None:
             self.max_part_area = max_part_area
         if whole_objects is not None:
             self.whole_objects = whole_objects
+        if strict_parts is not None:
+            self.strict_parts = strict_parts
         self.images = images
         self.class_maps = class_maps
         self.truths = truths
@@ -159,6 +162,9 @@ class ComponentBank:
     max_part_area = 1.0
     #: cut a part whole (holes filled, the parts it encloses go with it) rather than its own class's pixels only
     whole_objects = False
+    #: no container cut by its own pixels is edited (``container``), swap/replace pair parts of comparable
+    #: extent (``comgen.generate.edits``); off by default, see CompositionalConfig.strict_parts
+    strict_parts = False
 
     def _build_class_stats(self) -> None:
         """Per class: how stable its per-image instance count is, and its median instance area.
@@ -199,22 +205,24 @@ class ComponentBank:
 
     def removable(self, c: Component) -> bool:
         """What a remove edit may take out. Why: removing a fragment of an unreliable class leaves a normal scene,
-        removing the fixture leaves no scene, and removing a container cut by its own pixels leaves its content
-        floating (fruit without its tray, levers without their connector)."""
+        removing the fixture leaves no scene, and (``strict_parts``) removing a container cut by its own pixels
+        leaves its content floating (fruit without its tray, levers without their connector)."""
         return self.confident(c) and self.small(c.area) and not self.container(c.class_id)
 
     #: a class counts as a container when at least this share of its instances has other parts in its holes
     container_share = 0.5
 
     def container(self, class_id: int) -> bool:
-        """Its parts hold other parts (a grid's cells hold pins, a connector its levers), and they are cut by their
-        own pixels (``whole_objects`` off). Why: moving, swapping or pasting such a part alone carries a hole where
-        its content was and leaves the content behind; pushpin cells swapped with pins did just that."""
-        return not self.whole_objects and self.enclosing_share.get(class_id, 0.0) >= self.container_share
+        """With ``strict_parts``: its parts hold other parts (a grid's cells hold pins, a connector its levers), and
+        they are cut by their own pixels (``whole_objects`` off). Why: moving, swapping or pasting such a part alone
+        carries a hole where its content was and leaves the content behind; pushpin cells swapped with pins did
+        just that."""
+        return (self.strict_parts and not self.whole_objects
+                and self.enclosing_share.get(class_id, 0.0) >= self.container_share)
 
     def movable(self, c: Component | BankItem) -> bool:
-        """A whole part that can be taken out, put elsewhere, resized or swapped: not a fragment, not a tray, not
-        a container cut without its content."""
+        """A whole part that can be taken out, put elsewhere, resized or swapped: not a fragment, not a tray (nor,
+        with ``strict_parts``, a container cut without its content)."""
         return self.typical(c.class_id, c.area) and self.small(c.area) and not self.container(c.class_id)
 
     def _build_references(self) -> None:

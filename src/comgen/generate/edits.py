@@ -264,9 +264,10 @@ def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
         return None
     c = comp.components[t]
     # the stand-in is a whole loose part of another class (not a fragment, not the fixture)
-    # of comparable extent (see plan_swap): a pin replaced by the whole separator grid is no part mix-up
+    # (strict_parts) of comparable extent, see plan_swap: a pin replaced by the whole separator grid is no mix-up
     def fits(it: BankItem) -> bool:
-        return bank.movable(it) and _similar_extent(c.bbox, _mask_box(it.mask), max_extent)
+        comparable = not bank.strict_parts or _similar_extent(c.bbox, _mask_box(it.mask), max_extent)
+        return bank.movable(it) and comparable
 
     others = [k for k in bank.classes() if k != c.class_id and any(fits(it) for it in bank.items_of(k))]
     if not others:
@@ -362,11 +363,11 @@ def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     cs = comp.components
     loose = [j for j, c in enumerate(cs) if bank.movable(c)]
     # two parts of comparable size: a connector swapped with one of its levers is not a mix-up a line makes.
-    # Area alone is not enough: a thin frame (a pushpin grid's separators, 17% of the image in a 110 px box) has
-    # the area of three cells, and swapping it with one cell pasted the whole grid around that cell
+    # With strict_parts, area alone is not enough: a thin frame (a pushpin grid's separators, 17% of the image in
+    # a 110 px box) has the area of three cells, and swapping it with one cell pasted the whole grid around it
     pairs = [(a, b) for a in loose for b in loose if a < b and cs[a].class_id != cs[b].class_id
              and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)
-             and _similar_extent(cs[a].bbox, cs[b].bbox, max_swap_extent)]
+             and (not bank.strict_parts or _similar_extent(cs[a].bbox, cs[b].bbox, max_swap_extent))]
     if not pairs:
         return None
     a, b = pairs[int(rng.integers(len(pairs)))]
