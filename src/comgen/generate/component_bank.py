@@ -47,7 +47,7 @@ class BankItem:
     color_lab: tuple[float, float, float]
     area: int  # the instance's own area (class statistics)
     inner: list[Inner] = field(default_factory=list)
-    encloses: bool = False  # other parts lie inside its holes (listed in ``inner`` only with whole objects)
+    encloses: bool = False  # other parts lie inside its holes (only worked out for ComponentBank.container)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -144,7 +144,9 @@ class ComponentBank:
                 host = int(np.bincount(vals).argmax()) if len(vals) else self.background
                 hosts.append(host)
                 rgb, mask, truth, _, inner = object_crop(img, self.truths[i], comp, j, pad, self.whole_objects)
-                encloses = bool(inner) if self.whole_objects else bool(object_crop(img, None, comp, j, pad)[4])
+                # only the container rule reads it: no second crop per part at start-up otherwise
+                encloses = (self.strict_parts and not self.whole_objects
+                            and bool(object_crop(img, None, comp, j, pad)[4]))
                 self.items.append(BankItem(class_id=c.class_id, rgb=rgb, mask=mask, truth=truth, host=host, source=i,
                                            instance=j, color_lab=c.color_lab, area=c.area, inner=inner,
                                            encloses=encloses))
