@@ -54,8 +54,9 @@ def percentile_threshold(scores: np.ndarray, percentile: float, estimate: str) -
 
     Why robust: with a few dozen normal images the 1st percentile of the cross-validated scores is the lowest one
     or two images, so one odd image sets it (pushpin_grid, 40 images: -307 against a median of -48 and a second
-    lowest of -80). Such a threshold refuses even a missing pin (about -250). The median and the MAD locate the
-    bulk of the scores whatever the outliers, and the normal quantile extrapolates to the percentile.
+    lowest of -80; an ad hoc diagnostic). Such a threshold refuses even a missing pin (about -250). The median and
+    the MAD locate the bulk of the scores whatever the outliers, and the normal quantile extrapolates to the
+    percentile.
     """
     s = np.asarray(scores, np.float64)
     if estimate == "empirical" or len(s) < 2:
