@@ -1,8 +1,9 @@
 """The compositional (CPU) back-end: Prompt Modifications applied in pixel space, kept by Low-Density Sampling.
 
 Why: it needs no diffusion model, so it runs anywhere and gives *exact* masks. Parts come from real normal
-images (component bank); holes are filled from the most similar normal image (global Lab-thumbnail retrieval)
-where that image shows what surrounds the removed part, else by OpenCV inpainting; pasted parts are blended
+images (component bank); a hole is filled with a patch of the same image's surrounding surface where its whole
+shape fits on it (``surface_patch.nearest_fit``), else from the most similar normal image (global Lab-thumbnail
+retrieval) where that image shows the surface, else by OpenCV inpainting; pasted parts are blended
 with a feathered alpha (or Poisson, ``blend="poisson"``) so no hard seam gives the anomaly away.
 For the built-in benchmark, each edit is also applied to the generator's truth part-label map
 (``Anomaly.extra["truth_labels"]``) so the benchmark's rule checker can tell whether the edit broke a rule.
@@ -24,6 +25,7 @@ from comgen.generate.component_bank import ComponentBank, dilate, ring
 from comgen.generate.edits import ALL_EDITS, EditPlan, discrete_capacity, edit_key, plan_edit, possible_kinds
 from comgen.generate.low_density import ComponentRealism, CompositionDensity, DensityConfig
 from comgen.generate.structural import apply_structural
+from comgen.generate.surface_patch import nearest_fit
 from comgen.progress import progress
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS, Anomaly, Sample
 from comgen.rundir import RunDir
@@ -110,24 +112,96 @@ def _relit(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
     return np.clip(rgb.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
 
 
+SURFACE_COLOUR_TOLERANCE = 30  # max channel difference (of 255) from the surface around a hole, for a patch of it;
+# the built-in benchmark's lighting ramp alone moves a bright surface by up to ~30 across the image
+
+
 def _fill_hole(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
                ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None, sigma: float) -> None:
-    """Refill ``hole`` in place: reference pixels where the reference shows a surrounding class, else inpaint.
+    """Refill ``hole`` in place, one connected piece at a time (a swap leaves two holes of different shapes)."""
+    n, pieces = cv2.connectedComponents(hole.astype(np.uint8), connectivity=8)
+    busy = dilate(hole, _surface_margin(hole.shape[0]))  # no piece is refilled from another hole
+    for k in range(1, n):
+        _fill_piece(img, cm, truth, pieces == k, busy, ref, ref_cm, ref_truth, sigma)
 
-    The reference pixels are relit to this image first (``lighting_gain`` over the ring around the hole, where
-    both images show the same class).
-    """
+
+def _fill_piece(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray, busy: np.ndarray,
+                ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None, sigma: float) -> None:
+    """Refill one hole with the surface around it: a patch of this image's own surface where the hole's whole shape
+    fits on it, else reference pixels where the reference shows that surface, else inpainting."""
     around = ring(hole, max(2, hole.shape[0] // 64))
+    surface = _surface_classes(cm, hole, around)
+    if not _patch_from_own_surface(img, cm, truth, hole, busy, surface, sigma):
+        _fill_from_reference(img, cm, truth, hole, around, surface, ref, ref_cm, ref_truth, sigma)
+
+
+def _surface_classes(cm: np.ndarray, hole: np.ndarray, around: np.ndarray) -> np.ndarray:
+    """The classes to restore in a hole: those around it, less the classes of the part being removed."""
     around_cls = np.unique(cm[around]) if around.any() else np.array([0])
     # the surface to restore is what surrounds the hole, not the classes being removed: a removed connector's
     # levers touch the ring, and copying the reference's levers into the hole left a purple blob
+    # (but a class that makes most of the ring is the surface even when it shows inside the part: the bag seen
+    # through a washer's hole; dropping it left only a sliver class, and the washer was inpainted as a dark disc)
     core = cv2.erode(hole.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
-    surface = np.setdiff1d(around_cls, np.unique(cm[core])) if core.any() else around_cls
-    around_cls = surface if len(surface) else around_cls
-    # reference pixels of a surrounding class, but not the soft edge of a part the reference has there
-    # (segmentation labels that edge as surface; copied, it showed as a pale crescent)
-    ref_surface = np.isin(ref_cm, around_cls)
-    from_ref = hole & ref_surface & ~dilate(~ref_surface, max(1, hole.shape[0] // 85))
+    if core.any() and around.any():
+        share = np.bincount(cm[around], minlength=int(cm.max()) + 1)[around_cls] / around.sum()
+        surface = around_cls[~np.isin(around_cls, np.unique(cm[core])) | (share >= 0.5)]
+        around_cls = surface if len(surface) else around_cls
+    return around_cls
+
+
+def _surface_margin(size: int) -> int:
+    """Pixels of a surface class this close to another class are a part's soft edge, not surface (segmentation
+    labels that edge as surface; copied into a hole, it showed as a pale crescent)."""
+    return max(1, size // 85)
+
+
+def _patch_from_own_surface(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
+                            busy: np.ndarray, surface: np.ndarray, sigma: float) -> bool:
+    """Copy the nearest patch of this image's surface that the hole's whole shape fits on; False if none fits.
+
+    The patch must show the surface classes (away from their edges and from every hole) and the surface's colour:
+    one class may hold two surfaces (screw_bag's learner labels the bag and the floor around it both background,
+    and a washer's hole was refilled with dark floor). It is relit by the gain between the surface in a band
+    around the hole and in the same band around the patch: the image's lighting ramp differs between the two
+    places (a patch from 30 px away showed as a lighter disc).
+    """
+    own = np.isin(cm, surface)
+    own &= ~dilate(~own, _surface_margin(hole.shape[0])) & ~busy
+    band = ring(hole, max(3, hole.shape[0] // 32)) & own
+    if band.sum() >= 8:
+        smooth = cv2.GaussianBlur(img, (0, 0), 1.5).astype(np.int16)
+        own &= np.abs(smooth - np.median(smooth[band], 0)).max(-1) <= SURFACE_COLOUR_TOLERANCE
+        band &= own
+    ys, xs = np.nonzero(hole)
+    at = nearest_fit(own, hole[ys.min():ys.max() + 1, xs.min():xs.max() + 1], (int(ys.min()), int(xs.min())))
+    if at is None:
+        return False
+    dy, dx = at[0] - ys.min(), at[1] - xs.min()
+    by, bx = np.nonzero(band)
+    keep = (by + dy >= 0) & (by + dy < hole.shape[0]) & (bx + dx >= 0) & (bx + dx < hole.shape[1])
+    by, bx = by[keep], bx[keep]
+    keep = own[by + dy, bx + dx]  # band pixels whose partner around the patch shows the surface too
+    here, there = np.zeros_like(hole), np.zeros_like(hole)
+    here[by[keep], bx[keep]] = True
+    there[by[keep] + dy, bx[keep] + dx] = True
+    filled = img.copy()
+    filled[ys, xs] = _relit(img[ys + dy, xs + dx], lighting_gain(img, here, img, there))
+    cm[ys, xs] = cm[ys + dy, xs + dx]
+    if truth is not None:
+        truth[ys, xs] = truth[ys + dy, xs + dx]
+    a = _feather(hole, sigma)[..., None]
+    img[:] = (a * filled + (1 - a) * img).round().astype(np.uint8)
+    return True
+
+
+def _fill_from_reference(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
+                         around: np.ndarray, surface: np.ndarray, ref: np.ndarray, ref_cm: np.ndarray,
+                         ref_truth: np.ndarray | None, sigma: float) -> None:
+    """Reference pixels where the reference shows the surface (relit by ``lighting_gain`` over the ring around
+    the hole, where both images show the same class), inpainting for the rest."""
+    ref_surface = np.isin(ref_cm, surface)
+    from_ref = hole & ref_surface & ~dilate(~ref_surface, _surface_margin(hole.shape[0]))
     rest = hole & ~from_ref
     filled = img.copy()
     if from_ref.any():
