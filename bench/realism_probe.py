@@ -20,15 +20,18 @@ real image, so location and size are matched and only the look of the edited reg
 
 ``--backends`` may include ``real``: the benchmark's own real test anomalies (logical and structural, at most
 ``--n``) in place of generated ones. Against normal images that row is the floor of the whole-image probe: how
-separable a *real* anomaly is from a normal image by the change it makes, rendering aside.
+separable a *real* anomaly is from a normal image by the change it makes, rendering aside. ``real-logical`` takes
+the real logical anomalies alone: the floor to compare with ``--logical-ratio 1``.
 
     python bench/realism_probe.py --size 128 --train 40 --validation 40 --n 60 --region image --region mask \
         --against normal --against anomalies [--backends compositional,cutpaste,draem,nsa,real] [--logical-ratio 1]
+    python bench/realism_probe.py ... --backends compositional,real-logical --logical-ratio 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -88,6 +91,9 @@ def own_crops(images: np.ndarray, masks: list[np.ndarray], out: int, margin: flo
     return np.stack([_crop(img, square_box(mask, margin, min_side), out) for img, mask in zip(images, masks)])
 
 
+REAL_ROWS = {"real": ("logical", "structural", "defect"), "real-logical": ("logical",)}  # --backends rows of real anomalies
+
+
 def real_anomalies(samples, size: int) -> tuple[np.ndarray, list[np.ndarray]]:  # noqa: ANN001
     """The test split's real anomalies at ``size`` px with the union of their ground-truth masks."""
     import cv2
@@ -142,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logical-ratio", type=float, default=None,
                     help="share of logical edits of the compositional back-end (default: its config default); "
                          "1.0 probes its logical edits alone")
+    ap.add_argument("--compositional", default="{}",
+                    help='options of the compositional back-end as JSON, e.g. \'{"hole_fill": "surface"}\'')
     args = ap.parse_args(argv)
+    try:
+        options = json.loads(args.compositional)
+    except json.JSONDecodeError as exc:
+        ap.error(f"--compositional is not JSON: {exc}")
+    if not isinstance(options, dict):
+        ap.error("--compositional must be a JSON object")
     if args.logical_ratio is not None and not 0.0 <= args.logical_ratio <= 1.0:
         ap.error(f"--logical-ratio must be in [0, 1], got {args.logical_ratio}")
     os.environ.setdefault("COMGEN_QUIET", "1")
@@ -163,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         generate_benchmark(root, SynthConfig(size=args.size, n_train=args.train, n_validation=args.validation,
                                              n_test=args.test if "anomalies" in (args.against or []) or
-                                             "real" in args.backends.split(",") else 4,
+                                             any(b.startswith("real") for b in args.backends.split(",")) else 4,
                                              seed=args.seed, categories=cats))
         print(f"synth data: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     ds = open_dataset(root)
@@ -183,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         real_imgs = np.stack([resize_rgb(s.load_image(), args.size) for s in held])
         real = {"normal": (real_imgs, None)}
         anomalous = [s for s in ds.samples(cat, "test") if s.kind != "good"]
-        if any(a == "anomalies" for a, _ in regions) or "real" in backends:
+        if any(a == "anomalies" for a, _ in regions) or any(b.startswith("real") for b in backends):
             if not anomalous:
                 print(f"  {cat}: no real test anomalies; --against anomalies and the real row skipped",
                       file=sys.stderr)
@@ -192,15 +206,21 @@ def main(argv: list[str] | None = None) -> int:
         feats_of: dict[tuple[str, str], np.ndarray] = {}
         cells: dict[tuple[str, tuple[str, str]], str] = {}
         for b in backends:
-            if b == "real":  # reference row: real anomalies in place of generated ones
+            if b in REAL_ROWS:  # reference rows: real anomalies in place of generated ones
                 if "anomalies" not in real:
                     continue
-                pick = np.random.default_rng(args.seed).permutation(len(real["anomalies"][0]))[:args.n]
+                pool = [i for i, s in enumerate(anomalous) if s.kind in REAL_ROWS[b]]
+                if not pool:
+                    print(f"  {cat}: no real anomalies of kinds {REAL_ROWS[b]}; row {b} skipped", file=sys.stderr)
+                    continue
+                pick = np.asarray(pool)[np.random.default_rng(args.seed).permutation(len(pool))[:args.n]]
                 fake_imgs = real["anomalies"][0][pick]
                 fake_masks = [real["anomalies"][1][i] for i in pick]
             else:
                 try:
-                    extra = {"logical_ratio": args.logical_ratio} if args.logical_ratio is not None else {}
+                    extra = dict(options)
+                    if args.logical_ratio is not None:
+                        extra["logical_ratio"] = args.logical_ratio
                     gen = build_generator(b, GenerateConfig(backend=b, n=args.n, image_size=args.size,
                                                             seed=args.seed, compositional=extra))
                     gen.fit(train, None)
@@ -212,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 fake_masks = [a.mask for a in made]
             fake_whole = pooled_features(fake_imgs, backbone, args.pool)
             for a, r in regions:
-                if a not in real or (b == "real" and a == "anomalies"):  # real vs itself: meaningless
+                if a not in real or (b in REAL_ROWS and a == "anomalies"):  # real vs itself: meaningless
                     continue
                 ref_imgs, ref_masks = real[a]
                 if r == "image":

@@ -197,6 +197,8 @@ def _scene(rng, x0: int, part: bool, bag_x: int = 32):
 
 
 def test_hole_is_refilled_with_the_surface_around_it():
+    """``hole_fill: surface``: where the reference shows another surface of the same class, the patch of the
+    image's own surface still restores the right colour, lighting and texture."""
     from comgen.generate.compositional import _fill_hole
 
     rng = np.random.default_rng(0)
@@ -205,10 +207,20 @@ def test_hole_is_refilled_with_the_surface_around_it():
     hole = dilate(cm == 1, 1)
     truth = cm.copy()
     out, out_cm = img.copy(), cm.copy()
-    _fill_hole(out, out_cm, truth, hole, ref, ref_cm, None, sigma=0.5)
+    _fill_hole(out, out_cm, truth, hole, ref, ref_cm, None, sigma=0.5, fill="surface")
     clean, _, _ = _scene(np.random.default_rng(1), 44, part=False)
     # the bag's colour at that place (the ramp included), not the floor's, not the reference's part, not a smear
     assert np.abs(out[hole].mean(0) - clean[hole].mean(0)).max() < 6
     assert 1.5 < out[hole].std(0).mean() < 6  # the surface's noise is kept (inpainting would smooth it away)
     assert (out_cm[hole] == 0).all() and (truth[hole] == 0).all()
     assert np.array_equal(out[~hole], img[~hole])
+
+
+def test_hole_fill_option(samples):
+    assert cfg().hole_fill == "reference"
+    with pytest.raises(ConfigError, match="hole_fill"):
+        cfg(hole_fill="nearest")
+    g = CompositionalGenerator(cfg(hole_fill="surface", edit_kinds=["remove", "move"]))
+    g.fit(samples)
+    made = list(g.generate(6, np.random.default_rng(0)))
+    assert len(made) == 6 and all(a.mask.any() for a in made)
