@@ -15,6 +15,7 @@ Low-Density Sampling" row.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -47,7 +48,7 @@ def evaluate(cat, gen, n, seed, violates):
     return out, secs, hits, total, per, hits_no_palette
 
 
-def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, seed) -> None:
+def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, seed, options: dict) -> None:
     from comgen.data.readers import open_dataset
     from comgen.data.synth.truth import load_truth, violates
 
@@ -62,8 +63,9 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
         settings = [True, False] if ablation else [True]
         model_dir = Path(tempfile.mkdtemp(prefix="comgen-val-"))
         for ls in settings:
-            cfg = CompositionalConfig(image_size=size, low_density=ls,
-                                      learner=LearnerConfig(backbone_weights=weights, use_backbone=use_backbone))
+            cfg = CompositionalConfig.from_dict({**options, "image_size": size, "low_density": ls},
+                                                "--compositional").replace(
+                learner=LearnerConfig(backbone_weights=weights, use_backbone=use_backbone))
             gen = CompositionalGenerator(cfg)
             t0 = time.perf_counter()
             from comgen.rundir import RunDir
@@ -95,7 +97,15 @@ def main() -> None:
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--no-backbone", action="store_true")
     ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--compositional", default="{}",
+                    help='options of the compositional back-end as JSON, e.g. \'{"hole_fill": "surface"}\'')
     a = ap.parse_args()
+    try:
+        options = json.loads(a.compositional)
+    except json.JSONDecodeError as exc:
+        ap.error(f"--compositional is not JSON: {exc}")
+    if not isinstance(options, dict):
+        ap.error("--compositional must be a JSON object")
     cats = [c for c in a.categories.split(",") if c]
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
     if a.data is None:
@@ -108,7 +118,7 @@ def main() -> None:
         generate_benchmark(tmp, SynthConfig(**kw))
         a.data = tmp
     try:
-        run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, a.seed)
+        run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, a.seed, options)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

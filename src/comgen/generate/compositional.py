@@ -60,7 +60,6 @@ class CompositionalConfig(ConfigBase):
     # was) and teaches logical defects a little more (generator benchmark, full row, network alone 0.650 against
     # 0.647, logical sPRO 0.431 against 0.402), but the visible fill artefacts it removes had taught structural
     # damage: structural AUROC 0.860 against 0.871 there, and `comgen demo` fell from 0.974 / 0.910 to 0.958 / 0.896.
-    # It is also slower (30-39 against 48-55 anomalies/s at 256 px, bench/generation_validity.py).
     hole_fill: str = "reference"
     min_mask_area: float = 0.0005  # smallest anomaly mask kept, as a fraction of the image area
     # Loose-part and whole-object rules (see ComponentBank). Off by default: on the built-in benchmark they made
@@ -197,9 +196,12 @@ def _patch_from_own_surface(img: np.ndarray, cm: np.ndarray, truth: np.ndarray |
     own = np.isin(cm, surface)
     own &= ~dilate(~own, _surface_margin(hole.shape[0])) & ~busy
     band = ring(hole, max(3, hole.shape[0] // 32)) & own
-    if band.sum() >= 8:
-        smooth = cv2.GaussianBlur(img, (0, 0), 1.5).astype(np.int16)
-        own &= np.abs(smooth - np.median(smooth[band], 0)).max(-1) <= SURFACE_COLOUR_TOLERANCE
+    if band.sum() >= 8:  # every channel within the tolerance of the band's median colour (inRange: inclusive)
+        smooth = cv2.GaussianBlur(img, (0, 0), 1.5)
+        colour = np.median(smooth[band], 0)
+        lo = np.clip(np.ceil(colour - SURFACE_COLOUR_TOLERANCE), 0, 255)
+        hi = np.clip(np.floor(colour + SURFACE_COLOUR_TOLERANCE), 0, 255)
+        own &= cv2.inRange(smooth, tuple(map(float, lo)), tuple(map(float, hi))) > 0
         band &= own
     ys, xs = np.nonzero(hole)
     at = nearest_fit(own, hole[ys.min():ys.max() + 1, xs.min():xs.max() + 1], (int(ys.min()), int(xs.min())))

@@ -17,16 +17,17 @@ def nearest_fit(allowed: np.ndarray, shape: np.ndarray, near: tuple[int, int]) -
     """Top-left corner (y, x), nearest to ``near``, where every pixel of ``shape`` lands on ``allowed``.
 
     ``shape`` is a bool mask cropped to its bounding box. One correlation of the forbidden pixels with the shape
-    (OpenCV switches to a DFT for large shapes) counts, for every placement at once, how many pixels would fall
+    (by DFT) counts, for every placement at once, how many pixels would fall
     outside ``allowed``; placements that count zero fit. None when none fits.
+    (``matchTemplate`` gives only the placements inside the image, and measured 0.5-0.6 ms at 256 px against
+    3.7-4.4 ms for the same correlation with ``filter2D``.)
     """
     h, w = shape.shape
     H, W = allowed.shape
     if h > H or w > W or not shape.any():
         return None
     forbidden = (~allowed).astype(np.float32)
-    hits = cv2.filter2D(forbidden, cv2.CV_32F, shape.astype(np.float32), anchor=(0, 0),
-                        borderType=cv2.BORDER_CONSTANT)[:H - h + 1, :W - w + 1]  # windows inside the image only
+    hits = cv2.matchTemplate(forbidden, shape.astype(np.float32), cv2.TM_CCORR)  # [H - h + 1, W - w + 1]
     ys, xs = np.nonzero(hits < 0.5)
     if not len(ys):
         return None
