@@ -15,7 +15,6 @@ Low-Density Sampling" row.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -100,12 +99,15 @@ def main() -> None:
     ap.add_argument("--compositional", default="{}",
                     help='options of the compositional back-end as JSON, e.g. \'{"hole_fill": "surface"}\'')
     a = ap.parse_args()
+    from comgen.errors import ConfigError
+    from comgen.generate.compositional import CompositionalConfig
+    from comgen.generate.config import parse_options
+
     try:
-        options = json.loads(a.compositional)
-    except json.JSONDecodeError as exc:
-        ap.error(f"--compositional is not JSON: {exc}")
-    if not isinstance(options, dict):
-        ap.error("--compositional must be a JSON object")
+        options = parse_options(a.compositional, "--compositional")
+        CompositionalConfig.from_dict(options, "--compositional")  # a misspelt option fails here, not per category
+    except ConfigError as exc:
+        ap.error(str(exc))
     cats = [c for c in a.categories.split(",") if c]
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
     if a.data is None:

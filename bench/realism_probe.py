@@ -31,7 +31,6 @@ the real logical anomalies alone: the floor to compare with ``--logical-ratio 1`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -151,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compositional", default="{}",
                     help='options of the compositional back-end as JSON, e.g. \'{"hole_fill": "surface"}\'')
     args = ap.parse_args(argv)
+    from comgen.errors import ConfigError
+    from comgen.generate.compositional import CompositionalConfig
+    from comgen.generate.config import parse_options
+
     try:
-        options = json.loads(args.compositional)
-    except json.JSONDecodeError as exc:
-        ap.error(f"--compositional is not JSON: {exc}")
-    if not isinstance(options, dict):
-        ap.error("--compositional must be a JSON object")
+        options = parse_options(args.compositional, "--compositional")
+        CompositionalConfig.from_dict(options, "--compositional")  # a misspelt option fails here, not per category
+    except ConfigError as exc:
+        ap.error(str(exc))
     if args.logical_ratio is not None and not 0.0 <= args.logical_ratio <= 1.0:
         ap.error(f"--logical-ratio must be in [0, 1], got {args.logical_ratio}")
     os.environ.setdefault("COMGEN_QUIET", "1")

@@ -6,7 +6,7 @@ import pytest
 
 from comgen.errors import ConfigError
 from comgen.generate.baselines import CutPasteGenerator, DraemGenerator, NsaGenerator
-from comgen.generate.config import GenerateConfig, parse_shard
+from comgen.generate.config import GenerateConfig, parse_options, parse_shard
 from comgen.generate.protocol import AnomalyGenerator
 from comgen.generate.registry import BACKENDS, build_generator, check_backend
 
@@ -62,3 +62,12 @@ def test_config_yaml_round_trip_and_validation(tmp_path) -> None:
         GenerateConfig.from_dict({"cutpaste": {"bogus": 1}})
     with pytest.raises(ConfigError, match="beta"):
         GenerateConfig.from_dict({"draem": {"beta": [0.5, 1.0]}})
+
+
+def test_parse_options_from_a_command_line():
+    assert parse_options('{"hole_fill": "surface", "logical_ratio": 1}', "--compositional") == {
+        "hole_fill": "surface", "logical_ratio": 1}
+    with pytest.raises(ConfigError, match="--compositional: not JSON"):
+        parse_options("{hole_fill: surface}", "--compositional")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        parse_options('["hole_fill"]', "--compositional")

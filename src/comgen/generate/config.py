@@ -8,6 +8,7 @@ the registry converts them with their own ``from_dict`` so typos are still refus
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,17 @@ from comgen.errors import ConfigError
 from comgen.generate.baselines.cutpaste import CutPasteConfig
 from comgen.generate.baselines.draem import DraemConfig
 from comgen.generate.baselines.nsa import NsaConfig
+
+
+def parse_options(text: str, where: str) -> dict[str, Any]:
+    """A back-end's options given as a JSON object on a command line (``'{"hole_fill": "surface"}'``)."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(where, f"not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ConfigError(where, f"must be a JSON object, got {text!r}")
+    return options
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
