@@ -139,9 +139,7 @@ def _fill_hole(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: 
     image's own surface first (``_fill_piece``); the reference and inpainting are its fallbacks.
     """
     if fill == "reference":
-        around = ring(hole, max(2, hole.shape[0] // 64))
-        surface = _surface_classes(cm, hole, around, keep_majority=False)
-        _fill_from_reference(img, cm, truth, hole, around, surface, ref, ref_cm, ref_truth, sigma)
+        _fill_piece(img, cm, truth, hole, None, ref, ref_cm, ref_truth, sigma)
         return
     n, pieces = cv2.connectedComponents(hole.astype(np.uint8), connectivity=8)
     busy = dilate(hole, _surface_margin(hole.shape[0]))  # no piece is refilled from another hole
@@ -149,13 +147,15 @@ def _fill_hole(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: 
         _fill_piece(img, cm, truth, pieces == k, busy, ref, ref_cm, ref_truth, sigma)
 
 
-def _fill_piece(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray, busy: np.ndarray,
-                ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None, sigma: float) -> None:
-    """Refill one hole with the surface around it: a patch of this image's own surface where the hole's whole shape
-    fits on it, else reference pixels where the reference shows that surface, else inpainting."""
+def _fill_piece(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
+                busy: np.ndarray | None, ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None,
+                sigma: float) -> None:
+    """Refill one hole with the surface around it: with ``busy`` (the ``surface`` fill: pixels no patch may come
+    from), a patch of this image's own surface where the hole's whole shape fits on it; else, and as its
+    fallback, reference pixels where the reference shows that surface, else inpainting."""
     around = ring(hole, max(2, hole.shape[0] // 64))
-    surface = _surface_classes(cm, hole, around, keep_majority=True)
-    if not _patch_from_own_surface(img, cm, truth, hole, busy, surface, sigma):
+    surface = _surface_classes(cm, hole, around, keep_majority=busy is not None)
+    if busy is None or not _patch_from_own_surface(img, cm, truth, hole, busy, surface, sigma):
         _fill_from_reference(img, cm, truth, hole, around, surface, ref, ref_cm, ref_truth, sigma)
 
 
@@ -169,12 +169,18 @@ def _surface_classes(cm: np.ndarray, hole: np.ndarray, around: np.ndarray, keep_
     # through a washer's hole; dropping it left only a sliver class, and the washer was inpainted as a dark disc)
     core = cv2.erode(hole.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
     if core.any():
-        surface = np.setdiff1d(around_cls, np.unique(cm[core]))
+        drop = np.isin(around_cls, np.unique(cm[core]))
         if keep_majority and around.any():
-            share = np.bincount(cm[around], minlength=int(cm.max()) + 1)[around_cls] / around.sum()
-            surface = around_cls[~np.isin(around_cls, np.unique(cm[core])) | (share >= 0.5)]
+            drop &= np.bincount(cm[around], minlength=int(cm.max()) + 1)[around_cls] < 0.5 * around.sum()
+        surface = around_cls[~drop]
         around_cls = surface if len(surface) else around_cls
     return around_cls
+
+
+def _write_feathered(img: np.ndarray, filled: np.ndarray, hole: np.ndarray, sigma: float) -> None:
+    """Blend a refilled hole into ``img`` in place, opaque inside the hole and soft just outside."""
+    a = _feather(hole, sigma)[..., None]
+    img[:] = (a * filled + (1 - a) * img).round().astype(np.uint8)
 
 
 def _surface_margin(size: int) -> int:
@@ -220,8 +226,7 @@ def _patch_from_own_surface(img: np.ndarray, cm: np.ndarray, truth: np.ndarray |
     cm[ys, xs] = cm[ys + dy, xs + dx]
     if truth is not None:
         truth[ys, xs] = truth[ys + dy, xs + dx]
-    a = _feather(hole, sigma)[..., None]
-    img[:] = (a * filled + (1 - a) * img).round().astype(np.uint8)
+    _write_feathered(img, filled, hole, sigma)
     return True
 
 
@@ -241,8 +246,7 @@ def _fill_from_reference(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | No
         ys, xs = np.nonzero(dilate(hole, 4))
         sl = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         filled[sl] = cv2.inpaint(filled[sl], rest[sl].astype(np.uint8), 3, cv2.INPAINT_TELEA)
-    a = _feather(hole, sigma)[..., None]
-    img[:] = (a * filled + (1 - a) * img).round().astype(np.uint8)
+    _write_feathered(img, filled, hole, sigma)
     fill_cls = int(np.bincount(cm[around]).argmax()) if around.any() else 0
     cm[from_ref] = ref_cm[from_ref]
     cm[rest] = fill_cls

@@ -19,8 +19,8 @@ def nearest_fit(allowed: np.ndarray, shape: np.ndarray, near: tuple[int, int]) -
     ``shape`` is a bool mask cropped to its bounding box. One correlation of the forbidden pixels with the shape
     (by DFT) counts, for every placement at once, how many pixels would fall
     outside ``allowed``; placements that count zero fit. None when none fits.
-    (``matchTemplate`` gives only the placements inside the image, and measured 0.5-0.6 ms at 256 px against
-    3.7-4.4 ms for the same correlation with ``filter2D``.)
+    (``matchTemplate`` gives only the placements inside the image, and took 0.5-0.6 ms at 256 px against
+    3.7-4.4 ms for the same correlation with ``filter2D``: an ad hoc timing, not a ``bench/`` command.)
     """
     h, w = shape.shape
     H, W = allowed.shape
