@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("COMGEN_QUIET", "1")
 
 import numpy as np  # noqa: E402
+import compositional_options  # noqa: E402  # bench/ sibling: the --compositional option
 
 from comgen.components.features import LearnerConfig  # noqa: E402
 from comgen.generate.compositional import CompositionalConfig, CompositionalGenerator  # noqa: E402
@@ -96,18 +97,9 @@ def main() -> None:
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--no-backbone", action="store_true")
     ap.add_argument("--ablation", action="store_true")
-    ap.add_argument("--compositional", default="{}",
-                    help='options of the compositional back-end as JSON, e.g. \'{"hole_fill": "surface"}\'')
+    compositional_options.add_argument(ap)
     a = ap.parse_args()
-    from comgen.errors import ConfigError
-    from comgen.generate.compositional import CompositionalConfig
-    from comgen.generate.config import parse_options
-
-    try:
-        options = parse_options(a.compositional, "--compositional")
-        CompositionalConfig.from_dict(options, "--compositional")  # a misspelt option fails here, not per category
-    except ConfigError as exc:
-        ap.error(str(exc))
+    options = compositional_options.parse(ap, a.compositional)
     cats = [c for c in a.categories.split(",") if c]
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
     if a.data is None:

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import compositional_options  # bench/ sibling: the --compositional option
 
 
 def pooled_features(images: np.ndarray, backbone, pool: str = "avgmax", batch: int = 16) -> np.ndarray:
@@ -147,18 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logical-ratio", type=float, default=None,
                     help="share of logical edits of the compositional back-end (default: its config default); "
                          "1.0 probes its logical edits alone")
-    ap.add_argument("--compositional", default="{}",
-                    help='options of the compositional back-end as JSON, e.g. \'{"hole_fill": "surface"}\'')
+    compositional_options.add_argument(ap)
     args = ap.parse_args(argv)
-    from comgen.errors import ConfigError
-    from comgen.generate.compositional import CompositionalConfig
-    from comgen.generate.config import parse_options
-
-    try:
-        options = parse_options(args.compositional, "--compositional")
-        CompositionalConfig.from_dict(options, "--compositional")  # a misspelt option fails here, not per category
-    except ConfigError as exc:
-        ap.error(str(exc))
+    options = compositional_options.parse(ap, args.compositional)
     if args.logical_ratio is not None and not 0.0 <= args.logical_ratio <= 1.0:
         ap.error(f"--logical-ratio must be in [0, 1], got {args.logical_ratio}")
     os.environ.setdefault("COMGEN_QUIET", "1")
@@ -179,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         generate_benchmark(root, SynthConfig(size=args.size, n_train=args.train, n_validation=args.validation,
                                              n_test=args.test if "anomalies" in (args.against or []) or
-                                             any(b.startswith("real") for b in args.backends.split(",")) else 4,
+                                             any(b in REAL_ROWS for b in args.backends.split(",")) else 4,
                                              seed=args.seed, categories=cats))
         print(f"synth data: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     ds = open_dataset(root)
@@ -199,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         real_imgs = np.stack([resize_rgb(s.load_image(), args.size) for s in held])
         real = {"normal": (real_imgs, None)}
         anomalous = [s for s in ds.samples(cat, "test") if s.kind != "good"]
-        if any(a == "anomalies" for a, _ in regions) or any(b.startswith("real") for b in backends):
+        if any(a == "anomalies" for a, _ in regions) or any(b in REAL_ROWS for b in backends):
             if not anomalous:
                 print(f"  {cat}: no real test anomalies; --against anomalies and the real row skipped",
                       file=sys.stderr)

@@ -1,0 +1,29 @@
+"""``--compositional '{...}'``: the compositional back-end's options for a bench script, as JSON.
+
+Why: an option's figures (``hole_fill: surface``, ``strict_parts: true``) must be rerunnable from ``bench/``; the
+options are checked against ``CompositionalConfig`` before any work, so a misspelt one fails at once, in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--compositional", default="{}",
+                    help='options of the compositional back-end as JSON, e.g. \'{"hole_fill": "surface"}\'')
+
+
+def parse(ap: argparse.ArgumentParser, text: str) -> dict[str, Any]:
+    """The options as a dict, or ``ap.error`` (one line, exit 2) when they are not valid."""
+    from comgen.errors import ConfigError
+    from comgen.generate.compositional import CompositionalConfig
+    from comgen.generate.config import parse_options
+
+    try:
+        options = parse_options(text, "--compositional")
+        CompositionalConfig.from_dict(options, "--compositional")
+    except ConfigError as exc:
+        ap.error(str(exc))
+    return options
