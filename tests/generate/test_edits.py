@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from comgen.generate.component_bank import ComponentBank
+from comgen.generate.component_bank import ComponentBank, dilate
 from comgen.generate.edits import (
     discrete_capacity,
     free_positions,
@@ -281,3 +281,58 @@ def test_strict_parts_a_container_cut_by_its_own_pixels_is_not_moved_pasted_or_r
             p, comp = _plan(b, kind, seed)
             moved = p.edit.classes if kind == "add" else [comp.components[t].class_id for t in p.edit.target]
             assert 1 not in moved, (kind, seed)  # never a hollow body, nor a lever left floating
+
+
+def _cells_bank(n: int = 8, size: int = 64) -> ComponentBank:
+    """Each image: two compartments (class 1, 24 px) on the floor, each holding one pin (class 2, 5 px), as a
+    pushpin grid's cells. The pins' host is a part class, not the background."""
+    rng = np.random.default_rng(0)
+    maps = np.zeros((n, size, size), np.uint8)
+    imgs = np.full((n, size, size, 3), (40, 45, 50), np.uint8)
+    for i in range(n):
+        for x0 in (4, 34):
+            maps[i, 20:44, x0:x0 + 24] = 1
+            y, x = 22 + int(rng.integers(0, 16)), x0 + 2 + int(rng.integers(0, 16))
+            maps[i, y:y + 5, x:x + 5] = 2
+    imgs[maps == 1] = (170, 180, 200)
+    imgs[maps == 2] = (230, 190, 30)
+    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4)
+
+
+def test_a_pin_is_added_and_moved_on_a_host_that_is_itself_a_part_class():
+    b = _cells_bank()
+    assert all(it.host == 1 for it in b.items_of(2))
+    for kind in ("add", "move"):
+        seen = False
+        for seed in range(20):
+            p, comp = _plan(b, kind, seed)
+            moved = p.edit.classes if kind == "add" else [comp.components[p.edit.target[0]].class_id]
+            if moved != [2]:
+                continue
+            seen = True
+            pin = p.components[-1].mask
+            assert (b.class_maps[p.source][pin] == 1).all(), kind  # inside a compartment
+            others = np.zeros_like(pin)
+            for c in p.components[:-1]:
+                if c.class_id == 2:
+                    others |= c.mask
+            assert not (dilate(others, 1) & pin).any(), kind  # not touching another pin: no merged blob
+        assert seen, kind  # before, a pin's host was all taken by its own compartments, so neither ever ran
+
+
+def test_a_sliver_of_a_class_is_not_counted_as_a_part():
+    imgs, truth = toy_images(8, 64, 0)
+    maps = truth.copy()
+    maps[3, 0:2, 0:3] = 1  # a 6 px sliver of class 1 in one image, far below its parts' median area
+    b = ComponentBank(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4)
+    class CountsSlivers(ComponentBank):
+        fragment_share = 0.0
+
+    with_sliver = CountsSlivers(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4)
+    plain = ComponentBank(imgs, truth, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4)
+    assert len(with_sliver.components[3]) == len(plain.components[3]) + 1  # min_area alone keeps it
+    assert [c.area for c in b.components[3]] == [c.area for c in plain.components[3]]
+    assert (b.instance_maps[3][0:2, 0:3] == 0).all() and (b.class_maps[3][0:2, 0:3] == 1).all()
+    assert len(b.items) == len(plain.items)
+    comp = b.composition(3)
+    assert all(c.mask.sum() == c.area for c in comp.components)  # the instance map was renumbered

@@ -184,6 +184,21 @@ def _hole(bank: ComponentBank, mask: np.ndarray) -> np.ndarray:
     return dilate(mask, max(1, int(round(3 * bank.size / 256))))
 
 
+def _parts_on(bank: ComponentBank, i: int, host: int) -> np.ndarray:
+    """Pixels of image ``i`` taken by parts, other than the ``host`` surface a part is put on.
+
+    Why not every instance: when the host is itself a part class (a pushpin grid's cells, a breakfast tray), its
+    own instances cover all of it, and no extra pin or lime could ever be placed (add and move never ran there).
+    """
+    return (bank.instance_maps[i] > 0) & (bank.class_maps[i] != host)
+
+
+def _gap(bank: ComponentBank) -> int:
+    """Pixels kept free around other parts where a part is put (4 at 256 px). Why: a pin put 1 px from another
+    pin merged with it in the segmentation, one part and no extra one (3 of 15 added pins at 256 px)."""
+    return max(1, int(round(bank.size / 64)))
+
+
 def _centered(mask: np.ndarray, centroid: tuple[float, float]) -> tuple[int, int]:
     ys, xs = np.nonzero(mask)
     return int(round(centroid[0] - ys.mean())), int(round(centroid[1] - xs.mean()))
@@ -247,7 +262,7 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     if not items:
         return None
     it: BankItem = items[int(rng.integers(len(items)))]
-    free = (bank.class_maps[i] == it.host) & ~dilate(bank.instance_maps[i] > 0, 1)
+    free = (bank.class_maps[i] == it.host) & ~dilate(_parts_on(bank, i, it.host), _gap(bank))
     pos = free_positions(free, it.mask, rng=rng)
     if len(pos) == 0:
         return None
@@ -324,8 +339,8 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     host = bank.hosts[i][t]
     cut = _cut(bank, i, comp, t)
     full = cut.full_mask(comp.image_shape)
-    others = (bank.instance_maps[i] > 0) & ~full
-    free = ((bank.class_maps[i] == host) | full) & ~dilate(others, 1)
+    others = _parts_on(bank, i, host) & ~full
+    free = ((bank.class_maps[i] == host) | full) & ~dilate(others, _gap(bank))
     y0, x0 = cut.top_left
 
     def far_enough(p: np.ndarray) -> np.ndarray:
