@@ -38,6 +38,8 @@ HOLE_FILLS = ("reference", "surface")  # CompositionalConfig.hole_fill
 class CompositionalConfig(ConfigBase):
     """Options of the compositional back-end (nested under GenerateConfig)."""
 
+    # The figures of the hole_fill, strict_parts and logical_ratio comments were measured before the sliver and
+    # host fixes of 2026-12-01 (ComponentBank._drop_fragments, edits._parts_on); the README dates each.
     image_size: int = 256
     edit_kinds: list[str] = field(default_factory=lambda: list(ALL_EDITS))
     # Share of logical anomalies when both families are enabled. 0.5 was measured against 0.8: on the 128-px
@@ -46,7 +48,8 @@ class CompositionalConfig(ConfigBase):
     # (structural sPRO 0.528 / 0.364 with 0.8, 0.004 / 0.000 with 0.5, two seeds). Localisation that works at full size wins.
     # Measured again with the transplant edit (ad hoc, two seeds): 0.5 no longer helps at 128 px (network alone
     # 0.616 / 0.833 against 0.634 / 0.825) and lowers screw_bag at 256 px (structural AUROC 0.561 / 0.654 against
-    # 0.678 / 0.743).
+    # 0.678 / 0.743). After the sliver and host fixes, 0.7 (ad hoc, two seeds) gave the 128-px structural figures
+    # back (fused 0.868 against 0.841) but lowered the demo's logical AUROC (0.955 against 0.966).
     logical_ratio: float = 0.8
     low_density: bool = True  # False = the "ComGEN without LS" ablation
     candidates: int = 8  # candidate edits scored per round
