@@ -26,6 +26,7 @@ the real logical anomalies alone: the floor to compare with ``--logical-ratio 1`
     python bench/realism_probe.py --size 128 --train 40 --validation 40 --n 60 --region image --region mask \
         --against normal --against anomalies [--backends compositional,cutpaste,draem,nsa,real] [--logical-ratio 1]
     python bench/realism_probe.py ... --backends compositional,real-logical --logical-ratio 1
+    python bench/realism_probe.py ... --backends compositional,cutpaste --seeds 0,1,2   # and the mean over seeds
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="auto", help="backbone weights: auto | random | PATH")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated seeds (replaces --seed): one probe per seed (its own benchmark images, "
+                         "anomalies and folds), then the mean over seeds; one seed's figure moves by several points")
     ap.add_argument("--pool", choices=("avg", "avgmax"), default="avgmax")
     ap.add_argument("--region", action="append", choices=("image", "mask"), default=None,
                     help="probe whole images and/or crops around the masks (repeatable; default both)")
@@ -153,8 +157,24 @@ def main(argv: list[str] | None = None) -> int:
     options = compositional_options.parse(ap, args.compositional)
     if args.logical_ratio is not None and not 0.0 <= args.logical_ratio <= 1.0:
         ap.error(f"--logical-ratio must be in [0, 1], got {args.logical_ratio}")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else [args.seed]
+    except ValueError:
+        ap.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not seeds:
+        ap.error("--seeds is empty")
     os.environ.setdefault("COMGEN_QUIET", "1")
+    means = [probe_seed(args, seed, options) for seed in seeds]
+    if len(seeds) > 1:
+        keys = list(means[0])
+        print(f"\n{'mean of seeds ' + ','.join(map(str, seeds)):<16}"
+              + "".join(f"{np.nanmean([m[k] for m in means]):>26.3f}" for k in keys))
+    return 0
 
+
+def probe_seed(args: argparse.Namespace, seed: int, options: dict) -> dict[tuple[str, tuple[str, str]], float]:
+    """One probe on the benchmark, anomalies and folds of ``seed``; prints its table, returns its mean row."""
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
     from comgen.data.readers import open_dataset
     from comgen.data.synth import CATEGORIES, SynthConfig, generate_benchmark
     from comgen.detect.backbone import BackboneConfig, build_backbone
@@ -248,11 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                 cells[(b, (a, r))] = f"{acc:.3f}±{sd:.3f}"
         print(f"{cat:<16}" + "".join(f"{cells.get((b, ar), 'n/a'):>26}" for ar in regions for b in backends),
               flush=True)
-    print(f"{'mean':<16}" + "".join(f"{np.mean(table[(b, ar)]) if table[(b, ar)] else float('nan'):>26.3f}"
-                                    for ar in regions for b in backends))
+    mean = {(b, ar): float(np.mean(table[(b, ar)])) if table[(b, ar)] else float("nan")
+            for ar in regions for b in backends}
+    print(f"{'mean' if not args.seeds else f'mean (seed {seed})':<16}" + "".join(f"{v:>26.3f}" for v in mean.values()))
     if tmp is not None:
         tmp.cleanup()
-    return 0
+    return mean
 
 
 if __name__ == "__main__":
