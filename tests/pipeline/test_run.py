@@ -27,7 +27,7 @@ def _quick_config():
     return cfg.replace(n_anomalies=12, detector=cfg.detector.replace(epochs=1))
 
 
-def test_run_all_stages_then_skip_then_cascade(tiny: Path, tmp_path: Path) -> None:
+def test_run_all_stages_then_skip_then_cascade(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     logs: list[str] = []
     cfg = _quick_config()
     run = run_category(tiny, "screw_bag", tmp_path / "run", cfg, log=logs.append)
@@ -54,6 +54,17 @@ def test_run_all_stages_then_skip_then_cascade(tiny: Path, tmp_path: Path) -> No
     assert redone == ["run.train", "run.predict", "run.evaluate"]
     assert RunDir.open(tmp_path / "run").stage_done("run.evaluate", RunDir.open(tmp_path / "run")._stages()
                                                    ["run.evaluate"]["hash"])
+
+    # a newer generator (same config, other anomalies): the set is made anew, and everything after it reruns
+    from comgen.generate import registry
+
+    monkeypatch.setitem(registry.REVISIONS, "compositional", registry.generator_revision("compositional") + 1)
+    logs.clear()
+    run_category(tiny, "screw_bag", tmp_path / "run", changed, log=logs.append)
+    redone = [m.split("[")[1].split("]")[0] for m in logs if m.endswith("running")]
+    assert redone == ["run.generate", "run.mask", "run.train", "run.predict", "run.evaluate"]
+    saved = json.loads((run.root / "generated/compositional/generator.json").read_text())
+    assert saved["revision"] == registry.REVISIONS["compositional"]
 
 
 def test_cli_run_refuses_unknown_category(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

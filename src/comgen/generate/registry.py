@@ -16,6 +16,18 @@ from comgen.generate.protocol import AnomalyGenerator
 
 BACKENDS: tuple[str, ...] = ("compositional", "cutpaste", "draem", "nsa", "diffusion")
 
+#: Revision of a back-end's behaviour, raised when the same config makes different anomalies than before. Why:
+#: a generated folder (and a run's generate stage) is reused while its config matches, so without it a rerun
+#: after an upgrade kept the old code's anomalies. Back-ends not listed are at revision 1.
+#: compositional 2 (2026-12-01): slivers are not counted as parts (ComponentBank._drop_fragments); add and move
+#: put parts on a host that is itself a part class, with a gap of 1/64 of the image (edits._parts_on, _gap).
+REVISIONS: dict[str, int] = {"compositional": 2}
+
+
+def generator_revision(name: str) -> int:
+    """The behaviour revision of back-end ``name`` (see ``REVISIONS``)."""
+    return REVISIONS.get(name, 1)
+
 
 def check_backend(name: str) -> str:
     """Return ``name`` if it is a known back-end, else ConfigError listing the valid ones."""

@@ -32,6 +32,7 @@ import numpy as np
 from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.generate.config import GenerateConfig
 from comgen.generate.protocol import AnomalyGenerator
+from comgen.generate.registry import generator_revision
 from comgen.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_png
 from comgen.progress import progress
 from comgen.records import Anomaly
@@ -153,6 +154,24 @@ def _check_config(out: Path, cfg: GenerateConfig) -> None:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ConfigError(out, f"already holds anomalies generated with another config (differs in: "
                                f"{', '.join(diff)}); use another --out or remove the folder")
+    saved, current = saved_revision(out), generator_revision(cfg.backend)
+    if saved != current:
+        raise ConfigError(out, f"already holds anomalies of the {cfg.backend} generator's revision {saved}, and "
+                               f"this comgen makes revision {current}; use another --out or remove the folder")
+
+
+REVISION_FILE = "generator.json"
+
+
+def saved_revision(out: str | Path) -> int:
+    """The generator revision a generated folder was made with (1: made before revisions were recorded)."""
+    path = Path(out) / REVISION_FILE
+    if not path.is_file():
+        return 1
+    try:
+        return int(json.loads(path.read_text())["revision"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(path, "unreadable generator revision; use another --out or remove the folder") from None
 
 
 def _repair_jsonl(path: Path) -> None:
@@ -275,6 +294,7 @@ def write_generated(generator: AnomalyGenerator, out: str | Path, cfg: GenerateC
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
     cfg.replace(shard=None).save(out / "config.yaml")  # identical for every shard
+    atomic_write_json(out / REVISION_FILE, {"backend": cfg.backend, "revision": generator_revision(cfg.backend)})
     shard = cfg.shard_index
     manifest = out / shard_manifest(*shard)
     _repair_jsonl(manifest)

@@ -15,6 +15,7 @@ from typing import Any
 
 from comgen.config import ConfigBase
 from comgen.errors import DatasetError
+from comgen.generate.registry import generator_revision
 from comgen.pipeline.config import RunConfig
 from comgen.pipeline.stages import StageRunner
 from comgen.rundir import RunDir
@@ -63,17 +64,19 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
 
     def generate() -> dict[str, Any]:
         from comgen.generate.registry import build_generator
-        from comgen.generate.writer import write_generated
+        from comgen.generate.writer import saved_revision, write_generated
 
         folder = run.generated(cfg.backend)
-        if not _same_saved_config(folder / "config.yaml", cfg.generate):
+        if not _same_saved_config(folder / "config.yaml", cfg.generate) or \
+                saved_revision(folder) != generator_revision(cfg.backend):
             _fresh(folder)
         generator = build_generator(cfg.backend, cfg.generate)
         generator.fit(train, run)
         summary = write_generated(generator, folder, cfg.generate, log=log)
         return {"written": summary.written, "rate_per_s": round(summary.rate, 2)}
 
-    runner.stage("run.generate", cfg.generate.hash(), generate)
+    revision = generator_revision(cfg.backend)  # a newer generator's anomalies differ under the same config
+    runner.stage("run.generate", cfg.generate.hash() + (f"-r{revision}" if revision > 1 else ""), generate)
 
     if cfg.mask:
         def mask() -> dict[str, Any]:
