@@ -65,6 +65,10 @@ def test_run_all_stages_then_skip_then_cascade(tiny: Path, tmp_path: Path, monke
     assert redone == ["run.generate", "run.mask", "run.train", "run.predict", "run.evaluate"]
     saved = json.loads((run.root / "generated/compositional/generator.json").read_text())
     assert saved["revision"] == registry.REVISIONS["compositional"]
+    (run.root / "generated/compositional/generator.json").write_text("{broken")  # the run owns it: made anew
+    logs.clear()
+    run_category(tiny, "screw_bag", tmp_path / "run", changed, force=True, log=logs.append)
+    assert json.loads((run.root / "generated/compositional/generator.json").read_text()) == saved
 
 
 def test_cli_run_refuses_unknown_category(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -31,6 +31,18 @@ def _same_saved_config(path: Path, cfg: ConfigBase) -> bool:
         return False
 
 
+def _same_revision(folder: Path, backend: str) -> bool:
+    """True when the generated ``folder`` was made by this comgen's revision of ``backend`` (an unreadable
+    record counts as another revision: the run owns the folder and makes it anew)."""
+    from comgen.errors import ConfigError
+    from comgen.generate.writer import saved_revision
+
+    try:
+        return saved_revision(folder) == generator_revision(backend)
+    except ConfigError:
+        return False
+
+
 def _fresh(folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
@@ -64,11 +76,10 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
 
     def generate() -> dict[str, Any]:
         from comgen.generate.registry import build_generator
-        from comgen.generate.writer import saved_revision, write_generated
+        from comgen.generate.writer import write_generated
 
         folder = run.generated(cfg.backend)
-        if not _same_saved_config(folder / "config.yaml", cfg.generate) or \
-                saved_revision(folder) != generator_revision(cfg.backend):
+        if not (_same_saved_config(folder / "config.yaml", cfg.generate) and _same_revision(folder, cfg.backend)):
             _fresh(folder)
         generator = build_generator(cfg.backend, cfg.generate)
         generator.fit(train, run)
