@@ -157,14 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     options = compositional_options.parse(ap, args.compositional)
     if args.logical_ratio is not None and not 0.0 <= args.logical_ratio <= 1.0:
         ap.error(f"--logical-ratio must be in [0, 1], got {args.logical_ratio}")
+    from comgen.errors import ConfigError
+    from comgen.pipeline.bench_cli import parse_seeds
+
     try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else [args.seed]
-    except ValueError:
-        ap.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    if not seeds:
-        ap.error("--seeds is empty")
+        seeds = parse_seeds(args.seeds) if args.seeds else (args.seed,)
+    except ConfigError as exc:
+        ap.error(str(exc))
     os.environ.setdefault("COMGEN_QUIET", "1")
-    means = [probe_seed(args, seed, options) for seed in seeds]
+    from comgen.detect.backbone import BackboneConfig, build_backbone
+
+    backbone = build_backbone(BackboneConfig(weights=args.weights))  # once for every seed
+    means = [probe_seed(args, seed, options, backbone) for seed in seeds]
     if len(seeds) > 1:
         keys = list(means[0])
         print(f"\n{'mean of seeds ' + ','.join(map(str, seeds)):<16}"
@@ -172,12 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def probe_seed(args: argparse.Namespace, seed: int, options: dict) -> dict[tuple[str, tuple[str, str]], float]:
+def probe_seed(args: argparse.Namespace, seed: int, options: dict,
+               backbone) -> dict[tuple[str, tuple[str, str]], float]:
     """One probe on the benchmark, anomalies and folds of ``seed``; prints its table, returns its mean row."""
     args = argparse.Namespace(**{**vars(args), "seed": seed})
     from comgen.data.readers import open_dataset
     from comgen.data.synth import CATEGORIES, SynthConfig, generate_benchmark
-    from comgen.detect.backbone import BackboneConfig, build_backbone
     from comgen.errors import ComgenError
     from comgen.generate.config import GenerateConfig
     from comgen.generate.registry import build_generator
@@ -195,7 +199,6 @@ def probe_seed(args: argparse.Namespace, seed: int, options: dict) -> dict[tuple
                                              seed=args.seed, categories=cats))
         print(f"synth data: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     ds = open_dataset(root)
-    backbone = build_backbone(BackboneConfig(weights=args.weights))
     print(f"backbone {backbone.source}; image size {args.size}; {args.n} anomalies per back-end; "
           f"{args.folds}-fold logistic regression (chance = 0.5, lower = more realistic)")
     backends = args.backends.split(",")
