@@ -38,8 +38,9 @@ HOLE_FILLS = ("reference", "surface")  # CompositionalConfig.hole_fill
 class CompositionalConfig(ConfigBase):
     """Options of the compositional back-end (nested under GenerateConfig)."""
 
-    # The figures of the hole_fill, strict_parts and logical_ratio comments were measured before the sliver and
-    # host fixes of 2026-12-01 (ComponentBank._drop_fragments, edits._parts_on); the README dates each.
+    # The figures of the hole_fill and strict_parts comments, and of the logical_ratio comment but its last
+    # sentence, were measured before the sliver and host fixes of 2026-12-01 (ComponentBank._drop_fragments,
+    # edits._parts_on); the README dates each.
     image_size: int = 256
     edit_kinds: list[str] = field(default_factory=lambda: list(ALL_EDITS))
     # Share of logical anomalies when both families are enabled. 0.5 was measured against 0.8: on the 128-px
