@@ -1,6 +1,7 @@
 """Generator benchmark: the same CSDA detector trained with each anomaly source (also `comgen bench generators`).
 
     python bench/generators.py --out bench_runs/generators [--size 128] [--categories all] [--epochs 12] [--seeds 0,1]
+    python bench/generators.py --rows 0 --compositional '{"logical_ratio": 0.5}'   # the full row and a variant
 
 Builds the built-in benchmark at the chosen size (if missing), runs every row and prints the Markdown table.
 """
@@ -19,11 +20,15 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--categories", default="all")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based) or 'all'")
+    parser.add_argument("--rows", default="all", help="comma-separated row numbers (0-based), 'all' or 'none'")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds: each row runs once per seed, the table "
                                                      "gives the mean and the spread across seeds")
+    parser.add_argument("--compositional", action="append", default=[],
+                        help='an extra ComGEN row with these compositional options, as JSON (repeatable), '
+                             'e.g. \'{"logical_ratio": 0.5}\'')
     args = parser.parse_args()
     try:
-        main_generators(args.out, args.size, args.categories, args.epochs, args.rows, args.seeds)
+        main_generators(args.out, args.size, args.categories, args.epochs, args.rows, args.seeds,
+                        args.compositional)
     except ComgenError as exc:
         sys.exit(f"error: {exc}")

@@ -10,7 +10,7 @@ import pytest
 
 from comgen.errors import ConfigError
 from comgen.pipeline.bench import ROWS, Row, benchmark_markdown, row_config, run_generator_benchmark
-from comgen.pipeline.bench_cli import parse_seeds
+from comgen.pipeline.bench_cli import compositional_rows, main_generators, parse_seeds, select_rows
 from comgen.pipeline.demo import demo_settings
 
 
@@ -49,3 +49,27 @@ def test_parse_seeds() -> None:
     for bad in ("a", "0,0", "-1", ""):
         with pytest.raises(ConfigError):
             parse_seeds(bad)
+
+
+def test_select_rows() -> None:
+    assert select_rows("all") == ROWS and select_rows("none") == ()
+    assert select_rows("0,3") == (ROWS[0], ROWS[3])
+    for bad in ("x", "0,0", str(len(ROWS)), "-1", ""):
+        with pytest.raises(ConfigError):
+            select_rows(bad)
+
+
+def test_compositional_rows_are_checked_before_any_work() -> None:
+    (row,) = compositional_rows(['{"logical_ratio": 0.5, "low_density": false}'])
+    assert row.backend == "compositional" and row.compositional == {"logical_ratio": 0.5, "low_density": False}
+    assert row.name == 'comgen {"logical_ratio": 0.5, "low_density": false}'
+    for bad in (['{"logical_ratio": 2}'], ['{"no_such_option": 1}'], ["not json"], ["[1]"], ["{}", "{}"]):
+        with pytest.raises(ConfigError):
+            compositional_rows(bad)
+
+
+def test_bad_rows_fail_before_the_benchmark_is_built(tmp_path: Path) -> None:
+    for rows, extra in (("9", ()), ("none", ()), ("0", ('{"edit_kinds": ["teleport"]}',))):
+        with pytest.raises(ConfigError):
+            main_generators(tmp_path, 64, "cable_pair", rows=rows, compositional=extra)
+    assert not (tmp_path / "data").exists()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from comgen.errors import ConfigError
 from comgen.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from comgen.pipeline.bench import Row
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -19,14 +24,59 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def select_rows(text: str) -> tuple[Row, ...]:
+    """"all", "none" or row numbers ("0,3") -> the benchmark's rows; refuses unknown or repeated numbers."""
+    from comgen.pipeline.bench import ROWS
+
+    if text == "all":
+        return ROWS
+    if text == "none":
+        return ()
+    try:
+        picked = [int(t) for t in str(text).split(",")]
+    except ValueError:
+        raise ConfigError("rows", f"{text!r} is not 'all', 'none' or comma-separated row numbers (e.g. 0,3)") from None
+    bad = [i for i in picked if not 0 <= i < len(ROWS)]
+    if bad or len(set(picked)) != len(picked):
+        raise ConfigError("rows", f"{text!r}: need distinct row numbers from 0 to {len(ROWS) - 1}")
+    return tuple(ROWS[i] for i in picked)
+
+
+def compositional_rows(options: Sequence[str]) -> tuple[Row, ...]:
+    """One extra ComGEN row per JSON object of compositional options (``'{"logical_ratio": 0.5}'``).
+
+    Why: a variant's figures (an ablation, another edit mix) must be rerunnable from ``bench/`` with the same
+    detector and seeds as the fixed rows. Every object is checked against ``CompositionalConfig`` before any work.
+    """
+    import json
+
+    from comgen.generate.compositional import CompositionalConfig
+    from comgen.generate.config import parse_options
+    from comgen.pipeline.bench import Row
+
+    rows = []
+    for text in options:
+        parsed = parse_options(text, "--compositional")
+        CompositionalConfig.from_dict(parsed, "--compositional")
+        rows.append(Row(f"comgen {json.dumps(parsed, sort_keys=True)}", "compositional", parsed))
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise ConfigError("--compositional", "the same options are given twice")
+    return tuple(rows)
+
+
 def main_generators(out: str | Path, size: int = 128, categories: str = "all", epochs: int | None = None,
-                    rows: str = "all", seeds: str = "0") -> str:
+                    rows: str = "all", seeds: str = "0", compositional: Sequence[str] = ()) -> str:
     from comgen.data.synth.config import SynthConfig
     from comgen.data.synth.writer import generate_benchmark
-    from comgen.pipeline.bench import ROWS, benchmark_markdown, run_generator_benchmark
+    from comgen.pipeline.bench import benchmark_markdown, run_generator_benchmark
     from comgen.pipeline.demo import demo_settings
 
-    seed_list = parse_seeds(seeds)  # before any work: a typo must not cost a benchmark build
+    # before any work: a typo must not cost a benchmark build
+    seed_list = parse_seeds(seeds)
+    chosen = select_rows(rows) + compositional_rows(compositional)
+    if not chosen:
+        raise ConfigError("rows", "no row to run (--rows none and no --compositional)")
     out = Path(out)
     synth, cfg = demo_settings(size, categories, quick=False)
     if epochs is not None:
@@ -34,7 +84,6 @@ def main_generators(out: str | Path, size: int = 128, categories: str = "all", e
     data = out / "data"
     if not (data / "config.yaml").is_file() or SynthConfig.load(data / "config.yaml").hash() != synth.hash():
         generate_benchmark(data, synth)
-    chosen = ROWS if rows == "all" else tuple(ROWS[int(i)] for i in rows.split(","))
     table = run_generator_benchmark(data, out / "runs", cfg, categories, chosen, seeds=seed_list)
     text = benchmark_markdown(table)
     atomic_write_text(out / "generators.md", text + "\n")

@@ -55,11 +55,14 @@ def register(app: typer.Typer) -> None:
         size: int = typer.Option(128, "--size"),
         categories: str = typer.Option("all", "--categories"),
         epochs: Optional[int] = typer.Option(None, "--epochs"),
-        rows: str = typer.Option("all", "--rows", help="Comma-separated row numbers (0-based) or 'all'."),
+        rows: str = typer.Option("all", "--rows", help="Comma-separated row numbers (0-based), 'all' or 'none'."),
         seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds; each row runs once per seed and "
                                                       "the table gives the mean (and the spread across seeds)."),
+        compositional: list[str] = typer.Option([], "--compositional", help="An extra ComGEN row with these "
+                                                "compositional options, as JSON (repeatable), e.g. "
+                                                "'{\"logical_ratio\": 0.5}'."),
     ) -> None:
         """The same CSDA detector trained with each anomaly source; prints the Markdown table."""
         from comgen.pipeline.bench_cli import main_generators
 
-        main_generators(out, size, categories, epochs, rows, seeds)
+        main_generators(out, size, categories, epochs, rows, seeds, compositional)
