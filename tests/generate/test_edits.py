@@ -336,3 +336,59 @@ def test_a_sliver_of_a_class_is_not_counted_as_a_part():
     assert len(b.items) == len(plain.items)
     comp = b.composition(3)
     assert all(c.mask.sum() == c.area for c in comp.components)  # the instance map was renumbered
+
+
+def _placed_bank(n: int = 10, size: int = 64, placement_check: bool = True) -> ComponentBank:
+    """Each image: two class-1 parts (6x6) at the same places up to 1 px, and two class-2 parts (6x6) anywhere;
+    a class-3 part (6x6) at one place, in the first three images only (a rare class, not a loose one)."""
+    rng = np.random.default_rng(0)
+    maps = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        for y, x in ((8, 8), (8, 44)):
+            dy, dx = rng.integers(0, 2, 2)
+            maps[i, y + dy:y + dy + 6, x + dx:x + dx + 6] = 1
+        placed = 0
+        while placed < 2:
+            y, x = rng.integers(20, size - 8, 2)
+            if not maps[i, y - 2:y + 8, x - 2:x + 8].any():
+                maps[i, y:y + 6, x:x + 6] = 2
+                placed += 1
+        if i < 3:
+            maps[i, 50:56, 4:10] = 3
+    imgs = np.full((n, size, size, 3), (40, 45, 50), np.uint8)
+    for k, col in ((1, (200, 60, 60)), (2, (60, 200, 60)), (3, (60, 60, 200))):
+        imgs[maps == k] = col
+    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4,
+                         placement_check=placement_check)
+
+
+def test_placement_edits_act_only_on_parts_at_fixed_places():
+    b = _placed_bank()
+    assert b.place_share[1] > 0.9 and b.place_share[2] < 0.5
+    assert b.place_share[3] == 1.0  # measured among the images that hold it: rare, but always at one place
+    assert b.fixed_place(1) and not b.fixed_place(2)
+    edited: dict[str, list[set[int]]] = {}
+    for kind in ("remove", "add", "move", "replace", "swap", "resize", "recolor"):
+        for seed in range(25):
+            p, comp = _plan(b, kind, seed)
+            classes = set(p.edit.classes) if kind == "add" else {comp.components[t].class_id for t in p.edit.target}
+            edited.setdefault(kind, []).append(classes)
+    # a missing, extra, moved or replaced loose part would look like a normal one: never a class-2 part
+    for kind in ("remove", "add", "move", "replace"):
+        assert all(2 not in c for c in edited[kind]), kind
+    assert all(c & {1, 3} for c in edited["swap"])  # a swap moves at least one part at fixed places
+    assert any(2 in c for c in edited["swap"])
+    for kind in ("resize", "recolor"):  # the part itself changes: visible anywhere
+        assert any(2 in c for c in edited[kind]), kind
+    free = _placed_bank(placement_check=False)
+    assert any(2 in [comp.components[t].class_id for t in p.edit.target]
+               for p, comp in (_plan(free, "remove", seed) for seed in range(25)))
+
+
+def test_placement_rule_reasons_when_no_class_has_fixed_places():
+    b = _placed_bank()
+    b.fixed_place_share = 1.1  # no class qualifies
+    reasons = possible_kinds(b)
+    for kind in ("remove", "add", "move", "replace", "swap"):
+        assert reasons[kind] is not None and "fixed places" in reasons[kind], kind
+    assert reasons["resize"] is None and reasons["recolor"] is None

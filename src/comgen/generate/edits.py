@@ -254,7 +254,8 @@ def plan_remove(bank: ComponentBank, i: int, comp: Composition, rng: np.random.G
 
 
 def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    classes = [k for k in bank.classes() if bank.stable(k)]  # an extra part only breaks a fixed count
+    # an extra part only breaks a fixed count, and only shows where parts of its class have fixed places
+    classes = [k for k in bank.classes() if bank.stable(k) and bank.fixed_place(k)]
     if not classes:
         return None
     k = int(rng.choice(classes))
@@ -272,9 +273,15 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     return _finish("add", i, comp, [], [k], params, list(comp.components), pastes, None)
 
 
+def _placeable(bank: ComponentBank, c: Component) -> bool:
+    """A loose part whose place other normal images repeat: what move and replace act on (see
+    ``ComponentBank.fixed_place``; resize and recolor change the part itself and act on any loose part)."""
+    return bank.movable(c) and bank.fixed_place(c.class_id)
+
+
 def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
                  max_extent: float = 3.0) -> EditPlan | None:
-    t = _random_target(comp, rng, bank.movable)
+    t = _random_target(comp, rng, lambda c: _placeable(bank, c))
     if t is None:
         return None
     c = comp.components[t]
@@ -332,7 +339,7 @@ def plan_recolor(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
 
 def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
               min_shift: float = 0.12) -> EditPlan | None:
-    t = _random_target(comp, rng, bank.movable)
+    t = _random_target(comp, rng, lambda c: _placeable(bank, c))
     if t is None:
         return None
     c = comp.components[t]
@@ -381,6 +388,7 @@ def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     # With strict_parts, area alone is not enough: a thin frame (a pushpin grid's separators, 17% of the image in
     # a 110 px box) has the area of three cells, and swapping it with one cell pasted the whole grid around it
     pairs = [(a, b) for a in loose for b in loose if a < b and cs[a].class_id != cs[b].class_id
+             and (bank.fixed_place(cs[a].class_id) or bank.fixed_place(cs[b].class_id))
              and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)
              and (not bank.strict_parts or _similar_extent(cs[a].bbox, cs[b].bbox, max_swap_extent))]
     if not pairs:
@@ -465,26 +473,32 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
     has = any(len(cs) for cs in bank.components)
     loose = [[c for c in cs if bank.movable(c)] for cs in bank.components]
     loose_classes = {c.class_id for cs in loose for c in cs}
-    multi = any(len({c.class_id for c in cs}) >= 2 for cs in loose)
+    placed = {k for k in loose_classes if bank.fixed_place(k)}
+    multi = any(len({c.class_id for c in cs}) >= 2 and placed & {c.class_id for c in cs} for cs in loose)
     too_big = (f"no part of its class's typical size and at most {bank.max_part_area:.0%} of the image "
                "(max_part_area)")
     reasons: dict[str, str | None] = {}
     for k in ALL_EDITS:
         if k == "swap":
-            reasons[k] = None if multi else "no image has loose parts of two different classes to swap"
+            reasons[k] = None if multi else ("no image has loose parts of two different classes to swap, one of "
+                                             "them at fixed places")
         elif k == "replace":
-            reasons[k] = None if len(loose_classes) >= 2 else "fewer than two classes of loose parts were learned"
+            reasons[k] = None if len(loose_classes) >= 2 and placed else \
+                "fewer than two classes of loose parts were learned, or none lies at fixed places"
         elif k == "recolor":
             reasons[k] = None if any(bank.confident(c) for cs in bank.components for c in cs) else \
                 "no part class has the same instance count in most training images"
         elif k == "remove":
             reasons[k] = None if any(bank.removable(c) for cs in bank.components for c in cs) else \
-                "no small part class that holds no other parts has the same instance count in most training images"
+                ("no small part class that holds no other parts and lies at fixed places has the same instance "
+                 "count in most training images")
         elif k == "add":
-            reasons[k] = None if any(bank.stable(c) and any(bank.movable(it) for it in bank.items_of(c))
-                                     for c in bank.classes()) \
-                else "no small part class has the same instance count in most training images"
-        elif k in ("move", "resize"):
+            reasons[k] = None if any(bank.stable(c) and bank.fixed_place(c)
+                                     and any(bank.movable(it) for it in bank.items_of(c)) for c in bank.classes()) \
+                else "no small part class at fixed places has the same instance count in most training images"
+        elif k == "move":
+            reasons[k] = None if placed else (too_big if not any(loose) else "no loose part class lies at fixed places")
+        elif k == "resize":
             reasons[k] = None if any(loose) else too_big
         else:
             reasons[k] = None if has else "no component instance found in any training image"
@@ -501,5 +515,6 @@ def discrete_capacity(bank: ComponentBank, kinds: list[str]) -> float:
             total += sum(bank.removable(c) for c in cs)  # what plan_remove may target
         if "swap" in kinds:
             cls = [c.class_id for c in cs]
-            total += sum(1 for a in range(len(cs)) for b in range(a + 1, len(cs)) if cls[a] != cls[b])
+            total += sum(1 for a in range(len(cs)) for b in range(a + 1, len(cs)) if cls[a] != cls[b]
+                         and (bank.fixed_place(cls[a]) or bank.fixed_place(cls[b])))
     return float(total)
