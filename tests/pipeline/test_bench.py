@@ -9,7 +9,7 @@ from comgen.data.synth.writer import generate_benchmark
 import pytest
 
 from comgen.errors import ConfigError
-from comgen.pipeline.bench import ROWS, Row, benchmark_markdown, row_config, run_generator_benchmark
+from comgen.pipeline.bench import ROWS, Row, _slug, benchmark_markdown, row_config, run_generator_benchmark
 from comgen.pipeline.bench_cli import compositional_rows, main_generators, parse_seeds, select_rows
 from comgen.pipeline.demo import demo_settings
 
@@ -73,3 +73,12 @@ def test_bad_rows_fail_before_the_benchmark_is_built(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             main_generators(tmp_path, 64, "cable_pair", rows=rows, compositional=extra)
     assert not (tmp_path / "data").exists()
+
+
+def test_row_folder_names_stay_short_and_distinct() -> None:
+    assert [_slug(r.name) for r in ROWS[:2]] == ["comgen__full", "comgen_w_o_low_density_sampling"]  # resumable
+    names = [r.name for r in compositional_rows([
+        '{"edit_kinds": ["remove", "add", "replace", "recolor", "move", "swap", "resize", "texture", "deform"]}',
+        '{"edit_kinds": ["remove", "add", "replace", "recolor", "move", "swap", "resize", "texture", "cut"]}'])]
+    slugs = [_slug(n) for n in names]
+    assert all(len(s) <= 80 for s in slugs) and slugs[0] != slugs[1]

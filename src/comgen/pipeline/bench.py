@@ -7,6 +7,7 @@ changes. A training-free PatchCore-like kNN detector is the peer row.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,13 @@ ROWS: tuple[Row, ...] = (
 )
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+def _slug(name: str, limit: int = 80) -> str:
+    """A row's folder name. Why the limit: a row named by its options (``--compositional``) can be longer than a
+    file name may be; a long name keeps its start and gets a short hash of the whole name."""
+    slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+    if len(slug) <= limit:
+        return slug
+    return f"{slug[:limit - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def row_config(base: RunConfig, row: Row) -> RunConfig:
