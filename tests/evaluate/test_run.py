@@ -38,6 +38,24 @@ def test_mean_is_average_of_logical_and_structural_not_pooled(loco, tmp_path: Pa
     assert r["image_score"] == "map_max" and r["metrics"]["logical"]["image_auroc"] == 0.5
 
 
+def test_per_defect_results_give_each_branch_alone(loco, tmp_path: Path):
+    samples = write_maps(loco, tmp_path / "maps", lambda s, u: np.zeros(u.shape, np.float32))
+    logical = sorted(s.image_id for s in samples if s.label == "logical_anomalies")
+
+    def network(s) -> float:  # finds the images with a missing item (the first two), not the last one
+        if s.label == "good":
+            return 0.5
+        return 0.0 if s.label == "logical_anomalies" and s.image_id == logical[2] else 1.0
+
+    rows = [{**score_row(s, 1.0 if s.is_anomalous else 0.0), "network_score": network(s),
+             "prior_score": 1.0 if s.is_anomalous else 0.0} for s in samples]
+    write_scores_csv(tmp_path / "maps" / "scores.csv", rows)
+    d = evaluate_category(loco, "box", tmp_path / "maps")["per_defect"]
+    assert d["missing_item"]["image_auroc_network"] == 1.0  # images 0 and 1 against the good ones
+    assert d["extra_item"]["image_auroc_network"] == 0.5  # image 1 found, image 2 scored below every good one
+    assert all(m["image_auroc_prior"] == m["image_auroc"] == 1.0 for m in d.values())
+
+
 def test_noisy_maps_match_dense_reference_per_subset(loco, tmp_path: Path):
     rng = np.random.default_rng(7)
     maps = {}

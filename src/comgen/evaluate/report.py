@@ -166,11 +166,16 @@ def _table(results: Mapping[str, Any]) -> str:
 
 def _defect_table(per_defect: Mapping[str, Any]) -> str:
     """LOCO's per-defect-type results (good images + images holding the defect)."""
+    from comgen.evaluate.run import BRANCH_AUROCS
+
     limits = next((list(m["auc_spro"]) for m in per_defect.values() if m.get("auc_spro")), [])
+    branches = [k for k in BRANCH_AUROCS if any(k in m for m in per_defect.values())]
     head = ("<tr><th class=l>defect type</th><th>images</th><th>image AUROC</th>"
+            + "".join(f"<th>image AUROC, {html.escape(k.removeprefix('image_auroc_'))} alone</th>" for k in branches)
             + "".join(f"<th>AUC-sPRO@{html.escape(k)}</th>" for k in limits) + "</tr>")
     rows = "".join(
         f"<tr><td class=l>{html.escape(name)}</td><td>{m['n_anomalous']}</td><td>{_fmt(m.get('image_auroc'))}</td>"
+        + "".join(f"<td>{_fmt(m.get(k))}</td>" for k in branches)
         + "".join(f"<td>{_fmt((m.get('auc_spro') or {}).get(k))}</td>" for k in limits) + "</tr>"
         for name, m in per_defect.items())
     return f"<h3>Per defect type</h3><table>{head}{rows}</table>"

@@ -127,8 +127,13 @@ def _mean(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _per_defect(builder: PixelCurveBuilder, plan: _Plan, scores: np.ndarray, cfg: EvalConfig) -> dict[str, Any]:
-    """LOCO's per-defect-type results: good images + images holding the defect; sPRO of its channels only."""
+def _per_defect(builder: PixelCurveBuilder, plan: _Plan, scores: np.ndarray, cfg: EvalConfig,
+                branches: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """LOCO's per-defect-type results: good images + images holding the defect; sPRO of its channels only.
+
+    With a fused score, also what each branch alone scores per defect type (``image_auroc_network``): which
+    defects the anomaly source taught the network, and which only the composition prior finds.
+    """
     groups = np.array(plan.groups)
     has = [set(k[1]) for k in builder.image_keys]
     out = {}
@@ -136,9 +141,12 @@ def _per_defect(builder: PixelCurveBuilder, plan: _Plan, scores: np.ndarray, cfg
         sel = np.array([g == "good" or name in d for g, d in zip(plan.groups, has)])
         c = builder.curves(set(plan.groups), defect=name)
         spro = c.auc_spro(cfg.spro_limits)
-        out[name] = {"n_anomalous": int((groups[sel] != "good").sum()), "n_channels": c.n_channels,
-                     "image_auroc": image_auroc(scores[sel], groups[sel] != "good"),
+        labels = groups[sel] != "good"
+        out[name] = {"n_anomalous": int(labels.sum()), "n_channels": c.n_channels,
+                     "image_auroc": image_auroc(scores[sel], labels),
                      "auc_spro": spro, "spro": spro[f"{cfg.spro_headline:g}"]}
+        for branch, values in branches.items():
+            out[name][f"image_auroc_{branch}"] = image_auroc(values[sel], labels)
     return out
 
 
@@ -193,7 +201,7 @@ def evaluate_category(dataset: Any, category: str, maps_root: str | Path, cfg: E
         roc = image_roc(scores[sel], labels)
         plots[name] = {key: (None if cur is None else cur.for_plot(cfg.curve_points))
                        for key, cur in (("image_roc", roc), ("pixel_roc", c.roc), ("pro", c.pro), ("spro", c.spro))}
-    per_defect = _per_defect(builder, plan, scores, cfg) if plan.loco and by_value is not None else {}
+    per_defect = _per_defect(builder, plan, scores, cfg, branches) if plan.loco and by_value is not None else {}
     summary = "all"
     if plan.loco and all(g in metrics for g in LOCO_GROUPS):
         metrics["mean"] = _mean(metrics["logical"], metrics["structural"])
