@@ -31,7 +31,14 @@ def test_benchmark_table_on_tiny_data(tmp_path: Path) -> None:
     table = run_generator_benchmark(tmp_path / "data", tmp_path / "runs", base, "cable_pair", rows,
                                     log=lambda _m: None, seeds=(0, 1))
     text = benchmark_markdown(table)
-    assert text.count("| cutpaste |") == 2 and text.count("| knn |") == 2
+    headline_table, detail_table, defect_table = text.split("\n\n")
+    assert (headline_table + detail_table).count("| cutpaste |") == 2
+    assert (headline_table + detail_table).count("| knn |") == 2
+    defects = sorted(table["cutpaste"]["results"]["cable_pair"]["per_defect"])
+    assert len(defects) == 6 and defect_table.count("| cutpaste | cable_pair |") == len(defects)
+    wrong = [table["cutpaste"]["by_seed"][s]["cable_pair"]["per_defect"]["wrong_cable_color"] for s in (0, 1)]
+    line = next(x for x in defect_table.splitlines() if x.startswith("| cutpaste | cable_pair | wrong_cable_color"))
+    assert line.split(" | ")[3] == f"{(wrong[0]['image_auroc'] + wrong[1]['image_auroc']) / 2:.3f}"  # seed mean
     assert set(table["cutpaste"]["by_seed"]) == {0, 1} and set(table["knn"]["by_seed"]) == {0}  # kNN: no seed
     assert (tmp_path / "runs" / "seed1" / "cutpaste" / "cable_pair").is_dir()
     headline = next(line for line in text.splitlines() if line.startswith("| cutpaste | mean"))

@@ -155,4 +155,28 @@ def benchmark_markdown(table: dict[str, Any]) -> str:
                 if mean[k] is not None and seed_means:
                     mean[k] = f"{mean[k]:.3f} ± {float(np.std(seed_means)):.3f}"
         summary.append({"row": name, "category": "mean", **mean, "seconds": round(entry["seconds"])})
-    return format_markdown(summary, COLUMNS) + "\n\n" + format_markdown(detail, COLUMNS[:-1])
+    text = format_markdown(summary, COLUMNS) + "\n\n" + format_markdown(detail, COLUMNS[:-1])
+    defects = per_defect_rows(table)
+    return text + "\n\n" + format_markdown(defects, DEFECT_COLUMNS) if defects else text
+
+
+DEFECT_COLUMNS = [("row", "anomaly source"), ("category", "category"), ("defect", "defect type"),
+                  ("image_auroc", "image AUROC"), ("image_auroc_network", "network alone"),
+                  ("image_auroc_prior", "prior alone")]
+
+
+def per_defect_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per row, category and defect type (LOCO layout only): image AUROC, fused and per branch, mean over seeds.
+
+    Why: the category means hide which defects an anomaly source teaches the network (an extra pin) and which it
+    never makes (a missing cable).
+    """
+    out = []
+    for name, entry in table.items():
+        by_seed = list(entry["by_seed"].values())
+        for cat, first in by_seed[0].items():
+            for defect in first.get("per_defect", {}):
+                per = [res[cat]["per_defect"][defect] for res in by_seed if defect in res[cat].get("per_defect", {})]
+                out.append({"row": name, "category": cat, "defect": defect,
+                            **{k: mean_of_present(per, k) for k, _ in DEFECT_COLUMNS[3:]}})
+    return out
