@@ -18,12 +18,9 @@ def add_argument(ap: argparse.ArgumentParser) -> None:
 def parse(ap: argparse.ArgumentParser, text: str) -> dict[str, Any]:
     """The options as a dict, or ``ap.error`` (one line, exit 2) when they are not valid."""
     from comgen.errors import ConfigError
-    from comgen.generate.compositional import CompositionalConfig
-    from comgen.generate.config import parse_options
+    from comgen.generate.compositional import parse_compositional_options
 
     try:
-        options = parse_options(text, "--compositional")
-        CompositionalConfig.from_dict(options, "--compositional")
+        return parse_compositional_options(text)
     except ConfigError as exc:
         ap.error(str(exc))
-    return options

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -378,6 +379,16 @@ def _load_truth(sample: Sample) -> np.ndarray | None:
     except ImportError:
         return None
     return load_truth(sample) if truth_path(sample).exists() else None
+
+
+def parse_compositional_options(text: str, where: str = "--compositional") -> dict[str, Any]:
+    """Options of this back-end given as a JSON object on a command line, checked against ``CompositionalConfig``
+    (a ConfigError naming ``where`` for bad JSON or a bad option), so a typo fails before any work."""
+    from comgen.generate.config import parse_options
+
+    options = parse_options(text, where)
+    CompositionalConfig.from_dict(options, where)
+    return options
 
 
 class CompositionalGenerator:

@@ -50,14 +50,12 @@ def compositional_rows(options: Sequence[str]) -> tuple[Row, ...]:
     """
     import json
 
-    from comgen.generate.compositional import CompositionalConfig
-    from comgen.generate.config import parse_options
+    from comgen.generate.compositional import parse_compositional_options
     from comgen.pipeline.bench import Row
 
     rows = []
     for text in options:
-        parsed = parse_options(text, "--compositional")
-        CompositionalConfig.from_dict(parsed, "--compositional")
+        parsed = parse_compositional_options(text)
         rows.append(Row(f"comgen {json.dumps(parsed, sort_keys=True)}", "compositional", parsed))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
