@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -126,7 +127,6 @@ class ComponentBank:
         self._build()
         self._build_references()
         self._build_class_stats()
-        self._build_place_stats()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -221,15 +221,17 @@ class ComponentBank:
             self.median_area[k] = float(np.median([it.area for it in self.items if it.class_id == k]))
 
     #: a part class sits at fixed places when, around its parts, at least this share of the other normal images
-    #: hold a part of the class too (``_build_place_stats``)
+    #: hold a part of the class too (``place_share``)
     fixed_place_share = 0.5
     #: placement edits (remove, add, move, swap, replace) act only on classes at fixed places; see
     #: CompositionalConfig.placement_check
     placement_check = False
 
-    def _build_place_stats(self) -> None:
+    @cached_property
+    def place_share(self) -> dict[int, float]:
         """Per class: the mean, over its parts, of the share of the *other* normal images holding the class that
         have a pixel of it within one part width (the square root of its median area) of the part's centre.
+        Computed on first use (only ``fixed_place`` with the check on needs it), not at start-up.
 
         Why: a detector that compares an image with normal references sees a missing, extra or moved part only
         where normal images agree on what lies there. Where parts lie anywhere (screws in a bag), the hole looks
@@ -238,12 +240,12 @@ class ComponentBank:
         structural AUROC 0.567 (network alone 0.484), without any logical edit 0.749 (0.712). Measured only; the
         rule that acts on it (``placement_check``) is off by default, see CompositionalConfig.
         """
-        self.place_share: dict[int, float] = {}
+        shares_by_class: dict[int, float] = {}
         for k in self.classes():
             parts = [(i, c) for i, cs in enumerate(self.components) for c in cs if c.class_id == k]
             holders = {i for i, _ in parts}  # images that hold the class: a rare class is not a loose one
             if len(holders) < 2:
-                self.place_share[k] = 1.0
+                shares_by_class[k] = 1.0
                 continue
             width = max(1, int(round(np.sqrt(self.median_area[k]))))
             at = {i: [] for i, _ in parts}  # each part's centre, per image
@@ -258,7 +260,8 @@ class ComponentBank:
                 total += near
                 own[i] = [int(near[y, x]) for y, x in at[i]]
             shares = [(total[y, x] - o) / (len(holders) - 1) for i in at for (y, x), o in zip(at[i], own[i])]
-            self.place_share[k] = float(np.mean(shares))
+            shares_by_class[k] = float(np.mean(shares))
+        return shares_by_class
 
     def fixed_place(self, class_id: int) -> bool:
         """The class's parts lie where other normal images have such parts too (always, with the check off)."""
