@@ -102,6 +102,10 @@ class RunDir:
         """True when stage ``name`` finished with exactly this config hash."""
         return self._stages().get(name, {}).get("hash") == config_hash
 
+    def stage_hash(self, name: str) -> str:
+        """The chained config hash stage ``name`` last finished with ("" when it never did)."""
+        return str(self._stages().get(name, {}).get("hash", ""))
+
     def mark_done(self, name: str, config_hash: str, outputs: dict[str, Any] | None = None) -> None:
         stages = self._stages()
         stages[name] = {"hash": config_hash, "outputs": outputs or {}}

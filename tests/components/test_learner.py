@@ -146,3 +146,33 @@ def test_min_color_distance_treats_never_together_clusters_as_one_part():
     assert min_color_distance(lab, labels, 3, 0.0, together) == pytest.approx(60.0)
     apart = np.r_[np.tile(np.arange(10), 2), np.repeat(np.arange(5), 4), np.repeat(np.arange(5, 10), 4)]
     assert min_color_distance(lab, labels, 3, 0.0, apart) == 0.0  # clusters 1 and 2 never share an image
+
+
+def test_min_color_distance_of_rarer_keeps_a_part_seen_in_few_images_apart():
+    from comgen.components.learner import min_color_distance
+
+    lab = np.array([[0, 0, 0]] * 40 + [[0, 0, 70]] * 8, np.float32)
+    labels = np.repeat([0, 1], [40, 8])
+    # cluster 0 in all 10 images, cluster 1 (four pixels each) in images 0 and 1 only, always beside cluster 0
+    image_of = np.r_[np.repeat(np.arange(10), 4), np.repeat([0, 1], 4)]
+    assert min_color_distance(lab, labels, 2, 0.0, image_of) == 0.0  # together in 2 of the 10 images showing either
+    assert min_color_distance(lab, labels, 2, 0.0, image_of, of_rarer=True) == pytest.approx(70.0)
+
+
+def test_split_by_color_separates_a_part_that_shares_its_images_with_another():
+    """A yellow part in a fifth of the images, clustered with the white part every image shows (the yellow cable
+    with the white connectors): the split must not take them for one part in two colours."""
+    from types import SimpleNamespace
+
+    from comgen.components.learner import split_by_color
+
+    rng = np.random.default_rng(0)
+    white = np.c_[rng.normal(60, 2, 900), rng.normal(0, 2, 900), rng.normal(0, 2, 900)]
+    yellow = np.c_[rng.normal(55, 2, 100), rng.normal(-3, 2, 100), rng.normal(70, 2, 100)]
+    x = np.r_[white, yellow].astype(np.float32)
+    image_of = np.r_[np.arange(900) % 50, rng.integers(0, 10, 100)]  # yellow only in images 0-9 of 50
+    tf = SimpleNamespace(scale=np.ones(3, np.float32), mean=np.zeros(3, np.float32))
+    cents, splits = split_by_color(x, np.zeros(1000, int), x.mean(0, keepdims=True), tf,
+                                   LearnerConfig(k_max=4, split_min_share=0.01), image_of)
+    assert splits == 1 and len(cents) == 2
+    assert sorted(np.round(cents[:, 2] / 10).astype(int).tolist()) == [0, 7]

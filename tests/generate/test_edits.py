@@ -392,3 +392,40 @@ def test_placement_rule_reasons_when_no_class_has_fixed_places():
     for kind in ("remove", "add", "move", "replace", "swap"):
         assert reasons[kind] is not None and "fixed places" in reasons[kind], kind
     assert reasons["resize"] is None and reasons["recolor"] is None
+
+
+def _twin_bank(n: int = 10, size: int = 64, twin_classes: bool = True, together: bool = False) -> ComponentBank:
+    """Each image: four small class-2 parts (3x3, the levers) and one bar (4x24, the cable). The bar is class 2
+    in the even images (clustered with the levers by colour) and class 3 in the odd ones (``together``: class 3
+    in every image, beside the class-2 bar of the even ones)."""
+    maps = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        for x in (4, 16, 28, 40):
+            maps[i, 4:7, x:x + 3] = 2
+        maps[i, 30:34, 10:34] = 2 if i % 2 == 0 else 3
+        if together and i % 2 == 0:
+            maps[i, 50:54, 10:34] = 3
+    imgs = np.full((n, size, size, 3), (40, 45, 50), np.uint8)
+    imgs[maps == 2] = (120, 70, 150)
+    imgs[maps == 3] = (214, 40, 40)
+    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4,
+                         twin_classes=twin_classes)
+
+
+def test_a_part_split_over_two_classes_by_colour_is_merged_into_its_size_twin():
+    b = _twin_bank()
+    assert b.stable(3) and b.count_mode[3] == 1 and b.count_share[3] == 1.0  # one bar in every image
+    assert b.count_mode[2] == 4 and b.count_share[2] == 1.0 and b.median_area[2] == 9
+    assert (b.class_maps[0][30:34, 10:34] == 3).all() and (b.class_maps[0][4:7, 4:7] == 2).all()
+    assert all(it.class_id == 3 for it in b.items if it.area == 96)
+    bar = [c for c in b.composition(0).components if c.area == 96]
+    assert len(bar) == 1 and bar[0].class_id == 3 and b.removable(bar[0])  # any image's bar can now be missing
+    plain = _twin_bank(twin_classes=False)
+    assert plain.class_maps[0][31, 20] == 2  # the maps given to the bank are not changed
+    assert not plain.stable(3) and plain.count_share[2] == 0.5
+
+
+def test_size_twins_that_share_images_are_not_merged():
+    b = _twin_bank(together=True)  # two bars in the even images: two parts, not one in two colours
+    assert b.class_maps[0][31, 20] == 2 and sum(it.class_id == 2 and it.area == 96 for it in b.items) == 5
+

@@ -65,6 +65,16 @@ def test_run_all_stages_then_skip_then_cascade(tiny: Path, tmp_path: Path, monke
     assert redone == ["run.generate", "run.mask", "run.train", "run.predict", "run.evaluate"]
     saved = json.loads((run.root / "generated/compositional/generator.json").read_text())
     assert saved["revision"] == registry.REVISIONS["compositional"]
+    # a newer component learner: the classes are learned anew, and no anomaly made with the old ones is kept
+    from comgen.components import learner
+
+    monkeypatch.setattr(learner, "LEARNER_REVISION", learner.LEARNER_REVISION + 1)
+    logs.clear()
+    run_category(tiny, "screw_bag", tmp_path / "run", changed, log=logs.append)
+    redone = [m.split("[")[1].split("]")[0] for m in logs if m.endswith("running")]
+    assert redone == ["run.learn", "run.generate", "run.mask", "run.train", "run.predict", "run.evaluate"]
+    assert any("kept 0 already done" in m for m in logs), logs  # made anew, not resumed
+    assert (run.root / "generated/compositional/learned_with.txt").read_text() == run.stage_hash("run.learn")
     (run.root / "generated/compositional/generator.json").write_text("{broken")  # the run owns it: made anew
     logs.clear()
     run_category(tiny, "screw_bag", tmp_path / "run", changed, force=True, log=logs.append)

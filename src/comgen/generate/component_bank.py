@@ -103,7 +103,10 @@ class ComponentBank:
     def __init__(self, images: np.ndarray, class_maps: np.ndarray, truths: list[np.ndarray | None],
                  ids: list[str], paths: list[str], background: int, min_area: int,
                  max_part_area: float | None = None, whole_objects: bool | None = None,
-                 strict_parts: bool | None = None, placement_check: bool | None = None) -> None:
+                 strict_parts: bool | None = None, placement_check: bool | None = None,
+                 twin_classes: bool | None = None) -> None:
+        if twin_classes is not None:
+            self.twin_classes = twin_classes
         if placement_check is not None:
             self.placement_check = placement_check
         if max_part_area is not None:
@@ -142,6 +145,8 @@ class ComponentBank:
             self.instance_maps.append(inst)
             self.components.append(comp.components)
         self._drop_fragments()
+        if self.twin_classes:
+            self._merge_twins()
         pad = 2
         s = self.size
         for i, (img, cm) in enumerate(zip(self.images, self.class_maps)):
@@ -184,6 +189,71 @@ class ComponentBank:
             lut[1:][keep] = np.arange(1, sum(keep) + 1)
             self.instance_maps[i] = lut[self.instance_maps[i]]
             self.components[i] = [c for c, k in zip(cs, keep) if k]
+
+    #: give a class's parts of a clearly other size to their size twin (``_merge_twins``); see
+    #: CompositionalConfig.twin_classes
+    twin_classes = False
+    #: sizes of one class's parts form two groups when the largest gap between sorted areas is this ratio or
+    #: more, and the groups' median areas are ``twin_spread`` apart or more
+    twin_gap = 1.5
+    twin_spread = 4.0
+    #: a group and a class are twins when their median areas lie within this ratio of each other ...
+    twin_area_ratio = 1.5
+    #: ... and at most this share of the images that hold the rarer of the two holds both
+    twin_overlap = 0.05
+
+    def _merge_twins(self) -> int:
+        """Move the parts of one size group of a class into another class of that size that never shares an image
+        with them; returns how many parts moved.
+
+        Why: pixel clustering groups parts by colour. A part that comes in several colours (a cable that is
+        yellow, blue or red, one per image) then lands partly in its own class and partly in the class of
+        another part of a similar colour (the purple levers). Neither class has a stable count, so no logical
+        edit acts on the cable: no missing cable, no wrong cable colour. Parts of one class with two clearly
+        different sizes (a tenth of a cable's area for a lever), whose larger group matches another class in size
+        and never meets it in an image, are one part in another colour: merged, the cable class holds one cable in
+        every image.
+        """
+        moved = 0
+        for a in sorted({c.class_id for cs in self.components for c in cs}):
+            parts = [(i, j) for i, cs in enumerate(self.components) for j, c in enumerate(cs) if c.class_id == a]
+            if len(parts) < 4:
+                continue
+            log_area = np.log([self.components[i][j].area for i, j in parts])
+            ordered = np.sort(log_area)
+            g = int(np.argmax(np.diff(ordered)))
+            cut = (ordered[g] + ordered[g + 1]) / 2
+            spread = np.median(ordered[g + 1:]) - np.median(ordered[:g + 1])
+            if ordered[g + 1] - ordered[g] < np.log(self.twin_gap) or spread < np.log(self.twin_spread):
+                continue
+            for in_group in (log_area > cut, log_area <= cut):
+                group = [p for p, m in zip(parts, in_group) if m]
+                b = self._twin_of(a, group)
+                if b is None:
+                    continue
+                if moved == 0:
+                    self.class_maps = self.class_maps.copy()  # the caller's maps stay as the model gave them
+                for i, j in group:
+                    self.components[i][j].class_id = b
+                    self.class_maps[i][self.instance_maps[i] == j + 1] = b
+                moved += len(group)
+                break
+        return moved
+
+    def _twin_of(self, a: int, group: list[tuple[int, int]]) -> int | None:
+        """The class (not ``a``) whose parts have the group's size and (almost) never share an image with it."""
+        area = float(np.median([self.components[i][j].area for i, j in group]))
+        images = {i for i, _ in group}
+        for b in sorted({c.class_id for cs in self.components for c in cs} - {a}):
+            b_parts = [(i, c.area) for i, cs in enumerate(self.components) for c in cs if c.class_id == b]
+            b_area = float(np.median([s for _, s in b_parts]))
+            if not 1 / self.twin_area_ratio <= area / b_area <= self.twin_area_ratio:
+                continue
+            # only whole parts of b count: a sliver of b's colour at another part's edge is no second part
+            b_images = {i for i, s in b_parts if 0.5 * b_area <= s <= 2.0 * b_area}
+            if b_images and len(images & b_images) <= self.twin_overlap * min(len(images), len(b_images)):
+                return b
+        return None
 
     #: an instance smaller than this share of its class's median instance area is a sliver, not a part
     #: (``_drop_fragments``)

@@ -87,6 +87,10 @@ class CompositionalConfig(ConfigBase):
     # 256 px it lowered breakfast_tray (network alone logical 0.768 against 0.824) and screw_bag (structural
     # 0.692 against 0.723). Figures and commands in the README (2026-12-01).
     placement_check: bool = False
+    # Parts of one class in two clearly different sizes give the group that matches another class in size, and
+    # never shares an image with it, to that class (ComponentBank._merge_twins): a cable that pixel clustering put
+    # with the levers in some colours and in its own class in another.
+    twin_classes: bool = False
     reuse_components: bool = True  # use RUN/components when present instead of re-learning
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
@@ -434,7 +438,8 @@ class CompositionalGenerator:
         self.bank = ComponentBank(images, maps, truths, [t.image_id for t in train], [str(t.path) for t in train],
                                   background=self.model.background, min_area=min_area,
                                   max_part_area=self.cfg.max_part_area, whole_objects=self.cfg.whole_objects,
-                                  strict_parts=self.cfg.strict_parts, placement_check=self.cfg.placement_check)
+                                  strict_parts=self.cfg.strict_parts, placement_check=self.cfg.placement_check,
+                                  twin_classes=self.cfg.twin_classes)
         self.reasons = possible_kinds(self.bank)
         self.kinds = [k for k in self.cfg.edit_kinds if self.reasons[k] is None]
         if not self.kinds:

@@ -16,6 +16,7 @@ from typing import Any
 from comgen.config import ConfigBase
 from comgen.errors import DatasetError
 from comgen.generate.registry import generator_revision
+from comgen.io import atomic_write_text
 from comgen.pipeline.config import RunConfig
 from comgen.pipeline.stages import StageRunner
 from comgen.rundir import RunDir
@@ -41,6 +42,14 @@ def _same_revision(folder: Path, backend: str) -> bool:
         return saved_revision(folder) == generator_revision(backend)
     except ConfigError:
         return False
+
+
+#: in a run's generated folder: the learn stage's hash the anomalies were made after
+LEARNED_WITH = "learned_with.txt"
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def _fresh(folder: Path) -> None:
@@ -72,15 +81,22 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
             model = learn_into_run(run, train, cfg.learn)
             return {"num_classes": model.num_classes}
 
-        runner.stage("run.learn", cfg.learn.hash(), learn)
+        from comgen.components.learner import LEARNER_REVISION
+
+        runner.stage("run.learn", f"{cfg.learn.hash()}-r{LEARNER_REVISION}", learn)
 
     def generate() -> dict[str, Any]:
         from comgen.generate.registry import build_generator
         from comgen.generate.writer import write_generated
 
         folder = run.generated(cfg.backend)
-        if not (_same_saved_config(folder / "config.yaml", cfg.generate) and _same_revision(folder, cfg.backend)):
+        # the compositional back-end edits with the learned components: after new ones, no old anomaly is kept
+        learned_with = run.stage_hash("run.learn")
+        if not (_same_saved_config(folder / "config.yaml", cfg.generate) and _same_revision(folder, cfg.backend)
+                and _read_text(folder / LEARNED_WITH) == learned_with):
             _fresh(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / LEARNED_WITH, learned_with)
         generator = build_generator(cfg.backend, cfg.generate)
         generator.fit(train, run)
         summary = write_generated(generator, folder, cfg.generate, log=log)
