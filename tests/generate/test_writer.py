@@ -13,6 +13,7 @@ import pytest
 from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.generate.baselines import CutPasteGenerator
 from comgen.generate.config import GenerateConfig
+from comgen.generate.registry import generator_revision
 from comgen.generate.writer import (MANIFEST, REVISION_FILE, load_gate, load_item, load_truth, read_generated,
                                     saved_revision, shard_blocks, write_generated)
 from comgen.io import atomic_write_json
@@ -220,21 +221,20 @@ def test_saved_config_holds_the_backends_defaults_so_a_changed_default_is_refuse
     with pytest.raises(ConfigError, match="compositional"):
         _check_config(tmp_path, cfg)
     cfg.save(tmp_path / "config.yaml")
-    atomic_write_json(tmp_path / REVISION_FILE, {"backend": "compositional", "revision": 2})
+    atomic_write_json(tmp_path / REVISION_FILE, {"backend": "compositional",
+                                                 "revision": generator_revision("compositional")})
     _check_config(tmp_path, cfg)  # the same code and settings resume
 
 
 def test_a_set_made_by_an_older_generator_revision_is_refused(tmp_path: Path) -> None:
     """Same config, other code: a folder written before the compositional back-end's revision 2 (no revision
     file) must not be resumed, or its old anomalies would pass for the new generator's."""
-    from comgen.generate.registry import generator_revision
-
     out = tmp_path / "gen"
     write_generated(WithExtras(), out, _cfg(backend="compositional", n=2))
-    assert json.loads((out / REVISION_FILE).read_text())["revision"] == generator_revision("compositional") == 2
+    assert json.loads((out / REVISION_FILE).read_text())["revision"] == generator_revision("compositional") == 3
     write_generated(WithExtras(), out, _cfg(backend="compositional", n=2))  # same revision: resumes
     (out / REVISION_FILE).unlink()  # as written by comgen before revisions were recorded
-    with pytest.raises(ConfigError, match="revision 1.*revision 2"):
+    with pytest.raises(ConfigError, match="revision 1.*revision 3"):
         write_generated(WithExtras(), out, _cfg(backend="compositional", n=2))
     assert saved_revision(tmp_path / "never_written") == 1
 
