@@ -89,3 +89,19 @@ def test_row_folder_names_stay_short_and_distinct() -> None:
         '{"edit_kinds": ["remove", "add", "replace", "recolor", "move", "swap", "resize", "texture", "cut"]}'])]
     slugs = [_slug(n) for n in names]
     assert all(len(s) <= 80 for s in slugs) and slugs[0] != slugs[1]
+
+
+def test_learner_options_reach_every_row_and_are_checked_first(tmp_path: Path, monkeypatch) -> None:
+    import comgen.data.synth.writer as writer
+    import comgen.pipeline.bench as bench
+
+    seen = {}
+    monkeypatch.setattr(writer, "generate_benchmark", lambda data, synth: None)
+    monkeypatch.setattr(bench, "run_generator_benchmark", lambda data, runs, cfg, *a, **k: seen.update(cfg=cfg) or {})
+    monkeypatch.setattr(bench, "benchmark_markdown", lambda table: "")
+    main_generators(tmp_path / "ok", 64, "cable_pair", rows="4", learn='{"split_together_of": "rarer"}')
+    assert seen["cfg"].learn.split_together_of == "rarer"
+    for bad in ('{"split_together_of": "both"}', '{"no_such_option": 1}', "not json"):
+        with pytest.raises(ConfigError):
+            main_generators(tmp_path / "bad", 64, "cable_pair", rows="4", learn=bad)
+    assert not (tmp_path / "bad").exists()

@@ -190,9 +190,9 @@ class ComponentBank:
             self.instance_maps[i] = lut[self.instance_maps[i]]
             self.components[i] = [c for c, k in zip(cs, keep) if k]
 
-    #: give a class's parts of a clearly other size to their size twin (``_merge_twins``); on by default, see
+    #: give a class's parts of a clearly other size to their size twin (``_merge_twins``); off by default, see
     #: CompositionalConfig.twin_classes
-    twin_classes = True
+    twin_classes = False
     #: sizes of one class's parts form two groups when the largest gap between sorted areas is this ratio or
     #: more, and the groups' median areas are ``twin_spread`` apart or more
     twin_gap = 1.5

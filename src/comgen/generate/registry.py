@@ -21,9 +21,7 @@ BACKENDS: tuple[str, ...] = ("compositional", "cutpaste", "draem", "nsa", "diffu
 #: after an upgrade kept the old code's anomalies. Back-ends not listed are at revision 1.
 #: compositional 2 (2026-12-01): slivers are not counted as parts (ComponentBank._drop_fragments); add and move
 #: put parts on a host that is itself a part class, with a gap of 1/64 of the image (edits._parts_on, _gap).
-#: compositional 3 (2026-12-01): a part split over two classes by colour is merged into one class
-#: (CompositionalConfig.twin_classes, ComponentBank._merge_twins).
-REVISIONS: dict[str, int] = {"compositional": 3}
+REVISIONS: dict[str, int] = {"compositional": 2}
 
 
 def generator_revision(name: str) -> int:

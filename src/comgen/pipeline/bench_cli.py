@@ -63,8 +63,23 @@ def compositional_rows(options: Sequence[str]) -> tuple[Row, ...]:
     return tuple(rows)
 
 
+def learner_options(text: str | None) -> dict:
+    """The component learner's options for every row (``'{"split_together_of": "rarer"}'``), checked against
+    ``LearnerConfig`` before any work. Why: the learner feeds both the compositional back-end and the composition
+    prior that every trained row shares, so a learner variant is measured on all rows, not as one extra row."""
+    from comgen.components.features import LearnerConfig
+    from comgen.generate.config import parse_options
+
+    if not text:
+        return {}
+    options = parse_options(text, "--learn")
+    LearnerConfig.from_dict(options, "--learn")
+    return options
+
+
 def main_generators(out: str | Path, size: int = 128, categories: str = "all", epochs: int | None = None,
-                    rows: str = "all", seeds: str = "0", compositional: Sequence[str] = ()) -> str:
+                    rows: str = "all", seeds: str = "0", compositional: Sequence[str] = (),
+                    learn: str | None = None) -> str:
     from comgen.data.synth.config import SynthConfig
     from comgen.data.synth.writer import generate_benchmark
     from comgen.pipeline.bench import benchmark_markdown, run_generator_benchmark
@@ -73,12 +88,15 @@ def main_generators(out: str | Path, size: int = 128, categories: str = "all", e
     # before any work: a typo must not cost a benchmark build
     seed_list = parse_seeds(seeds)
     chosen = select_rows(rows) + compositional_rows(compositional)
+    learn_options = learner_options(learn)
     if not chosen:
         raise ConfigError("rows", "no row to run (--rows none and no --compositional)")
     out = Path(out)
     synth, cfg = demo_settings(size, categories, quick=False)
     if epochs is not None:
         cfg = cfg.replace(detector=cfg.detector.replace(epochs=epochs))
+    if learn_options:
+        cfg = cfg.replace(learn=cfg.learn.replace(**learn_options))
     data = out / "data"
     if not (data / "config.yaml").is_file() or SynthConfig.load(data / "config.yaml").hash() != synth.hash():
         generate_benchmark(data, synth)

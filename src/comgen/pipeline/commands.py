@@ -61,8 +61,10 @@ def register(app: typer.Typer) -> None:
         compositional: list[str] = typer.Option([], "--compositional", help="An extra ComGEN row with these "
                                                 "compositional options, as JSON (repeatable), e.g. "
                                                 "'{\"logical_ratio\": 0.5}'."),
+        learn: Optional[str] = typer.Option(None, "--learn", help="Component learner options for every row, as "
+                                            "JSON, e.g. '{\"split_together_of\": \"rarer\"}'."),
     ) -> None:
         """The same CSDA detector trained with each anomaly source; prints the Markdown table."""
         from comgen.pipeline.bench_cli import main_generators
 
-        main_generators(out, size, categories, epochs, rows, seeds, compositional)
+        main_generators(out, size, categories, epochs, rows, seeds, compositional, learn)

@@ -83,7 +83,8 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
 
         from comgen.components.learner import LEARNER_REVISION
 
-        runner.stage("run.learn", f"{cfg.learn.hash()}-r{LEARNER_REVISION}", learn)
+        runner.stage("run.learn", cfg.learn.hash() + (f"-r{LEARNER_REVISION}" if LEARNER_REVISION > 1 else ""),
+                     learn)
 
     def generate() -> dict[str, Any]:
         from comgen.generate.registry import build_generator
