@@ -100,7 +100,7 @@ class RunDir:
 
     def stage_done(self, name: str, config_hash: str) -> bool:
         """True when stage ``name`` finished with exactly this config hash."""
-        return self._stages().get(name, {}).get("hash") == config_hash
+        return self.stage_hash(name) == config_hash
 
     def stage_hash(self, name: str) -> str:
         """The chained config hash stage ``name`` last finished with ("" when it never did)."""

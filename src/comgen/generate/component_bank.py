@@ -84,6 +84,11 @@ def object_crop(image: np.ndarray, truth: np.ndarray | None, comp: Composition, 
             inner)
 
 
+def _typical_size(area: float, median_area: float) -> bool:
+    """A whole part of a class whose parts have this median area: not a fragment, not a merged blob."""
+    return median_area > 0 and 0.5 * median_area <= area <= 2.0 * median_area
+
+
 def ring(mask: np.ndarray, width: int) -> np.ndarray:
     """Pixels within ``width`` of ``mask`` but outside it."""
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
@@ -250,7 +255,7 @@ class ComponentBank:
             if not 1 / self.twin_area_ratio <= area / b_area <= self.twin_area_ratio:
                 continue
             # only whole parts of b count: a sliver of b's colour at another part's edge is no second part
-            b_images = {i for i, s in b_parts if 0.5 * b_area <= s <= 2.0 * b_area}
+            b_images = {i for i, s in b_parts if _typical_size(s, b_area)}
             if b_images and len(images & b_images) <= self.twin_overlap * min(len(images), len(b_images)):
                 return b
         return None
@@ -343,8 +348,7 @@ class ComponentBank:
 
     def typical(self, class_id: int, area: float) -> bool:
         """The instance is a whole part of its class, not a fragment or a merged blob."""
-        med = self.median_area.get(class_id, 0.0)
-        return med > 0 and 0.5 * med <= area <= 2.0 * med
+        return _typical_size(area, self.median_area.get(class_id, 0.0))
 
     def confident(self, c: Component) -> bool:
         """A whole instance of a reliable part class (what remove/add/recolor edits act on)."""

@@ -52,6 +52,11 @@ def _read_text(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
 
 
+def _revised(config_hash: str, revision: int) -> str:
+    """A stage's key: its config hash, plus the code's revision once that is raised (revision 1 keeps old keys)."""
+    return config_hash + (f"-r{revision}" if revision > 1 else "")
+
+
 def _fresh(folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
@@ -83,8 +88,7 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
 
         from comgen.components.learner import LEARNER_REVISION
 
-        runner.stage("run.learn", cfg.learn.hash() + (f"-r{LEARNER_REVISION}" if LEARNER_REVISION > 1 else ""),
-                     learn)
+        runner.stage("run.learn", _revised(cfg.learn.hash(), LEARNER_REVISION), learn)
 
     def generate() -> dict[str, Any]:
         from comgen.generate.registry import build_generator
@@ -104,7 +108,7 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
         return {"written": summary.written, "rate_per_s": round(summary.rate, 2)}
 
     revision = generator_revision(cfg.backend)  # a newer generator's anomalies differ under the same config
-    runner.stage("run.generate", cfg.generate.hash() + (f"-r{revision}" if revision > 1 else ""), generate)
+    runner.stage("run.generate", _revised(cfg.generate.hash(), revision), generate)
 
     if cfg.mask:
         def mask() -> dict[str, Any]:
