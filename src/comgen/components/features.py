@@ -45,7 +45,7 @@ class LearnerConfig(ConfigBase):
     # ... unless the halves share few images, counted against the images showing either half ("either") or the
     # rarer half ("rarer"): then they are one part in two colours. "rarer" gives cable_pair's yellow cable its own
     # class (with "either" it passes for a colour of the white connectors every image shows), but the composition
-    # prior then scores cable_pair worse (`comgen demo`: logical AUROC 0.968 against 1.000; see the README).
+    # prior then scores cable_pair worse (`comgen demo`: logical AUROC 0.968 against 1.000; see docs/experiments.md).
     split_together_of: str = "either"
     scale_mode: str = "block"  # column | block: standardise each feature column, or each block jointly
     blur: float = 1.0  # Gaussian sigma (px at 256 px, scaled with image_size) before colour sampling

@@ -85,7 +85,7 @@ class CompositionalConfig(ConfigBase):
     # default: on the 128-px generator benchmark (two seeds) it raised the structural AUROC (0.854 against 0.841,
     # sPRO 0.795 against 0.755) but lowered the network-alone logical AUROC (0.644 against 0.657); at the demo's
     # 256 px it lowered breakfast_tray (network alone logical 0.768 against 0.824) and screw_bag (structural
-    # 0.692 against 0.723). Figures and commands in the README (2026-12-01).
+    # 0.692 against 0.723). Figures and commands in docs/experiments.md (2026-12-01).
     placement_check: bool = False
     # Parts of one class in two clearly different sizes give the group that matches another class in size, and
     # never shares an image with it, to that class (ComponentBank._merge_twins): a cable that pixel clustering put
@@ -93,7 +93,7 @@ class CompositionalConfig(ConfigBase):
     # rarer (cable_pair's yellow cable in a class of its own). Off by default, as that learner option: with both,
     # the 128-px generator benchmark's network alone learns more (logical 0.670 against 0.657, missing cable 0.888
     # against 0.607), but the composition prior scores cable_pair worse with the new classes, and `comgen demo`
-    # fell on cable_pair from 1.000 / 0.978 to 0.968 / 0.934. Figures and commands in the README (2026-12-01).
+    # fell on cable_pair from 1.000 / 0.978 to 0.968 / 0.934. Figures and commands in docs/experiments.md (2026-12-01).
     twin_classes: bool = False
     reuse_components: bool = True  # use RUN/components when present instead of re-learning
     learner: LearnerConfig = field(default_factory=LearnerConfig)
