@@ -224,3 +224,17 @@ def test_hole_fill_option(samples):
     g.fit(samples)
     made = list(g.generate(6, np.random.default_rng(0)))
     assert len(made) == 6 and all(a.mask.any() for a in made)
+
+
+def test_default_structural_edit_is_transplant_and_the_others_stay_available(samples):
+    """The five hand-made structural edits taught their own cues (generator benchmark: fused structural AUROC
+    0.841 with all six, 0.870 with transplant alone), so by default only transplant is made."""
+    from comgen.generate.edits import ALL_EDITS
+    from comgen.records import DEFAULT_STRUCTURAL_EDITS
+
+    assert DEFAULT_STRUCTURAL_EDITS == ("transplant",)
+    assert cfg().edit_kinds == [*LOGICAL_EDITS, "transplant"]
+    assert cfg(edit_kinds=list(ALL_EDITS)).edit_kinds == list(ALL_EDITS)
+    g = CompositionalGenerator(cfg(logical_ratio=0.0))
+    g.fit(samples)
+    assert {a.edit.kind for a in g.generate(6, np.random.default_rng(0))} == {"transplant"}

@@ -21,7 +21,9 @@ BACKENDS: tuple[str, ...] = ("compositional", "cutpaste", "draem", "nsa", "diffu
 #: after an upgrade kept the old code's anomalies. Back-ends not listed are at revision 1.
 #: compositional 2 (2026-12-01): slivers are not counted as parts (ComponentBank._drop_fragments); add and move
 #: put parts on a host that is itself a part class, with a gap of 1/64 of the image (edits._parts_on, _gap).
-REVISIONS: dict[str, int] = {"compositional": 2}
+#: compositional 3 (2026-12-02): transplant is the only default structural edit, on a blob of the image's scale
+#: centred on the part (structural.TRANSPLANT_RADIUS) instead of one cut to the part.
+REVISIONS: dict[str, int] = {"compositional": 3}
 
 
 def generator_revision(name: str) -> int:

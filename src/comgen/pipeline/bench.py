@@ -17,7 +17,7 @@ import numpy as np
 
 from comgen.pipeline.config import RunConfig
 from comgen.pipeline.suite import format_markdown, mean_of_present, results_rows
-from comgen.records import STRUCTURAL_EDITS
+from comgen.records import DEFAULT_STRUCTURAL_EDITS
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Row:
 ROWS: tuple[Row, ...] = (
     Row("comgen (full)", "compositional"),
     Row("comgen w/o low-density sampling", "compositional", {"low_density": False}),
-    Row("comgen remove/add only", "compositional", {"edit_kinds": ["remove", "add", *STRUCTURAL_EDITS]}),
+    Row("comgen remove/add only", "compositional", {"edit_kinds": ["remove", "add", *DEFAULT_STRUCTURAL_EDITS]}),
     Row("cutpaste", "cutpaste"),
     Row("draem-style", "draem"),
     Row("nsa-style", "nsa"),
