@@ -212,7 +212,7 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     the part's edge: damage to a part a few pixels wide reaches the surface around it. A blob cut to the part (the
     first version) was 2-3 px on screw_bag's parts at 128 px. Measured (generator benchmark, 128 px, seeds 0 and
     1, full row with transplant as the only structural edit): fused structural AUROC 0.870 against 0.841 with the
-    six structural edits and the part-sized blob; figures in the README.
+    six structural edits and the part-sized blob; each step in docs/experiments.md.
     On a small blob Poisson blending shows almost nothing, so the patch is then pasted with a feathered edge.
     Only pixels that visibly changed are written and labelled, as in ``deform``.
     """
