@@ -395,9 +395,7 @@ def parse_compositional_options(text: str, where: str = "--compositional") -> di
     (a ConfigError naming ``where`` for bad JSON or a bad option), so a typo fails before any work."""
     from comgen.generate.config import parse_options
 
-    options = parse_options(text, where)
-    CompositionalConfig.from_dict(options, where)
-    return options
+    return parse_options(text, where, checked_by=CompositionalConfig)
 
 
 class CompositionalGenerator:

@@ -19,14 +19,20 @@ from comgen.generate.baselines.draem import DraemConfig
 from comgen.generate.baselines.nsa import NsaConfig
 
 
-def parse_options(text: str, where: str) -> dict[str, Any]:
-    """A back-end's options given as a JSON object on a command line (``'{"hole_fill": "surface"}'``)."""
+def parse_options(text: str, where: str, checked_by: type[ConfigBase] | None = None) -> dict[str, Any]:
+    """Options given as a JSON object on a command line (``'{"hole_fill": "surface"}'``).
+
+    ``checked_by``: a config class whose ``from_dict`` must accept them, so that a typo fails (a ConfigError naming
+    ``where``) before any work.
+    """
     try:
         options = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(where, f"not JSON: {exc}") from None
     if not isinstance(options, dict):
         raise ConfigError(where, f"must be a JSON object, got {text!r}")
+    if checked_by is not None:
+        checked_by.from_dict(options, where)
     return options
 
 

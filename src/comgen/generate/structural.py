@@ -33,6 +33,18 @@ def _blob(mask: np.ndarray, rng: np.random.Generator, frac: tuple[float, float])
     return out.astype(bool) & mask
 
 
+def _image_scale_blob(mask: np.ndarray, rng: np.random.Generator, radius: tuple[float, float],
+                      min_axis: int) -> np.ndarray:
+    """An elliptic blob centred on a random pixel of ``mask``, its half-axes a fraction of the image side (damage
+    has its own size, not the part's), not cut to ``mask``."""
+    ys, xs = np.nonzero(mask)
+    j = int(rng.integers(len(ys)))
+    ax = np.maximum(min_axis, rng.uniform(*radius, 2) * max(mask.shape)).astype(int)
+    out = np.zeros(mask.shape, np.uint8)
+    cv2.ellipse(out, (int(xs[j]), int(ys[j])), (int(ax[0]), int(ax[1])), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    return out.astype(bool)
+
+
 def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator, sigma: float) -> np.ndarray:
     n = rng.standard_normal(shape).astype(np.float32)
     n = cv2.GaussianBlur(n, (0, 0), max(sigma, 0.5))
@@ -101,15 +113,13 @@ def cut(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[
 
 VISIBLE_TAU = 12  # a pixel counts as changed (written and labelled) when a channel moved by more than this
 CONTAMINATION_RADIUS = (0.025, 0.05)  # blob radius as a fraction of the image side
+TRANSPLANT_RADIUS = (0.048, 0.12)  # half-axes of a transplanted blob, as a fraction of the image side
 
 
 def spill_px(kind: str, shape: tuple[int, ...]) -> int:
     """How far (px) an edit of ``kind`` may reach past its component: foreign matter lies across a part's edge."""
-    if kind == "contamination":
-        return int(np.ceil(CONTAMINATION_RADIUS[1] * max(shape[:2])))
-    if kind == "transplant":
-        return int(np.ceil(TRANSPLANT_RADIUS[1] * max(shape[:2])))
-    return 3
+    radius = {"contamination": CONTAMINATION_RADIUS, "transplant": TRANSPLANT_RADIUS}.get(kind)
+    return int(np.ceil(radius[1] * max(shape[:2]))) if radius else 3
 
 
 def _visible(before: np.ndarray, after: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -173,13 +183,7 @@ def stain(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tupl
     the full row's weakest structural type: 0.30-0.44 network alone with this edit, NSA-style 0.71-0.80.)
     """
     grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    ys, xs = np.nonzero(grown)
-    j = int(rng.integers(len(ys)))
-    side = max(mask.shape)
-    ax = np.maximum(1, rng.uniform(0.02, 0.045, 2) * side).astype(int)
-    blob = np.zeros(mask.shape, np.uint8)
-    cv2.ellipse(blob, (int(xs[j]), int(ys[j])), (int(ax[0]), int(ax[1])), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-    region = blob.astype(bool) & grown
+    region = _image_scale_blob(grown, rng, (0.02, 0.045), min_axis=1) & grown
     sl = _roi(region, 2)
     tint = rng.uniform(0.45, 0.75) * np.array([1.0, rng.uniform(0.75, 0.95), rng.uniform(0.55, 0.8)])
     tint = tint[rng.permutation(3)] if rng.random() < 0.3 else tint  # mostly brownish, sometimes another cast
@@ -187,19 +191,6 @@ def stain(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tupl
     roi = image[sl].astype(np.float32)
     edited = np.clip(roi * (1 - alpha + alpha * tint), 0, 255).astype(np.uint8)
     return _paste_visible(image, sl, edited, region[sl])
-
-
-TRANSPLANT_RADIUS = (0.048, 0.12)  # half-axes of a transplanted blob, as a fraction of the image side
-
-
-def _image_scale_blob(mask: np.ndarray, rng: np.random.Generator, radius: tuple[float, float]) -> np.ndarray:
-    """An elliptic blob centred on a random pixel of ``mask``, its half-axes a fraction of the image side."""
-    ys, xs = np.nonzero(mask)
-    j = int(rng.integers(len(ys)))
-    ax = np.maximum(2, rng.uniform(*radius, 2) * max(mask.shape)).astype(int)
-    out = np.zeros(mask.shape, np.uint8)
-    cv2.ellipse(out, (int(xs[j]), int(ys[j])), (int(ax[0]), int(ax[1])), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-    return out.astype(bool)
 
 
 def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
@@ -216,7 +207,7 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     On a small blob Poisson blending shows almost nothing, so the patch is then pasted with a feathered edge.
     Only pixels that visibly changed are written and labelled, as in ``deform``.
     """
-    region = _image_scale_blob(mask, rng, TRANSPLANT_RADIUS)
+    region = _image_scale_blob(mask, rng, TRANSPLANT_RADIUS, min_axis=2)
     if region.sum() < 4:
         return image.copy(), np.zeros(mask.shape, bool)
     ys, xs = np.nonzero(region)

@@ -70,11 +70,7 @@ def learner_options(text: str | None) -> dict:
     from comgen.components.features import LearnerConfig
     from comgen.generate.config import parse_options
 
-    if not text:
-        return {}
-    options = parse_options(text, "--learn")
-    LearnerConfig.from_dict(options, "--learn")
-    return options
+    return parse_options(text, "--learn", checked_by=LearnerConfig) if text else {}
 
 
 def main_generators(out: str | Path, size: int = 128, categories: str = "all", epochs: int | None = None,
