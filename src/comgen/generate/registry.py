@@ -23,7 +23,8 @@ BACKENDS: tuple[str, ...] = ("compositional", "cutpaste", "draem", "nsa", "diffu
 #: put parts on a host that is itself a part class, with a gap of 1/64 of the image (edits._parts_on, _gap).
 #: compositional 3 (2026-12-02): transplant is the only default structural edit, on a blob of the image's scale
 #: centred on the part (structural.TRANSPLANT_RADIUS) instead of one cut to the part.
-REVISIONS: dict[str, int] = {"compositional": 3}
+#: compositional 4 (2026-12-02): the transplanted blob's half-axes start at 3% of the image side, not 4.8%.
+REVISIONS: dict[str, int] = {"compositional": 4}
 
 
 def generator_revision(name: str) -> int:
