@@ -1,7 +1,7 @@
 """Generator benchmark: the same CSDA detector trained with each anomaly source (also `comgen bench generators`).
 
     python bench/generators.py --out bench_runs/generators [--size 128] [--categories all] [--epochs 12] [--seeds 0,1]
-    python bench/generators.py --rows 0 --compositional '{"logical_ratio": 0.5}'   # the full row and a variant
+    python bench/generators.py --rows 0 --compositional '{"logical_ratio": 0.8}'   # the full row and a variant
     python bench/generators.py --learn '{"split_together_of": "rarer"}'   # every row with other learner options
 
 Builds the built-in benchmark at the chosen size (if missing), runs every row and prints the Markdown table.
@@ -26,7 +26,7 @@ if __name__ == "__main__":
                                                      "gives the mean and the spread across seeds")
     parser.add_argument("--compositional", action="append", default=[],
                         help='an extra ComGEN row with these compositional options, as JSON (repeatable), '
-                             'e.g. \'{"logical_ratio": 0.5}\'')
+                             'e.g. \'{"logical_ratio": 0.8}\'')
     parser.add_argument("--learn", default=None,
                         help='component learner options for every row, as JSON, e.g. \'{"split_together_of": "rarer"}\'')
     args = parser.parse_args()

@@ -43,7 +43,7 @@ def select_rows(text: str) -> tuple[Row, ...]:
 
 
 def compositional_rows(options: Sequence[str]) -> tuple[Row, ...]:
-    """One extra ComGEN row per JSON object of compositional options (``'{"logical_ratio": 0.5}'``).
+    """One extra ComGEN row per JSON object of compositional options (``'{"logical_ratio": 0.8}'``).
 
     Why: a variant's figures (an ablation, another edit mix) must be rerunnable from ``bench/`` with the same
     detector and seeds as the fixed rows. Every object is checked against ``CompositionalConfig`` before any work.

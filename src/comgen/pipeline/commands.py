@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
                                                       "the table gives the mean (and the spread across seeds)."),
         compositional: list[str] = typer.Option([], "--compositional", help="An extra ComGEN row with these "
                                                 "compositional options, as JSON (repeatable), e.g. "
-                                                "'{\"logical_ratio\": 0.5}'."),
+                                                "'{\"logical_ratio\": 0.8}'."),
         learn: Optional[str] = typer.Option(None, "--learn", help="Component learner options for every row, as "
                                             "JSON, e.g. '{\"split_together_of\": \"rarer\"}'."),
     ) -> None:
