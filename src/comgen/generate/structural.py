@@ -202,9 +202,10 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     damage is that part's, but it has the image's scale (``TRANSPLANT_RADIUS``), not the part's, and lies across
     the part's edge: damage to a part a few pixels wide reaches the surface around it. A blob cut to the part (the
     first version) was 2-3 px on screw_bag's parts at 128 px. Measured (generator benchmark, 128 px, seeds 0 and
-    1, full row with transplant as the only structural edit): fused structural AUROC 0.874 with half-axes of 3-12%
-    of the side, 0.870 with 4.8-12%, against 0.841 with the six structural edits and the part-sized blob; each step
-    in docs/experiments.md.
+    1, full row with transplant as the only structural edit, four logical anomalies in five): fused structural
+    AUROC 0.874 with half-axes of 3-12% of the side, 0.870 with 4.8-12%, against 0.841 with the six structural
+    edits and the part-sized blob; 0.930 with half the anomalies structural (the default share); each step in
+    docs/experiments.md.
     On a small blob Poisson blending shows almost nothing, so the patch is then pasted with a feathered edge.
     Only pixels that visibly changed are written and labelled, as in ``deform``.
     """
