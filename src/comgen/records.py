@@ -23,8 +23,8 @@ STRUCTURAL_EDITS: tuple[str, ...] = ("texture", "deform", "cut", "contamination"
 # The structural edits a generator makes unless told otherwise. Only transplant: trained with the five hand-made
 # edits beside it, the detector learnt their own cues (stripes, a warp, a flat cut) and found the benchmark's real
 # scratches, stains and contamination less well (generator benchmark, 128 px, two seeds: full row fused structural
-# AUROC 0.841 with all six and transplant cut to the part, 0.870 with transplant alone on a blob of the image's
-# scale; each step in docs/experiments.md). The others stay available.
+# AUROC 0.841 with all six and transplant cut to the part, 0.870 with transplant alone on a blob of 4.8-12% of the
+# side (revision 3), 0.874 on 3-12% (revision 4); each step in docs/experiments.md). The others stay available.
 DEFAULT_STRUCTURAL_EDITS: tuple[str, ...] = ("transplant",)
 
 
