@@ -12,6 +12,7 @@ frozen backbone's forward pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,14 @@ class HeadConfig(ConfigBase):
             raise ValueError("head.k must be >= 1, head.dim >= 4, head.img_dim >= 1")
         if not 0.0 < self.topk_frac <= 1.0 or self.smooth < 1 or self.smooth % 2 == 0:
             raise ValueError("head.topk_frac must be in (0, 1] and head.smooth a positive odd number")
+
+
+# Initial bias of the pixel logits: sigmoid(bias) = 0.01, the rare-positive prior of focal loss (Lin et al.).
+# Why: from a zero bias every normal pixel starts with a large loss, and the first steps spend the gradient on
+# pulling the whole map down; measured, a short training then left the maps ranked backwards (`comgen run` at 64 px,
+# two epochs: structural pixel AUROC 0.02, and 0.985 with this bias; the toy detector of tests/detect 0.58-0.67
+# against 0.83-0.97 over three seeds).
+MAP_PRIOR_BIAS = -math.log(99.0)
 
 
 def relative_residual(f: Tensor, diff: Tensor) -> Tensor:
@@ -82,6 +91,7 @@ class CSDAHead(nn.Module):
         n = len(channels)
         self.decoder = nn.Sequential(
             nn.Conv2d(d + n, d, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(d, 1, 1))
+        nn.init.constant_(self.decoder[-1].bias, MAP_PRIOR_BIAS)
         self.gdiff = nn.ModuleList(nn.Linear(c, e) for c in channels)
         g_in = n * (2 * d + 2 * e)
         self.global_head = nn.Sequential(nn.Linear(g_in, 64), nn.ReLU(inplace=True), nn.Linear(64, 1))

@@ -49,7 +49,8 @@ class CompositionalConfig(ConfigBase):
     # structural edit (revision 4), 0.5 against 0.8 on the 128-px generator benchmark (two seeds) gave structural
     # AUROC 0.930 against 0.874 (NSA-style 0.918) and logical 0.959 against 0.963 (network alone 0.630 against
     # 0.665); at 256 px (two seeds) screw_bag 0.898 / 0.817 against 0.903 / 0.781, its logical sPRO 0.472 against
-    # 0.272; 0.65 gave 0.954 / 0.906 at 128 px. A fifth of the anomalies was too few transplants to teach screw_bag's
+    # 0.272; 0.65 gave 0.954 / 0.906 at 128 px (all before the detector's pixel-logit prior bias of the same day, with
+    # which 0.5 gives 0.961 / 0.941). A fifth of the anomalies was too few transplants to teach screw_bag's
     # structural damage. Figures and commands in docs/experiments.md.
     # History, with the earlier structural edits: 0.5 was measured against 0.8 on the 128-px generator benchmark
     # (two seeds, four categories); it raised the network-alone AUROCs (logical 0.619 -> 0.634, structural 0.793 ->

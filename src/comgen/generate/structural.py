@@ -204,8 +204,8 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     first version) was 2-3 px on screw_bag's parts at 128 px. Measured (generator benchmark, 128 px, seeds 0 and
     1, full row with transplant as the only structural edit, four logical anomalies in five): fused structural
     AUROC 0.874 with half-axes of 3-12% of the side, 0.870 with 4.8-12%, against 0.841 with the six structural
-    edits and the part-sized blob; 0.930 with half the anomalies structural (the default share); each step in
-    docs/experiments.md.
+    edits and the part-sized blob; 0.930 with half the anomalies structural (the default share); 0.941 with the
+    detector's pixel-logit prior bias (``detect/csda.py``); each step in docs/experiments.md.
     On a small blob Poisson blending shows almost nothing, so the patch is then pasted with a feathered edge.
     Only pixels that visibly changed are written and labelled, as in ``deform``.
     """
