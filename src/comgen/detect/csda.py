@@ -45,9 +45,9 @@ class HeadConfig(ConfigBase):
 
 # Initial bias of the pixel logits: sigmoid(bias) = 0.01, the rare-positive prior of focal loss (Lin et al.).
 # Why: from a zero bias every normal pixel starts with a large loss, and the first steps spend the gradient on
-# pulling the whole map down; measured, a short training then left the maps ranked backwards (`comgen run` at 64 px,
-# two epochs: structural pixel AUROC 0.02, and 0.985 with this bias; the toy detector of tests/detect 0.58-0.67
-# against 0.83-0.97 over three seeds).
+# pulling the whole map down. Measured ad hoc, a short training then left the maps ranked backwards (`comgen run`
+# at 64 px, two epochs: structural pixel AUROC 0.02, and 0.985 with this bias; the toy detector of tests/detect
+# 0.58-0.67 against 0.83-0.97 over three seeds).
 MAP_PRIOR_BIAS = -math.log(99.0)
 
 
