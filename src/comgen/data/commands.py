@@ -18,10 +18,24 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same benchmark)"),
     categories: str = typer.Option("all", "--categories", help="comma-separated categories, or 'all'"),
     workers: int = typer.Option(0, "--workers", help="parallel processes (0 = one per CPU, 1 = none)"),
+    family: bool = typer.Option(False, "--family", help="categories of the procedural family instead of the "
+                                "built-in four: one new category per seed (--seeds)"),
+    seeds: str = typer.Option("report", "--seeds", help="with --family: 'report' (1000-1011), 'dev' (0-9), "
+                              "a range like 1000-1011 or a list like 0,3,5"),
 ) -> None:
-    """Generate the built-in LOCO-style benchmark in the MVTec LOCO AD layout (+ generator truth)."""
+    """Generate the built-in LOCO-style benchmark, or categories of the procedural family, in the MVTec LOCO AD
+    layout (+ generator truth)."""
+    from comgen.data.family import family_name, parse_seeds
     from comgen.data.synth import SynthConfig, generate_benchmark
+    from comgen.errors import ConfigError
 
+    if family:
+        if categories != "all":
+            raise ConfigError("--categories", "choose family categories with --seeds, not --categories")
+        try:
+            categories = ",".join(family_name(s) for s in parse_seeds(seeds))
+        except ValueError as exc:
+            raise ConfigError("--seeds", str(exc)) from None
     cfg = SynthConfig(size=size, n_train=train, n_validation=validation, n_test=test, seed=seed,
                       categories=categories)  # type: ignore[arg-type]  # str is normalised in __post_init__
     paths = generate_benchmark(out, cfg, workers=workers)

@@ -55,6 +55,10 @@ class Category:
     def check(self, labels: np.ndarray, image: np.ndarray) -> list[str]:
         raise NotImplementedError
 
+    def truth_info(self) -> dict:
+        """Extra keys of ``truth/parts.json`` (the family's categories add their rule types)."""
+        return {}
+
 
 def _jit(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
@@ -499,3 +503,20 @@ CATEGORY_SPECS: dict[str, Category] = {
             items=(1, 3)),
     )
 }
+
+
+def category_spec(name: str):
+    """A built-in category, or a category of the procedural family (``family_<seed>``)."""
+    from comgen.data.family.spec import is_family
+
+    if is_family(name):
+        from comgen.data.family.category import family_category
+
+        return family_category(name)
+    return CATEGORY_SPECS[name]
+
+
+def known_category(name: str) -> bool:
+    from comgen.data.family.spec import is_family
+
+    return name in CATEGORY_SPECS or is_family(name)

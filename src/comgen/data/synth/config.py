@@ -23,11 +23,12 @@ class SynthConfig(ConfigBase):
         if isinstance(self.categories, str):  # "all" or "a,b" from a CLI or YAML
             self.categories = [] if self.categories == "all" else [c for c in self.categories.split(",") if c]
         self.categories = list(self.categories)
-        from comgen.data.synth.categories import CATEGORY_SPECS
+        from comgen.data.synth.categories import CATEGORY_SPECS, known_category
 
-        unknown = [c for c in self.categories if c not in CATEGORY_SPECS]
+        unknown = [c for c in self.categories if not known_category(c)]
         if unknown:
-            raise ConfigError("synth.categories", f"unknown category {unknown[0]!r} (have: {', '.join(CATEGORY_SPECS)})")
+            raise ConfigError("synth.categories", f"unknown category {unknown[0]!r} (have: {', '.join(CATEGORY_SPECS)}, "
+                                                  "or family_<seed>)")
         if self.size < 32:
             raise ConfigError("synth.size", f"image size must be at least 32 px, got {self.size}")
         if self.n_train < 1 or self.n_validation < 1 or self.n_test < 0:

@@ -89,9 +89,12 @@ def palette_violations(category: str, labels: np.ndarray, image: np.ndarray) -> 
     """"A part shows a colour outside its part's palette", for every part of the category."""
     from comgen.data.synth.base import components, median_rgb
 
+    from comgen.data.synth.categories import category_spec
+
     s = labels.shape[0]
     msgs = []
-    for label, (name, refs) in palettes()[category].items():
+    table = palettes().get(category) or category_spec(category).palettes()
+    for label, (name, refs) in table.items():
         for m, cy, cx, _ in components(labels == label, max(6.0, 0.0005 * s * s)):
             if not _in_palette(median_rgb(image, m), refs):
                 msgs.append(f"{name} at ({cy / s:.2f}, {cx / s:.2f}) has a colour outside its palette")
@@ -105,10 +108,10 @@ def violates(category: str, label_map: np.ndarray, image: np.ndarray, palette: b
     adds the rule "every part keeps a colour of its palette" (``palette_violations``) to the category's own
     rules; ``palette=False`` checks the category's listed rules only.
     """
-    from comgen.data.synth.categories import CATEGORY_SPECS
+    from comgen.data.synth.categories import CATEGORY_SPECS, category_spec, known_category
 
-    if category not in CATEGORY_SPECS:
-        raise InputError(category, f"not a synthetic category (have: {', '.join(CATEGORY_SPECS)})")
+    if not known_category(category):
+        raise InputError(category, f"not a synthetic category (have: {', '.join(CATEGORY_SPECS)}, or family_<seed>)")
     labels = np.asarray(label_map)
     img = np.asarray(image)
     if labels.ndim != 2 or img.ndim != 3 or img.shape[2] != 3:
@@ -119,7 +122,7 @@ def violates(category: str, label_map: np.ndarray, image: np.ndarray, palette: b
     if img.shape[:2] != labels.shape:
         img = cv2.resize(img, (labels.shape[1], labels.shape[0]), interpolation=cv2.INTER_AREA)
     labels = labels.astype(np.uint8)
-    msgs = CATEGORY_SPECS[category].check(labels, img)
+    msgs = category_spec(category).check(labels, img)
     if palette:
         msgs += palette_violations(category, labels, img)
     return msgs

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comgen.data.synth.categories import CATEGORY_SPECS, Category
+from comgen.data.synth.categories import Category, category_spec
 from comgen.data.synth.config import SynthConfig
 from comgen.errors import InputError
 from comgen.io import atomic_write_json, write_png
@@ -27,11 +27,13 @@ SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 LABEL_IDS = {"good": 0, "logical_anomalies": 1, "structural_anomalies": 2}
 
 
-def test_counts(n_test: int) -> dict[str, int]:
-    """Split the test images like MVTec LOCO: about a third each of good, logical and structural."""
+def test_counts(n_test: int, logical: bool = True) -> dict[str, int]:
+    """Split the test images like MVTec LOCO: about a third each of good, logical and structural (a category
+    without logical rules, a texture, has good and structural only)."""
     good = n_test // 3
-    logical = (n_test - good + 1) // 2
-    return {"good": good, "logical_anomalies": logical, "structural_anomalies": n_test - good - logical}
+    n_logical = (n_test - good + 1) // 2 if logical else 0
+    counts = {"good": good, "logical_anomalies": n_logical, "structural_anomalies": n_test - good - n_logical}
+    return {k: v for k, v in counts.items() if v or k == "good"}
 
 
 def defect_table(spec: Category) -> list[dict]:
@@ -47,7 +49,7 @@ def defect_table(spec: Category) -> list[dict]:
 def _jobs(spec: Category, cfg: SynthConfig) -> list[tuple[str, str, int, str | None]]:
     jobs = [("train", "good", i, None) for i in range(cfg.n_train)]
     jobs += [("validation", "good", i, None) for i in range(cfg.n_validation)]
-    for label, n in test_counts(cfg.n_test).items():
+    for label, n in test_counts(cfg.n_test, logical=bool(spec.logical)).items():
         kinds = {"good": (None,), "logical_anomalies": spec.logical, "structural_anomalies": spec.structural}[label]
         jobs += [("test", label, i, kinds[i % len(kinds)]) for i in range(n)]
     return jobs
@@ -55,7 +57,7 @@ def _jobs(spec: Category, cfg: SynthConfig) -> list[tuple[str, str, int, str | N
 
 def generate_category(out: str | Path, name: str, cfg: SynthConfig, bar_desc: str | None = None) -> Path:
     """Render one category into ``<out>/<name>`` (built aside, then renamed into place)."""
-    spec = CATEGORY_SPECS[name]
+    spec = category_spec(name)
     out = Path(out)
     final = out / name
     tmp = out / f".{name}.tmp-{os.getpid()}"
@@ -81,7 +83,8 @@ def generate_category(out: str | Path, name: str, cfg: SynthConfig, bar_desc: st
         atomic_write_json(tmp / "defects_config.json", table)
         atomic_write_json(tmp / "truth" / "parts.json",
                           {"parts": {str(k): v for k, v in spec.parts.items()}, "rules": list(spec.rules),
-                           "logical": list(spec.logical), "structural": list(spec.structural)})
+                           "logical": list(spec.logical), "structural": list(spec.structural),
+                           **spec.truth_info()})
         atomic_write_json(tmp / "truth" / "defects.json", defects)
         if final.exists():
             if not (final / "truth" / "parts.json").is_file():
