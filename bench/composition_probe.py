@@ -32,7 +32,7 @@ def load_images(paths: list[Path], size: int) -> np.ndarray:
 
 def generated_images(run: Path) -> list[Path]:
     """The generated images of one run directory (its one back-end folder under ``generated/``)."""
-    from comgen.generate.writer import read_generated
+    from comgen.data.generated import read_generated
 
     folders = [d for d in sorted((run / "generated").glob("*")) if d.is_dir()]
     if len(folders) != 1:

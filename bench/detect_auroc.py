@@ -39,7 +39,7 @@ def _child(fn_name: str, kwargs: dict[str, Any], q: Any) -> None:
             rows = predict_dataset(kwargs["run"], "test")
             out = {"rows": rows}
         out["seconds"] = time.perf_counter() - t
-        from comgen.detect.train import peak_rss_mb
+        from comgen.runtime import peak_rss_mb
 
         out["peak_mb"] = peak_rss_mb()
         q.put(out)
@@ -107,7 +107,7 @@ def main() -> None:
 
     from comgen.cli import main as cli
     from comgen.data.synth import CATEGORIES, SynthConfig, generate_benchmark
-    from comgen.detect.backbone import BackboneConfig
+    from comgen.features.backbone import BackboneConfig
     from comgen.detect.config import DetectorConfig
     from comgen.rundir import RunDir
 

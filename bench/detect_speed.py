@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "detect")
 
 
 def rss_mb() -> float:
-    from comgen.detect.train import peak_rss_mb
+    from comgen.runtime import peak_rss_mb
 
     return peak_rss_mb()
 
@@ -81,12 +81,12 @@ def main() -> None:
 
     tuned = False if args.default_malloc else tune_allocator()
 
-    from comgen.detect.backbone import BackboneConfig, build_backbone, to_tensor
+    from comgen.features.backbone import BackboneConfig, build_backbone, to_tensor
     from comgen.detect.config import DetectorConfig
     from comgen.detect.csda import CSDA
     import comgen.detect.predict as predict_module
     from comgen.detect.predict import Detector
-    from comgen.masks.memory import MemoryBank, MemoryBankConfig
+    from comgen.features.memory import MemoryBank, MemoryBankConfig
 
     cfg = DetectorConfig(image_size=args.size, backbone=BackboneConfig(name=args.backbone, weights=args.weights))
     backbone = build_backbone(cfg.backbone)

@@ -41,8 +41,8 @@ def main() -> None:
         from comgen.generate.commands import run_generate
     except ImportError as exc:
         raise SystemExit(f"needs the data and generator stages ({exc})") from None
-    from comgen.detect.backbone import BackboneConfig
-    from comgen.masks.memory import MemoryBankConfig
+    from comgen.features.backbone import BackboneConfig
+    from comgen.features.memory import MemoryBankConfig
     from comgen.masks.run import MaskConfig, compute_masks
     from comgen.rundir import RunDir
 

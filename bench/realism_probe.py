@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         ap.error(str(exc))
     os.environ.setdefault("COMGEN_QUIET", "1")
-    from comgen.detect.backbone import BackboneConfig, build_backbone
+    from comgen.features.backbone import BackboneConfig, build_backbone
 
     backbone = build_backbone(BackboneConfig(weights=args.weights))  # once for every seed
     means = [probe_seed(args, seed, options, backbone) for seed in seeds]

@@ -42,8 +42,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    from comgen.detect.backbone import BackboneConfig, build_backbone
-    from comgen.masks.memory import MemoryBank, MemoryBankConfig, build_index
+    from comgen.features.backbone import BackboneConfig, build_backbone
+    from comgen.features.memory import MemoryBank, MemoryBankConfig, build_index
 
     backbone = build_backbone(BackboneConfig())
     cfg = MemoryBankConfig(image_size=args.size, k=args.k)

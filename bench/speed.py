@@ -17,7 +17,7 @@ from child import run_in_child
 
 
 def _peak_mb() -> float:
-    from comgen.detect.train import peak_rss_mb
+    from comgen.runtime import peak_rss_mb
 
     return peak_rss_mb()
 
@@ -33,7 +33,7 @@ def _stage(name: str, args: dict[str, Any], q: Any) -> None:
     try:
         t = time.perf_counter()
         if name == "backbone":
-            from comgen.detect.backbone import BackboneConfig, build_backbone
+            from comgen.features.backbone import BackboneConfig, build_backbone
 
             bb = build_backbone(BackboneConfig())
             x = torch.rand(8, 3, size, size)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import comgen.compiled as compiled
-from comgen.masks.memory import align_features
+from comgen.features.memory import align_features
 
 
 def test_disabled_never_calls_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,5 +68,5 @@ def test_compiled_alignment_matches_eager(monkeypatch: pytest.MonkeyPatch, windo
     eager = align_features(q, refs, window, metric)
     monkeypatch.setenv("COMGEN_COMPILE", "1")
     fused = align_features(q, refs, window, metric)
-    assert not {"comgen.masks.memory._best_offsets", "comgen.masks.memory._select_offsets"} & compiled._failed
+    assert not {"comgen.features.memory._best_offsets", "comgen.features.memory._select_offsets"} & compiled._failed
     assert fused.dtype == torch.float32 and torch.equal(fused, eager)

@@ -95,7 +95,7 @@ def test_bad_config():
 
 
 def test_with_random_backbone(toy, tmp_path):
-    pytest.importorskip("comgen.detect.backbone")
+    pytest.importorskip("comgen.features.backbone")
     cfg = LearnerConfig(image_size=64, backbone_weights="random", k=3, feature_weight=0.5)
     m = learn_components(toy[0], cfg)
     assert m.backbone_source == "random"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comgen.detect.backbone import BackboneConfig
+from comgen.features.backbone import BackboneConfig
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import HeadConfig
 from comgen.detect.data import Material, Splits

@@ -93,10 +93,10 @@ def test_predict_reuses_the_detector_features_when_the_backbones_match() -> None
     """Same weights, layer and size: the prior segments from the detector's features, with identical scores."""
     import torch
 
-    from comgen.detect.backbone import build_backbone
+    from comgen.features.backbone import build_backbone
     from comgen.detect.csda import CSDA
     from comgen.detect.predict import Detector
-    from comgen.masks.memory import MemoryBank, MemoryBankConfig
+    from comgen.features.memory import MemoryBank, MemoryBankConfig
 
     cfg = tiny_config()
     learner = LearnerConfig(image_size=SIZE, k=3, backbone_weights="random", pixels_per_image=300,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comgen.detect.backbone import BackboneConfig, build_backbone
+from comgen.features.backbone import BackboneConfig, build_backbone
 from comgen.detect.csda import CSDA, CSDAHead, HeadConfig, residual_attention_maps
 from comgen.errors import ConfigError
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from comgen.detect.backbone import BackboneConfig, build_backbone
+from comgen.features.backbone import BackboneConfig, build_backbone
 from comgen.detect.csda import CSDA, HeadConfig
 from comgen.detect.export import example_inputs, export_model, export_onnx, onnx_run
 from comgen.errors import InputError

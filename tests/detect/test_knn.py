@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comgen.detect.backbone import BackboneConfig
+from comgen.features.backbone import BackboneConfig
 from comgen.detect.knn import KnnConfig, KnnDetector
 from comgen.errors import InputError
 

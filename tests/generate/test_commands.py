@@ -66,7 +66,7 @@ def test_generate_end_to_end_with_config_and_resume(tmp_path: Path, capsys) -> N
             "--image-size", "32", "--seed", "1", "--config", str(gen_yaml)]
     assert main(argv) == 0
     from comgen.generate.config import GenerateConfig
-    from comgen.generate.writer import load_item, read_generated
+    from comgen.data.generated import load_item, read_generated
 
     out = run / "generated" / "nsa"
     lines = read_generated(out)

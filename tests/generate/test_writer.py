@@ -14,8 +14,9 @@ from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.generate.baselines import CutPasteGenerator
 from comgen.generate.config import GenerateConfig
 from comgen.generate.registry import generator_revision
-from comgen.generate.writer import (MANIFEST, REVISION_FILE, load_gate, load_item, load_truth, read_generated,
-                                    saved_revision, shard_blocks, write_generated)
+from comgen.data.generated import (MANIFEST, REVISION_FILE, load_gate, load_item, load_truth, read_generated,
+                                   saved_revision)
+from comgen.generate.writer import shard_blocks, write_generated
 from comgen.io import atomic_write_json
 from comgen.records import Anomaly, EditSpec
 

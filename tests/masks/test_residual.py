@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from comgen.errors import InputError
-from comgen.masks.memory import MemoryBank, MemoryBankConfig
+from comgen.features.memory import MemoryBank, MemoryBankConfig
 from comgen.masks.residual import (
+    calibrate_bank,
     ResidualConfig,
     fuse_normalised,
     residual_kwargs,
@@ -86,7 +87,7 @@ def test_residual_mask_finds_a_pasted_patch(request, which: str) -> None:
     imgs, ids, _ = normal_set(10, seed=3)
     bank = MemoryBank.build(imgs, ids, backbone, MemoryBankConfig(image_size=SIZE, k=2))
     rcfg = ResidualConfig()
-    bank.calibrate(residual_kwargs=residual_kwargs(rcfg))
+    calibrate_bank(bank, residual_kwargs=residual_kwargs(rcfg))
     assert set(bank.stats["quantiles"]) == {"feature", "color"}
     query, _, _ = normal_set(1, seed=42)
     query = query.copy()

@@ -12,7 +12,7 @@ import pytest
 from comgen.errors import ArtifactError
 from comgen.io import append_jsonl, write_png
 from comgen.masks import run as mrun
-from comgen.masks.memory import MemoryBankConfig
+from comgen.features.memory import MemoryBankConfig
 from comgen.masks.run import MaskConfig, compute_masks, format_table, iou_report
 from comgen.rundir import RunDir
 

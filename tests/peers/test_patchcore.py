@@ -119,7 +119,7 @@ def test_too_small_coreset_is_a_clean_error(anomalib) -> None:
 
 
 def test_auto_weights_are_the_packaged_lite0(anomalib, no_network) -> None:
-    from comgen.detect.backbone import OFFLINE_SOURCE, offline_default_path, read_state_dict
+    from comgen.features.backbone import OFFLINE_SOURCE, offline_default_path, read_state_dict
     from comgen.peers.patchcore import PatchcorePeer
 
     det = PatchcorePeer(PatchcoreConfig(weights="auto"))

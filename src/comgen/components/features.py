@@ -219,7 +219,7 @@ def build_backbone_for(cfg: LearnerConfig):
     """The frozen Stage II backbone with the learner's layers, or None when ``use_backbone`` is off."""
     if not cfg.use_backbone:
         return None
-    from comgen.detect.backbone import BackboneConfig, build_backbone
+    from comgen.features.backbone import BackboneConfig, build_backbone
 
     bb = build_backbone(BackboneConfig(name=cfg.backbone, layers=tuple(cfg.backbone_layers),
                                        weights=cfg.backbone_weights))

@@ -9,7 +9,7 @@ import typer
 
 
 def _config(run_dir: Path, config: Optional[Path], **overrides: object):  # noqa: ANN202
-    from comgen.detect.backbone import BackboneConfig
+    from comgen.features.backbone import BackboneConfig
     from comgen.detect.config import DetectorConfig
 
     from comgen.errors import ConfigError

@@ -22,7 +22,7 @@ import numpy as np
 
 from comgen.config import ConfigBase
 from comgen.errors import ArtifactError, ConfigError
-from comgen.generate.low_density import CompositionDensity, DensityConfig
+from comgen.components.density import CompositionDensity, DensityConfig
 from comgen.io import atomic_path, atomic_write_json
 
 PRIOR_DIR = "composition_prior"  # inside the detector directory

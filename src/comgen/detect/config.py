@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comgen.config import ConfigBase
-from comgen.detect.backbone import BackboneConfig
+from comgen.features.backbone import BackboneConfig
 from comgen.detect.composition_prior import PriorConfig
 from comgen.detect.csda import HeadConfig
 from comgen.detect.loss import LossConfig

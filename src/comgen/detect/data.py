@@ -113,7 +113,7 @@ def normal_material(samples: list[Any], size: int, desc: str) -> Material:
 def generated_material(gen_dir: Path, lines: list[dict[str, Any]], size: int) -> Material:
     """Generated anomalies: image, exact mask and the source image as the excluded reference."""
     from comgen.data.imageio import resize_mask, resize_rgb
-    from comgen.generate.writer import load_item
+    from comgen.data.generated import load_item
 
     n = len(lines)
     images = np.zeros((n, size, size, 3), np.uint8)
@@ -155,7 +155,7 @@ def load_splits(run: RunDir, cfg: Any) -> Splits:
     if not val:
         keep, hold = _split_idx(len(train), cfg.val_fraction, cfg.seed, 1)
         train, val = [train[i] for i in keep], [train[i] for i in hold]
-    from comgen.generate.writer import read_generated
+    from comgen.data.generated import read_generated
 
     gen_dir = run.generated(cfg.backend)
     lines = read_generated(gen_dir)  # ArtifactError when `comgen generate` has not run
@@ -198,7 +198,7 @@ def augment(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
 def encode(backbone: torch.nn.Module, images: np.ndarray, batch_size: int = 16, device: Any = "cpu",
            dtype: torch.dtype = torch.float32, desc: str = "features") -> list[Tensor]:
     """Frozen backbone features of uint8 images, batched: per scale [N,C,h,w] on the CPU in ``dtype``."""
-    from comgen.detect.backbone import to_tensor
+    from comgen.features.backbone import to_tensor
 
     chunks: list[list[Tensor]] = []
     starts = range(0, len(images), batch_size)
@@ -242,7 +242,7 @@ class FeatureCache:
 # references
 # ----------------------------------------------------------------------------------------------------------------
 class ReferenceMatcher:
-    """Global retrieval + patch alignment through the Stage II memory bank (``comgen.masks.memory``)."""
+    """Global retrieval + patch alignment through the Stage II memory bank (``comgen.features.memory``)."""
 
     def __init__(self, bank: Any, k: int) -> None:
         self.bank = bank

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from comgen.config import ConfigBase
 from comgen.data.imageio import resize_rgb
-from comgen.detect.backbone import BackboneConfig, build_backbone, to_tensor
+from comgen.features.backbone import BackboneConfig, build_backbone, to_tensor
 from comgen.errors import InputError
-from comgen.masks.coreset import greedy_k_center
-from comgen.masks.residual import gaussian_blur
+from comgen.features.coreset import greedy_k_center
+from comgen.tensor_ops import gaussian_blur
 from comgen.progress import progress
 
 

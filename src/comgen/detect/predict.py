@@ -25,7 +25,7 @@ from comgen.compiled import eager, maybe_compiled
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.data import from_tiles, to_tiles
-from comgen.detect.train import BANK, BEST, CALIBRATION, read_calibration
+from comgen.detect.artifacts import BANK, BEST, CALIBRATION, read_calibration
 from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.io import atomic_path, atomic_write_text, write_png
 from comgen.progress import progress
@@ -115,8 +115,8 @@ class Detector:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None) -> Detector:
         """Load ``run_dir/detector`` (or a detector dir), refusing missing or mismatched checkpoints."""
-        from comgen.detect.backbone import build_backbone
-        from comgen.masks.memory import MemoryBank
+        from comgen.features.backbone import build_backbone
+        from comgen.features.memory import MemoryBank
 
         det = detector_dir(run_dir)
         if not (det / BEST).is_file():
@@ -156,7 +156,7 @@ class Detector:
     @torch.no_grad()
     def _forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
         """``raw`` plus the backbone features (kept for the composition prior)."""
-        from comgen.detect.backbone import to_tensor
+        from comgen.features.backbone import to_tensor
 
         x = to_tensor(images).to(self.device)
         feats = self.model.features(x)

@@ -25,7 +25,7 @@ from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.generate.component_bank import ComponentBank, dilate, ring
 from comgen.generate.edits import (ALL_EDITS, DEFAULT_EDITS, EditPlan, discrete_capacity, edit_key, plan_edit,
                                    possible_kinds)
-from comgen.generate.low_density import ComponentRealism, CompositionDensity, DensityConfig
+from comgen.components.density import ComponentRealism, CompositionDensity, DensityConfig
 from comgen.generate.structural import apply_structural
 from comgen.generate.surface_patch import nearest_fit
 from comgen.progress import progress

@@ -1,4 +1,4 @@
-"""Writes a generated anomaly set to disk and reads it back (``RunDir.generated(backend)``).
+"""Writes a generated anomaly set to disk (``RunDir.generated(backend)``); ``comgen.data.generated`` reads it.
 
 Layout: ``images/<id>.png``, ``masks/<id>.png`` (0/255), optional ``gates/<id>.png`` (soft map 0..255) and
 ``truth/<id>.png`` (synth part labels after the edit), ``manifest.jsonl`` (one line per anomaly, contract in
@@ -29,16 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from comgen.errors import ArtifactError, ConfigError, InputError
+from comgen.data.generated import MANIFEST, REVISION_FILE, load_item, merged_lines, saved_revision
+from comgen.errors import ConfigError, InputError
 from comgen.generate.config import GenerateConfig
 from comgen.generate.protocol import AnomalyGenerator
 from comgen.generate.registry import generator_revision
-from comgen.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_png
+from comgen.io import append_jsonl, atomic_write_json, atomic_write_text, write_png
 from comgen.progress import progress
 from comgen.records import Anomaly
-
-MANIFEST = "manifest.jsonl"
-
 
 def item_id(index: int) -> str:
     return f"{index:06d}"
@@ -75,70 +73,6 @@ class WriteSummary:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
-# --- reading ------------------------------------------------------------------------------
-def _manifest_files(out: Path) -> list[Path]:
-    files = [out / MANIFEST] if (out / MANIFEST).exists() else []
-    return files + sorted(out.glob("manifest.shard-*-of-*.jsonl"))
-
-
-def _merged_lines(out: Path) -> list[dict[str, Any]]:
-    seen: dict[str, dict[str, Any]] = {}
-    for path in _manifest_files(out):
-        for line in read_jsonl(path):
-            if isinstance(line, dict) and "id" in line:
-                seen.setdefault(str(line["id"]), line)
-    return sorted(seen.values(), key=lambda ln: (ln.get("index", 0), str(ln["id"])))
-
-
-def read_generated(out: str | Path) -> list[dict[str, Any]]:
-    """All manifest lines of a generated set (main and shard manifests merged, one per id, in index order)."""
-    out = Path(out)
-    if not out.is_dir() or not _manifest_files(out):
-        raise ArtifactError(out, "no generated anomalies here (no manifest.jsonl); run `comgen generate` first")
-    return _merged_lines(out)
-
-
-def _read_png(path: Path, flags: int) -> np.ndarray:
-    import cv2
-
-    if not path.is_file():
-        raise ArtifactError(path, "generated file listed in the manifest is missing")
-    arr = cv2.imread(str(path), flags)
-    if arr is None:
-        raise ArtifactError(path, "generated file is not a readable PNG")
-    return arr
-
-
-def load_item(out: str | Path, line: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(image HxWx3 uint8 RGB, mask HxW bool) of one manifest line."""
-    import cv2
-
-    out = Path(out)
-    image = cv2.cvtColor(_read_png(out / line["file"], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    mask = _read_png(out / line["mask"], cv2.IMREAD_GRAYSCALE) > 127
-    if mask.shape != image.shape[:2]:
-        raise ArtifactError(out / line["mask"], f"mask is {mask.shape} but its image is {image.shape[:2]}")
-    return image, mask
-
-
-def load_gate(out: str | Path, line: dict[str, Any]) -> np.ndarray | None:
-    """The edited component's soft gate map (HxW float32 in [0, 1]), or None when the back-end gave none."""
-    import cv2
-
-    if not line.get("gate"):
-        return None
-    return _read_png(Path(out) / line["gate"], cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
-
-
-def load_truth(out: str | Path, line: dict[str, Any]) -> np.ndarray | None:
-    """The synth truth part-label map after the edit (HxW uint8), or None."""
-    import cv2
-
-    if not line.get("truth"):
-        return None
-    return _read_png(Path(out) / line["truth"], cv2.IMREAD_UNCHANGED)
-
-
 # --- writing ------------------------------------------------------------------------------
 def _check_config(out: Path, cfg: GenerateConfig) -> None:
     """Refuse to mix anomalies of different configs in one folder (n and shard may differ)."""
@@ -158,20 +92,6 @@ def _check_config(out: Path, cfg: GenerateConfig) -> None:
     if saved != current:
         raise ConfigError(out, f"already holds anomalies of the {cfg.backend} generator's revision {saved}, and "
                                f"this comgen makes revision {current}; use another --out or remove the folder")
-
-
-REVISION_FILE = "generator.json"
-
-
-def saved_revision(out: str | Path) -> int:
-    """The generator revision a generated folder was made with (1: made before revisions were recorded)."""
-    path = Path(out) / REVISION_FILE
-    if not path.is_file():
-        return 1
-    try:
-        return int(json.loads(path.read_text())["revision"])
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(path, "unreadable generator revision; use another --out or remove the folder") from None
 
 
 def _repair_jsonl(path: Path) -> None:
@@ -265,7 +185,7 @@ def _consolidate(out: Path, shard: tuple[int, int], n: int) -> bool:
             marker = out / _done_marker(j, k)
             if not marker.exists() or json.loads(marker.read_text()).get("n") != n:
                 return False
-    merged = _merged_lines(out)
+    merged = merged_lines(out)
     atomic_write_text(out / MANIFEST, "".join(json.dumps(ln) + "\n" for ln in merged))
     return True
 
@@ -298,7 +218,7 @@ def write_generated(generator: AnomalyGenerator, out: str | Path, cfg: GenerateC
     shard = cfg.shard_index
     manifest = out / shard_manifest(*shard)
     _repair_jsonl(manifest)
-    done = {ln["id"] for ln in _merged_lines(out)}
+    done = {ln["id"] for ln in merged_lines(out)}
     blocks = shard_blocks(cfg.n, cfg.chunk, shard)
     todo = [idx for blk in blocks for idx in blk if item_id(idx) not in done]
     skipped = sum(len(blk) for blk in blocks) - len(todo)
@@ -311,7 +231,7 @@ def write_generated(generator: AnomalyGenerator, out: str | Path, cfg: GenerateC
             if all(item_id(idx) in done for idx in blk):
                 continue
             if callable(resume_state):  # optional hook: rebuild cross-call state (e.g. dedup keys) from lines
-                resume_state([ln for ln in _merged_lines(out) if ln.get("index", 0) < blk.start])
+                resume_state([ln for ln in merged_lines(out) if ln.get("index", 0) < blk.start])
             rng = np.random.default_rng([cfg.seed, blk.start // cfg.chunk])
             for idx, anomaly in zip(blk, generator.generate(len(blk), rng)):
                 if item_id(idx) not in done:
@@ -327,7 +247,7 @@ def write_generated(generator: AnomalyGenerator, out: str | Path, cfg: GenerateC
     if todo and not written:
         raise InputError(f"{backend} generator", f"produced none of the {len(todo)} anomalies requested")
     _consolidate(out, shard, cfg.n)
-    lines = _merged_lines(out)
+    lines = merged_lines(out)
     if cfg.preview:
         write_preview(out, lines, cfg.preview)
     summary = WriteSummary(out, len(written), skipped, missing, seconds, len(lines))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 
 from comgen.config import ConfigBase
 from comgen.errors import InputError
-from comgen.tensor_ops import norm_along, unit_along
+from comgen.features.memory import MemoryBank
+from comgen.progress import progress
+from comgen.tensor_ops import gaussian_blur, norm_along, unit_along
 
 
 @dataclass
@@ -78,18 +81,6 @@ def residual_maps(query_feats: Sequence[torch.Tensor], aligned_feats: Sequence[t
     if blur_sigma > 0:
         fused = gaussian_blur(fused, blur_sigma)
     return fused
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [B, H, W] maps with replicate padding (shared by residual maps and kNN)."""
-    radius = max(1, int(round(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
-    g = g / g.sum()
-    y = x.unsqueeze(1)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), g.view(1, 1, -1, 1))
-    return y.squeeze(1)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -273,3 +264,38 @@ def _norm_kw(kw: dict) -> dict:
     return {"scale_weights": [float(w) for w in kw.get("scale_weights", ())],
             "blur_sigma": float(kw.get("blur_sigma", 0.0)), "reduce": kw.get("reduce", "min"),
             "color_reduce": kw.get("color_reduce", "first")}
+
+
+STAT_QUANTILES = (0.5, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
+
+
+def calibrate_bank(bank: MemoryBank, max_images: int = 64, residual_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Leave-one-out residual statistics of the banked normal images (thresholds for Residual Mapping).
+
+    Each banked image is queried against the bank without itself, exactly as a generated anomaly is, so the
+    quantiles say how large residuals of *normal* content get, per residual kind (feature, colour). Stored in
+    ``bank.stats`` (and saved with the bank).
+    """
+    if len(bank) <= bank.cfg.k:
+        raise InputError("bank", f"need more than k={bank.cfg.k} images to calibrate, have {len(bank)}")
+    kw = dict(residual_kwargs or {})
+    rng = np.random.default_rng(bank.cfg.seed)
+    pos = np.sort(rng.choice(len(bank), size=min(max_images, len(bank)), replace=False))
+    maps: dict[str, list[torch.Tensor]] = {}
+    for s in progress(range(0, len(pos), bank.cfg.batch_size), desc="normal residuals"):
+        p = torch.from_numpy(pos[s:s + bank.cfg.batch_size])
+        feats = [t[p].float() for t in bank.patches]
+        colors = bank.colors[p].float() if bank.colors is not None else None
+        idx, _ = bank.query(feats, exclude_ids=[bank.ids[i] for i in p.tolist()])
+        for name, m in raw_residuals(bank, feats, colors, idx, **kw).items():
+            maps.setdefault(name, []).append(m)
+    gen = torch.Generator().manual_seed(0)
+    quantiles: dict[str, dict[str, float]] = {}
+    for name, lst in maps.items():
+        flat = torch.cat(lst).flatten()
+        if flat.numel() > 4_000_000:
+            flat = flat[torch.randperm(flat.numel(), generator=gen)[:4_000_000]]
+        vals = torch.quantile(flat, torch.tensor(STAT_QUANTILES)).tolist()
+        quantiles[name] = {str(q): float(v) for q, v in zip(STAT_QUANTILES, vals)}
+    bank.stats = {"n_images": int(len(pos)), "quantiles": quantiles, "residual_kwargs": kw}
+    return bank.stats

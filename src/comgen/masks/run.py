@@ -20,12 +20,13 @@ import cv2
 import numpy as np
 
 from comgen.config import ConfigBase
-from comgen.detect.backbone import BackboneConfig, build_backbone
+from comgen.features.backbone import BackboneConfig, build_backbone
 from comgen.errors import ArtifactError, DatasetError
 from comgen.io import atomic_write_json, write_png
-from comgen.masks.memory import MemoryBank, MemoryBankConfig
+from comgen.features.memory import MemoryBank, MemoryBankConfig
 from comgen.masks.residual import (
     ResidualConfig,
+    calibrate_bank,
     _norm_kw,
     mask_iou,
     residual_kwargs,
@@ -91,13 +92,13 @@ def ensure_bank(run: RunDir, cfg: MaskConfig, backbone: Any | None = None, rebui
         except ArtifactError as exc:
             raise ArtifactError(exc.where, f"{exc.problem} (or pass --rebuild)") from None
         if not bank.stats or _norm_kw(bank.stats.get("residual_kwargs", {})) != _norm_kw(kw):
-            bank.calibrate(max_images=cfg.calib_images, residual_kwargs=kw)
+            calibrate_bank(bank, max_images=cfg.calib_images, residual_kwargs=kw)
             bank.save(run.bank)
         echo(f"bank: loaded {len(bank)} images from {run.bank} (backbone {backbone.name}, {backbone.source})")
         return bank
     images, ids = load_train_images(run, cfg.bank.image_size)
     bank = MemoryBank.build(images, ids, backbone, cfg.bank)
-    bank.calibrate(max_images=cfg.calib_images, residual_kwargs=kw)
+    calibrate_bank(bank, max_images=cfg.calib_images, residual_kwargs=kw)
     bank.save(run.bank)
     echo(f"bank: built from {len(bank)} training images (backbone {backbone.name}, {backbone.source}, "
          f"index {bank.index_kind})")
@@ -105,15 +106,15 @@ def ensure_bank(run: RunDir, cfg: MaskConfig, backbone: Any | None = None, rebui
 
 
 def _to_size(img: np.ndarray, size: int) -> np.ndarray:
-    from comgen.masks.memory import _resize_all
+    from comgen.features.memory import resize_all
 
-    return _resize_all(img[None], size)[0]
+    return resize_all(img[None], size)[0]
 
 
 def compute_masks(run: RunDir, backend: str = "compositional", cfg: MaskConfig | None = None,
                   rebuild: bool = False, echo: Callable[[str], Any] = log.info) -> dict[str, Any]:
     """Residual masks + soft maps for every generated anomaly of ``backend``; returns (and writes) the IoU report."""
-    from comgen.generate.writer import load_gate, load_item, read_generated
+    from comgen.data.generated import load_gate, load_item, read_generated
 
     cfg = cfg or MaskConfig()
     out = run.generated(backend)

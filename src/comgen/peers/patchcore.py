@@ -103,7 +103,7 @@ def _weights_state_dict(weights: str) -> tuple[dict[str, torch.Tensor] | None, s
     """
     import timm
 
-    from comgen.detect.backbone import OFFLINE_SOURCE, map_state_dict, offline_default_path, read_state_dict
+    from comgen.features.backbone import OFFLINE_SOURCE, map_state_dict, offline_default_path, read_state_dict
 
     w = weights.strip()
     if w == "random":
@@ -173,7 +173,7 @@ class PatchcorePeer:
 
     def _tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 HxWx3 RGB images (any sizes) -> pre-processed float32 NCHW batch at the working size."""
-        from comgen.detect.backbone import to_tensor
+        from comgen.features.backbone import to_tensor
 
         return torch.cat([self.transform(to_tensor(img)) for img in images]).float()
 

@@ -36,7 +36,7 @@ def _same_revision(folder: Path, backend: str) -> bool:
     """True when the generated ``folder`` was made by this comgen's revision of ``backend`` (an unreadable
     record counts as another revision: the run owns the folder and makes it anew)."""
     from comgen.errors import ConfigError
-    from comgen.generate.writer import saved_revision
+    from comgen.data.generated import saved_revision
 
     try:
         return saved_revision(folder) == generator_revision(backend)

@@ -26,7 +26,8 @@ def test_learn_into_run_then_generate_writes_the_common_format(synth_train, tmp_
     from comgen.generate.diffusion.generator import DiffusionGenerator
     from comgen.generate.diffusion.run import STAGE, learn_tokens_into_run
     from comgen.generate.diffusion.tiny import build_tiny_sd
-    from comgen.generate.writer import load_gate, load_item, read_generated, write_generated
+    from comgen.data.generated import load_gate, load_item, read_generated
+    from comgen.generate.writer import write_generated
     from comgen.rundir import RunDir
 
     root, cat, samples = synth_train
@@ -81,7 +82,7 @@ def test_cli_learn_and_generate_with_the_diffusion_backend(synth_train, tmp_path
     from comgen.cli import main
     from comgen.generate.config import GenerateConfig
     from comgen.generate.diffusion.tiny import build_tiny_sd
-    from comgen.generate.writer import read_generated
+    from comgen.data.generated import read_generated
 
     root, cat, _ = synth_train
     sd = build_tiny_sd(tmp_path / "sd")

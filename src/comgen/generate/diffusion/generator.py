@@ -133,7 +133,7 @@ class DiffusionGenerator:
         return meta.get("config_hash") == self.cfg.learn.hash() and meta.get("tokens") == self.tokens
 
     def _fit_density(self, images: np.ndarray, model) -> None:
-        from comgen.generate.low_density import CompositionDensity, DensityConfig
+        from comgen.components.density import CompositionDensity, DensityConfig
 
         comps = [model.compose(im, str(i)) for i, im in enumerate(images)]
         dens = CompositionDensity(DensityConfig(), model.num_classes, model.background)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comgen.detect import backbone as bb
-from comgen.detect.backbone import Backbone, BackboneConfig, build_backbone, build_classifier, to_tensor
+from comgen.features import backbone as bb
+from comgen.features.backbone import Backbone, BackboneConfig, build_backbone, build_classifier, to_tensor
 from comgen.errors import ArtifactError, ConfigError, InputError
 
 

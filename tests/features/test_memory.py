@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from comgen.errors import ArtifactError, ConfigError, InputError
-from comgen.masks.coreset import greedy_k_center
-from comgen.masks.memory import MemoryBank, MemoryBankConfig, align_features, build_index
+from comgen.features.coreset import greedy_k_center
+from comgen.features.memory import MemoryBank, MemoryBankConfig, align_features, build_index
+from comgen.masks.residual import calibrate_bank
 
 from .conftest import SIZE, layout_image, normal_set
 
@@ -122,7 +123,7 @@ def test_coreset_bank(pretrained_backbone) -> None:
 
 def test_save_load_round_trip_and_refusals(tmp_path, two_layout_bank, random_backbone, pretrained_backbone) -> None:
     bank, imgs, ids, _ = two_layout_bank
-    bank.calibrate(max_images=6)
+    calibrate_bank(bank, max_images=6)
     d = bank.save(tmp_path / "bank")
     loaded = MemoryBank.load(d, pretrained_backbone, expect=bank.cfg)
     assert loaded.ids == bank.ids and loaded.stats == bank.stats

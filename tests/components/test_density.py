@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from comgen.errors import ConfigError, InputError
-from comgen.generate.low_density import ComponentRealism, CompositionDensity, DensityConfig
+from comgen.components.density import ComponentRealism, CompositionDensity, DensityConfig
 from comgen.records import Component
 
 
@@ -56,15 +56,3 @@ def test_realism_ranges():
     assert not r.realistic(_comp(1, 110, (90.0, -80.0, 80.0)), (64, 64))  # a colour no part has
     with pytest.raises(InputError):
         ComponentRealism(DensityConfig()).fit([], (64, 64))
-
-
-def test_robust_threshold_ignores_one_outlying_normal_score():
-    from comgen.generate.low_density import percentile_threshold
-
-    scores = np.r_[np.random.default_rng(0).normal(-50, 10, 39), -450.0]  # one odd normal image
-    empirical = percentile_threshold(scores, 1.0, "empirical")
-    robust = percentile_threshold(scores, 1.0, "robust")
-    assert empirical < -250  # set by the one outlier
-    assert -90 < robust < -60  # about the bulk's mean - 2.33 sd
-    with pytest.raises(ConfigError, match="threshold_estimate"):
-        DensityConfig(threshold_estimate="mean")

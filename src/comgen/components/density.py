@@ -1,6 +1,7 @@
-"""Low-Density Sampling: a density model of normal compositions, and a realism check for single components.
+"""A density model of normal compositions, and a realism check for single components.
 
-Why (design doc, "Low-Density Sampling"): an edit is a useful logical anomaly when the *composition* it produces
+Why: Low-Density Sampling (Stage I) and the composition prior (Stage III) both ask how rare a composition is among
+normal images, so the model of compositions lives with the components, below both stages. An edit is a useful logical anomaly when the *composition* it produces
 is rare among normal images (log-density below a low percentile of normal data) while every single component
 still looks like a real part (its own size and colour lie in the range seen in training). The threshold is
 taken from cross-validated normal scores, because in-sample scores of a full-covariance mixture are optimistic
@@ -28,10 +29,6 @@ class DensityConfig(ConfigBase):
     covariance_type: str = "full"  # full | diag | tied | spherical
     reg_covar: float = 0.1  # on standardised features; keeps full covariances well-conditioned
     percentile: float = 1.0  # threshold = this percentile of cross-validated normal log-densities
-    # empirical (sample percentile) | robust (median/MAD normal quantile, see percentile_threshold). Robust lets
-    # pushpin_grid, 40 images, remove pins (64 of 100 edits, all valid) where empirical refuses them, but passes
-    # more edits that break no rule elsewhere: mean validity 0.884 against 0.907 (seed 0, 256 px), so opt-in
-    threshold_estimate: str = "empirical"
     cv_folds: int = 5
     count_sd_floor: float = 0.15  # smallest std of a count feature (in parts), see CompositionDensity.fit
     grid: int = 2  # grid x grid instance counts per class in the composition vector (0 = off)
@@ -44,28 +41,6 @@ class DensityConfig(ConfigBase):
             raise ConfigError("density.percentile", f"must be in (0, 100), got {self.percentile}")
         if self.covariance_type not in ("full", "diag", "tied", "spherical"):
             raise ConfigError("density.covariance_type", f"unknown {self.covariance_type!r}")
-        if self.threshold_estimate not in ("robust", "empirical"):
-            raise ConfigError("density.threshold_estimate", f"must be robust or empirical, got "
-                                                            f"{self.threshold_estimate!r}")
-
-
-def percentile_threshold(scores: np.ndarray, percentile: float, estimate: str) -> float:
-    """The ``percentile`` of normal log-densities, either the sample percentile or a robust normal quantile.
-
-    Why robust: with a few dozen normal images the 1st percentile of the cross-validated scores is the lowest one
-    or two images, so one odd image sets it (pushpin_grid, 40 images: -307 against a median of -48 and a second
-    lowest of -80; an ad hoc diagnostic). Such a threshold refuses even a missing pin (about -250). The median and
-    the MAD locate the bulk of the scores whatever the outliers, and the normal quantile extrapolates to the
-    percentile.
-    """
-    s = np.asarray(scores, np.float64)
-    if estimate == "empirical" or len(s) < 2:
-        return float(np.percentile(s, percentile))
-    from statistics import NormalDist
-
-    med = float(np.median(s))
-    mad = 1.4826 * float(np.median(np.abs(s - med)))
-    return med + NormalDist().inv_cdf(percentile / 100.0) * mad
 
 
 class CompositionDensity:
@@ -128,7 +103,7 @@ class CompositionDensity:
         if scores is None:
             scores = self.gmm.score_samples(z)
         self.normal_scores = scores
-        self.threshold = percentile_threshold(scores, self.cfg.percentile, self.cfg.threshold_estimate)
+        self.threshold = float(np.percentile(scores, self.cfg.percentile))
         return self
 
     def score(self, vectors: np.ndarray) -> np.ndarray:

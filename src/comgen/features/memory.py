@@ -26,9 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from comgen.config import ConfigBase
 from comgen.compiled import eager, maybe_compiled, runs_compiled
+from comgen.config import ConfigBase
+from comgen.data.imageio import resize_rgb
 from comgen.errors import ArtifactError, ConfigError, InputError
+from comgen.features.backbone import to_tensor
+from comgen.features.coreset import greedy_k_center
 from comgen.io import atomic_path, atomic_write_json
 from comgen.progress import progress
 
@@ -36,7 +39,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 INDEX_KINDS = ("flat", "sq8", "ivfpq")
-STAT_QUANTILES = (0.5, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
 
 
 @dataclass
@@ -213,7 +215,7 @@ def _where_offsets(raw_pad: torch.Tensor, best: torch.Tensor, window: int) -> to
     return out
 
 
-_select_offsets = maybe_compiled(_where_offsets, "comgen.masks.memory._select_offsets", eager=_gather_offsets)
+_select_offsets = maybe_compiled(_where_offsets, "comgen.features.memory._select_offsets", eager=_gather_offsets)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -305,7 +307,7 @@ class MemoryBank:
             raise InputError("bank", f"empty bank: no normal images to build from (got shape {images.shape})")
         if len(ids) != images.shape[0]:
             raise InputError("bank", f"{images.shape[0]} images but {len(ids)} ids")
-        images = _resize_all(images, cfg.image_size)
+        images = resize_all(images, cfg.image_size)
         dtype = getattr(torch, cfg.feature_dtype)
         per_scale: list[list[torch.Tensor]] = []
         descs = []
@@ -325,8 +327,6 @@ class MemoryBank:
         colors = torch.cat(color_list) if color_list else None
         ids = list(ids)
         if cfg.coreset < 1.0:
-            from comgen.masks.coreset import greedy_k_center
-
             n_keep = max(cfg.k + 1, int(round(cfg.coreset * len(ids))))
             keep = torch.sort(greedy_k_center(torch.from_numpy(desc), n_keep, seed=cfg.seed)).values
             desc = desc[keep.numpy()]
@@ -565,40 +565,6 @@ class MemoryBank:
         return cls(cfg, backbone, ids, patches, desc, index, meta.get("index_kind", cfg.index), meta.get("stats"),
                    colors=colors)
 
-    # --- normal residual statistics -------------------------------------------------------------------------
-    def calibrate(self, max_images: int = 64, residual_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Leave-one-out residual statistics of the banked normal images (thresholds for Residual Mapping).
-
-        Each banked image is queried against the bank without itself, exactly as a generated anomaly is, so the
-        quantiles say how large residuals of *normal* content get, per residual kind (feature, colour). Stored in
-        ``self.stats`` (and saved with the bank).
-        """
-        from comgen.masks.residual import raw_residuals
-
-        if len(self) <= self.cfg.k:
-            raise InputError("bank", f"need more than k={self.cfg.k} images to calibrate, have {len(self)}")
-        kw = dict(residual_kwargs or {})
-        rng = np.random.default_rng(self.cfg.seed)
-        pos = np.sort(rng.choice(len(self), size=min(max_images, len(self)), replace=False))
-        maps: dict[str, list[torch.Tensor]] = {}
-        for s in progress(range(0, len(pos), self.cfg.batch_size), desc="normal residuals"):
-            p = torch.from_numpy(pos[s:s + self.cfg.batch_size])
-            feats = [t[p].float() for t in self.patches]
-            colors = self.colors[p].float() if self.colors is not None else None
-            idx, _ = self.query(feats, exclude_ids=[self.ids[i] for i in p.tolist()])
-            for name, m in raw_residuals(self, feats, colors, idx, **kw).items():
-                maps.setdefault(name, []).append(m)
-        gen = torch.Generator().manual_seed(0)
-        quantiles: dict[str, dict[str, float]] = {}
-        for name, lst in maps.items():
-            flat = torch.cat(lst).flatten()
-            if flat.numel() > 4_000_000:
-                flat = flat[torch.randperm(flat.numel(), generator=gen)[:4_000_000]]
-            vals = torch.quantile(flat, torch.tensor(STAT_QUANTILES)).tolist()
-            quantiles[name] = {str(q): float(v) for q, v in zip(STAT_QUANTILES, vals)}
-        self.stats = {"n_images": int(len(pos)), "quantiles": quantiles, "residual_kwargs": kw}
-        return self.stats
-
 
 def _check_backbone(where: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a bank whose features came from another network or other weights; name the difference."""
@@ -609,20 +575,12 @@ def _check_backbone(where: Path, saved: dict[str, Any], current: dict[str, Any])
                                        f"(source {current.get('source')!r}); rebuild the bank or use that backbone")
 
 
-def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
+def resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    """A stack of RGB images at ``size`` x ``size`` (area interpolation); the stack itself when already that size."""
     if images.shape[1:3] == (size, size):
         return images
-    try:
-        from comgen.data.imageio import resize_rgb
-    except ImportError:  # data module not there yet: same area interpolation with OpenCV
-        import cv2
-
-        def resize_rgb(img: np.ndarray, s: int) -> np.ndarray:  # type: ignore[misc]
-            return cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
     return np.stack([resize_rgb(im, size) for im in images])
 
 
 def _extract(backbone: Any, images: np.ndarray) -> list[torch.Tensor]:
-    from comgen.detect.backbone import to_tensor
-
     return [f.detach().float().cpu() for f in backbone(to_tensor(images))]

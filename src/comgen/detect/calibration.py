@@ -1,0 +1,91 @@
+"""Calibration of a trained detector on the validation split: score normalisation, threshold, composition prior.
+
+Why: the image score must mean the same on every run (a z-score of normal validation logits) and the pass/fail
+threshold must come from normal images only; when the run has a component model, the composition prior is fitted
+here and the threshold is re-derived on the fused score.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from comgen.components.model import ComponentModel
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
+from comgen.detect.config import DetectorConfig
+from comgen.detect.data import Splits
+from comgen.rundir import RunDir
+
+
+def image_max(values: np.ndarray, group: np.ndarray | None) -> np.ndarray:
+    """Per whole image, the max over its tiles (identity when not tiled)."""
+    if group is None:
+        return values
+    out = np.full(int(group.max()) + 1, -np.inf, dtype=np.float64)
+    np.maximum.at(out, group, values)
+    return out
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, map_mean: float, map_std: float, quantile: float,
+              group: np.ndarray | None = None) -> dict[str, Any]:
+    """Score normalisation and threshold from the validation normals.
+
+    Scores are z-scores of the normal (tile) logits; in tiled mode an image's score is its tiles' maximum, and the
+    threshold is the ``quantile`` of the normal images' scores.
+    """
+    normal = logits[labels == 0]
+    mean = float(normal.mean())
+    std = float(normal.std()) if len(normal) > 1 and float(normal.std()) > 1e-6 else 1.0
+    img_scores = image_max((logits - mean) / std, group)
+    img_labels = image_max(labels.astype(np.float64), group)
+    z = img_scores[img_labels == 0]
+    cal: dict[str, Any] = {"score_mean": mean, "score_std": std,
+                           "threshold": float(np.quantile(z, quantile)), "quantile": quantile,
+                           "map_mean": float(map_mean), "map_std": float(max(map_std, 1e-6)),
+                           "n_val_normal": int(len(z)), "n_val_anomalous": int((img_labels == 1).sum())}
+    if (img_labels == 1).any() and (img_labels == 0).any():
+        cal["val_auroc_generated"] = float(roc_auc_score(img_labels, img_scores))
+    return cal
+
+
+def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str, Any], val_logits: np.ndarray,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """Fit the composition prior (``composition_prior.py``) and re-derive the threshold on the fused scores.
+
+    Returns the calibration's ``prior`` entry; updates ``cal`` in place (threshold, validation AUROC).
+    """
+    out = run.detector / PRIOR_DIR
+    why = None
+    if not cfg.prior.enabled:
+        why = "disabled in the config"
+    elif cfg.tiles > 1:
+        why = "tiled mode scores tiles, not whole compositions"
+    elif not (run.components / "model.json").is_file():
+        why = "the run has no component model (`comgen learn`)"
+    if why is not None:
+        if out.exists():
+            shutil.rmtree(out)
+        log(f"composition prior off: {why}")
+        return {"enabled": False, "reason": why}
+    model = ComponentModel.load(run.components)
+    labels = splits.val.labels
+    log("fitting the composition prior on the training normals")
+    prior = CompositionPrior.fit(model, splits.bank_images, cfg=cfg.prior)
+    nll = prior.nll(splits.val.images)  # segmented once: normals calibrate, anomalies give the validation AUROC
+    prior.calibrate(nll[labels == 0])
+    z_prior = prior.z(nll)
+    z_net = (val_logits - cal["score_mean"]) / cal["score_std"]
+    fused = fuse_scores(z_net, z_prior, cfg.prior.fuse)
+    cal["threshold_network"] = cal["threshold"]
+    cal["threshold"] = float(np.quantile(fused[labels == 0], cfg.threshold_quantile))
+    entry: dict[str, Any] = {"enabled": True, "fuse": cfg.prior.fuse, "nll_mean": prior.mean, "nll_std": prior.std}
+    if (labels == 1).any() and (labels == 0).any():
+        entry["val_auroc_generated_prior"] = float(roc_auc_score(labels, z_prior))
+        cal["val_auroc_generated_network"] = cal.get("val_auroc_generated")
+        cal["val_auroc_generated"] = float(roc_auc_score(labels, fused))
+    prior.save(out)
+    return entry
