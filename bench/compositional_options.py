@@ -18,7 +18,7 @@ def add_argument(ap: argparse.ArgumentParser) -> None:
 def parse(ap: argparse.ArgumentParser, text: str) -> dict[str, Any]:
     """The options as a dict, or ``ap.error`` (one line, exit 2) when they are not valid."""
     from comgen.errors import ConfigError
-    from comgen.generate.compositional import parse_compositional_options
+    from comgen.generate.config import parse_compositional_options
 
     try:
         return parse_compositional_options(text)

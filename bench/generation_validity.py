@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 import compositional_options  # noqa: E402  # bench/ sibling: the --compositional option
 
 from comgen.components.features import LearnerConfig  # noqa: E402
-from comgen.generate.compositional import CompositionalConfig, CompositionalGenerator  # noqa: E402
+from comgen.generate.compositional import CompositionalGenerator  # noqa: E402
+from comgen.generate.config import CompositionalConfig  # noqa: E402
 
 
 def evaluate(cat, gen, n, seed, violates):

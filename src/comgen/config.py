@@ -118,8 +118,10 @@ class ConfigBase:
         try:
             return cls.from_dict(data, where=str(path))
         except ConfigError as exc:  # a check inside the config names its option; the message also names the file
-            if exc.where is not None and exc.where.startswith(str(path)):
+            if exc.where == str(path):
                 raise
+            if exc.where is not None and exc.where.startswith(f"{path}."):  # a nested section's option
+                raise ConfigError(path, f"{exc.where[len(str(path)) + 1:]}: {exc.problem}") from None
             raise ConfigError(path, str(exc)) from None
 
     def hash(self) -> str:

@@ -26,6 +26,8 @@ STRUCTURAL_EDITS: tuple[str, ...] = ("texture", "deform", "cut", "contamination"
 # AUROC 0.841 with all six and transplant cut to the part, 0.870 with transplant alone on a blob of 4.8-12% of the
 # side (revision 3), 0.874 on 3-12% (revision 4); each step in docs/experiments.md). The others stay available.
 DEFAULT_STRUCTURAL_EDITS: tuple[str, ...] = ("transplant",)
+ALL_EDITS: tuple[str, ...] = LOGICAL_EDITS + STRUCTURAL_EDITS
+DEFAULT_EDITS: tuple[str, ...] = LOGICAL_EDITS + DEFAULT_STRUCTURAL_EDITS  # CompositionalConfig.edit_kinds
 
 
 @dataclass(frozen=True)

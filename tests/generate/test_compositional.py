@@ -4,7 +4,8 @@ import pytest
 from comgen.components.features import LearnerConfig
 from comgen.errors import ConfigError, InputError
 from comgen.generate.component_bank import dilate
-from comgen.generate.compositional import CompositionalConfig, CompositionalGenerator, render
+from comgen.generate.compositional import CompositionalGenerator, render
+from comgen.generate.config import CompositionalConfig
 from comgen.generate.edits import plan_edit
 from comgen.generate.protocol import AnomalyGenerator
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS
@@ -229,7 +230,7 @@ def test_hole_fill_option(samples):
 def test_default_structural_edit_is_transplant_and_the_others_stay_available(samples):
     """The five hand-made structural edits taught their own cues (generator benchmark: fused structural AUROC
     0.841 with all six, 0.870 with transplant alone), so by default only transplant is made."""
-    from comgen.generate.edits import ALL_EDITS
+    from comgen.records import ALL_EDITS
     from comgen.records import DEFAULT_STRUCTURAL_EDITS
 
     assert DEFAULT_STRUCTURAL_EDITS == ("transplant",)

@@ -210,7 +210,7 @@ def test_saved_config_holds_the_backends_defaults_so_a_changed_default_is_refuse
     """A set made by code with other defaults (here: one edit kind fewer) must not be resumed by this code."""
     from comgen.errors import ConfigError
     from comgen.generate.config import GenerateConfig
-    from comgen.generate.edits import ALL_EDITS, DEFAULT_EDITS
+    from comgen.records import ALL_EDITS, DEFAULT_EDITS
     from comgen.generate.writer import _check_config
 
     cfg = GenerateConfig(backend="compositional")

@@ -18,8 +18,8 @@ def test_row_configs_differ_only_in_the_anomaly_source() -> None:
     _, base = demo_settings(64, "all", quick=True)
     full, no_ls, cut = (row_config(base, r).resolved() for r in (ROWS[0], ROWS[1], ROWS[3]))
     assert full.detector.replace(backend="x") == cut.detector.replace(backend="x")
-    assert no_ls.generate.compositional["low_density"] is False
-    remove_add = row_config(base, ROWS[2]).resolved().generate.compositional["edit_kinds"]
+    assert no_ls.generate.compositional.low_density is False
+    remove_add = row_config(base, ROWS[2]).resolved().generate.compositional.edit_kinds
     assert remove_add == ["remove", "add", "transplant"]  # the default structural edits, as in the full row
     assert full.generate.backend == "compositional" and cut.generate.backend == "cutpaste"
 

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         if sd_model is not None:
             from comgen.generate.config import GenerateConfig
 
-            section = (GenerateConfig.load(config).diffusion if config is not None else {})
+            section = GenerateConfig.load(config).diffusion.to_dict() if config is not None else {}
             overrides["diffusion"] = {**section, "sd_model": str(sd_model)}
         summary = run_generate(dataset, category, overrides, config, out)
         if summary.missing:

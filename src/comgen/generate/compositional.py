@@ -12,117 +12,23 @@ For the built-in benchmark, each edit is also applied to the generator's truth p
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import cv2
 import numpy as np
 
 from comgen.components.composition import rgb_to_lab
-from comgen.components.features import LearnerConfig, resize_square
-from comgen.config import ConfigBase
-from comgen.errors import ArtifactError, ConfigError, InputError
+from comgen.components.density import ComponentRealism, CompositionDensity
+from comgen.components.features import resize_square
+from comgen.errors import ArtifactError, InputError
 from comgen.generate.component_bank import ComponentBank, dilate, ring
-from comgen.generate.edits import (ALL_EDITS, DEFAULT_EDITS, EditPlan, discrete_capacity, edit_key, plan_edit,
-                                   possible_kinds)
-from comgen.components.density import ComponentRealism, CompositionDensity, DensityConfig
+from comgen.generate.config import CompositionalConfig
+from comgen.generate.edits import EditPlan, discrete_capacity, edit_key, plan_edit, possible_kinds
 from comgen.generate.structural import apply_structural
 from comgen.generate.surface_patch import nearest_fit
 from comgen.progress import progress
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS, Anomaly, Sample
 from comgen.rundir import RunDir
-
-
-HOLE_FILLS = ("reference", "surface")  # CompositionalConfig.hole_fill
-
-
-@dataclass
-class CompositionalConfig(ConfigBase):
-    """Options of the compositional back-end (nested under GenerateConfig)."""
-
-    # The figures of the hole_fill and strict_parts comments, and those of the logical_ratio comment's history
-    # but its last sentence, were measured before the sliver and host fixes of 2026-12-01
-    # (ComponentBank._drop_fragments, edits._parts_on); the README and docs/experiments.md date each.
-    image_size: int = 256
-    edit_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_EDITS))  # any of ALL_EDITS
-    # Share of logical anomalies when both families are enabled. 0.5 since 2026-12-02: with transplant as the only
-    # structural edit (revision 4), 0.5 against 0.8 on the 128-px generator benchmark (two seeds) gave structural
-    # AUROC 0.930 against 0.874 (NSA-style 0.918) and logical 0.959 against 0.963 (network alone 0.630 against
-    # 0.665); at 256 px (two seeds) screw_bag 0.898 / 0.817 against 0.903 / 0.781, its logical sPRO 0.472 against
-    # 0.272; 0.65 gave 0.954 / 0.906 at 128 px (all before the detector's pixel-logit prior bias of the same day, with
-    # which 0.5 gives 0.961 / 0.941). A fifth of the anomalies was too few transplants to teach screw_bag's
-    # structural damage. Figures and commands in docs/experiments.md.
-    # History, with the earlier structural edits: 0.5 was measured against 0.8 on the 128-px generator benchmark
-    # (two seeds, four categories); it raised the network-alone AUROCs (logical 0.619 -> 0.634, structural 0.793 ->
-    # 0.859), but in the 256-px demo settings (ad-hoc runs) it made screw_bag's map collapse (structural sPRO 0.528
-    # / 0.364 with 0.8, 0.004 / 0.000 with 0.5, two seeds). Measured again with the first transplant edit (ad hoc,
-    # two seeds): 0.5 no longer helped at 128 px (network alone 0.616 / 0.833 against 0.634 / 0.825) and lowered
-    # screw_bag at 256 px (structural AUROC 0.561 / 0.654 against 0.678 / 0.743). After the sliver and host fixes,
-    # 0.7 (ad hoc, two seeds) gave the 128-px structural figures back (fused 0.868 against 0.841) but lowered the
-    # demo's logical AUROC (0.955 against 0.966).
-    logical_ratio: float = 0.5
-    low_density: bool = True  # False = the "ComGEN without LS" ablation
-    candidates: int = 8  # candidate edits scored per round
-    kind_patience: int = 6  # rounds without a kept candidate before an edit kind is given up
-    blend: str = "alpha"  # alpha | poisson
-    feather: float = 1.2  # alpha feather sigma at 256 px
-    # How a removed or moved part's hole is refilled. "reference": the nearest normal image where it shows the
-    # surrounding surface, else inpainting. "surface": the nearest patch of the same image's surface that the whole
-    # hole fits on (surface_patch.nearest_fit), relit; the reference and inpainting are fallbacks. "surface" hides
-    # removals better (realism probe crops against normal images 0.802 against 0.840; no lighter discs where fruit
-    # was) and teaches logical defects a little more (generator benchmark, full row, network alone 0.650 against
-    # 0.647, logical sPRO 0.431 against 0.402), but the visible fill artefacts it removes had taught structural
-    # damage: structural AUROC 0.860 against 0.871 there, and `comgen demo` fell from 0.974 / 0.910 to 0.958 / 0.896.
-    hole_fill: str = "reference"
-    min_mask_area: float = 0.0005  # smallest anomaly mask kept, as a fraction of the image area
-    # Loose-part and whole-object rules (see ComponentBank). Off by default: on the built-in benchmark they made
-    # the edits look more plausible to the eye, but logical validity fell from 0.92 to 0.85-0.88 (the rule checker
-    # counts an edited tray or a moved connector body as a broken rule) and the whole-image realism probe did not
-    # improve (bench/generation_validity.py, bench/realism_probe.py; figures in the README).
-    max_part_area: float = 1.0  # largest part (share of the image) that geometric edits move, add or remove
-    whole_objects: bool = False  # a part that encloses others (a connector and its levers) is edited whole
-    # Strict-part rules (ComponentBank.strict_parts): no edit moves, pastes, swaps or removes a container cut by
-    # its own pixels (a tray, a grid cell, a connector without its levers), and swap/replace pair parts within 3x
-    # of each other's extent. Off by default: measured on the built-in benchmark, they make the anomalies more
-    # realistic (realism probe against normal images 0.719 whole / 0.812 crops, against 0.747 / 0.840; validity
-    # 0.927 against 0.910 over three seeds) but teach the detector less (demo logical AUROC 0.964 against 0.974,
-    # logical sPRO 0.340 against 0.423; generator benchmark, full row, network alone 0.631 against 0.647)
-    strict_parts: bool = False
-    # Placement edits (remove, add, move, swap, replace) only on part classes at fixed places
-    # (ComponentBank.fixed_place): where parts lie anywhere, a missing or extra part looks normal locally. Off by
-    # default: on the 128-px generator benchmark (two seeds) it raised the structural AUROC (0.854 against 0.841,
-    # sPRO 0.795 against 0.755) but lowered the network-alone logical AUROC (0.644 against 0.657); at the demo's
-    # 256 px it lowered breakfast_tray (network alone logical 0.768 against 0.824) and screw_bag (structural
-    # 0.692 against 0.723). Figures and commands in docs/experiments.md (2026-12-01).
-    placement_check: bool = False
-    # Parts of one class in two clearly different sizes give the group that matches another class in size, and
-    # never shares an image with it, to that class (ComponentBank._merge_twins): a cable that pixel clustering put
-    # with the levers in some colours and in its own class in another. It acts with learner.split_together_of:
-    # rarer (cable_pair's yellow cable in a class of its own). Off by default, as that learner option: with both,
-    # the 128-px generator benchmark's network alone learns more (logical 0.670 against 0.657, missing cable 0.888
-    # against 0.607), but the composition prior scores cable_pair worse with the new classes, and `comgen demo`
-    # fell on cable_pair from 1.000 / 0.978 to 0.968 / 0.934. Figures and commands in docs/experiments.md (2026-12-01).
-    twin_classes: bool = False
-    reuse_components: bool = True  # use RUN/components when present instead of re-learning
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    density: DensityConfig = field(default_factory=DensityConfig)
-
-    def __post_init__(self) -> None:
-        bad = [k for k in self.edit_kinds if k not in ALL_EDITS]
-        if bad or not self.edit_kinds:
-            raise ConfigError("compositional.edit_kinds", f"unknown or empty edit kinds {bad or self.edit_kinds}; "
-                                                          f"valid: {', '.join(ALL_EDITS)}")
-        if not 0.0 <= self.logical_ratio <= 1.0:
-            raise ConfigError("compositional.logical_ratio", f"must be in [0, 1], got {self.logical_ratio}")
-        if self.hole_fill not in HOLE_FILLS:
-            raise ConfigError("compositional.hole_fill", f"must be one of {', '.join(HOLE_FILLS)}, got {self.hole_fill!r}")
-        if self.blend not in ("alpha", "poisson"):
-            raise ConfigError("compositional.blend", f"must be alpha or poisson, got {self.blend!r}")
-        if self.candidates < 1:
-            raise ConfigError("compositional.candidates", "must be >= 1")
-        if not 0.0 < self.max_part_area <= 1.0:
-            raise ConfigError("compositional.max_part_area", f"must be in (0, 1] (a share of the image area), "
-                                                             f"got {self.max_part_area}")
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -395,14 +301,6 @@ def _load_truth(sample: Sample) -> np.ndarray | None:
     except ImportError:
         return None
     return load_truth(sample) if truth_path(sample).exists() else None
-
-
-def parse_compositional_options(text: str, where: str = "--compositional") -> dict[str, Any]:
-    """Options of this back-end given as a JSON object on a command line, checked against ``CompositionalConfig``
-    (a ConfigError naming ``where`` for bad JSON or a bad option), so a typo fails before any work."""
-    from comgen.generate.config import parse_options
-
-    return parse_options(text, where, checked_by=CompositionalConfig)
 
 
 class CompositionalGenerator:

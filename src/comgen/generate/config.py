@@ -1,26 +1,29 @@
 """``GenerateConfig``: one typed config for ``comgen generate`` and every back-end's options.
 
 Why nested per-back-end sections: one ``gen.yaml`` can hold the options of all back-ends, and the saved
-``config.yaml`` beside the generated set records exactly what produced it. The compositional and diffusion
-sections stay plain mappings here because their config classes live in other modules (owned by other stages);
-the registry converts them with their own ``from_dict`` so typos are still refused there.
+``config.yaml`` beside the generated set records exactly what produced it. The generate config is the one source
+of the working size and seed: its sections take them from it, so they can never disagree.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from comgen.components.density import DensityConfig
+from comgen.components.features import LearnerConfig
 from comgen.config import ConfigBase
 from comgen.errors import ConfigError
 from comgen.generate.baselines.cutpaste import CutPasteConfig
 from comgen.generate.baselines.draem import DraemConfig
 from comgen.generate.baselines.nsa import NsaConfig
+from comgen.generate.diffusion.config import DiffusionConfig
+from comgen.records import ALL_EDITS, DEFAULT_EDITS
 
 
 def parse_options(text: str, where: str, checked_by: type[ConfigBase] | None = None) -> dict[str, Any]:
-    """Options given as a JSON object on a command line (``'{"hole_fill": "surface"}'``).
+    """Options given as a JSON object on a command line (``'{"logical_ratio": 0.8}'``).
 
     ``checked_by``: a config class whose ``from_dict`` must accept them, so that a typo fails (a ConfigError naming
     ``where``) before any work.
@@ -50,6 +53,54 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return i, n
 
 
+HOLE_FILLS = ("reference", "surface")  # CompositionalConfig.hole_fill
+
+
+@dataclass
+class CompositionalConfig(ConfigBase):
+    """Options of the compositional back-end (nested under GenerateConfig).
+
+    The switches off by default (``hole_fill: surface``, ``max_part_area``, ``whole_objects``, ``strict_parts``,
+    ``placement_check``, ``twin_classes``) were measured not to help; docs/experiments.md has the figures.
+    """
+
+    image_size: int = 256
+    edit_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_EDITS))  # any of ALL_EDITS
+    logical_ratio: float = 0.5  # share of logical anomalies when both edit families are on
+    low_density: bool = True  # False = the "ComGEN without LS" ablation
+    candidates: int = 8  # candidate edits scored per round
+    kind_patience: int = 6  # rounds without a kept candidate before an edit kind is given up
+    blend: str = "alpha"  # alpha | poisson
+    feather: float = 1.2  # alpha feather sigma at 256 px
+    hole_fill: str = "reference"  # reference (nearest normal image, else inpainting) | surface (same image)
+    min_mask_area: float = 0.0005  # smallest anomaly mask kept, as a fraction of the image area
+    max_part_area: float = 1.0  # largest part (share of the image) that geometric edits move, add or remove
+    whole_objects: bool = False  # a part that encloses others (a connector and its levers) is edited whole
+    strict_parts: bool = False
+    placement_check: bool = False
+    twin_classes: bool = False
+    reuse_components: bool = True  # use RUN/components when present instead of re-learning
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.edit_kinds if k not in ALL_EDITS]
+        if bad or not self.edit_kinds:
+            raise ConfigError("compositional.edit_kinds", f"unknown or empty edit kinds {bad or self.edit_kinds}; "
+                                                          f"valid: {', '.join(ALL_EDITS)}")
+        if not 0.0 <= self.logical_ratio <= 1.0:
+            raise ConfigError("compositional.logical_ratio", f"must be in [0, 1], got {self.logical_ratio}")
+        if self.hole_fill not in HOLE_FILLS:
+            raise ConfigError("compositional.hole_fill", f"must be one of {', '.join(HOLE_FILLS)}, got {self.hole_fill!r}")
+        if self.blend not in ("alpha", "poisson"):
+            raise ConfigError("compositional.blend", f"must be alpha or poisson, got {self.blend!r}")
+        if self.candidates < 1:
+            raise ConfigError("compositional.candidates", "must be >= 1")
+        if not 0.0 < self.max_part_area <= 1.0:
+            raise ConfigError("compositional.max_part_area", f"must be in (0, 1] (a share of the image area), "
+                                                             f"got {self.max_part_area}")
+
+
 @dataclass
 class GenerateConfig(ConfigBase):
     backend: str = "compositional"
@@ -62,8 +113,8 @@ class GenerateConfig(ConfigBase):
     cutpaste: CutPasteConfig = field(default_factory=CutPasteConfig)
     draem: DraemConfig = field(default_factory=DraemConfig)
     nsa: NsaConfig = field(default_factory=NsaConfig)
-    compositional: dict[str, Any] = field(default_factory=dict)  # -> CompositionalConfig.from_dict
-    diffusion: dict[str, Any] = field(default_factory=dict)  # -> DiffusionConfig.from_dict
+    compositional: CompositionalConfig = field(default_factory=CompositionalConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -75,36 +126,16 @@ class GenerateConfig(ConfigBase):
         if self.preview < 0:
             raise ConfigError("generate.preview", f"{self.preview}: must be >= 0")
         parse_shard(self.shard)
-        self._backend_section()  # a bad option of the back-end fails here, where a config file is being read
-
-    def _backend_section(self) -> tuple[str, dict[str, Any]] | None:
-        """The active back-end's section parsed by its own config class, defaults included (None: typed section)."""
-        if self.backend == "compositional":
-            from comgen.generate.compositional import CompositionalConfig
-
-            return "compositional", CompositionalConfig.from_dict(self.compositional, "generate.compositional").to_dict()
-        if self.backend == "diffusion":
-            from comgen.generate.diffusion.config import DiffusionConfig
-
-            return "diffusion", DiffusionConfig.from_dict(self.diffusion, "generate.diffusion").to_dict()
-        return None
+        if isinstance(self.compositional, dict):
+            self.compositional = CompositionalConfig.from_dict(self.compositional, "generate.compositional")
+        if isinstance(self.diffusion, dict):
+            self.diffusion = DiffusionConfig.from_dict(self.diffusion, "generate.diffusion")
+        self.compositional = replace(self.compositional, image_size=self.image_size)
+        self.diffusion = replace(self.diffusion, image_size=self.image_size, seed=self.seed)
 
     @property
     def shard_index(self) -> tuple[int, int]:
         return parse_shard(self.shard)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, with the active back-end's section written out in full (its defaults included).
-
-        Why: the section is a free dict (parsed by the back-end), so without this a default changed in the code
-        (a new edit kind) left the saved config, its hash and a resumed folder's identity unchanged, and a rerun
-        kept anomalies the new code would not make.
-        """
-        d = super().to_dict()
-        section = self._backend_section()
-        if section is not None:
-            d[section[0]] = section[1]
-        return d
 
     def identity(self) -> dict[str, Any]:
         """What must match for a resumed or sharded run to continue an existing folder (not n, shard, preview)."""
@@ -112,3 +143,9 @@ class GenerateConfig(ConfigBase):
         for k in ("n", "shard", "preview"):
             d.pop(k)
         return d
+
+
+def parse_compositional_options(text: str, where: str = "--compositional") -> dict[str, Any]:
+    """Options of the compositional back-end given as a JSON object on a command line, checked against
+    ``CompositionalConfig`` (a ConfigError naming ``where`` for bad JSON or a bad option) before any work."""
+    return parse_options(text, where, checked_by=CompositionalConfig)

@@ -18,11 +18,8 @@ import numpy as np
 
 from comgen.generate.component_bank import BankItem, ComponentBank, Inner, dilate, object_crop
 from comgen.generate.structural import NEEDS_DONOR
-from comgen.records import (DEFAULT_STRUCTURAL_EDITS, LOGICAL_EDITS, STRUCTURAL_EDITS, Component, Composition,
-                             EditSpec)
+from comgen.records import ALL_EDITS, STRUCTURAL_EDITS, Component, Composition, EditSpec
 
-ALL_EDITS: tuple[str, ...] = LOGICAL_EDITS + STRUCTURAL_EDITS
-DEFAULT_EDITS: tuple[str, ...] = LOGICAL_EDITS + DEFAULT_STRUCTURAL_EDITS  # CompositionalConfig.edit_kinds
 
 
 @dataclass

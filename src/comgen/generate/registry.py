@@ -6,7 +6,6 @@ is missing fails with one clear line instead of breaking the others.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from typing import Any
 
@@ -50,26 +49,6 @@ def _import(module: str, *names: str) -> list[Any]:
     return [getattr(mod, n) for n in names]
 
 
-def _sub_config(cls: type, data: dict[str, Any], cfg: GenerateConfig, where: str) -> Any:
-    """Build a back-end config from its YAML section.
-
-    ``image_size`` is always the generate config's (one generated set has one working resolution, and
-    ``--image-size`` must win over a section copied from another run); ``seed`` is filled in when omitted.
-    """
-    data = dict(data)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    if "image_size" in fields:
-        data["image_size"] = cfg.image_size
-    if "seed" in fields and "seed" not in data:
-        data["seed"] = cfg.seed
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(data, where=where)
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(where, str(exc)) from None
-
-
 def build_generator(name: str, cfg: GenerateConfig | None = None) -> AnomalyGenerator:
     """Instantiate (not fit) the generator ``name`` configured from ``cfg``."""
     cfg = cfg or GenerateConfig(backend=name)
@@ -87,7 +66,7 @@ def build_generator(name: str, cfg: GenerateConfig | None = None) -> AnomalyGene
 
         return NsaGenerator(cfg.nsa, image_size=cfg.image_size)
     if name == "compositional":
-        gen_cls, cfg_cls = _import("comgen.generate.compositional", "CompositionalGenerator", "CompositionalConfig")
-        return gen_cls(_sub_config(cfg_cls, cfg.compositional, cfg, "generate.compositional"))
-    gen_cls, cfg_cls = _import("comgen.generate.diffusion", "DiffusionGenerator", "DiffusionConfig")
-    return gen_cls(_sub_config(cfg_cls, cfg.diffusion, cfg, "generate.diffusion"))
+        (gen_cls,) = _import("comgen.generate.compositional", "CompositionalGenerator")
+        return gen_cls(cfg.compositional)
+    (gen_cls,) = _import("comgen.generate.diffusion", "DiffusionGenerator")
+    return gen_cls(cfg.diffusion)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from comgen.generate.config import CompositionalConfig
 from comgen.pipeline.config import RunConfig
 from comgen.pipeline.suite import format_markdown, mean_of_present, results_rows
 from comgen.records import DEFAULT_STRUCTURAL_EDITS
@@ -51,7 +52,8 @@ def row_config(base: RunConfig, row: Row) -> RunConfig:
     """The run config of one row: the base config with the row's anomaly source (masks stage off: same detector)."""
     gen = base.generate
     if row.compositional:
-        gen = gen.replace(compositional={**gen.compositional, **row.compositional})
+        gen = gen.replace(compositional=CompositionalConfig.from_dict({**gen.compositional.to_dict(), **row.compositional},
+                                                                      "generate.compositional"))
     return base.replace(backend=row.backend, generate=gen, mask=False)
 
 

@@ -50,7 +50,7 @@ def compositional_rows(options: Sequence[str]) -> tuple[Row, ...]:
     """
     import json
 
-    from comgen.generate.compositional import parse_compositional_options
+    from comgen.generate.config import parse_compositional_options
     from comgen.pipeline.bench import Row
 
     rows = []

@@ -8,7 +8,6 @@ finer size than the detector runs (its class maps are resized to each image), be
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from comgen.components.features import LearnerConfig
 from comgen.config import ConfigBase
@@ -50,12 +49,9 @@ class RunConfig(ConfigBase):
     def resolved(self) -> RunConfig:
         """A copy whose stage configs all use this run's image size, seed, backend and anomaly count."""
         s = self.image_size
-        gen_dict: dict[str, Any] = self.generate.to_dict()
-        gen_dict.update(backend=self.backend, n=self.n_anomalies, image_size=s, seed=self.seed)
-        for section in ("compositional", "diffusion"):
-            if self.backend == section:
-                gen_dict[section] = {**gen_dict.get(section, {}), "image_size": s}
+        generate = GenerateConfig(**{**vars(self.generate), "backend": self.backend, "n": self.n_anomalies,
+                                     "image_size": s, "seed": self.seed})
         masks = self.masks.replace(bank=self.masks.bank.replace(image_size=s))
         detector = self.detector.replace(image_size=s, backend=self.backend, seed=self.seed)
         return self.replace(learn=self.learn.replace(image_size=self.learn_size or s, seed=self.seed),
-                            generate=GenerateConfig.from_dict(gen_dict), masks=masks, detector=detector)
+                            generate=generate, masks=masks, detector=detector)
