@@ -1,4 +1,4 @@
-"""Predict throughput of the CSDA detector vs the bare backbone forward (issue 6), and peak memory.
+"""Predict throughput of the CSDA detector vs the bare backbone forward, and peak memory.
 
 Measures at the working size (default 256 px), batch B, on CPU threads T:
   backbone  : images/s of the frozen backbone forward alone (float tensors in, features out);

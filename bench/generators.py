@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from comgen.errors import ComgenError
-from comgen.pipeline.bench_cli import main_generators
+from comgen.benchmarks.cli import main_generators
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

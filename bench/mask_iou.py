@@ -3,7 +3,7 @@ on the built-in synthetic benchmark, with a random and the pretrained (offline E
 
     python bench/mask_iou.py [--size 128] [--n-train 40] [--n 40] [--categories a,b] [--out /tmp/mask_iou_bench]
 
-Target (issue 5): mean IoU >= 0.6 over logical edits. By default an anomaly's source image may be its reference
+Target: mean IoU >= 0.6 over logical edits. By default an anomaly's source image may be its reference
 (as in the design); --exclude-source measures RNA with other normal images only.
 """
 

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.logical_ratio is not None and not 0.0 <= args.logical_ratio <= 1.0:
         ap.error(f"--logical-ratio must be in [0, 1], got {args.logical_ratio}")
     from comgen.errors import ConfigError
-    from comgen.pipeline.bench_cli import parse_seeds
+    from comgen.benchmarks.cli import parse_seeds
 
     try:
         seeds = parse_seeds(args.seeds) if args.seeds else (args.seed,)

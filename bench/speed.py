@@ -1,4 +1,4 @@
-"""Performance table (issue 7): images/s and peak memory of generate, mask, one training epoch and predict,
+"""Performance table: images/s and peak memory of generate, mask, one training epoch and predict,
 next to the bare backbone's forward rate, on one built-in category at the working size.
 
 Each stage runs in a fresh child process, so its peak RSS (VmHWM) is its own.

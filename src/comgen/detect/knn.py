@@ -1,4 +1,4 @@
-"""PatchCore-like memory-bank kNN detector: the training-free peer in the generator benchmark (issue 7).
+"""PatchCore-like memory-bank kNN detector, home-made: the training-free reference row of the generator benchmark.
 
 Why it is here: it is the strongest widely used baseline that needs no anomalies at all, so it shows what the
 generated anomalies add. It follows PatchCore's recipe: mid-level features (two scales, the coarser one upsampled),

@@ -65,6 +65,6 @@ def register(app: typer.Typer) -> None:
                                             "JSON, e.g. '{\"split_together_of\": \"rarer\"}'."),
     ) -> None:
         """The same CSDA detector trained with each anomaly source; prints the Markdown table."""
-        from comgen.pipeline.bench_cli import main_generators
+        from comgen.benchmarks.cli import main_generators
 
         main_generators(out, size, categories, epochs, rows, seeds, compositional, learn)

@@ -10,7 +10,7 @@ from comgen.errors import ConfigError
 from comgen.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from comgen.pipeline.bench import Row
+    from comgen.benchmarks.generators import Row
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -26,7 +26,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 def select_rows(text: str) -> tuple[Row, ...]:
     """"all", "none" or row numbers ("0,3") -> the benchmark's rows; refuses unknown or repeated numbers."""
-    from comgen.pipeline.bench import ROWS
+    from comgen.benchmarks.generators import ROWS
 
     if text == "all":
         return ROWS
@@ -51,7 +51,7 @@ def compositional_rows(options: Sequence[str]) -> tuple[Row, ...]:
     import json
 
     from comgen.generate.config import parse_compositional_options
-    from comgen.pipeline.bench import Row
+    from comgen.benchmarks.generators import Row
 
     rows = []
     for text in options:
@@ -78,7 +78,7 @@ def main_generators(out: str | Path, size: int = 128, categories: str = "all", e
                     learn: str | None = None) -> str:
     from comgen.data.synth.config import SynthConfig
     from comgen.data.synth.writer import generate_benchmark
-    from comgen.pipeline.bench import benchmark_markdown, run_generator_benchmark
+    from comgen.benchmarks.generators import benchmark_markdown, run_generator_benchmark
     from comgen.pipeline.demo import demo_settings
 
     # before any work: a typo must not cost a benchmark build

@@ -9,8 +9,8 @@ from comgen.data.synth.writer import generate_benchmark
 import pytest
 
 from comgen.errors import ConfigError
-from comgen.pipeline.bench import ROWS, Row, _slug, benchmark_markdown, row_config, run_generator_benchmark
-from comgen.pipeline.bench_cli import compositional_rows, main_generators, parse_seeds, select_rows
+from comgen.benchmarks.generators import ROWS, Row, _slug, benchmark_markdown, row_config, run_generator_benchmark
+from comgen.benchmarks.cli import compositional_rows, main_generators, parse_seeds, select_rows
 from comgen.pipeline.demo import demo_settings
 
 
@@ -95,7 +95,7 @@ def test_row_folder_names_stay_short_and_distinct() -> None:
 
 def test_learner_options_reach_every_row_and_are_checked_first(tmp_path: Path, monkeypatch) -> None:
     import comgen.data.synth.writer as writer
-    import comgen.pipeline.bench as bench
+    import comgen.benchmarks.generators as bench
 
     seen = {}
     monkeypatch.setattr(writer, "generate_benchmark", lambda data, synth: None)

@@ -1,8 +1,8 @@
-"""The generator benchmark (issue 7): one CSDA detector, trained with different anomaly sources, side by side.
+"""The generator benchmark: one CSDA detector, trained with different anomaly sources, side by side.
 
 Why: it is the project's headline claim that component-aware logical anomalies help a detector more than the
 classic local generators. Every row uses the same detector settings and the same data; only the anomaly source
-changes. A training-free PatchCore-like kNN detector is the peer row.
+changes. A training-free, home-made PatchCore-like kNN detector is the reference row.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from comgen.records import DEFAULT_STRUCTURAL_EDITS
 @dataclass(frozen=True)
 class Row:
     name: str
-    backend: str  # generator back-end, or "knn" for the training-free peer
+    backend: str  # generator back-end, or "knn" for the training-free reference
     compositional: dict[str, Any] | None = None  # overrides of CompositionalConfig
 
 
@@ -35,7 +35,7 @@ ROWS: tuple[Row, ...] = (
     Row("cutpaste", "cutpaste"),
     Row("draem-style", "draem"),
     Row("nsa-style", "nsa"),
-    Row("knn (PatchCore-like, peer)", "knn"),
+    Row("knn (home-made PatchCore-like)", "knn"),
 )
 
 
