@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 
@@ -48,8 +49,6 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Write an RGB (HxWx3 uint8) or gray (HxW uint8/bool) image as PNG, atomically."""
-    import cv2
-
     arr = np.asarray(image)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255

@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from comgen.data.imageio import resize_rgb
+from comgen.data.readers import open_dataset
+from comgen.detect.knn import KnnConfig, KnnDetector
+from comgen.evaluate.maps import write_map, write_scores_csv
+from comgen.evaluate.run import evaluate_category
 from comgen.generate.config import CompositionalConfig
 from comgen.pipeline.config import RunConfig
+from comgen.pipeline.run import run_category
 from comgen.pipeline.suite import format_markdown, mean_of_present, results_rows
 from comgen.records import DEFAULT_STRUCTURAL_EDITS
 
@@ -59,12 +66,6 @@ def row_config(base: RunConfig, row: Row) -> RunConfig:
 
 def run_knn(dataset: Any, category: str, out: Path, base: RunConfig) -> dict[str, Any]:
     """Fit the kNN peer on the train split, write maps for the test split, evaluate them."""
-    import cv2
-
-    from comgen.data.imageio import resize_rgb
-    from comgen.detect.knn import KnnConfig, KnnDetector
-    from comgen.evaluate.maps import write_map, write_scores_csv
-    from comgen.evaluate.run import evaluate_category
 
     size = base.image_size
     train = np.stack([resize_rgb(s.load_image(), size) for s in dataset.samples(category, "train")])
@@ -93,10 +94,6 @@ def run_generator_benchmark(dataset: str | Path, out: str | Path, base: RunConfi
     detector's initialisation (measured ad hoc: 4 points on a category mean), which is as large as the differences
     between rows. The training-free kNN row does not depend on the seed and runs once.
     """
-    from comgen.data.readers import open_dataset
-    from comgen.evaluate.run import evaluate_category
-    from comgen.pipeline.run import run_category
-
     if not seeds:
         raise ValueError("run_generator_benchmark needs at least one seed")
     ds = open_dataset(dataset)

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.mixture import GaussianMixture
 
 from comgen.components.composition import component_features, composition_vector, vector_names
 from comgen.config import ConfigBase
@@ -63,8 +64,6 @@ class CompositionDensity:
         return (x - self.mu) / self.sd
 
     def _fit_gmm(self, z: np.ndarray):
-        from sklearn.mixture import GaussianMixture
-
         k = max(1, min(self.cfg.n_components, len(z) // 8))
         return GaussianMixture(k, covariance_type=self.cfg.covariance_type, reg_covar=self.cfg.reg_covar,
                                random_state=self.cfg.seed, n_init=1).fit(z)

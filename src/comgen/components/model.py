@@ -14,6 +14,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 from comgen.components.composition import compose as compose_map
 from comgen.components.features import (
@@ -182,8 +184,6 @@ class ComponentModel:
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        from safetensors.numpy import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {"centroids": self.centroids, "mean": self.transform.mean.astype(np.float32),
@@ -203,9 +203,6 @@ class ComponentModel:
 
     @classmethod
     def load(cls, directory: str | Path, backbone=None) -> ComponentModel:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         directory = Path(directory)
         for name in ("model.safetensors", "model.json", "config.yaml"):
             if not (directory / name).is_file():

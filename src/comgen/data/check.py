@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
 from comgen.data.imageio import read_mask, read_rgb
 from comgen.data.readers import SPLITS, Dataset, open_dataset
@@ -91,9 +93,6 @@ def check_dataset(root: str | Path, layout: str = "auto", decode: bool = True) -
 
 def render_summary(summary: DatasetSummary) -> None:
     """Print the per-category, per-split, per-label table with rich (defect counts in the last column)."""
-    from rich.console import Console
-    from rich.table import Table
-
     ds = summary.dataset
     table = Table(title=f"{ds.root} ({ds.layout}, {len(ds.categories())} categories, {summary.n_images} images)")
     for col in ("category", "split", "label", "images", "masks", "sizes", "defects"):

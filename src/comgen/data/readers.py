@@ -18,9 +18,9 @@ A root that itself has ``train/`` is one category named after the folder.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Literal
 
 from comgen.data.imageio import IMAGE_SUFFIXES

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
+from comgen.components.density import CompositionDensity, DensityConfig
+from comgen.components.model import ComponentModel
 from comgen.config import ConfigBase
 from comgen.errors import ArtifactError, ConfigError
-from comgen.components.density import CompositionDensity, DensityConfig
 from comgen.io import atomic_path, atomic_write_json
 
 PRIOR_DIR = "composition_prior"  # inside the detector directory
@@ -120,8 +122,6 @@ class CompositionPrior:
         The mixture is refitted from the saved vectors at load time (deterministic, milliseconds), which keeps the
         files plain tensors + JSON instead of a pickled scikit-learn object.
         """
-        from safetensors.numpy import save_file
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.model.save(d / "components")
@@ -135,9 +135,6 @@ class CompositionPrior:
 
     @classmethod
     def load(cls, directory: str | Path, backbone: Any = None) -> CompositionPrior:
-        from safetensors.numpy import load_file
-
-        from comgen.components.model import ComponentModel
 
         d = Path(directory)
         for name in ("vectors.safetensors", "config.yaml", "calibration.json"):

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comgen.config import ConfigBase
-from comgen.features.backbone import BackboneConfig
 from comgen.detect.composition_prior import PriorConfig
 from comgen.detect.csda import HeadConfig
 from comgen.detect.loss import LossConfig
+from comgen.features.backbone import BackboneConfig
 
 # Options that may change between an interrupted run and its ``--resume`` without breaking exactness.
 RESUMABLE_CHANGES = ("epochs", "patience")

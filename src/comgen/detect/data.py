@@ -21,7 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from comgen.data.generated import load_item, read_generated
+from comgen.data.imageio import read_rgb, resize_mask, resize_rgb
+from comgen.data.readers import open_dataset
 from comgen.errors import ArtifactError, DatasetError, InputError
+from comgen.features.backbone import to_tensor
 from comgen.progress import progress
 from comgen.rundir import RunDir
 
@@ -95,8 +99,6 @@ def tile_material(mat: Material, g: int) -> Material:
 
 
 def load_images(paths: list[Path], size: int, desc: str = "load") -> np.ndarray:
-    from comgen.data.imageio import read_rgb, resize_rgb
-
     if not paths:
         return np.zeros((0, size, size, 3), np.uint8)
     return np.stack([resize_rgb(read_rgb(p), size) for p in progress(paths, desc, total=len(paths))])
@@ -112,9 +114,6 @@ def normal_material(samples: list[Any], size: int, desc: str) -> Material:
 
 def generated_material(gen_dir: Path, lines: list[dict[str, Any]], size: int) -> Material:
     """Generated anomalies: image, exact mask and the source image as the excluded reference."""
-    from comgen.data.imageio import resize_mask, resize_rgb
-    from comgen.data.generated import load_item
-
     n = len(lines)
     images = np.zeros((n, size, size, 3), np.uint8)
     targets = np.zeros((n, size, size), np.float32)
@@ -144,8 +143,6 @@ def _split_idx(n: int, frac: float, seed: int, salt: int) -> tuple[np.ndarray, n
 
 def load_splits(run: RunDir, cfg: Any) -> Splits:
     """Read the run's dataset and generated set; hold out validation normals and anomalies deterministically."""
-    from comgen.data.readers import open_dataset
-
     info = run.info
     ds = open_dataset(info.dataset)
     train = [s for s in ds.samples(info.category, "train") if s.kind == "good"]
@@ -155,7 +152,6 @@ def load_splits(run: RunDir, cfg: Any) -> Splits:
     if not val:
         keep, hold = _split_idx(len(train), cfg.val_fraction, cfg.seed, 1)
         train, val = [train[i] for i in keep], [train[i] for i in hold]
-    from comgen.data.generated import read_generated
 
     gen_dir = run.generated(cfg.backend)
     lines = read_generated(gen_dir)  # ArtifactError when `comgen generate` has not run
@@ -198,8 +194,6 @@ def augment(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
 def encode(backbone: torch.nn.Module, images: np.ndarray, batch_size: int = 16, device: Any = "cpu",
            dtype: torch.dtype = torch.float32, desc: str = "features") -> list[Tensor]:
     """Frozen backbone features of uint8 images, batched: per scale [N,C,h,w] on the CPU in ``dtype``."""
-    from comgen.features.backbone import to_tensor
-
     chunks: list[list[Tensor]] = []
     starts = range(0, len(images), batch_size)
     for i in progress(starts, desc, total=len(starts)):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from comgen.detect.csda import CSDA
+from comgen.detect.predict import Detector
 from comgen.errors import InputError
 from comgen.io import atomic_path, atomic_write_json
 
@@ -73,8 +74,6 @@ def export_model(model: CSDA, path: str | Path, image_size: int, k: int, batch: 
 
 def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> Path:
     """``comgen export RUN_DIR --onnx model.onnx``: the trained detector's network, with its calibration."""
-    from comgen.detect.predict import Detector
-
     det = Detector.load(run_dir, device="cpu")
     cal = {k: det.calibration[k] for k in ("score_mean", "score_std", "map_mean", "map_std")}
     cal["threshold"] = det.calibration.get("threshold_network", det.calibration["threshold"])

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from comgen.config import ConfigBase
 from comgen.data.imageio import resize_rgb
-from comgen.features.backbone import BackboneConfig, build_backbone, to_tensor
 from comgen.errors import InputError
+from comgen.features.backbone import BackboneConfig, build_backbone, to_tensor
 from comgen.features.coreset import greedy_k_center
-from comgen.tensor_ops import gaussian_blur
 from comgen.progress import progress
+from comgen.tensor_ops import gaussian_blur
 
 
 @dataclass
@@ -65,8 +66,6 @@ class KnnDetector:
             yield self._patch_features(self._prepare(images[start:start + bs]))
 
     def fit(self, images: np.ndarray | list[np.ndarray]) -> KnnDetector:
-        import faiss
-
         if len(images) == 0:
             raise InputError("knn", "no normal training images to build the memory bank from")
         patches = torch.cat([f.reshape(-1, f.shape[-1]) for f in self._batches(images, "knn bank")])

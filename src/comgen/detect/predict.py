@@ -18,15 +18,22 @@ from typing import Any
 
 import cv2
 import numpy as np
+import tifffile
 import torch
 from safetensors.torch import load_file
 
 from comgen.compiled import eager, maybe_compiled
+from comgen.data.imageio import read_rgb
+from comgen.data.readers import open_dataset
+from comgen.detect.artifacts import BANK, BEST, CALIBRATION, read_calibration
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.data import from_tiles, to_tiles
-from comgen.detect.artifacts import BANK, BEST, CALIBRATION, read_calibration
 from comgen.errors import ArtifactError, ConfigError, InputError
+from comgen.evaluate.maps import BRANCH_COLUMNS, map_path, write_map, write_scores_csv
+from comgen.features.backbone import build_backbone, to_tensor
+from comgen.features.memory import MemoryBank
 from comgen.io import atomic_path, atomic_write_text, write_png
 from comgen.progress import progress
 from comgen.rundir import RunDir
@@ -115,9 +122,6 @@ class Detector:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | None = None) -> Detector:
         """Load ``run_dir/detector`` (or a detector dir), refusing missing or mismatched checkpoints."""
-        from comgen.features.backbone import build_backbone
-        from comgen.features.memory import MemoryBank
-
         det = detector_dir(run_dir)
         if not (det / BEST).is_file():
             raise ArtifactError(det, "no checkpoint (best.safetensors); run `comgen train` first")
@@ -141,8 +145,6 @@ class Detector:
         bank = MemoryBank.load(det / BANK, backbone)
         prior = None
         if (cal.get("prior") or {}).get("enabled"):
-            from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior
-
             prior = CompositionPrior.load(det / PRIOR_DIR)
         return cls(cfg, model.to(dev), bank, cal, det, dev, prior)
 
@@ -156,8 +158,6 @@ class Detector:
     @torch.no_grad()
     def _forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
         """``raw`` plus the backbone features (kept for the composition prior)."""
-        from comgen.features.backbone import to_tensor
-
         x = to_tensor(images).to(self.device)
         feats = self.model.features(x)
         idx, _ = self.bank.query([f.cpu() for f in feats], self.cfg.head.k)
@@ -224,8 +224,6 @@ class Detector:
                 maps.append(m if (h, w) == (s, s) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
         self.last_parts = {"network": scores.copy(), "prior": prior}
         if self.prior is not None and g == 1:
-            from comgen.detect.composition_prior import fuse_scores
-
             scores = fuse_scores(scores, prior, self.cfg.prior.fuse)
         if notice and (notes or resized):
             parts = []
@@ -284,8 +282,6 @@ def overlay(image: np.ndarray, amap: np.ndarray, vmax: float = 8.0) -> np.ndarra
 
 
 def write_tiff(path: Path, amap: np.ndarray) -> Path:
-    import tifffile
-
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, amap.astype(np.float32))
     return path
@@ -311,8 +307,6 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
                   overlays: bool = True, detector: Detector | None = None,
                   log: Callable[[str], None] = _stderr) -> list[dict[str, Any]]:
     """``comgen predict``: maps (exchange layout for dataset images, else maps/<name>.tiff), scores.csv, overlays."""
-    from comgen.data.imageio import read_rgb
-
     files = expand_inputs(inputs)
     out = Path(out)
     lookup, ds_root = _dataset_lookup(Path(run_dir))
@@ -336,8 +330,6 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
         for k, ((f, name), img, sc, amap) in enumerate(zip(chunk, imgs, scores, maps)):
             smp = lookup.get(f.resolve())
             if smp is not None and smp.split == "test":
-                from comgen.evaluate.maps import map_path, write_map
-
                 write_map(maps_root, smp, amap.astype(np.float32))
                 mpath = map_path(maps_root, smp)
             else:
@@ -358,9 +350,6 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
 def predict_dataset(run: RunDir | str | Path, split: str = "test", maps_root: str | Path | None = None,
                     batch_size: int | None = None, detector: Detector | None = None) -> list[dict[str, Any]]:
     """Write a map for every image of ``split`` of the run's dataset (exchange layout) and ``scores.csv``."""
-    from comgen.data.readers import open_dataset
-    from comgen.evaluate.maps import BRANCH_COLUMNS, write_map, write_scores_csv
-
     run = run if isinstance(run, RunDir) else RunDir.open(run)
     maps_root = Path(maps_root) if maps_root is not None else run.maps
     info = run.info

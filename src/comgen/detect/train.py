@@ -29,8 +29,17 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from comgen.detect.artifacts import (BANK, BEST, CALIBRATION, HISTORY, LAST, STATE, load_state, save_safetensors,
-                                     save_state)
+from comgen.detect.artifacts import (
+    BANK,
+    BEST,
+    CALIBRATION,
+    HISTORY,
+    LAST,
+    STATE,
+    load_state,
+    save_safetensors,
+    save_state,
+)
 from comgen.detect.calibration import attach_prior, calibrate
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDAHead
@@ -42,6 +51,7 @@ from comgen.features.memory import MemoryBank, MemoryBankConfig
 from comgen.io import append_jsonl, atomic_write_json
 from comgen.rundir import RunDir
 from comgen.runtime import peak_rss_mb
+
 
 class NonFiniteLossError(ComgenError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""

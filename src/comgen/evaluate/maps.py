@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 from comgen.errors import InputError
 from comgen.io import atomic_path, atomic_write_text
@@ -34,8 +36,6 @@ def map_path(maps_root: str | Path, sample: Sample) -> Path:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file, read from its header only (cheap for 1700x1000 LOCO images)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -65,8 +65,6 @@ def check_map(amap: np.ndarray, where: str | Path, shape: tuple[int, int] | None
 
 def write_map(maps_root: str | Path, sample: Sample, amap: np.ndarray, check_size: bool = True) -> Path:
     """Write ``amap`` (float32, the image's original size) as ``map_path(...)``, atomically."""
-    import tifffile
-
     path = map_path(maps_root, sample)
     shape = image_size(sample.path) if check_size else None
     amap = check_map(amap, path, shape)
@@ -87,8 +85,6 @@ def find_map(maps_root: str | Path, sample: Sample) -> Path | None:
 
 def read_map(maps_root: str | Path, sample: Sample, check_size: bool = True) -> np.ndarray:
     """Read and validate the map of ``sample``: present, 2-D, finite, the image's size -> float32 HxW."""
-    import tifffile
-
     path = find_map(maps_root, sample)
     if path is None:
         raise InputError(map_path(maps_root, sample), f"missing anomaly map for test image {sample.path}")

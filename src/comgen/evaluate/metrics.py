@@ -23,10 +23,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from comgen.errors import InputError
 from comgen.evaluate.curves import Curve
 from comgen.evaluate.groundtruth import GroundTruth
+from comgen.progress import progress
 
 AUPRO_LIMIT = 0.3
 SPRO_LIMITS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.3, 1.0)
@@ -37,8 +39,6 @@ DEFAULT_CHUNK_PIXELS = 16_000_000
 # --------------------------------------------------------------------------------------------- image level
 def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float | None:
     """AUROC of image scores (ties count half); None when one class is missing."""
-    from sklearn.metrics import roc_auc_score
-
     scores, labels = _image_inputs(scores, labels)
     if labels.all() or not labels.any():
         return None
@@ -47,8 +47,6 @@ def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | n
 
 def image_roc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> Curve | None:
     """Exact image-level ROC curve; None when one class is missing."""
-    from sklearn.metrics import roc_curve
-
     scores, labels = _image_inputs(scores, labels)
     if labels.all() or not labels.any():
         return None
@@ -282,8 +280,6 @@ def pixel_curves(maps: Sequence[np.ndarray] | Callable[[int], np.ndarray],
     ``maps`` / ``gts`` may be lists or loaders ``i -> item``; loaders are called twice per image (two
     passes), so nothing but defect-pixel scores is kept in memory between passes.
     """
-    from comgen.progress import progress
-
     n = len(groups)
     load_map = maps if callable(maps) else maps.__getitem__
     load_gt = gts if callable(gts) else gts.__getitem__

@@ -13,8 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import tifffile
 
+from comgen.evaluate.run import BRANCH_AUROCS, metrics_json
 from comgen.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, write_png
 from comgen.progress import progress
 
@@ -86,9 +89,6 @@ def _read_rgb(path: str) -> np.ndarray:
 
 def _overlay(entry: Mapping[str, Any], lo: float, hi: float, max_side: int = 256) -> np.ndarray:
     """Image with the anomaly map as a heat map (shared scale lo..hi) and ground-truth contours in green."""
-    import cv2
-    import tifffile
-
     img = _read_rgb(entry["image"])
     amap = np.asarray(tifffile.imread(entry["map"]), dtype=np.float32).reshape(img.shape[:2])
     norm = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
@@ -119,7 +119,6 @@ def _gallery(result: Mapping[str, Any], out_dir: Path, n: int) -> list[tuple[str
     chosen = good + bad
     if not chosen:
         return []
-    import tifffile
 
     vals = [tifffile.imread(e["map"]) for e in chosen]
     lo = float(min(v.min() for v in vals))
@@ -166,8 +165,6 @@ def _table(results: Mapping[str, Any]) -> str:
 
 def _defect_table(per_defect: Mapping[str, Any]) -> str:
     """LOCO's per-defect-type results (good images + images holding the defect)."""
-    from comgen.evaluate.run import BRANCH_AUROCS
-
     limits = next((list(m["auc_spro"]) for m in per_defect.values() if m.get("auc_spro")), [])
     branches = [k for k in BRANCH_AUROCS if any(k in m for m in per_defect.values())]
     head = ("<tr><th class=l>defect type</th><th>images</th><th>image AUROC</th>"
@@ -189,8 +186,6 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, gallery: int =
     ``extra_images`` maps a category to (caption, image path) pairs shown in its section, e.g. the component
     segmentation and the generation preview of ``comgen run``; they are copied beside the report.
     """
-    from comgen.evaluate.run import metrics_json
-
     results = _as_results(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,16 @@ from comgen.config import ConfigBase
 from comgen.errors import ConfigError, DatasetError, InputError
 from comgen.evaluate.groundtruth import GroundTruth, ground_truth_from_masks
 from comgen.evaluate.maps import BRANCH_COLUMNS, find_map, map_path, read_map, read_scores_csv, scores_by_key
-from comgen.evaluate.metrics import (AUPRO_LIMIT, DEFAULT_CHUNK_PIXELS, SPRO_HEADLINE, SPRO_LIMITS,
-                                     PixelCurveBuilder, PixelCurves, image_auroc, image_roc)
+from comgen.evaluate.metrics import (
+    AUPRO_LIMIT,
+    DEFAULT_CHUNK_PIXELS,
+    SPRO_HEADLINE,
+    SPRO_LIMITS,
+    PixelCurveBuilder,
+    PixelCurves,
+    image_auroc,
+    image_roc,
+)
 from comgen.progress import progress
 from comgen.records import DefectSpec, Sample
 

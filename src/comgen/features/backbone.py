@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import timm
 import torch
 from torch import nn
 
@@ -65,8 +67,6 @@ def hub_cache_file(name: str) -> Path | None:
 
     Looks only at files on disk; never touches the network.
     """
-    import timm
-
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except Exception:  # unknown tag or model without pretrained cfg
@@ -155,8 +155,6 @@ class ResolvedWeights:
 
 
 def _create(name: str, **kw: Any) -> nn.Module:
-    import timm
-
     try:
         return timm.create_model(name, pretrained=False, **kw)
     except RuntimeError as exc:
@@ -187,8 +185,6 @@ def resolve_weights(cfg: BackboneConfig) -> ResolvedWeights:
 
 def _build_model(resolved: ResolvedWeights, **kw: Any) -> nn.Module:
     """Instantiate ``resolved.name`` (classifier or features_only) with the resolved weights."""
-    import timm
-
     if resolved.hub_file is not None:
         try:
             return timm.create_model(resolved.name, pretrained=True,
@@ -309,8 +305,6 @@ def build_backbone(cfg: BackboneConfig | None = None) -> Backbone:
 
 def to_tensor(images: Any) -> torch.Tensor:
     """HxWx3 / NxHxWx3 uint8 RGB numpy -> float32 NCHW in [0,1] (the backbone's input convention)."""
-    import numpy as np
-
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]

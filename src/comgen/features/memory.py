@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from comgen.compiled import eager, maybe_compiled, runs_compiled
 from comgen.config import ConfigBase
@@ -110,8 +113,6 @@ def lab_features(images: np.ndarray, stride: int) -> torch.Tensor:
 
     L in 0..100, a/b centred on 0, so a Euclidean distance of ~2.3 is one "just noticeable difference".
     """
-    import cv2
-
     arr = np.asarray(images)
     lab = np.stack([cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2LAB) for im in arr]).astype(np.float32)
     t = torch.from_numpy(lab).permute(0, 3, 1, 2).contiguous()
@@ -234,8 +235,6 @@ def build_index(desc: np.ndarray, kind: str, nlist: int = 0, pq_m: int = 16, npr
     ``ivfpq`` needs enough points to train its quantisers (>= 39 per list and >= 256 codes); smaller banks fall
     back to ``sq8`` (trains from min/max only) and say so in the effective kind.
     """
-    import faiss
-
     desc = np.ascontiguousarray(desc, dtype=np.float32)
     n, d = desc.shape
     if kind == "ivfpq":
@@ -484,9 +483,6 @@ class MemoryBank:
     # --- persistence ----------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write the bank atomically (bank.json last, with checksums of the other files)."""
-        import faiss
-        from safetensors.torch import save_file
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta_path = d / "bank.json"
@@ -519,9 +515,6 @@ class MemoryBank:
     @classmethod
     def load(cls, directory: str | Path, backbone: Any, expect: MemoryBankConfig | None = None) -> MemoryBank:
         """Load a saved bank; refuse (ArtifactError) another backbone or config, a corrupt file or an empty bank."""
-        import faiss
-        from safetensors.torch import load_file
-
         d = Path(directory)
         meta_path = d / "bank.json"
         if not meta_path.is_file():

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.filters import threshold_otsu
 
 from comgen.config import ConfigBase
 from comgen.errors import InputError
@@ -134,8 +135,6 @@ def residual_mask(soft: np.ndarray | torch.Tensor, gate: np.ndarray | torch.Tens
         # inside the gate the residual is bimodal (edited pixels vs their unchanged surroundings): Otsu splits them
         inside = s[s > 0]
         if inside.size > 16 and float(inside.max()) > float(inside.min()):
-            from skimage.filters import threshold_otsu
-
             cut = max(cut, float(threshold_otsu(inside)))
     m = (s > cut).astype(np.uint8)
     if open_radius > 0:

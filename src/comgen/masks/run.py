@@ -20,14 +20,17 @@ import cv2
 import numpy as np
 
 from comgen.config import ConfigBase
-from comgen.features.backbone import BackboneConfig, build_backbone
+from comgen.data.generated import load_gate, load_item, read_generated
+from comgen.data.imageio import resize_rgb
+from comgen.data.readers import open_dataset
 from comgen.errors import ArtifactError, DatasetError
+from comgen.features.backbone import BackboneConfig, build_backbone
+from comgen.features.memory import MemoryBank, MemoryBankConfig, resize_all
 from comgen.io import atomic_write_json, write_png
-from comgen.features.memory import MemoryBank, MemoryBankConfig
 from comgen.masks.residual import (
     ResidualConfig,
-    calibrate_bank,
     _norm_kw,
+    calibrate_bank,
     mask_iou,
     residual_kwargs,
     residual_mask,
@@ -65,9 +68,6 @@ def _key(path: str | Path) -> str:
 
 def load_train_images(run: RunDir, size: int) -> tuple[np.ndarray, list[str]]:
     """The run's normal training images at ``size`` and their ids (resolved paths)."""
-    from comgen.data.imageio import resize_rgb
-    from comgen.data.readers import open_dataset
-
     info = run.info
     ds = open_dataset(info.dataset)
     samples = [s for s in ds.samples(info.category, "train") if s.kind == "good"]
@@ -106,16 +106,12 @@ def ensure_bank(run: RunDir, cfg: MaskConfig, backbone: Any | None = None, rebui
 
 
 def _to_size(img: np.ndarray, size: int) -> np.ndarray:
-    from comgen.features.memory import resize_all
-
     return resize_all(img[None], size)[0]
 
 
 def compute_masks(run: RunDir, backend: str = "compositional", cfg: MaskConfig | None = None,
                   rebuild: bool = False, echo: Callable[[str], Any] = log.info) -> dict[str, Any]:
     """Residual masks + soft maps for every generated anomaly of ``backend``; returns (and writes) the IoU report."""
-    from comgen.data.generated import load_gate, load_item, read_generated
-
     cfg = cfg or MaskConfig()
     out = run.generated(backend)
     lines = read_generated(out)

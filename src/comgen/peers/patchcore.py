@@ -30,11 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import timm
 import torch
 
 from comgen.config import ConfigBase
 from comgen.errors import ConfigError, InputError
+from comgen.evaluate.maps import score_row, write_map, write_scores_csv
+from comgen.evaluate.run import evaluate_category
+from comgen.features.backbone import OFFLINE_SOURCE, map_state_dict, offline_default_path, read_state_dict, to_tensor
 from comgen.progress import progress
 
 BACKBONE = "tf_efficientnet_lite0"
@@ -101,9 +106,6 @@ def _weights_state_dict(weights: str) -> tuple[dict[str, torch.Tensor] | None, s
     Why not ``backbone.resolve_weights``: its "auto" prefers timm's hub cache, while the peer must use exactly
     the packaged offline checkpoint, so that its weights never depend on what a machine happens to have cached.
     """
-    import timm
-
-    from comgen.features.backbone import OFFLINE_SOURCE, map_state_dict, offline_default_path, read_state_dict
 
     w = weights.strip()
     if w == "random":
@@ -130,7 +132,6 @@ def _seeded(seed: int) -> Iterator[None]:
 def build_model(cfg: PatchcoreConfig) -> tuple[torch.nn.Module, str]:
     """anomalib's ``PatchcoreModel`` on ``tf_efficientnet_lite0`` with offline weights: (model, weight source)."""
     PatchcoreModel, _ = _anomalib()
-    import timm
 
     names = [info["module"] for info in timm.create_model(BACKBONE, pretrained=False, features_only=True,
                                                           exportable=True).feature_info.info]
@@ -173,8 +174,6 @@ class PatchcorePeer:
 
     def _tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 HxWx3 RGB images (any sizes) -> pre-processed float32 NCHW batch at the working size."""
-        from comgen.features.backbone import to_tensor
-
         return torch.cat([self.transform(to_tensor(img)) for img in images]).float()
 
     def _batches(self, images: Sequence[np.ndarray], desc: str) -> Iterator[torch.Tensor]:
@@ -251,10 +250,6 @@ def run_patchcore(dataset: Any, category: str, out: Path, cfg: PatchcoreConfig,
     ``predict_images_per_second`` (pre-processing and scoring, not map writing) and ``peak_rss_mb`` (of the whole
     process so far).
     """
-    import cv2
-
-    from comgen.evaluate.maps import score_row, write_map, write_scores_csv
-    from comgen.evaluate.run import evaluate_category
 
     out = Path(out)
     train = dataset.samples(category, "train")

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from comgen.data.synth.config import SynthConfig
+from comgen.data.synth.writer import generate_benchmark
 from comgen.pipeline.config import RunConfig
+from comgen.pipeline.suite import run_suite
 
 
 def demo_settings(size: int, categories: str, quick: bool) -> tuple[SynthConfig, RunConfig]:
@@ -32,9 +34,6 @@ def demo_settings(size: int, categories: str, quick: bool) -> tuple[SynthConfig,
 
 def run_demo(out: str | Path, size: int = 256, categories: str = "all", quick: bool = False,
              force: bool = False, log: Any = print) -> dict[str, Any]:
-    from comgen.data.synth.writer import generate_benchmark
-    from comgen.pipeline.suite import run_suite
-
     out = Path(out)
     synth, cfg = demo_settings(size, categories, quick)
     data = out / "data"

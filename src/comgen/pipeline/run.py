@@ -13,10 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from comgen.components import learner
 from comgen.config import ConfigBase
-from comgen.errors import DatasetError
-from comgen.generate.registry import generator_revision
+from comgen.data.generated import saved_revision
+from comgen.data.readers import open_dataset
+from comgen.detect.predict import predict_dataset
+from comgen.detect.train import train_detector
+from comgen.errors import ConfigError, DatasetError
+from comgen.evaluate.report import write_report
+from comgen.evaluate.run import evaluate_category
+from comgen.generate.registry import build_generator, generator_revision
+from comgen.generate.writer import write_generated
 from comgen.io import atomic_write_text
+from comgen.masks.run import compute_masks
 from comgen.pipeline.config import RunConfig
 from comgen.pipeline.stages import StageRunner
 from comgen.rundir import RunDir
@@ -35,9 +44,6 @@ def _same_saved_config(path: Path, cfg: ConfigBase) -> bool:
 def _same_revision(folder: Path, backend: str) -> bool:
     """True when the generated ``folder`` was made by this comgen's revision of ``backend`` (an unreadable
     record counts as another revision: the run owns the folder and makes it anew)."""
-    from comgen.errors import ConfigError
-    from comgen.data.generated import saved_revision
-
     try:
         return saved_revision(folder) == generator_revision(backend)
     except ConfigError:
@@ -65,8 +71,6 @@ def _fresh(folder: Path) -> None:
 def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunConfig | None = None,
                  force: bool = False, log: Callable[[str], None] = print) -> RunDir:
     """Run every stage for one category into ``out``; returns the finished run directory."""
-    from comgen.data.readers import open_dataset
-
     cfg = (cfg or RunConfig()).resolved()
     ds = open_dataset(dataset)
     if category not in ds.categories():
@@ -80,20 +84,14 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
 
     if cfg.learns_components or cfg.detector.prior.enabled:  # the detector's composition prior needs components
         def learn() -> dict[str, Any]:
-            from comgen.components.learner import learn_into_run
-
             _fresh(run.components)
-            model = learn_into_run(run, train, cfg.learn)
+            model = learner.learn_into_run(run, train, cfg.learn)
             return {"num_classes": model.num_classes}
 
-        from comgen.components.learner import LEARNER_REVISION
 
-        runner.stage("run.learn", _revised(cfg.learn.hash(), LEARNER_REVISION), learn)
+        runner.stage("run.learn", _revised(cfg.learn.hash(), learner.LEARNER_REVISION), learn)
 
     def generate() -> dict[str, Any]:
-        from comgen.generate.registry import build_generator
-        from comgen.generate.writer import write_generated
-
         folder = run.generated(cfg.backend)
         # the compositional back-end edits with the learned components: after new ones, no old anomaly is kept
         learned_with = run.stage_hash("run.learn")
@@ -112,16 +110,12 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
 
     if cfg.mask:
         def mask() -> dict[str, Any]:
-            from comgen.masks.run import compute_masks
-
             report = compute_masks(run, cfg.backend, cfg.masks, rebuild=True, echo=log)
             return {k: report.get(k) for k in ("logical_mean", "structural_mean", "all_mean")}
 
         runner.stage("run.mask", cfg.masks.hash(), mask)
 
     def train_stage() -> dict[str, Any]:
-        from comgen.detect.train import train_detector
-
         resume = _same_saved_config(run.detector / "config.yaml", cfg.detector) and any(run.detector.glob("*.pt"))
         if not resume:
             _fresh(run.detector)
@@ -132,8 +126,6 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
     runner.stage("run.train", cfg.detector.hash(), train_stage)
 
     def predict() -> dict[str, Any]:
-        from comgen.detect.predict import predict_dataset
-
         _fresh(run.maps)
         rows = predict_dataset(run, "test", run.maps)
         return {"images": len(rows)}
@@ -141,9 +133,6 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
     runner.stage("run.predict", "test", predict)
 
     def evaluate() -> dict[str, Any]:
-        from comgen.evaluate.report import write_report
-        from comgen.evaluate.run import evaluate_category
-
         result = evaluate_category(ds, category, run.maps, cfg.evaluate)
         write_report({"dataset": str(ds.root), "categories": {category: result}}, run.eval,
                      gallery=cfg.evaluate.gallery, title=f"comgen: {category}")

@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from comgen.data.readers import open_dataset
+from comgen.evaluate.report import write_report
+from comgen.evaluate.run import evaluate_category
+from comgen.generate.registry import check_backend
 from comgen.pipeline.config import RunConfig
+from comgen.pipeline.run import run_category
 from comgen.rundir import RunDir
 
 
@@ -19,8 +24,6 @@ def selected_config(config: Path | None = None, **overrides: Any) -> RunConfig:
     if overrides.get("n") is not None:
         cfg = cfg.replace(n_anomalies=int(overrides["n"]))
     if overrides.get("backend") is not None:
-        from comgen.generate.registry import check_backend
-
         check_backend(overrides["backend"])
         cfg = cfg.replace(backend=overrides["backend"])
     if overrides.get("epochs") is not None:
@@ -35,11 +38,6 @@ def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: R
     One category: ``out`` is the run directory (default ``runs/<category>``), the report is ``out/eval``.
     Several: each category runs in ``out/<category>`` (default ``runs/``), the combined report is ``out/report``.
     """
-    from comgen.data.readers import open_dataset
-    from comgen.evaluate.report import write_report
-    from comgen.evaluate.run import evaluate_category
-    from comgen.pipeline.run import run_category
-
     ds = open_dataset(dataset)
     cats = ds.select_categories(category)
     single = len(cats) == 1 and category != "all"

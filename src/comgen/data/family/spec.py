@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from comgen.data.synth.base import hue_distance, hue_sat
+
 Color = tuple[float, float, float]
 
 DEV_SEEDS: tuple[int, ...] = tuple(range(0, 10))
@@ -155,7 +157,6 @@ def _attribute_palette(rng: np.random.Generator) -> tuple[Color, ...]:
     names = list(HUES)
     order = rng.permutation(len(names))
     chosen: list[str] = []
-    from comgen.data.synth.base import hue_distance, hue_sat
 
     for i in order:
         h = hue_sat(np.asarray(HUES[names[i]], np.float32))[0]

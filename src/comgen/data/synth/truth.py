@@ -13,6 +13,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from comgen.data.imageio import read_mask
+from comgen.data.synth.base import components, hue_distance, hue_sat, median_rgb
+from comgen.data.synth.categories import (
+    BAG_COLORS,
+    CABLE_COLORS,
+    CATEGORY_SPECS,
+    LIME,
+    ORANGE,
+    category_spec,
+    known_category,
+)
 from comgen.errors import DatasetError, InputError
 from comgen.records import Sample
 
@@ -25,8 +36,6 @@ def truth_path(sample: Sample) -> Path:
 
 def load_truth(sample: Sample) -> np.ndarray:
     """The sample's part-label map (HxW uint8, 0 background, 1..P parts)."""
-    from comgen.data.imageio import read_mask
-
     path = truth_path(sample)
     if not path.is_file():
         raise DatasetError(path, "no generator truth for this image (not a comgen synth dataset?)")
@@ -51,8 +60,6 @@ def palettes() -> dict[str, dict[int, tuple[str, tuple[tuple[int, int, int], ...
     whose colour lies outside its palette is a wrong-colour (logical) defect, even for parts that the
     category's own rules do not mention.
     """
-    from comgen.data.synth.categories import BAG_COLORS, CABLE_COLORS, LIME, ORANGE
-
     return {
         "breakfast_tray": {1: ("tray", ((226, 222, 208), (188, 184, 172))), 2: ("orange", (ORANGE,)),
                            3: ("lime", (LIME,)), 4: ("cereal", ((168, 112, 56),))},
@@ -70,8 +77,6 @@ def _in_palette(rgb: np.ndarray, refs) -> bool:
 
     Tolerances cover the benchmark's jitter, lighting ramp (+-14%) and channel gain (0.93..1.05) with margin.
     """
-    from comgen.data.synth.base import hue_distance, hue_sat
-
     hue, sat = hue_sat(rgb)
     val = float(np.max(rgb))
     for ref in refs:
@@ -87,9 +92,6 @@ def _in_palette(rgb: np.ndarray, refs) -> bool:
 
 def palette_violations(category: str, labels: np.ndarray, image: np.ndarray) -> list[str]:
     """"A part shows a colour outside its part's palette", for every part of the category."""
-    from comgen.data.synth.base import components, median_rgb
-
-    from comgen.data.synth.categories import category_spec
 
     s = labels.shape[0]
     msgs = []
@@ -108,8 +110,6 @@ def violates(category: str, label_map: np.ndarray, image: np.ndarray, palette: b
     adds the rule "every part keeps a colour of its palette" (``palette_violations``) to the category's own
     rules; ``palette=False`` checks the category's listed rules only.
     """
-    from comgen.data.synth.categories import CATEGORY_SPECS, category_spec, known_category
-
     if not known_category(category):
         raise InputError(category, f"not a synthetic category (have: {', '.join(CATEGORY_SPECS)}, or family_<seed>)")
     labels = np.asarray(label_map)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +126,6 @@ def generate_benchmark(out: str | Path, cfg: SynthConfig | None = None, workers:
     cats = cfg.selected()
     workers = min(len(cats), workers if workers > 0 else (os.cpu_count() or 1))
     if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(max_workers=workers) as pool:
             paths = list(pool.map(generate_category, [out] * len(cats), cats, [cfg] * len(cats)))
     else:
