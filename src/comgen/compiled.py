@@ -76,8 +76,8 @@ def maybe_compiled(fn: F, name: str | None = None, options: dict[str, Any] | Non
 
                 # inductor's CPU path warns "No CUDA runtime is found" on every CPU-only machine: not news
                 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-                # dynamic: one graph serves every batch size and feature-map size (measured: half the first-run compile
-                # time of specialising per shape, same steady speed)
+                # dynamic: one graph serves every batch size and feature-map size (a shorter first-run compile than
+                # specialising per shape, the same steady speed)
                 compiled.append(torch.compile(fn, dynamic=True, options=options))
             return compiled[0](*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler/toolchain failure means: run eager

@@ -1,4 +1,4 @@
-"""Records that flow between the stages (design doc, "Records that flow between the stages").
+"""Records that flow between the stages (docs/design.md, "Records that flow between the stages").
 
 They are plain dataclasses holding numpy arrays, so every stage (and every back-end) speaks the same
 language and nothing downstream needs to know which generator or detector produced a record.
@@ -21,10 +21,8 @@ EditKind = Literal[
 LOGICAL_EDITS: tuple[str, ...] = ("remove", "add", "replace", "recolor", "move", "swap", "resize")
 STRUCTURAL_EDITS: tuple[str, ...] = ("texture", "deform", "cut", "contamination", "stain", "transplant")
 # The structural edits a generator makes unless told otherwise. Only transplant: trained with the five hand-made
-# edits beside it, the detector learnt their own cues (stripes, a warp, a flat cut) and found the benchmark's real
-# scratches, stains and contamination less well (generator benchmark, 128 px, two seeds: full row fused structural
-# AUROC 0.841 with all six and transplant cut to the part, 0.870 with transplant alone on a blob of 4.8-12% of the
-# side (revision 3), 0.874 on 3-12% (revision 4); each step in docs/experiments.md). The others stay available.
+# edits beside it, the detector learnt their own cues (stripes, a warp, a flat cut) and found real scratches, stains
+# and contamination less well (docs/experiments.md). The others stay available.
 DEFAULT_STRUCTURAL_EDITS: tuple[str, ...] = ("transplant",)
 ALL_EDITS: tuple[str, ...] = LOGICAL_EDITS + STRUCTURAL_EDITS
 DEFAULT_EDITS: tuple[str, ...] = LOGICAL_EDITS + DEFAULT_STRUCTURAL_EDITS  # CompositionalConfig.edit_kinds

@@ -3,9 +3,9 @@
 Why: glibc serves every allocation above a (dynamic) threshold with a fresh ``mmap`` and returns it to the
 system on ``free``; PyTorch's CPU kernels allocate and free feature maps of several MB per layer, so every
 forward pass page-faults its working memory in again. Keeping large blocks in the heap (the effect PyTorch's
-performance guide gets from jemalloc/tcmalloc) made the 256 px predict path ~1.5x faster on this 2-core machine
-(``bench/detect_speed.py`` with and without ``--default-malloc``: 39.8 vs 26.8 img/s) for ~160 MB more peak RSS. Applied by the ``comgen`` CLI; library
-users may call ``tune_allocator()`` themselves. ``COMGEN_MALLOC_TUNING=0`` turns it off.
+performance guide gets from jemalloc/tcmalloc) makes the predict path markedly faster for a little more peak RSS
+(``bench/detect_speed.py`` with and without ``--default-malloc``; docs/results.md). Applied by the ``comgen`` CLI;
+library users may call ``tune_allocator()`` themselves. ``COMGEN_MALLOC_TUNING=0`` turns it off.
 """
 
 from __future__ import annotations

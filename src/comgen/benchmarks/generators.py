@@ -91,7 +91,7 @@ def run_generator_benchmark(dataset: str | Path, out: str | Path, base: RunConfi
 
     Returns {row name: {"results": {cat: result} of the first seed, "by_seed": {seed: {cat: result}},
     "seconds": s}}. Why several seeds: one seed's AUROC moves by several points with the generated set and the
-    detector's initialisation (measured ad hoc: 4 points on a category mean), which is as large as the differences
+    detector's initialisation by as much as the differences
     between rows. The training-free kNN row does not depend on the seed and runs once.
     """
     if not seeds:

@@ -44,10 +44,8 @@ class DetectorConfig(ConfigBase):
     threshold_quantile: float = 0.99  # pass/fail threshold = this quantile of validation normal scores
     train_full_res: bool = False  # pixel loss at full size (slow) instead of the decoder's stride-4 grid (soft targets)
     # How masks shrink to the decoder's stride-4 grid: max (a cell with any anomalous pixel is positive) | avg (soft).
-    # Why max: a defect narrower than a cell became a weak soft target that the loss could ignore; on screw_bag at
-    # 128 px the map never learned to localise (structural sPRO 0.000). Generator benchmark rows at 128 px, two seeds
-    # (ad hoc), full row avg -> max: sPRO logical / structural 0.316 / 0.665 -> 0.413 / 0.763, network-alone
-    # structural AUROC 0.825 -> 0.843; screw_bag structural sPRO 0.000 -> 0.34.
+    # Why max: a defect narrower than a cell became a weak soft target that the loss could ignore, and small parts'
+    # maps never learned to localise (docs/experiments.md).
     target_pool: str = "max"
     cache_dtype: str = "float16"  # frozen-backbone feature cache precision (float16 | float32)
     mixed_precision: str = "no"  # Accelerate: no | fp16 | bf16

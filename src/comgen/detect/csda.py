@@ -1,4 +1,4 @@
-"""CSDA: Cross-Scale Difference Aggregation (design doc, section III).
+"""CSDA: Cross-Scale Difference Aggregation (docs/design.md, "III. Detect").
 
 Why this shape: logical anomalies are differences *with respect to normal references*, so every scale compares
 the image's features with its k RNA references (already aligned patch-wise by the memory bank), keeps the
@@ -45,9 +45,7 @@ class HeadConfig(ConfigBase):
 
 # Initial bias of the pixel logits: sigmoid(bias) = 0.01, the rare-positive prior of focal loss (Lin et al.).
 # Why: from a zero bias every normal pixel starts with a large loss, and the first steps spend the gradient on
-# pulling the whole map down. Measured ad hoc, a short training then left the maps ranked backwards (`comgen run`
-# at 64 px, two epochs: structural pixel AUROC 0.02, and 0.985 with this bias; the toy detector of tests/detect
-# 0.58-0.67 against 0.83-0.97 over three seeds).
+# pulling the whole map down, so a short training left the maps ranked backwards (docs/experiments.md).
 MAP_PRIOR_BIAS = -math.log(99.0)
 
 
@@ -62,9 +60,8 @@ def relative_residual(f: Tensor, diff: Tensor) -> Tensor:
 
 
 def channels_last(x: Tensor) -> Tensor:
-    """oneDNN runs the head's convolutions faster on channels-last inputs (measured on CPU at 64x64, batch 8: 3x3
-    forward ~2x, forward+backward ~1.5x; 1x1 ~1.4-4x), so every conv input is converted once and the outputs,
-    channels-last too, feed the next conv without another reorder (head forward 34 -> 24 ms, measured)."""
+    """oneDNN runs the head's convolutions faster on channels-last inputs, so every conv input is converted once and
+    the outputs, channels-last too, feed the next conv without another reorder."""
     return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -83,10 +83,9 @@ def to_rgb_uint8(img: np.ndarray, where: str = "image") -> tuple[np.ndarray, str
     return np.ascontiguousarray(a), note
 
 
-# Jobs of fewer images run eagerly. Compiling pays only on long jobs (bench/detect_speed.py, 2 cores, 256 px): the
-# compiled path predicts at 0.70-0.74x the backbone's rate against 0.60 eager, ~3 ms less per image, while the
-# first compiled call of a process took 24 s with inductor's disk cache warm and 112 s cold (the head, whose
-# weights are frozen into its graph, compiles anew for every detector). Break-even is several thousand images.
+# Jobs of fewer images run eagerly. Compiling pays only on long jobs: it saves a few ms per image but its first call
+# costs tens of seconds (the head, whose weights are frozen into its graph, compiles anew for every detector), so
+# the break-even is several thousand images (bench/detect_speed.py; docs/results.md).
 COMPILE_MIN_IMAGES = 5000
 
 

@@ -185,7 +185,7 @@ def align_padded(query: torch.Tensor, raw_pad: torch.Tensor, sq_pad: torch.Tenso
                  metric: str = "cosine") -> torch.Tensor:
     """``align_features`` on references already padded by ``window`` (replicate) with their squared norms:
     [B,C,h,w], [B,k,C,h+2w,w+2w], [B,k,h+2w,w+2w] -> [B,k,C,h,w] in the query's dtype."""
-    # colours (l2: 3 channels) cost little either way; compiling them would trace two more graphs (~16 s cold)
+    # colours (l2: 3 channels) cost little either way; compiling them would trace two more graphs
     with eager() if metric == "l2" else nullcontext():
         if not runs_compiled(_best_offsets):  # eager mixed-dtype products are slower than one float32 copy (measured)
             raw_pad = raw_pad.to(query.dtype)

@@ -1,6 +1,6 @@
 """Multi-Component token learning: one text token per component class (+ <bg>) on a frozen Stable Diffusion.
 
-Why these three losses (design doc, Stage I; MCPL / Break-A-Scene): the masked diffusion loss makes the tokens
+Why these three losses (docs/design.md, "I. Generate"; MCPL / Break-A-Scene): the masked diffusion loss makes the tokens
 reproduce their components, the cross-attention loss makes each token *look at* its component (so at generation
 time its attention map localises the edit), and the contrastive term keeps tokens apart so swapping one for
 another really changes the part. Only the new embedding rows (and an optional UNet LoRA) train. Every step draws
