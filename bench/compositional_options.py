@@ -1,6 +1,6 @@
 """``--compositional '{...}'``: the compositional back-end's options for a bench script, as JSON.
 
-Why: an option's figures (``hole_fill: surface``, ``strict_parts: true``) must be rerunnable from ``bench/``; the
+Why: an option's figures (``logical_ratio: 0.8``, ``low_density: false``) must be rerunnable from ``bench/``; the
 options are checked against ``CompositionalConfig`` before any work, so a misspelt one fails at once, in one line.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 def add_argument(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--compositional", default="{}",
-                    help='options of the compositional back-end as JSON, e.g. \'{"hole_fill": "surface"}\'')
+                    help='options of the compositional back-end as JSON, e.g. \'{"low_density": false}\'')
 
 
 def parse(ap: argparse.ArgumentParser, text: str) -> dict[str, Any]:

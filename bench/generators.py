@@ -2,7 +2,7 @@
 
     python bench/generators.py --out bench_runs/generators [--size 128] [--categories all] [--epochs 12] [--seeds 0,1]
     python bench/generators.py --rows 0 --compositional '{"logical_ratio": 0.8}'   # the full row and a variant
-    python bench/generators.py --learn '{"split_together_of": "rarer"}'   # every row with other learner options
+    python bench/generators.py --learn '{"k_max": 8}'   # every row with other learner options
 
 Builds the built-in benchmark at the chosen size (if missing), runs every row and prints the Markdown table.
 """
@@ -28,7 +28,7 @@ if __name__ == "__main__":
                         help='an extra ComGEN row with these compositional options, as JSON (repeatable), '
                              'e.g. \'{"logical_ratio": 0.8}\'')
     parser.add_argument("--learn", default=None,
-                        help='component learner options for every row, as JSON, e.g. \'{"split_together_of": "rarer"}\'')
+                        help='component learner options for every row, as JSON, e.g. \'{"k_max": 8}\'')
     args = parser.parse_args()
     try:
         main_generators(args.out, args.size, args.categories, args.epochs, args.rows, args.seeds,

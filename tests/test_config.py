@@ -41,3 +41,15 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
 def test_wrong_type_is_refused() -> None:
     with pytest.raises(ConfigError, match="expected int"):
         Inner.from_dict({"k": "three"})
+
+
+def test_retired_options_load_at_their_built_in_value_and_are_refused_otherwise():
+    """A config file written before an option was removed still loads when it holds the option's built-in value."""
+    from comgen.components.features import LearnerConfig
+    from comgen.generate.config import CompositionalConfig
+
+    assert CompositionalConfig.from_dict({"hole_fill": "reference", "twin_classes": False}) == CompositionalConfig()
+    assert LearnerConfig.from_dict({"split_together_of": "either"}) == LearnerConfig()
+    with pytest.raises(ConfigError, match="hole_fill: this option was removed"):
+        CompositionalConfig.from_dict({"hole_fill": "surface"})
+    assert "hole_fill" not in CompositionalConfig().to_dict()

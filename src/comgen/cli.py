@@ -46,28 +46,42 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+#: exit status of an interrupted command (128 + SIGINT, as shells report it)
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the Typer app, turning user-facing errors into one line and exit code 2."""
+    """Entry point: run the Typer app and return its exit status (the console script exits with it).
+
+    Why every path returns a code: in non-standalone mode Typer *returns* the status of ``typer.Exit`` and of
+    Ctrl-C (130) instead of exiting, so dropping the return value made an interrupted ``comgen run`` exit 0 and a
+    following ``&& deploy`` go on.
+    """
     from comgen.runtime import tune_allocator
 
-    tune_allocator()
     try:
-        app(args=argv, standalone_mode=False)
+        tune_allocator()
+        code = app(args=argv, standalone_mode=False)
     except ComgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        code = INTERRUPTED
     except typer.Exit as exc:
-        return exc.exit_code
+        code = exc.exit_code
     except typer.Abort:
         print("aborted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Exception as exc:
         # Usage errors of the (vendored) click library: show them as click would, without a traceback.
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    code = code if isinstance(code, int) else 0
+    if code == INTERRUPTED:
+        print("interrupted: stopped by Ctrl-C; finished outputs are kept, rerun to continue", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -52,8 +52,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(where, f"expected a mapping for {tp.__name__}, got {value!r}")
         return tp.from_dict(value, where=where) if issubclass(tp, ConfigBase) else tp(**value)
+    if origin in (tuple, list) and not isinstance(value, (list, tuple)):
+        raise ConfigError(where, f"expected a list, got {value!r}")
     if origin in (tuple,):
         if args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(where, f"expected a list of {len(args)} values, got {value!r}")
             return tuple(_coerce(a, v, where) for a, v in zip(args, value))
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, where) for v in value)
@@ -61,18 +65,43 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         inner = args[0] if args else Any
         return [_coerce(inner, v, where) for v in value]
     if origin in (dict,):
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"expected a mapping, got {value!r}")
         return dict(value)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(where, f"{value!r} is not one of {list(args)}")
         return value
     if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(where, f"expected a path, got {value!r}")
         return Path(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and not isinstance(value, tp):
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # NaN and inf pass here; a config's own checks refuse them where they matter
+        hint = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (YAML reads quoted numbers and ones like 1e-3 as text: write 1.0e-3, unquoted)"
+            except ValueError:
+                pass
+        raise ConfigError(where, f"expected a number, got {value!r}{hint}")
+    if tp in (int, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigError(where, f"expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _drop_retired(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Options a class no longer has (``RETIRED_OPTIONS``: name -> the value now built in) are dropped when a saved
+    file holds them at that value, so configs written by an older comgen still load; any other value would now
+    mean something else, so it is refused."""
+    for name, built_in in getattr(cls, "RETIRED_OPTIONS", {}).items():
+        if name in data:
+            value = data.pop(name)
+            if value != built_in:
+                raise ConfigError(f"{where}.{name}", f"this option was removed; only {built_in!r} is left, got {value!r}")
+    return data
 
 
 @dataclasses.dataclass
@@ -84,7 +113,7 @@ class ConfigBase:
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
-        data = dict(data or {})
+        data = _drop_retired(cls, dict(data or {}), where)
         hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,29 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (``os.umask`` sets as it reads, which
+    would briefly loosen it for other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would leave: an existing file keeps its own, a new one gets 0666 less
+    the umask. Why: ``mkstemp`` makes every temporary file 0600, so shared outputs became private to one user."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -27,6 +51,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _mode_for(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

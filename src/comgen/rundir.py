@@ -10,18 +10,37 @@ Layout (each stage owns one sub-folder and writes its ``config.yaml`` beside its
     RUN/detector/              Stage III checkpoints, threshold, normalisation
     RUN/maps/                  anomaly maps in MVTec's exchange layout + scores.csv
     RUN/eval/                  metrics.json, report.html
+    RUN/.lock                  held (``flock``) while a command writes the run
+
+Every path helper keeps to the run folder: a name is a plain file name, and the joined path must resolve inside the
+run, because stages delete and rewrite what these helpers return.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comgen.config import ConfigBase
-from comgen.errors import ArtifactError
+from comgen.errors import ArtifactError, ConfigError
 from comgen.io import atomic_write_json
+
+LOCK_FILE = ".lock"
+
+#: resolved run folders whose lock this process holds, with the nesting depth (a held lock is reentrant)
+_HELD: dict[Path, int] = {}
+
+
+def is_plain_name(name: object) -> bool:
+    """True for a single path component: not empty, not ``.``/``..``, no separator, no NUL."""
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and not any(c in name for c in ("/", "\\", "\0")))
 
 
 @dataclass
@@ -65,28 +84,76 @@ class RunDir:
         return RunInfo.load(self.root / "run.yaml")
 
     # --- stage folders --------------------------------------------------------------------
+    def path(self, *names: str) -> Path:
+        """``root/names...``, refusing a name that is not a plain file name and a path resolving outside the run
+        (a symbolic link out of it included). Why: names come from configs and options, and stages delete what
+        these paths point at."""
+        bad = [n for n in names if not is_plain_name(n)]
+        if bad or not names:
+            raise ConfigError(self.root, f"refusing {bad[0] if bad else ''!r}: not a plain file name "
+                                         "(no '/', '..' or absolute paths inside a run directory)")
+        path = self.root.joinpath(*names)
+        root, resolved = self.root.resolve(), path.resolve()
+        if resolved == root or not resolved.is_relative_to(root):
+            raise ArtifactError(path, f"resolves to {resolved}, outside the run directory {root}")
+        return path
+
     @property
     def components(self) -> Path:
-        return self.root / "components"
+        return self.path("components")
 
     def generated(self, backend: str = "compositional") -> Path:
-        return self.root / "generated" / backend
+        return self.path("generated", backend)
 
     @property
     def bank(self) -> Path:
-        return self.root / "bank"
+        return self.path("bank")
 
     @property
     def detector(self) -> Path:
-        return self.root / "detector"
+        return self.path("detector")
 
     @property
     def maps(self) -> Path:
-        return self.root / "maps"
+        return self.path("maps")
 
     @property
     def eval(self) -> Path:
-        return self.root / "eval"
+        return self.path("eval")
+
+    # --- writer lock ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on ``RUN/.lock`` for the block (reentrant within this process).
+
+        Why: two commands writing one run interleave stages and checkpoints; the second one is refused instead.
+        The kernel drops the lock when the process ends, however it ends.
+        """
+        key = self.root.resolve()
+        if _HELD.get(key):
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ArtifactError(self.root, "another comgen command is writing this run directory "
+                                               f"({LOCK_FILE} is locked); wait for it to end or use another "
+                                               "--out") from None
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                del _HELD[key]
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     # --- stage bookkeeping ----------------------------------------------------------------
     def _stages(self) -> dict[str, Any]:

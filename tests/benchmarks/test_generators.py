@@ -101,9 +101,9 @@ def test_learner_options_reach_every_row_and_are_checked_first(tmp_path: Path, m
     monkeypatch.setattr(writer, "generate_benchmark", lambda data, synth: None)
     monkeypatch.setattr(bench, "run_generator_benchmark", lambda data, runs, cfg, *a, **k: seen.update(cfg=cfg) or {})
     monkeypatch.setattr(bench, "benchmark_markdown", lambda table: "")
-    main_generators(tmp_path / "ok", 64, "cable_pair", rows="4", learn='{"split_together_of": "rarer"}')
-    assert seen["cfg"].learn.split_together_of == "rarer"
-    for bad in ('{"split_together_of": "both"}', '{"no_such_option": 1}', "not json"):
+    main_generators(tmp_path / "ok", 64, "cable_pair", rows="4", learn='{"k_max": 6}')
+    assert seen["cfg"].learn.k_max == 6
+    for bad in ('{"k_select": "elbow"}', '{"no_such_option": 1}', "not json"):
         with pytest.raises(ConfigError):
             main_generators(tmp_path / "bad", 64, "cable_pair", rows="4", learn=bad)
     assert not (tmp_path / "bad").exists()

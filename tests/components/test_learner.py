@@ -90,8 +90,6 @@ def test_bad_config():
         LearnerConfig(k=1)
     with pytest.raises(ConfigError):
         LearnerConfig(k_select="elbow")
-    with pytest.raises(ConfigError, match="split_together_of"):
-        LearnerConfig(split_together_of="both")
 
 
 def test_with_random_backbone(toy, tmp_path):
@@ -150,7 +148,7 @@ def test_min_color_distance_treats_never_together_clusters_as_one_part():
     assert min_color_distance(lab, labels, 3, 0.0, apart) == 0.0  # clusters 1 and 2 never share an image
 
 
-def test_min_color_distance_of_rarer_keeps_a_part_seen_in_few_images_apart():
+def test_min_color_distance_counts_together_against_the_images_showing_either():
     from comgen.components.learner import min_color_distance
 
     lab = np.array([[0, 0, 0]] * 40 + [[0, 0, 70]] * 8, np.float32)
@@ -158,12 +156,12 @@ def test_min_color_distance_of_rarer_keeps_a_part_seen_in_few_images_apart():
     # cluster 0 in all 10 images, cluster 1 (four pixels each) in images 0 and 1 only, always beside cluster 0
     image_of = np.r_[np.repeat(np.arange(10), 4), np.repeat([0, 1], 4)]
     assert min_color_distance(lab, labels, 2, 0.0, image_of) == 0.0  # together in 2 of the 10 images showing either
-    assert min_color_distance(lab, labels, 2, 0.0, image_of, of_rarer=True) == pytest.approx(70.0)
 
 
-def test_split_by_color_counted_against_the_rarer_half_separates_a_part_that_shares_its_images():
+def test_split_by_color_keeps_a_part_that_shares_few_of_the_images_showing_either_half():
     """A yellow part in a fifth of the images, clustered with the white part every image shows (the yellow cable
-    with the white connectors): counted against the rarer half, they are not one part in two colours."""
+    with the white connectors): counted against the images showing either half, they are one part in two
+    colours and stay one cluster."""
     from types import SimpleNamespace
 
     from comgen.components.learner import split_by_color
@@ -174,11 +172,6 @@ def test_split_by_color_counted_against_the_rarer_half_separates_a_part_that_sha
     x = np.r_[white, yellow].astype(np.float32)
     image_of = np.r_[np.arange(900) % 50, rng.integers(0, 10, 100)]  # yellow only in images 0-9 of 50
     tf = SimpleNamespace(scale=np.ones(3, np.float32), mean=np.zeros(3, np.float32))
-    def split(together_of: str):
-        return split_by_color(x, np.zeros(1000, int), x.mean(0, keepdims=True), tf,
-                              LearnerConfig(k_max=4, split_min_share=0.01, split_together_of=together_of), image_of)
-
-    cents, splits = split("rarer")
-    assert splits == 1 and len(cents) == 2
-    assert sorted(np.round(cents[:, 2] / 10).astype(int).tolist()) == [0, 7]
-    assert split("either")[1] == 0  # together in 10 of the 50 images showing either: taken for one part
+    _, splits = split_by_color(x, np.zeros(1000, int), x.mean(0, keepdims=True), tf,
+                               LearnerConfig(k_max=4, split_min_share=0.01), image_of)
+    assert splits == 0  # together in 10 of the 50 images showing either: taken for one part

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from comgen.detect import train as train_mod
+from comgen.detect.artifacts import load_state
 from comgen.detect.train import NonFiniteLossError, train_detector
 from comgen.errors import ArtifactError, ConfigError
 
@@ -23,7 +24,8 @@ def test_training_loss_falls_and_writes_checkpoint(trained_run: Path) -> None:
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert min(h["val_loss"] for h in hist[1:]) < hist[0]["val_loss"]
-    for name in ("config.yaml", "best.safetensors", "head.safetensors", "state.pt", "calibration.json", "bank"):
+    for name in ("config.yaml", "best.safetensors", "head.safetensors", "state.json", "state.safetensors",
+                 "calibration.json", "bank"):
         assert (det / name).exists(), name
     cal = json.loads((det / "calibration.json").read_text())
     assert cal["n_val_normal"] == 4 and cal["score_std"] > 0 and np.isfinite(cal["threshold"])
@@ -78,8 +80,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypat
     monkeypatch.setattr(train_mod, "csda_loss", flaky)
     with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 2.*kept"):
         train_detector(tmp_path, tiny_config(epochs=3), splits=toy_splits(), **QUIET)
-    state = torch.load(tmp_path / "detector/state.pt", weights_only=False)
-    assert state["epoch"] == 1
+    assert load_state(tmp_path / "detector")["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in load_file(str(tmp_path / "detector/best.safetensors")).values())
 
 
@@ -92,5 +93,5 @@ def test_loss_target_keeps_small_defects_whole_with_max_pool() -> None:
     assert soft[0, 0].tolist() == [[0.25, 0.0], [0.0, 0.0]]
     assert hard[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
     assert train_mod.loss_target(t, (8, 8), "max") is t  # at the working size nothing changes
-    with pytest.raises(ValueError, match="target_pool"):
+    with pytest.raises(ConfigError, match="target_pool"):
         tiny_config(target_pool="median")

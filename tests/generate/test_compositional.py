@@ -107,8 +107,6 @@ def test_impossible_kinds_and_bad_input(samples, tmp_path):
         CompositionalGenerator(cfg()).generate(1, np.random.default_rng(0))
     with pytest.raises(ConfigError):
         cfg(edit_kinds=["explode"])
-    with pytest.raises(ConfigError, match="max_part_area"):
-        cfg(max_part_area=0.0)
     from comgen.io import write_png
     from comgen.records import Sample
 
@@ -180,51 +178,6 @@ def test_lighting_gain_maps_one_exposure_onto_another():
     assert np.allclose(lighting_gain(dst, everywhere, src, everywhere), [1.2, 1.0, 0.9], atol=0.02)
     assert np.allclose(lighting_gain(dst, np.zeros((32, 32), bool), src, everywhere), 1.0)  # too few pixels
     assert lighting_gain(dst * 0 + 255, everywhere, src // 4, everywhere).max() <= 1.35  # clipped
-
-
-def _scene(rng, x0: int, part: bool, bag_x: int = 32):
-    """A bright bag on a dark floor (one class for both, as screw_bag's learner labels them), a lighting ramp,
-    sensor noise, and optionally a dark part (class 1) at column ``x0``."""
-    yy, xx = np.mgrid[:64, :64]
-    bag = (yy - 32) ** 2 / 28 ** 2 + (xx - bag_x) ** 2 / 28 ** 2 < 1
-    img = np.where(bag[..., None], [200.0, 210.0, 220.0], [60.0, 64.0, 62.0]) * (0.85 + 0.3 * xx / 64)[..., None]
-    cm = np.zeros((64, 64), np.uint8)
-    if part:
-        p = (yy - 32) ** 2 + (xx - x0) ** 2 <= 16
-        img[p] = [40, 30, 20]
-        cm[p] = 1
-    img += rng.normal(0, 3, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), cm, bag
-
-
-def test_hole_is_refilled_with_the_surface_around_it():
-    """``hole_fill: surface``: where the reference shows another surface of the same class, the patch of the
-    image's own surface still restores the right colour, lighting and texture."""
-    from comgen.generate.compositional import _fill_hole
-
-    rng = np.random.default_rng(0)
-    img, cm, bag = _scene(rng, 44, part=True)
-    ref, ref_cm, _ = _scene(rng, 44, part=False, bag_x=4)  # the reference shows the floor there, of the same class
-    hole = dilate(cm == 1, 1)
-    truth = cm.copy()
-    out, out_cm = img.copy(), cm.copy()
-    _fill_hole(out, out_cm, truth, hole, ref, ref_cm, None, sigma=0.5, fill="surface")
-    clean, _, _ = _scene(np.random.default_rng(1), 44, part=False)
-    # the bag's colour at that place (the ramp included), not the floor's, not the reference's part, not a smear
-    assert np.abs(out[hole].mean(0) - clean[hole].mean(0)).max() < 6
-    assert 1.5 < out[hole].std(0).mean() < 6  # the surface's noise is kept (inpainting would smooth it away)
-    assert (out_cm[hole] == 0).all() and (truth[hole] == 0).all()
-    assert np.array_equal(out[~hole], img[~hole])
-
-
-def test_hole_fill_option(samples):
-    assert cfg().hole_fill == "reference"
-    with pytest.raises(ConfigError, match="hole_fill"):
-        cfg(hole_fill="nearest")
-    g = CompositionalGenerator(cfg(hole_fill="surface", edit_kinds=["remove", "move"]))
-    g.fit(samples)
-    made = list(g.generate(6, np.random.default_rng(0)))
-    assert len(made) == 6 and all(a.mask.any() for a in made)
 
 
 def test_default_structural_edit_is_transplant_and_the_others_stay_available(samples):

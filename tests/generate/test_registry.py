@@ -65,9 +65,9 @@ def test_config_yaml_round_trip_and_validation(tmp_path) -> None:
 
 
 def test_parse_options_from_a_command_line():
-    assert parse_options('{"hole_fill": "surface", "logical_ratio": 1}', "--compositional") == {
-        "hole_fill": "surface", "logical_ratio": 1}
+    assert parse_options('{"low_density": false, "logical_ratio": 1}', "--compositional") == {
+        "low_density": False, "logical_ratio": 1}
     with pytest.raises(ConfigError, match="--compositional: not JSON"):
-        parse_options("{hole_fill: surface}", "--compositional")
+        parse_options("{low_density: false}", "--compositional")
     with pytest.raises(ConfigError, match="must be a JSON object"):
-        parse_options('["hole_fill"]', "--compositional")
+        parse_options('["logical_ratio"]', "--compositional")

@@ -64,7 +64,7 @@ def compositional_rows(options: Sequence[str]) -> tuple[Row, ...]:
 
 
 def learner_options(text: str | None) -> dict:
-    """The component learner's options for every row (``'{"split_together_of": "rarer"}'``), checked against
+    """The component learner's options for every row (``'{"k_max": 8}'``), checked against
     ``LearnerConfig`` before any work. Why: the learner feeds both the compositional back-end and the composition
     prior that every trained row shares, so a learner variant is measured on all rows, not as one extra row."""
     from comgen.components.features import LearnerConfig

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
@@ -26,6 +27,7 @@ from comgen.records import Component
 class DensityConfig(ConfigBase):
     """Options of the composition density model."""
 
+    RETIRED_OPTIONS: ClassVar[dict[str, Any]] = {"threshold_estimate": "empirical"}
     n_components: int = 2  # Gaussian mixture components (capped by the number of images / 8)
     covariance_type: str = "full"  # full | diag | tied | spherical
     reg_covar: float = 0.1  # on standardised features; keeps full covariances well-conditioned

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -24,6 +25,7 @@ from comgen.errors import ConfigError, InputError
 class LearnerConfig(ConfigBase):
     """Options of the CPU component learner (saved beside the component model)."""
 
+    RETIRED_OPTIONS: ClassVar[dict[str, Any]] = {"split_together_of": "either"}
     image_size: int = 256
     k: int = 0  # number of classes incl. background; 0 = choose automatically in [k_min, k_max]
     k_min: int = 3
@@ -42,11 +44,7 @@ class LearnerConfig(ConfigBase):
     split_delta_e: float = 30.0  # split a cluster whose pixels form two hues this far apart (Lab a,b); 0 = off
     split_silhouette: float = 0.7  # ... and that separate this cleanly
     split_min_share: float = 0.002  # ... each holding at least this share of the sampled pixels
-    # ... unless the halves share few images, counted against the images showing either half ("either") or the
-    # rarer half ("rarer"): then they are one part in two colours. "rarer" gives cable_pair's yellow cable its own
-    # class (with "either" it passes for a colour of the white connectors every image shows), but the composition
-    # prior then scores cable_pair worse (`comgen demo`: logical AUROC 0.968 against 1.000; see docs/experiments.md).
-    split_together_of: str = "either"
+    # ... unless the halves share few of the images showing either half: then they are one part in two colours
     scale_mode: str = "block"  # column | block: standardise each feature column, or each block jointly
     blur: float = 1.0  # Gaussian sigma (px at 256 px, scaled with image_size) before colour sampling
     pixels_per_image: int = 1500
@@ -71,8 +69,6 @@ class LearnerConfig(ConfigBase):
         if self.k_select not in ("distinct", "silhouette", "balanced", "bic"):
             raise ConfigError("learner.k_select",
                               f"must be distinct, silhouette, balanced or bic, got {self.k_select!r}")
-        if self.split_together_of not in ("either", "rarer"):
-            raise ConfigError("learner.split_together_of", f"must be either or rarer, got {self.split_together_of!r}")
         if self.scale_mode not in ("column", "block"):
             raise ConfigError("learner.scale_mode", f"must be column or block, got {self.scale_mode!r}")
 

@@ -1,27 +1,21 @@
 """Multi-Component Learning on the CPU: k-means on per-pixel (deep + Lab) features across all normal images.
 
-Why this way (design doc, "Multi-Component Learning"; ComAD): normal images of one category share a small set of
+Why this way (docs/design.md, "Multi-Component Learning"; ComAD): normal images of one category share a small set of
 part classes; clustering pixels across *all* images binds each cluster to one part class, so the same part
 gets the same class id (token) in every image. K is picked by colour distinctness (or silhouette, BIC) on a pixel
 subsample. The background is the class that dominates the image border; foreground classes are numbered by pixel share.
 
-Measured choices (bench/components_ari.py, 40 train / 10 held-out images at 256 px; ARI tray, pushpin,
-screw, cable): the first version (per-column standardisation, layers 1+2, plain silhouette) gave
-0.939/0.716/0.770/0.960 — the chroma columns, tiny in spread, were blown up to the weight of lightness so
-sensor noise split the background, while thin separators and screws merged into their neighbours.
-- ``scale_mode="block"`` (one scale per feature block, Lab kept perceptual): pushpin 0.77, screw 0.89, but every
-  silhouette variant then preferred K=3 (separators lost) on some training draws;
-- backbone layer 1 only (layer 2, stride 16, blurs thin parts) and ``flatfield="border"`` (lighting ramp removed,
-  so the background is not worth splitting);
-- ``k_select="distinct"``: the largest K whose clusters' mean colours are all >= 15 Lab apart, counting two
-  clusters that seldom share an image as one part (a cable that is yellow in one image, blue in another).
-  Per K the smallest distance was e.g. pushpin 32/19/1, screw 24/16/6, tray 49/10-14/9, cable 52/52/0 for
-  K=3/4/5, so the choice is stable across training draws (40 and 60 images, two benchmark seeds);
-  note the screw_bag margin (16 vs 15) is thin;
-- ``split_by_color`` (hue split of mixed clusters): tray 0.923 -> 0.942 (orange and lime get their own classes).
-Result 0.942/0.933/0.834/0.959. Still merged: washers with the dark background (about 8 Lab apart), part
-of each screw with the bag. ``k_select="balanced"`` (per-cluster silhouette) is kept as the fallback when no
-K has distinct colours.
+Choices, each measured with bench/components_ari.py on the built-in categories (figures in docs/experiments.md):
+- one scale per feature block (``scale_mode="block"``), so chroma columns of tiny spread are not blown up to the
+  weight of lightness and sensor noise does not split the background;
+- backbone layer 1 only (layer 2, stride 16, blurs thin parts) and ``flatfield="border"`` (the lighting ramp is
+  removed, so the background is not worth splitting);
+- ``k_select="distinct"``: the largest K whose clusters' mean colours are all far apart in Lab, counting two
+  clusters that seldom share an image as one part (a cable that is yellow in one image, blue in another); it is
+  stable across training draws;
+- ``split_by_color`` (hue split of mixed clusters), so two small parts of different colour get their own classes.
+Known limits: parts close in colour to the background or to each other merge (washers on a dark background, a
+screw with its bag). ``k_select="balanced"`` (per-cluster silhouette) is the fallback when no K has distinct colours.
 """
 
 from __future__ import annotations
@@ -123,15 +117,12 @@ def balanced_silhouette(x: np.ndarray, labels: np.ndarray, sample: int, seed: in
 
 
 def min_color_distance(lab: np.ndarray, labels: np.ndarray, k: int, min_share: float,
-                       image_of: np.ndarray | None = None, min_together: float = 0.3,
-                       of_rarer: bool = False) -> float:
+                       image_of: np.ndarray | None = None, min_together: float = 0.3) -> float:
     """Smallest Lab distance between the mean colours of two clusters (-1 when a cluster is nearly empty).
 
     With ``image_of`` (the image index of every pixel), two clusters that rarely appear in the same image
     (together in < ``min_together`` of the images showing either) count as distance 0: they are one part
-    that comes in different colours in different images (a yellow or a blue cable), not two parts. With
-    ``of_rarer`` the share is of the images showing the rarer cluster: a part that only some images show, always
-    beside a part that every image shows (a yellow cable and the white connectors), is then a part of its own.
+    that comes in different colours in different images (a yellow or a blue cable), not two parts.
     """
     counts = np.bincount(labels, minlength=k)
     if counts.min() < max(2, min_share * len(labels)):
@@ -146,8 +137,7 @@ def min_color_distance(lab: np.ndarray, labels: np.ndarray, k: int, min_share: f
         both = present.T.astype(float) @ present
         shown = present.sum(0)
         either = shown[:, None] + shown[None] - both
-        base = np.minimum(shown[:, None], shown[None]) if of_rarer else either
-        d[both < min_together * np.maximum(base, 1)] = 0.0
+        d[both < min_together * np.maximum(either, 1)] = 0.0
     d[np.diag_indices(k)] = np.inf
     return float(d.min())
 
@@ -201,12 +191,10 @@ def split_by_color(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, tf,
     and a lime) can share one cluster. A split is kept only when the two halves' chroma (a, b) differs by at
     least ``split_delta_e`` *and* they separate cleanly (Lab silhouette >= ``split_silhouette``). Lightness is
     left out and both thresholds are high because shading on one part, blurred boundary pixels and one part
-    that comes in several colours across images (a cable) all form weaker, lightness-driven pairs: measured
-    on the synthetic benchmark, only the orange/lime pair passed (tray ARI 0.923 -> 0.942, others unchanged).
-    With ``split_together_of="rarer"`` the two halves count as one part in two colours only when they share few
-    of the images that show the rarer half: counted against the images showing either (the default), the yellow
-    cable (a third of cable_pair's images) stays with the white connectors it touches (cable ARI 0.956 -> 0.960
-    with "rarer", 256 px, 120 images; the other categories unchanged).
+    that comes in several colours across images (a cable) all form weaker, lightness-driven pairs; on the built-in
+    benchmark only the orange/lime pair passes.
+    Two halves that share few of the images showing either of them are one part in two colours and stay together
+    (``min_color_distance``).
     """
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
@@ -227,8 +215,7 @@ def split_by_color(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, tf,
         share = np.bincount(km.labels_, minlength=2).min() / len(x) * len(idx) / len(sub)
         if d < cfg.split_delta_e or share < cfg.split_min_share:
             continue
-        if image_of is not None and min_color_distance(lab[sub], km.labels_, 2, 0.0, image_of[sub],
-                                                     of_rarer=cfg.split_together_of == "rarer") == 0.0:
+        if image_of is not None and min_color_distance(lab[sub], km.labels_, 2, 0.0, image_of[sub]) == 0.0:
             continue  # the two colours never share an image: one part in two colours, not two parts
         sil = silhouette_score(lab[sub], km.labels_, sample_size=min(1500, len(sub)), random_state=cfg.seed)
         if sil < cfg.split_silhouette:

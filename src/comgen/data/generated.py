@@ -53,13 +53,32 @@ def _read_png(path: Path, flags: int) -> np.ndarray:
     return arr
 
 
+def listed_path(out: str | Path, line: dict[str, Any], key: str) -> Path:
+    """The file a manifest line lists under ``key``, refused when absolute or outside the generated folder.
+
+    Why: a manifest from someone else (or edited by hand) could list a test image, and training would use it.
+    """
+    out = Path(out)
+    rel = line.get(key)
+    where = out / MANIFEST
+    if not isinstance(rel, str) or not rel:
+        raise ArtifactError(where, f"line {line.get('id', '?')!r} has no {key!r} file")
+    if Path(rel).is_absolute():
+        raise ArtifactError(where, f"line {line.get('id', '?')!r} lists an absolute path {rel!r}; "
+                                   "files must lie inside the generated folder")
+    path = out / rel
+    if not path.resolve().is_relative_to(out.resolve()):
+        raise ArtifactError(where, f"line {line.get('id', '?')!r} lists {rel!r}, outside the generated folder")
+    return path
+
+
 def load_item(out: str | Path, line: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(image HxWx3 uint8 RGB, mask HxW bool) of one manifest line."""
-    out = Path(out)
-    image = cv2.cvtColor(_read_png(out / line["file"], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    mask = _read_png(out / line["mask"], cv2.IMREAD_GRAYSCALE) > 127
+    image_path, mask_path = listed_path(out, line, "file"), listed_path(out, line, "mask")
+    image = cv2.cvtColor(_read_png(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    mask = _read_png(mask_path, cv2.IMREAD_GRAYSCALE) > 127
     if mask.shape != image.shape[:2]:
-        raise ArtifactError(out / line["mask"], f"mask is {mask.shape} but its image is {image.shape[:2]}")
+        raise ArtifactError(mask_path, f"mask is {mask.shape} but its image is {image.shape[:2]}")
     return image, mask
 
 
@@ -67,14 +86,14 @@ def load_gate(out: str | Path, line: dict[str, Any]) -> np.ndarray | None:
     """The edited component's soft gate map (HxW float32 in [0, 1]), or None when the back-end gave none."""
     if not line.get("gate"):
         return None
-    return _read_png(Path(out) / line["gate"], cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+    return _read_png(listed_path(out, line, "gate"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
 
 
 def load_truth(out: str | Path, line: dict[str, Any]) -> np.ndarray | None:
     """The synth truth part-label map after the edit (HxW uint8), or None."""
     if not line.get("truth"):
         return None
-    return _read_png(Path(out) / line["truth"], cv2.IMREAD_UNCHANGED)
+    return _read_png(listed_path(out, line, "truth"), cv2.IMREAD_UNCHANGED)
 
 
 def saved_revision(out: str | Path) -> int:

@@ -23,6 +23,9 @@ import numpy as np
 from comgen.errors import DatasetError, InputError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: smallest image side accepted: a 1-pixel image is a broken export, and the later stages failed on it without
+#: naming the file
+MIN_SIDE = 2
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -38,6 +41,9 @@ def _decode(path: Path) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DatasetError(path, "corrupt or unsupported image file (cannot decode)")
+    if min(img.shape[:2]) < MIN_SIDE:
+        raise DatasetError(path, f"image is only {img.shape[1]}x{img.shape[0]} px (need at least "
+                                 f"{MIN_SIDE}x{MIN_SIDE}); a broken or placeholder file")
     return img
 
 

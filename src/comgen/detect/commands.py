@@ -50,14 +50,16 @@ def register(app: typer.Typer) -> None:
 
         from comgen.rundir import RunDir
 
-        saved = RunDir(run_dir).detector / "config.yaml"
+        run = RunDir.open(run_dir)
+        saved = run.detector / "config.yaml"
         if resume and config is None and saved.is_file():
             config = saved  # resume from the run's own config; only the options given here change it
         cfg = _config(run_dir, config, backend=backend, epochs=epochs, batch_size=batch_size, lr=lr,
                       image_size=image_size, anomaly_ratio=anomaly_ratio, tiles=tiles, patience=patience,
                       backbone_name=backbone,
                       backbone_weights=weights)
-        res = train_detector(run_dir, cfg, resume=resume, log=typer.echo, cpu=True if cpu else None)
+        with run.lock():  # a second writer of this run is refused, not interleaved
+            res = train_detector(run, cfg, resume=resume, log=typer.echo, cpu=True if cpu else None)
         cal = res.calibration
         typer.echo(f"trained {res.epochs_run} epoch(s) in {res.seconds:.1f} s (best epoch {res.best_epoch}, "
                    f"val loss {res.best_val_loss:.4f}); threshold {cal['threshold']:.3f}; "
@@ -70,11 +72,13 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="output folder (never inside an input folder)"),
         batch_size: Optional[int] = typer.Option(None),
         overlays: bool = typer.Option(True, help="write heat-map overlay PNGs"),
+        strict: bool = typer.Option(False, "--strict", help="fail on the first unreadable image and write "
+                                                            "nothing (default: skip it with one line)"),
     ) -> None:
         """Anomaly maps (original resolution), scores.csv with pass/fail, and overlays."""
         from comgen.detect.predict import predict_paths
 
-        rows = predict_paths(run_dir, images, out, batch_size=batch_size, overlays=overlays)
+        rows = predict_paths(run_dir, images, out, batch_size=batch_size, overlays=overlays, strict=strict)
         n_fail = sum(r["decision"] == "fail" for r in rows)
         typer.echo(f"{len(rows)} image(s): {n_fail} fail, {len(rows) - n_fail} pass -> {out / 'scores.csv'}")
 

@@ -13,7 +13,6 @@ Measured on the built-in benchmark (``bench/detect_auroc.py``): see the README's
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 from comgen.components.density import CompositionDensity, DensityConfig
 from comgen.components.model import ComponentModel
 from comgen.config import ConfigBase
+from comgen.detect.artifacts import RETRAIN, finite_number, read_json_object
 from comgen.errors import ArtifactError, ConfigError
 from comgen.io import atomic_path, atomic_write_json
 
@@ -135,17 +135,31 @@ class CompositionPrior:
 
     @classmethod
     def load(cls, directory: str | Path, backbone: Any = None) -> CompositionPrior:
-
+        """Read a saved prior; a missing or corrupt file, or a bad number (inf vectors, NaN mean, zero std), is one
+        ArtifactError naming the file."""
         d = Path(directory)
         for name in ("vectors.safetensors", "config.yaml", "calibration.json"):
             if not (d / name).is_file():
                 raise ArtifactError(d / name, "missing; retrain the detector (`comgen train`)")
         cfg = PriorConfig.load(d / "config.yaml")
-        try:
-            cal = json.loads((d / "calibration.json").read_text())
-            vecs = load_file(str(d / "vectors.safetensors"))["train"]
-        except (ValueError, KeyError, OSError) as exc:
-            raise ArtifactError(d, f"composition prior is unreadable ({str(exc).splitlines()[0][:100]})") from None
+        cal = read_json_object(d / "calibration.json")
+        mean = finite_number(cal.get("mean"), d / "calibration.json", "mean")
+        std = finite_number(cal.get("std"), d / "calibration.json", "std", gt=0.0)
+        vecs = _read_vectors(d / "vectors.safetensors")
         model = ComponentModel.load(d / "components", backbone=backbone)
         density = CompositionDensity(cfg.density, model.num_classes, model.background).fit(vecs)
-        return cls(model, density, cfg, vecs, float(cal["mean"]), float(cal["std"]))
+        return cls(model, density, cfg, vecs, mean, std)
+
+
+def _read_vectors(path: Path) -> np.ndarray:
+    """The training composition vectors the density is refitted from: a non-empty [N, D] array without inf."""
+    try:
+        vecs = load_file(str(path))["train"]
+    except Exception as exc:  # a damaged header raises safetensors' own error type
+        raise ArtifactError(path, f"composition prior is unreadable ({exc.__class__.__name__}); {RETRAIN}") from None
+    if vecs.ndim != 2 or not len(vecs):
+        raise ArtifactError(path, f"expected a non-empty [N, D] array, got shape {vecs.shape}; {RETRAIN}")
+    bad = int(np.isinf(vecs).sum())
+    if bad:  # NaN is a valid entry (a part absent from the image), inf never is
+        raise ArtifactError(path, f"{bad} infinite value(s) in the training vectors; {RETRAIN}")
+    return vecs

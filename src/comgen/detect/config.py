@@ -9,10 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comgen.config import ConfigBase
+from comgen.detect.artifacts import finite_number
 from comgen.detect.composition_prior import PriorConfig
 from comgen.detect.csda import HeadConfig
 from comgen.detect.loss import LossConfig
+from comgen.errors import ConfigError
 from comgen.features.backbone import BackboneConfig
+from comgen.features.memory import MemoryBankConfig
+from comgen.rundir import is_plain_name
 
 # Options that may change between an interrupted run and its ``--resume`` without breaking exactness.
 RESUMABLE_CHANGES = ("epochs", "patience")
@@ -52,22 +56,55 @@ class DetectorConfig(ConfigBase):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.image_size < 16 or self.tiles < 1:
-            raise ValueError("image_size must be >= 16 and tiles >= 1")
-        if self.epochs < 1 or self.batch_size < 1 or self.rematch_every < 1 or self.patience < 1:
-            raise ValueError("epochs, batch_size, rematch_every and patience must be >= 1")
-        if not 0.0 <= self.anomaly_ratio < 1.0:
-            raise ValueError("anomaly_ratio must be in [0, 1)")
+        self._check_sections()
+        self._check_counts()
+        self._check_rates()
+        self._check_choices()
         if self.ref_pool < self.head.k:
-            raise ValueError(f"ref_pool ({self.ref_pool}) must be >= head.k ({self.head.k})")
-        if not 0.0 < self.threshold_quantile <= 1.0:
-            raise ValueError("threshold_quantile must be in (0, 1]")
-        if self.target_pool not in ("avg", "max"):
-            raise ValueError("target_pool must be avg or max")
-        if self.cache_dtype not in ("float16", "float32"):
-            raise ValueError("cache_dtype must be float16 or float32")
-        if self.augment_variants < 0 or not 0.0 <= self.augment_strength <= 0.5:
-            raise ValueError("augment_variants must be >= 0 and augment_strength in [0, 0.5]")
+            raise ConfigError("detector.ref_pool", f"must be >= head.k ({self.head.k}), got {self.ref_pool}")
+
+    def _check_counts(self) -> None:
+        """Whole-number options: integers (not bools or floats) at or above their minimum."""
+        minimum = {"image_size": 16, "tiles": 1, "epochs": 1, "batch_size": 1, "rematch_every": 1, "ref_pool": 1,
+                   "augment_variants": 0, "patience": 1, "seed": 0}
+        for name, low in minimum.items():
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"detector.{name}", f"must be an integer >= {low}, got {v!r}")
+
+    def _check_rates(self) -> None:
+        """Real-valued options: finite numbers in range (a NaN passes every plain comparison, so each is explicit)."""
+        bounds: dict[str, dict[str, float]] = {
+            "lr": {"gt": 0.0}, "weight_decay": {"ge": 0.0}, "anomaly_ratio": {"ge": 0.0, "lt": 1.0},
+            "augment_strength": {"ge": 0.0, "le": 0.5}, "val_fraction": {"ge": 0.0, "lt": 1.0},
+            "val_anomaly_fraction": {"ge": 0.0, "lt": 1.0}, "threshold_quantile": {"gt": 0.0, "le": 1.0}}
+        for name, b in bounds.items():
+            finite_number(getattr(self, name), f"detector.{name}", error=ConfigError, **b)
+        for section in ("head", "loss"):  # their own checks compare; here every number must also be finite
+            for key, v in getattr(self, section).to_dict().items():
+                if isinstance(v, float):
+                    finite_number(v, f"detector.{section}.{key}", error=ConfigError)
+
+    def _check_choices(self) -> None:
+        choices = {"target_pool": ("avg", "max"), "cache_dtype": ("float16", "float32"),
+                   "mixed_precision": ("no", "fp16", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"detector.{name}", f"must be one of {', '.join(allowed)}, "
+                                                      f"got {getattr(self, name)!r}")
+        if not is_plain_name(self.backend):
+            raise ConfigError("detector.backend", f"must be a generated set's folder name, got {self.backend!r}")
+
+    def _check_sections(self) -> None:
+        """Sections of the right type (YAML mappings are converted before; a library caller may pass anything)."""
+        for name, kind in (("backbone", BackboneConfig), ("head", HeadConfig), ("loss", LossConfig),
+                           ("prior", PriorConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"detector.{name}", f"must be a {kind.__name__}, got {getattr(self, name)!r}")
+        if not isinstance(self.bank, dict):
+            raise ConfigError("detector.bank", f"must be a mapping of MemoryBankConfig options, got {self.bank!r}")
+        MemoryBankConfig.from_dict({**self.bank, "image_size": self.image_size, "k": self.head.k},
+                                   where="detector.bank")
 
     def network_dict(self) -> dict[str, Any]:
         """The part of the config a trained network depends on (what predict must match)."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +28,12 @@ from safetensors.torch import load_file
 from comgen.compiled import eager, maybe_compiled
 from comgen.data.imageio import read_rgb
 from comgen.data.readers import open_dataset
-from comgen.detect.artifacts import BANK, BEST, CALIBRATION, read_calibration
+from comgen.detect.artifacts import BANK, BEST, CALIBRATION, RETRAIN, check_finite, read_calibration
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.data import from_tiles, to_tiles
-from comgen.errors import ArtifactError, ConfigError, InputError
+from comgen.errors import ArtifactError, ComgenError, ConfigError, InputError
 from comgen.evaluate.maps import BRANCH_COLUMNS, map_path, write_map, write_scores_csv
 from comgen.features.backbone import build_backbone, to_tensor
 from comgen.features.memory import MemoryBank
@@ -89,6 +92,26 @@ def to_rgb_uint8(img: np.ndarray, where: str = "image") -> tuple[np.ndarray, str
 COMPILE_MIN_IMAGES = 5000
 
 
+def batch_size_of(batch_size: int | None, default: int) -> int:
+    """``batch_size``, or ``default`` when None. Why checked: a negative one made the batch loop run zero times, so a
+    job ended with nothing predicted and a misleading message."""
+    if batch_size is None:
+        return default
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The head's weights, readable and finite (NaN weights would give NaN scores and every image "pass")."""
+    try:
+        weights = load_file(str(path))
+    except Exception as exc:
+        raise ArtifactError(path, f"unreadable weights ({exc.__class__.__name__}); {RETRAIN}") from None
+    check_finite(weights, path)
+    return weights
+
+
 class Detector:
     """A trained CSDA detector (backbone + head + reference bank + calibration), ready to predict."""
 
@@ -126,6 +149,7 @@ class Detector:
             raise ArtifactError(det, "no checkpoint (best.safetensors); run `comgen train` first")
         cfg = DetectorConfig.load(det / "config.yaml")
         cal = read_calibration(det)
+        weights = _read_weights(det / BEST)
         if cal.get("network") != cfg.network_dict():
             raise ConfigError(det / "config.yaml", "checkpoint was trained with another config (image size, "
                                                    "backbone or head differ); retrain or restore its config.yaml")
@@ -137,7 +161,7 @@ class Detector:
                                      f"now resolved {backbone.source}")
         model = CSDA(backbone, cfg.head)
         try:
-            model.head.load_state_dict(load_file(str(det / BEST)))
+            model.head.load_state_dict(weights)
         except Exception as exc:
             raise ConfigError(det / BEST, f"checkpoint does not match config.yaml ({str(exc).splitlines()[0][:100]})"
                               ) from None
@@ -193,7 +217,7 @@ class Detector:
         """
         if images is None or len(images) == 0:
             raise InputError("images", "empty image list; nothing to predict")
-        bs = batch_size or self.cfg.batch_size
+        bs = batch_size_of(batch_size, self.cfg.batch_size)
         g = self.cfg.tiles
         s = self.cfg.image_size * g
         scores = np.zeros(len(images), np.float32)
@@ -239,29 +263,47 @@ class Detector:
 # ----------------------------------------------------------------------------------------------------------------
 # files in, files out
 # ----------------------------------------------------------------------------------------------------------------
+def unique_names(bases: Sequence[str]) -> list[str]:
+    """Output names for ``bases``, unique by construction: the first of each name keeps it, a repeat gets the lowest
+    ``_<k>`` that is neither taken nor another input's own name. Why: a bare counter turned ``x``, ``x``, ``x_1`` into
+    ``x``, ``x_1``, ``x_1`` and one map overwrote another. Names compare case-insensitively, as on macOS and Windows
+    disks."""
+    reserved = {b.casefold() for b in bases}
+    used: set[str] = set()
+    names = []
+    for base in bases:
+        name, k = base, 0
+        while name.casefold() in used or (k and name.casefold() in reserved):
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name.casefold())
+        names.append(name)
+    return names
+
+
 def expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """Image files from files/folders (recursive) with a unique output name for each."""
-    out: list[tuple[Path, str]] = []
+    """Image files from files/folders (recursive; a file given twice counts once) with a unique output name each."""
+    found: list[tuple[Path, str]] = []
     if not inputs:
         raise InputError("IMAGES", "empty image list; give image files or folders")
     for inp in inputs:
         p = Path(inp)
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-            out += [(f, "__".join(f.relative_to(p).with_suffix("").parts)) for f in files]
+            found += [(f, "__".join(f.relative_to(p).with_suffix("").parts)) for f in files]
         elif p.is_file():
-            out.append((p, p.stem))
+            found.append((p, p.stem))
         else:
             raise InputError(p, "no such image file or folder")
-    if not out:
+    if not found:
         raise InputError(", ".join(map(str, inputs)), "no images found (png/jpg/bmp/tif)")
-    seen: dict[str, int] = {}
-    named = []
-    for f, name in out:
-        n = seen.get(name, 0)
-        seen[name] = n + 1
-        named.append((f, name if n == 0 else f"{name}_{n}"))
-    return named
+    seen: set[Path] = set()
+    files_once = []
+    for f, base in found:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            files_once.append((f, base))
+    return list(zip([f for f, _ in files_once], unique_names([b for _, b in files_once])))
 
 
 def check_output_dir(out: Path, inputs: Sequence[str | Path], protected: Sequence[Path] = ()) -> None:
@@ -302,10 +344,60 @@ def _dataset_lookup(run_dir: Path) -> tuple[dict[Path, Any], Path | None]:
         return {}, None
 
 
+@contextmanager
+def staged_outputs(root: Path) -> Iterator[Path]:
+    """A hidden folder inside ``root`` to write a job's outputs into; they move into place (top-level files such as
+    scores.csv last) only when the whole job succeeded. Why: a job that stops half-way (``strict``, Ctrl-C, a crash)
+    must leave no mix of new and old files behind."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".predict-", dir=root))
+    try:
+        yield tmp
+        for f in sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: (p.parent == tmp, p)):
+            dest = root / f.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Skips:
+    """Images a job could not read: one line each, then a summary; with ``strict`` the first one fails the job."""
+
+    def __init__(self, total: int, strict: bool, log: Callable[[str], None]) -> None:
+        self.total, self.strict, self.log, self.count = total, strict, log, 0
+
+    def skip(self, exc: ComgenError) -> None:
+        if self.strict:
+            raise exc
+        self.count += 1
+        self.log(f"skipped: {exc}")
+
+    def readable(self, items: Sequence[Any], load: Callable[[Any], np.ndarray]) -> list[tuple[Any, np.ndarray]]:
+        """(item, image) for each item whose image decodes."""
+        out = []
+        for item in items:
+            try:
+                out.append((item, load(item)))
+            except ComgenError as exc:
+                self.skip(exc)
+        return out
+
+    def finish(self, written: int, where: str) -> None:
+        if not written:
+            raise InputError(where, f"none of the {self.total} image(s) could be read; nothing written")
+        if self.count:
+            self.log(f"skipped {self.count} of {self.total} image(s) that could not be read; "
+                     f"scores.csv lists the other {written}")
+
+
 def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, batch_size: int | None = None,
                   overlays: bool = True, detector: Detector | None = None,
-                  log: Callable[[str], None] = _stderr) -> list[dict[str, Any]]:
-    """``comgen predict``: maps (exchange layout for dataset images, else maps/<name>.tiff), scores.csv, overlays."""
+                  log: Callable[[str], None] = _stderr, strict: bool = False) -> list[dict[str, Any]]:
+    """``comgen predict``: maps (exchange layout for dataset images, else maps/<name>.tiff), scores.csv, overlays.
+
+    An image that cannot be read is skipped with one line (``strict``: the job fails and writes nothing).
+    """
     files = expand_inputs(inputs)
     out = Path(out)
     lookup, ds_root = _dataset_lookup(Path(run_dir))
@@ -313,7 +405,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
     det = detector or Detector.load(run_dir)
     maps_root = out / "maps"
     rows: list[dict[str, Any]] = []
-    bs = batch_size or det.cfg.batch_size
+    bs = batch_size_of(batch_size, det.cfg.batch_size)
+    skips = _Skips(len(files), strict, log)
     noticed = False
 
     def once(msg: str) -> None:
@@ -322,33 +415,45 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
             log(msg)
             noticed = True
 
-    for i in progress(range(0, len(files), bs), "predict", total=(len(files) + bs - 1) // bs):
-        chunk = files[i:i + bs]
-        imgs = [read_rgb(f) for f, _ in chunk]
-        scores, maps = det.predict(imgs, bs, notice=once, job_size=len(files))
-        for k, ((f, name), img, sc, amap) in enumerate(zip(chunk, imgs, scores, maps)):
-            smp = lookup.get(f.resolve())
-            if smp is not None and smp.split == "test":
-                write_map(maps_root, smp, amap.astype(np.float32))
-                mpath = map_path(maps_root, smp)
-            else:
-                mpath = write_tiff(maps_root / f"{name}.tiff", amap)
-            if overlays:
-                write_png(out / "overlays" / f"{name}.png", overlay(img, amap))
-            rows.append({"image": str(f), "name": name, "score": float(sc), "threshold": det.threshold,
-                         "decision": "fail" if sc > det.threshold else "pass", "map": str(mpath),
-                         **det.branch_scores(k)})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "scores.csv", buf.getvalue())
+    with staged_outputs(out) as stage:
+        for i in progress(range(0, len(files), bs), "predict", total=(len(files) + bs - 1) // bs):
+            chunk = skips.readable(files[i:i + bs], lambda item: read_rgb(item[0]))
+            if not chunk:
+                continue
+            scores, maps = det.predict([img for _, img in chunk], bs, notice=once, job_size=len(files))
+            for k, (((f, name), img), sc, amap) in enumerate(zip(chunk, scores, maps)):
+                smp = lookup.get(f.resolve())
+                try:
+                    if smp is not None and smp.split == "test":
+                        write_map(stage / "maps", smp, amap.astype(np.float32))
+                        mpath = map_path(maps_root, smp)
+                    else:
+                        write_tiff(stage / "maps" / f"{name}.tiff", amap)
+                        mpath = maps_root / f"{name}.tiff"
+                except ComgenError as exc:
+                    skips.skip(exc)
+                    continue
+                if overlays:
+                    write_png(stage / "overlays" / f"{name}.png", overlay(img, amap))
+                rows.append({"image": str(f), "name": name, "score": float(sc), "threshold": det.threshold,
+                             "decision": "fail" if sc > det.threshold else "pass", "map": str(mpath),
+                             **det.branch_scores(k)})
+        skips.finish(len(rows), ", ".join(map(str, inputs)))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(stage / "scores.csv", buf.getvalue())
     return rows
 
 
 def predict_dataset(run: RunDir | str | Path, split: str = "test", maps_root: str | Path | None = None,
-                    batch_size: int | None = None, detector: Detector | None = None) -> list[dict[str, Any]]:
-    """Write a map for every image of ``split`` of the run's dataset (exchange layout) and ``scores.csv``."""
+                    batch_size: int | None = None, detector: Detector | None = None, strict: bool = False,
+                    log: Callable[[str], None] = _stderr) -> list[dict[str, Any]]:
+    """Write a map for every image of ``split`` of the run's dataset (exchange layout) and ``scores.csv``.
+
+    An image that cannot be read is skipped with one line (``strict``: the job fails and writes nothing).
+    """
     run = run if isinstance(run, RunDir) else RunDir.open(run)
     maps_root = Path(maps_root) if maps_root is not None else run.maps
     info = run.info
@@ -356,19 +461,28 @@ def predict_dataset(run: RunDir | str | Path, split: str = "test", maps_root: st
     if not samples:
         raise InputError(f"{info.dataset}/{info.category}/{split}", "no images in this split")
     det = detector or Detector.load(run.root)
-    bs = batch_size or det.cfg.batch_size
+    bs = batch_size_of(batch_size, det.cfg.batch_size)
+    skips = _Skips(len(samples), strict, log)
     rows: list[dict[str, Any]] = []
-    for i in progress(range(0, len(samples), bs), f"predict {split}", total=(len(samples) + bs - 1) // bs):
-        chunk = samples[i:i + bs]
-        scores, maps = det.predict([s.load_image() for s in chunk], bs, notice=None, job_size=len(samples))
-        for j, (smp, sc, amap) in enumerate(zip(chunk, scores, maps)):
-            write_map(maps_root, smp, amap.astype(np.float32))
-            rows.append({"category": smp.category, "split": smp.split, "label": smp.label, "kind": smp.kind,
-                         "image_id": smp.image_id, "path": str(smp.path), "score": float(sc),
-                         "decision": int(sc > det.threshold),  # 1 = fail (anomalous), the exchange CSV's convention
-                         **det.branch_scores(j)})
-    cols = ("category", "split", "label", "image_id", "path", "score", "decision", *BRANCH_COLUMNS)
-    write_scores_csv(maps_root / "scores.csv", [{c: r[c] for c in cols} for r in rows])
+    with staged_outputs(maps_root) as stage:
+        for i in progress(range(0, len(samples), bs), f"predict {split}", total=(len(samples) + bs - 1) // bs):
+            chunk = skips.readable(samples[i:i + bs], lambda smp: smp.load_image())
+            if not chunk:
+                continue
+            scores, maps = det.predict([img for _, img in chunk], bs, notice=None, job_size=len(samples))
+            for j, ((smp, _), sc, amap) in enumerate(zip(chunk, scores, maps)):
+                try:
+                    write_map(stage, smp, amap.astype(np.float32))
+                except ComgenError as exc:
+                    skips.skip(exc)
+                    continue
+                rows.append({"category": smp.category, "split": smp.split, "label": smp.label, "kind": smp.kind,
+                             "image_id": smp.image_id, "path": str(smp.path), "score": float(sc),
+                             "decision": int(sc > det.threshold),  # 1 = fail (anomalous), the exchange CSV's convention
+                             **det.branch_scores(j)})
+        skips.finish(len(rows), f"{info.dataset}/{info.category}/{split}")
+        cols = ("category", "split", "label", "image_id", "path", "score", "decision", *BRANCH_COLUMNS)
+        write_scores_csv(stage / "scores.csv", [{c: r[c] for c in cols} for r in rows])
     return rows
 
 

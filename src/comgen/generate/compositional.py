@@ -2,8 +2,7 @@
 
 Why: it needs no diffusion model, so it runs anywhere and gives *exact* masks. Parts come from real normal
 images (component bank); holes are filled from the most similar normal image (global Lab-thumbnail retrieval)
-where that image shows what surrounds the removed part, else by OpenCV inpainting (or, ``hole_fill="surface"``,
-first with the nearest patch of the same image's surface that the whole hole fits on); pasted parts are blended
+where that image shows what surrounds the removed part, else by OpenCV inpainting; pasted parts are blended
 with a feathered alpha (or Poisson, ``blend="poisson"``) so no hard seam gives the anomaly away.
 For the built-in benchmark, each edit is also applied to the generator's truth part-label map
 (``Anomaly.extra["truth_labels"]``) so the benchmark's rule checker can tell whether the edit broke a rule.
@@ -25,7 +24,6 @@ from comgen.generate.component_bank import ComponentBank, dilate, ring
 from comgen.generate.config import CompositionalConfig
 from comgen.generate.edits import EditPlan, discrete_capacity, edit_key, plan_edit, possible_kinds
 from comgen.generate.structural import apply_structural
-from comgen.generate.surface_patch import nearest_fit
 from comgen.progress import progress
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS, Anomaly, Sample
 from comgen.rundir import RunDir
@@ -59,53 +57,23 @@ def _relit(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
     return np.clip(rgb.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
 
 
-SURFACE_COLOUR_TOLERANCE = 30  # max channel difference (of 255) from the surface around a hole, for a patch of it;
-# the built-in benchmark's lighting ramp alone moves a bright surface by up to ~30 across the image
-
-
 def _fill_hole(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
-               ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None, sigma: float,
-               fill: str = "reference") -> None:
-    """Refill ``hole`` in place.
-
-    ``reference``: the nearest normal image's pixels where it shows the surrounding surface, inpainting elsewhere.
-    ``surface``: one connected piece at a time (a swap leaves two holes of different shapes), a patch of this
-    image's own surface first (``_fill_piece``); the reference and inpainting are its fallbacks.
-    """
-    if fill == "reference":
-        _fill_piece(img, cm, truth, hole, None, ref, ref_cm, ref_truth, sigma)
-        return
-    n, pieces = cv2.connectedComponents(hole.astype(np.uint8), connectivity=8)
-    busy = dilate(hole, _surface_margin(hole.shape[0]))  # no piece is refilled from another hole
-    for k in range(1, n):
-        _fill_piece(img, cm, truth, pieces == k, busy, ref, ref_cm, ref_truth, sigma)
-
-
-def _fill_piece(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
-                busy: np.ndarray | None, ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None,
-                sigma: float) -> None:
-    """Refill one hole with the surface around it: with ``busy`` (the ``surface`` fill: pixels no patch may come
-    from), a patch of this image's own surface where the hole's whole shape fits on it; else, and as its
-    fallback, reference pixels where the reference shows that surface, else inpainting."""
+               ref: np.ndarray, ref_cm: np.ndarray, ref_truth: np.ndarray | None, sigma: float) -> None:
+    """Refill ``hole`` in place with the surface around it: the nearest normal image's pixels where it shows that
+    surface, inpainting elsewhere."""
     around = ring(hole, max(2, hole.shape[0] // 64))
-    surface = _surface_classes(cm, hole, around, keep_majority=busy is not None)
-    if busy is None or not _patch_from_own_surface(img, cm, truth, hole, busy, surface, sigma):
-        _fill_from_reference(img, cm, truth, hole, around, surface, ref, ref_cm, ref_truth, sigma)
+    surface = _surface_classes(cm, hole, around)
+    _fill_from_reference(img, cm, truth, hole, around, surface, ref, ref_cm, ref_truth, sigma)
 
 
-def _surface_classes(cm: np.ndarray, hole: np.ndarray, around: np.ndarray, keep_majority: bool) -> np.ndarray:
-    """The classes to restore in a hole: those around it, less the classes of the part being removed (with
-    ``keep_majority``, less only those that make under half of the ring)."""
+def _surface_classes(cm: np.ndarray, hole: np.ndarray, around: np.ndarray) -> np.ndarray:
+    """The classes to restore in a hole: those around it, less the classes of the part being removed."""
     around_cls = np.unique(cm[around]) if around.any() else np.array([0])
     # the surface to restore is what surrounds the hole, not the classes being removed: a removed connector's
     # levers touch the ring, and copying the reference's levers into the hole left a purple blob
-    # (but a class that makes most of the ring is the surface even when it shows inside the part: the bag seen
-    # through a washer's hole; dropping it left only a sliver class, and the washer was inpainted as a dark disc)
     core = cv2.erode(hole.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
     if core.any():
         drop = np.isin(around_cls, np.unique(cm[core]))
-        if keep_majority and around.any():
-            drop &= np.bincount(cm[around], minlength=int(cm.max()) + 1)[around_cls] < 0.5 * around.sum()
         surface = around_cls[~drop]
         around_cls = surface if len(surface) else around_cls
     return around_cls
@@ -121,47 +89,6 @@ def _surface_margin(size: int) -> int:
     """Pixels of a surface class this close to another class are a part's soft edge, not surface (segmentation
     labels that edge as surface; copied into a hole, it showed as a pale crescent)."""
     return max(1, size // 85)
-
-
-def _patch_from_own_surface(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
-                            busy: np.ndarray, surface: np.ndarray, sigma: float) -> bool:
-    """Copy the nearest patch of this image's surface that the hole's whole shape fits on; False if none fits.
-
-    The patch must show the surface classes (away from their edges and from every hole) and the surface's colour:
-    one class may hold two surfaces (screw_bag's learner labels the bag and the floor around it both background,
-    and a washer's hole was refilled with dark floor). It is relit by the gain between the surface in a band
-    around the hole and in the same band around the patch: the image's lighting ramp differs between the two
-    places (a patch from 30 px away showed as a lighter disc).
-    """
-    own = np.isin(cm, surface)
-    own &= ~dilate(~own, _surface_margin(hole.shape[0])) & ~busy
-    band = ring(hole, max(3, hole.shape[0] // 32)) & own
-    if band.sum() >= 8:  # every channel within the tolerance of the band's median colour (inRange: inclusive)
-        smooth = cv2.GaussianBlur(img, (0, 0), 1.5)
-        colour = np.median(smooth[band], 0)
-        lo = np.clip(np.ceil(colour - SURFACE_COLOUR_TOLERANCE), 0, 255)
-        hi = np.clip(np.floor(colour + SURFACE_COLOUR_TOLERANCE), 0, 255)
-        own &= cv2.inRange(smooth, tuple(map(float, lo)), tuple(map(float, hi))) > 0
-        band &= own
-    ys, xs = np.nonzero(hole)
-    at = nearest_fit(own, hole[ys.min():ys.max() + 1, xs.min():xs.max() + 1], (int(ys.min()), int(xs.min())))
-    if at is None:
-        return False
-    dy, dx = at[0] - ys.min(), at[1] - xs.min()
-    by, bx = np.nonzero(band)
-    keep = (by + dy >= 0) & (by + dy < hole.shape[0]) & (bx + dx >= 0) & (bx + dx < hole.shape[1])
-    by, bx = by[keep], bx[keep]
-    keep = own[by + dy, bx + dx]  # band pixels whose partner around the patch shows the surface too
-    here, there = np.zeros_like(hole), np.zeros_like(hole)
-    here[by[keep], bx[keep]] = True
-    there[by[keep] + dy, bx[keep] + dx] = True
-    filled = img.copy()
-    filled[ys, xs] = _relit(img[ys + dy, xs + dx], lighting_gain(img, here, img, there))
-    cm[ys, xs] = cm[ys + dy, xs + dx]
-    if truth is not None:
-        truth[ys, xs] = truth[ys + dy, xs + dx]
-    _write_feathered(img, filled, hole, sigma)
-    return True
 
 
 def _fill_from_reference(img: np.ndarray, cm: np.ndarray, truth: np.ndarray | None, hole: np.ndarray,
@@ -244,8 +171,8 @@ def _recolor(img: np.ndarray, mask: np.ndarray, delta: np.ndarray, sigma: float)
     img[sl] = (a * rgb + (1 - a) * img[sl]).round().astype(np.uint8)
 
 
-def render(plan: EditPlan, bank: ComponentBank, blend: str = "alpha", feather: float = 1.2,
-           hole_fill: str = "reference") -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+def render(plan: EditPlan, bank: ComponentBank, blend: str = "alpha",
+           feather: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Render a plan: (edited image, exact anomaly mask, edited truth labels or None, reference index)."""
     i = plan.source
     img = bank.images[i].copy()
@@ -255,9 +182,9 @@ def render(plan: EditPlan, bank: ComponentBank, blend: str = "alpha", feather: f
     mask = np.zeros(cm.shape, bool)
     r = bank.reference(i)
     if plan.erase is not None and plan.erase.any():
-        _fill_hole(img, cm, truth, plan.erase, bank.images[r], bank.class_maps[r], bank.truths[r], sigma, hole_fill)
+        _fill_hole(img, cm, truth, plan.erase, bank.images[r], bank.class_maps[r], bank.truths[r], sigma)
         mask |= plan.erase
-    gains: dict[int, np.ndarray] = {}  # one gain per source image (an object and its enclosed parts share it)
+    gains: dict[int, np.ndarray] = {}  # one gain per source image
     for p in plan.pastes:
         if p.source >= 0 and p.source != i:  # a part from another image: bring it into this image's lighting
             if p.source not in gains:
@@ -344,10 +271,7 @@ class CompositionalGenerator:
         maps = self.model.segment(images)
         min_area = max(1, int(round(self.model.cfg.min_area * s * s)))
         self.bank = ComponentBank(images, maps, truths, [t.image_id for t in train], [str(t.path) for t in train],
-                                  background=self.model.background, min_area=min_area,
-                                  max_part_area=self.cfg.max_part_area, whole_objects=self.cfg.whole_objects,
-                                  strict_parts=self.cfg.strict_parts, placement_check=self.cfg.placement_check,
-                                  twin_classes=self.cfg.twin_classes)
+                                  background=self.model.background, min_area=min_area)
         self.reasons = possible_kinds(self.bank)
         self.kinds = [k for k in self.cfg.edit_kinds if self.reasons[k] is None]
         if not self.kinds:
@@ -423,7 +347,7 @@ class CompositionalGenerator:
             failures[kind] = 0
             j = ok[int(rng.integers(len(ok)))]
             plan = plans[j]
-            img, mask, truth, ref = render(plan, self.bank, self.cfg.blend, self.cfg.feather, self.cfg.hole_fill)
+            img, mask, truth, ref = render(plan, self.bank, self.cfg.blend, self.cfg.feather)
             min_px = max(2, int(round(self.cfg.min_mask_area * mask.size)))
             if mask.sum() < min_px or np.array_equal(img, self.bank.images[plan.source]):
                 failures[kind] += 1

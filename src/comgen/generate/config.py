@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from comgen.components.density import DensityConfig
 from comgen.components.features import LearnerConfig
@@ -53,17 +53,16 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return i, n
 
 
-HOLE_FILLS = ("reference", "surface")  # CompositionalConfig.hole_fill
-
-
 @dataclass
 class CompositionalConfig(ConfigBase):
     """Options of the compositional back-end (nested under GenerateConfig).
 
-    The switches off by default (``hole_fill: surface``, ``max_part_area``, ``whole_objects``, ``strict_parts``,
-    ``placement_check``, ``twin_classes``) were measured not to help; docs/experiments.md has the figures.
+    Options that were measured not to help have been removed; docs/experiments.md keeps their figures.
     """
 
+    RETIRED_OPTIONS: ClassVar[dict[str, Any]] = {
+        "hole_fill": "reference", "max_part_area": 1.0, "whole_objects": False, "strict_parts": False,
+        "placement_check": False, "twin_classes": False}
     image_size: int = 256
     edit_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_EDITS))  # any of ALL_EDITS
     logical_ratio: float = 0.5  # share of logical anomalies when both edit families are on
@@ -72,13 +71,7 @@ class CompositionalConfig(ConfigBase):
     kind_patience: int = 6  # rounds without a kept candidate before an edit kind is given up
     blend: str = "alpha"  # alpha | poisson
     feather: float = 1.2  # alpha feather sigma at 256 px
-    hole_fill: str = "reference"  # reference (nearest normal image, else inpainting) | surface (same image)
     min_mask_area: float = 0.0005  # smallest anomaly mask kept, as a fraction of the image area
-    max_part_area: float = 1.0  # largest part (share of the image) that geometric edits move, add or remove
-    whole_objects: bool = False  # a part that encloses others (a connector and its levers) is edited whole
-    strict_parts: bool = False
-    placement_check: bool = False
-    twin_classes: bool = False
     reuse_components: bool = True  # use RUN/components when present instead of re-learning
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
@@ -90,15 +83,10 @@ class CompositionalConfig(ConfigBase):
                                                           f"valid: {', '.join(ALL_EDITS)}")
         if not 0.0 <= self.logical_ratio <= 1.0:
             raise ConfigError("compositional.logical_ratio", f"must be in [0, 1], got {self.logical_ratio}")
-        if self.hole_fill not in HOLE_FILLS:
-            raise ConfigError("compositional.hole_fill", f"must be one of {', '.join(HOLE_FILLS)}, got {self.hole_fill!r}")
         if self.blend not in ("alpha", "poisson"):
             raise ConfigError("compositional.blend", f"must be alpha or poisson, got {self.blend!r}")
         if self.candidates < 1:
             raise ConfigError("compositional.candidates", "must be >= 1")
-        if not 0.0 < self.max_part_area <= 1.0:
-            raise ConfigError("compositional.max_part_area", f"must be in (0, 1] (a share of the image area), "
-                                                             f"got {self.max_part_area}")
 
 
 @dataclass

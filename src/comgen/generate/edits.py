@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from comgen.generate.component_bank import BankItem, ComponentBank, Inner, dilate, object_crop
+from comgen.generate.component_bank import BankItem, ComponentBank, dilate, object_crop
 from comgen.generate.structural import NEEDS_DONOR
 from comgen.records import ALL_EDITS, STRUCTURAL_EDITS, Component, Composition, EditSpec
 
@@ -138,43 +138,27 @@ def free_positions(free: np.ndarray, mask: np.ndarray, min_frac: float = 0.97,
 
 @dataclass
 class ObjectCut:
-    """Instance ``index`` of a bank image cut out whole (holes filled, enclosed parts listed)."""
+    """Instance ``index`` of a bank image cut out by its own pixels."""
 
     index: int
     rgb: np.ndarray
-    mask: np.ndarray  # crop-sized, holes filled
+    mask: np.ndarray  # crop-sized
     truth: np.ndarray | None
     top_left: tuple[int, int]
-    inner: list[Inner]
 
     def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
         return placed_mask(self.mask, self.top_left, shape)
 
-    def indices(self) -> set[int]:
-        """The instance and the parts it encloses (all leave their place together)."""
-        return {self.index, *(x.index for x in self.inner)}
-
 
 def _remaining(comp: Composition, *cuts: ObjectCut) -> list[Component]:
     """The components that stay where they are when ``cuts`` are taken out."""
-    gone = set().union(*(c.indices() for c in cuts))
+    gone = {c.index for c in cuts}
     return [x for j, x in enumerate(comp.components) if j not in gone]
 
 
 def _cut(bank: ComponentBank, i: int, comp: Composition, t: int) -> ObjectCut:
-    rgb, mask, truth, tl, inner = object_crop(bank.images[i], bank.truths[i], comp, t, whole=bank.whole_objects)
-    return ObjectCut(t, rgb, mask, truth, tl, inner)
-
-
-def _object_pastes(rgb: np.ndarray, mask: np.ndarray, truth: np.ndarray | None, top_left, class_id: int,
-                   color_lab, inner: list[Inner], source: int = -1,
-                   inner_masks: list[np.ndarray] | None = None) -> list[Paste]:
-    """The object's paste plus one (pixel-identical) paste per enclosed part, so the edited composition lists
-    the enclosed parts at their new place too."""
-    masks = inner_masks if inner_masks is not None else [x.mask for x in inner]
-    out = [_paste(rgb, mask, truth, top_left, class_id, color_lab, source)]
-    out += [_paste(rgb, m, truth, top_left, x.class_id, x.color_lab, source) for x, m in zip(inner, masks) if m.any()]
-    return out
+    rgb, mask, truth, tl = object_crop(bank.images[i], bank.truths[i], comp, t)
+    return ObjectCut(t, rgb, mask, truth, tl)
 
 
 def _hole(bank: ComponentBank, mask: np.ndarray) -> np.ndarray:
@@ -194,7 +178,7 @@ def _parts_on(bank: ComponentBank, i: int, host: int) -> np.ndarray:
 
 def _gap(bank: ComponentBank) -> int:
     """Pixels kept free around other parts where a part is put (4 at 256 px). Why: a pin put 1 px from another
-    pin merged with it in the segmentation, one part and no extra one (3 of 15 added pins at 256 px)."""
+    pin merged with it in the segmentation: one part, and no extra one."""
     return max(1, int(round(bank.size / 64)))
 
 
@@ -253,8 +237,8 @@ def plan_remove(bank: ComponentBank, i: int, comp: Composition, rng: np.random.G
 
 
 def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
-    # an extra part only breaks a fixed count, and only shows where parts of its class have fixed places
-    classes = [k for k in bank.classes() if bank.stable(k) and bank.fixed_place(k)]
+    # an extra part only breaks a fixed count
+    classes = [k for k in bank.classes() if bank.stable(k)]
     if not classes:
         return None
     k = int(rng.choice(classes))
@@ -267,37 +251,25 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     if len(pos) == 0:
         return None
     y, x = pos[int(rng.integers(len(pos)))]
-    pastes = _object_pastes(it.rgb, it.mask, it.truth, (y, x), k, it.color_lab, it.inner, it.source)
+    pastes = [_paste(it.rgb, it.mask, it.truth, (y, x), k, it.color_lab, it.source)]
     params = {"position": [int(y), int(x)], "bank_source": bank.ids[it.source]}
     return _finish("add", i, comp, [], [k], params, list(comp.components), pastes, None)
 
 
-def _placeable(bank: ComponentBank, c: Component) -> bool:
-    """A loose part whose place other normal images repeat: what move and replace act on (see
-    ``ComponentBank.fixed_place``; resize and recolor change the part itself and act on any loose part)."""
-    return bank.movable(c) and bank.fixed_place(c.class_id)
-
-
-def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
-                 max_extent: float = 3.0) -> EditPlan | None:
-    t = _random_target(comp, rng, lambda c: _placeable(bank, c))
+def plan_replace(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
+    t = _random_target(comp, rng, bank.movable)
     if t is None:
         return None
     c = comp.components[t]
-    # the stand-in is a whole loose part of another class (not a fragment, not the fixture)
-    # (strict_parts) of comparable extent, see plan_swap: a pin replaced by the whole separator grid is no mix-up
-    def fits(it: BankItem) -> bool:
-        comparable = not bank.strict_parts or _similar_extent(c.bbox, _mask_box(it.mask), max_extent)
-        return bank.movable(it) and comparable
-
-    others = [k for k in bank.classes() if k != c.class_id and any(fits(it) for it in bank.items_of(k))]
+    # the stand-in is a whole loose part of another class (not a fragment)
+    others = [k for k in bank.classes() if k != c.class_id and any(bank.movable(it) for it in bank.items_of(k))]
     if not others:
         return None
     k = int(rng.choice(others))
-    items = [it for it in bank.items_of(k) if fits(it)]
+    items = [it for it in bank.items_of(k) if bank.movable(it)]
     it = items[int(rng.integers(len(items)))]
     tl = _centered(it.mask, c.centroid)
-    pastes = _object_pastes(it.rgb, it.mask, it.truth, tl, k, it.color_lab, it.inner, it.source)
+    pastes = [_paste(it.rgb, it.mask, it.truth, tl, k, it.color_lab, it.source)]
     cut = _cut(bank, i, comp, t)
     keep = _remaining(comp, cut)
     full = cut.full_mask(comp.image_shape)
@@ -338,7 +310,7 @@ def plan_recolor(bank: ComponentBank, i: int, comp: Composition, rng: np.random.
 
 def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
               min_shift: float = 0.12) -> EditPlan | None:
-    t = _random_target(comp, rng, lambda c: _placeable(bank, c))
+    t = _random_target(comp, rng, bank.movable)
     if t is None:
         return None
     c = comp.components[t]
@@ -356,51 +328,28 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     if len(pos) == 0:
         return None
     y, x = pos[int(rng.integers(len(pos)))]
-    pastes = _object_pastes(cut.rgb, cut.mask, cut.truth, (y, x), c.class_id, c.color_lab, cut.inner)
+    pastes = [_paste(cut.rgb, cut.mask, cut.truth, (y, x), c.class_id, c.color_lab)]
     keep = _remaining(comp, cut)
     params = {"shift": [int(y - y0), int(x - x0)]}
     return _finish("move", i, comp, [t], [c.class_id], params, keep, pastes, _hole(bank, full), extra_gate=full)
 
 
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) of a mask's pixels, the layout of ``Component.bbox``."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return 0, 0, 0, 0
-    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
-
-
-def _similar_extent(box_a: tuple[int, int, int, int], box_b: tuple[int, int, int, int], ratio: float) -> bool:
-    """Both boxes' long sides, and both short sides, are within ``ratio`` of each other (orientation-free)."""
-    def sides(b):
-        h, w = max(1, b[2] - b[0]), max(1, b[3] - b[1])
-        return max(h, w), min(h, w)
-    (la, sa), (lb, sb) = sides(box_a), sides(box_b)
-    return max(la, lb) <= ratio * min(la, lb) and max(sa, sb) <= ratio * min(sa, sb)
-
-
 def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator,
-              max_swap_ratio: float = 8.0, max_swap_extent: float = 3.0) -> EditPlan | None:
+              max_swap_ratio: float = 8.0) -> EditPlan | None:
     cs = comp.components
     loose = [j for j, c in enumerate(cs) if bank.movable(c)]
-    # two parts of comparable size: a connector swapped with one of its levers is not a mix-up a line makes.
-    # With strict_parts, area alone is not enough: a thin frame (a pushpin grid's separators, 17% of the image in
-    # a 110 px box) has the area of three cells, and swapping it with one cell pasted the whole grid around it
+    # two parts of comparable size: a connector swapped with one of its levers is not a mix-up a line makes
     pairs = [(a, b) for a in loose for b in loose if a < b and cs[a].class_id != cs[b].class_id
-             and (bank.fixed_place(cs[a].class_id) or bank.fixed_place(cs[b].class_id))
-             and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)
-             and (not bank.strict_parts or _similar_extent(cs[a].bbox, cs[b].bbox, max_swap_extent))]
+             and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)]
     if not pairs:
         return None
     a, b = pairs[int(rng.integers(len(pairs)))]
     cuts = {a: _cut(bank, i, comp, a), b: _cut(bank, i, comp, b)}
-    if cuts[a].indices() & cuts[b].indices():
-        return None  # one encloses the other: not two loose parts
     pastes = []
     for src, dst in ((a, b), (b, a)):
         o = cuts[src]
-        pastes += _object_pastes(o.rgb, o.mask, o.truth, _centered(o.mask, cs[dst].centroid), cs[src].class_id,
-                                 cs[src].color_lab, o.inner)
+        pastes.append(_paste(o.rgb, o.mask, o.truth, _centered(o.mask, cs[dst].centroid), cs[src].class_id,
+                             cs[src].color_lab))
     keep = _remaining(comp, cuts[a], cuts[b])
     full = cuts[a].full_mask(comp.image_shape) | cuts[b].full_mask(comp.image_shape)
     return _finish("swap", i, comp, [a, b], [cs[a].class_id, cs[b].class_id], {}, keep, pastes, _hole(bank, full),
@@ -427,8 +376,7 @@ def plan_resize(bank: ComponentBank, i: int, comp: Composition, rng: np.random.G
     truth2 = None if cut.truth is None else cv2.resize(cut.truth, (nw, nh), interpolation=cv2.INTER_NEAREST)
     if not mask2.any():
         return None
-    pastes = _object_pastes(rgb2, mask2, truth2, _centered(mask2, c.centroid), c.class_id, c.color_lab, cut.inner,
-                            inner_masks=[scaled(x.mask) for x in cut.inner])
+    pastes = [_paste(rgb2, mask2, truth2, _centered(mask2, c.centroid), c.class_id, c.color_lab)]
     keep = _remaining(comp, cut)
     full = cut.full_mask(comp.image_shape)
     return _finish("resize", i, comp, [t], [c.class_id], {"scale": round(scale, 3)}, keep, pastes,
@@ -472,33 +420,26 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
     has = any(len(cs) for cs in bank.components)
     loose = [[c for c in cs if bank.movable(c)] for cs in bank.components]
     loose_classes = {c.class_id for cs in loose for c in cs}
-    placed = {k for k in loose_classes if bank.fixed_place(k)}
-    multi = any(len({c.class_id for c in cs}) >= 2 and placed & {c.class_id for c in cs} for cs in loose)
-    too_big = (f"no part of its class's typical size and at most {bank.max_part_area:.0%} of the image "
-               "(max_part_area)")
+    multi = any(len({c.class_id for c in cs}) >= 2 for cs in loose)
+    untypical = "no part of its class's typical size"
     reasons: dict[str, str | None] = {}
     for k in ALL_EDITS:
         if k == "swap":
-            reasons[k] = None if multi else ("no image has loose parts of two different classes to swap, one of "
-                                             "them at fixed places")
+            reasons[k] = None if multi else "no image has loose parts of two different classes to swap"
         elif k == "replace":
-            reasons[k] = None if len(loose_classes) >= 2 and placed else \
-                "fewer than two classes of loose parts were learned, or none lies at fixed places"
+            reasons[k] = None if len(loose_classes) >= 2 else "fewer than two classes of loose parts were learned"
         elif k == "recolor":
             reasons[k] = None if any(bank.confident(c) for cs in bank.components for c in cs) else \
                 "no part class has the same instance count in most training images"
         elif k == "remove":
             reasons[k] = None if any(bank.removable(c) for cs in bank.components for c in cs) else \
-                ("no small part class that holds no other parts and lies at fixed places has the same instance "
-                 "count in most training images")
+                "no part class has the same instance count in most training images"
         elif k == "add":
-            reasons[k] = None if any(bank.stable(c) and bank.fixed_place(c)
-                                     and any(bank.movable(it) for it in bank.items_of(c)) for c in bank.classes()) \
-                else "no small part class at fixed places has the same instance count in most training images"
-        elif k == "move":
-            reasons[k] = None if placed else (too_big if not any(loose) else "no loose part class lies at fixed places")
-        elif k == "resize":
-            reasons[k] = None if any(loose) else too_big
+            reasons[k] = None if any(bank.stable(c) and any(bank.movable(it) for it in bank.items_of(c))
+                                     for c in bank.classes()) \
+                else "no part class has the same instance count in most training images"
+        elif k in ("move", "resize"):
+            reasons[k] = None if any(loose) else untypical
         else:
             reasons[k] = None if has else "no component instance found in any training image"
     return reasons
@@ -514,6 +455,5 @@ def discrete_capacity(bank: ComponentBank, kinds: list[str]) -> float:
             total += sum(bank.removable(c) for c in cs)  # what plan_remove may target
         if "swap" in kinds:
             cls = [c.class_id for c in cs]
-            total += sum(1 for a in range(len(cs)) for b in range(a + 1, len(cs)) if cls[a] != cls[b]
-                         and (bank.fixed_place(cls[a]) or bank.fixed_place(cls[b])))
+            total += sum(1 for a in range(len(cs)) for b in range(a + 1, len(cs)) if cls[a] != cls[b])
     return float(total)

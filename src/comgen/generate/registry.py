@@ -18,11 +18,7 @@ BACKENDS: tuple[str, ...] = ("compositional", "cutpaste", "draem", "nsa", "diffu
 #: Revision of a back-end's behaviour, raised when the same config makes different anomalies than before. Why:
 #: a generated folder (and a run's generate stage) is reused while its config matches, so without it a rerun
 #: after an upgrade kept the old code's anomalies. Back-ends not listed are at revision 1.
-#: compositional 2 (2026-12-01): slivers are not counted as parts (ComponentBank._drop_fragments); add and move
-#: put parts on a host that is itself a part class, with a gap of 1/64 of the image (edits._parts_on, _gap).
-#: compositional 3 (2026-12-02): transplant is the only default structural edit, on a blob of the image's scale
-#: centred on the part (structural.TRANSPLANT_RADIUS) instead of one cut to the part.
-#: compositional 4 (2026-12-02): the transplanted blob's half-axes start at 3% of the image side, not 4.8%.
+#: What each revision changed is in CHANGELOG.md.
 REVISIONS: dict[str, int] = {"compositional": 4}
 
 

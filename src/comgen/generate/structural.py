@@ -1,6 +1,6 @@
 """Structural edits of one component: texture, stain, deformation, cut, contamination, transplant.
 
-Why (design doc, "Prompt Modifications"): structural defects (scratches, dents, stains) are local changes of a
+Why (docs/design.md, "Prompt Modifications"): structural defects (scratches, dents, stains) are local changes of a
 part's appearance, not of the composition. They come from the same machinery as logical edits: the edited
 component's mask bounds the change (contamination and transplant may lie across its edge, ``spill_px``), so the
 anomaly mask is exact and the component's token localises it.
@@ -146,10 +146,8 @@ def contamination(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator)
     """A foreign-coloured, textured blob lying on the component and spilling across its edge.
 
     Why: foreign matter has its own size, not the part's, and it is not cut to the part's outline. The first
-    version (a blob of 20-50% of the part, cut to it) left a sliver of a few pixels on a thin part. With this one
-    and ``stain`` (generator-benchmark full row, 128 px, seeds 0/1, ad hoc) structural AUROC rose from 0.852 to
-    0.871 fused (0.843 to 0.852 network alone); cable_pair's contamination from 0.90/1.00 to 0.95/0.99. screw_bag's
-    contamination stayed at 0.45-0.48 network alone (NSA-style 0.75-0.82): its gap is not the edit's shape.
+    version (a blob cut to the part) left a sliver of a few pixels on a thin part and taught structural damage less
+    (docs/experiments.md).
     """
     ys, xs = np.nonzero(mask)
     j = int(rng.integers(len(ys)))
@@ -201,11 +199,8 @@ def transplant(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     texture looks like real surface damage with no seam. The blob is centred on a pixel of the component, so the
     damage is that part's, but it has the image's scale (``TRANSPLANT_RADIUS``), not the part's, and lies across
     the part's edge: damage to a part a few pixels wide reaches the surface around it. A blob cut to the part (the
-    first version) was 2-3 px on screw_bag's parts at 128 px. Measured (generator benchmark, 128 px, seeds 0 and
-    1, full row with transplant as the only structural edit, four logical anomalies in five): fused structural
-    AUROC 0.874 with half-axes of 3-12% of the side, 0.870 with 4.8-12%, against 0.841 with the six structural
-    edits and the part-sized blob; 0.930 with half the anomalies structural (the default share); 0.941 with the
-    detector's pixel-logit prior bias (``detect/csda.py``); each step in docs/experiments.md.
+    first version) was a few pixels on small parts. The blob's size range and the share of structural anomalies were
+    chosen on the generator benchmark (docs/experiments.md).
     On a small blob Poisson blending shows almost nothing, so the patch is then pasted with a feathered edge.
     Only pixels that visibly changed are written and labelled, as in ``deform``.
     """

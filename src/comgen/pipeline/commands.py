@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
                                                 "compositional options, as JSON (repeatable), e.g. "
                                                 "'{\"logical_ratio\": 0.8}'."),
         learn: Optional[str] = typer.Option(None, "--learn", help="Component learner options for every row, as "
-                                            "JSON, e.g. '{\"split_together_of\": \"rarer\"}'."),
+                                            "JSON, e.g. '{\"k_max\": 8}'."),
     ) -> None:
         """The same CSDA detector trained with each anomaly source; prints the Markdown table."""
         from comgen.benchmarks.cli import main_generators

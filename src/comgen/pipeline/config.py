@@ -15,6 +15,7 @@ from comgen.detect.config import DetectorConfig
 from comgen.errors import ConfigError
 from comgen.evaluate.run import EvalConfig
 from comgen.generate.config import GenerateConfig
+from comgen.generate.registry import BACKENDS
 from comgen.masks.run import MaskConfig
 
 COMPONENT_BACKENDS = ("compositional", "diffusion")
@@ -41,6 +42,19 @@ class RunConfig(ConfigBase):
             raise ConfigError("run.learn_size", f"{self.learn_size} px is too small (need >= 16, or 0)")
         if self.n_anomalies < 1:
             raise ConfigError("run.n_anomalies", f"{self.n_anomalies}: need at least 1")
+        self._check_backends()
+
+    def _check_backends(self) -> None:
+        """Every back-end name must be a known one. Why: the name becomes a folder of the run that a stage empties,
+        so a path there (``/data``, ``../..``) must fail here, before anything runs."""
+        named = {"run.backend": self.backend}
+        for section in ("generate", "detector"):
+            value = getattr(getattr(self, section), "backend", None)
+            if value is not None:
+                named[f"run.{section}.backend"] = value
+        for where, name in named.items():
+            if name not in BACKENDS:
+                raise ConfigError(where, f"unknown generator {name!r}; choose one of {', '.join(BACKENDS)}")
 
     @property
     def learns_components(self) -> bool:

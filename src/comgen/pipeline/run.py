@@ -3,7 +3,9 @@
 Each stage's chained config hash is recorded in ``RUN/stages.json`` (see ``stages.py``). A rerun skips finished
 stages and redoes only a changed stage and the ones after it. A stage interrupted half-way resumes where the stage
 itself can (the generation writer continues its manifest, training continues from its last checkpoint); a stage
-redone with another config starts from an empty output folder, so stale files never mix with new ones.
+redone with another config starts from an empty output folder, so stale files never mix with new ones. A stage's
+key also covers a fingerprint of the dataset files it reads, so a changed dataset redoes it. The run directory is
+locked while the stages run, and must lie outside the dataset.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 from comgen.components import learner
 from comgen.config import ConfigBase
 from comgen.data.generated import saved_revision
-from comgen.data.readers import open_dataset
+from comgen.data.readers import Dataset, open_dataset
 from comgen.detect.predict import predict_dataset
 from comgen.detect.train import train_detector
-from comgen.errors import ConfigError, DatasetError
+from comgen.errors import ArtifactError, ConfigError, DatasetError
 from comgen.evaluate.report import write_report
 from comgen.evaluate.run import evaluate_category
 from comgen.generate.registry import build_generator, generator_revision
@@ -52,6 +54,9 @@ def _same_revision(folder: Path, backend: str) -> bool:
 
 #: in a run's generated folder: the learn stage's hash the anomalies were made after
 LEARNED_WITH = "learned_with.txt"
+#: in a stage's output folder (generated set, detector): the chained key of the stage that wrote it. Why: an
+#: interrupted stage continues in place only when its config, its upstream stages and its input files all match
+STAGE_KEY = "stage_key.txt"
 
 
 def _read_text(path: Path) -> str:
@@ -63,50 +68,96 @@ def _revised(config_hash: str, revision: int) -> str:
     return config_hash + (f"-r{revision}" if revision > 1 else "")
 
 
-def _fresh(folder: Path) -> None:
-    if folder.exists():
+def _fresh(run: RunDir, folder: Path) -> None:
+    """Empty a stage's output folder; only ever one strictly inside the run directory (a link is unlinked, never
+    followed), so no config value or stray link can make a stage delete anything else."""
+    root = run.root.resolve()
+    target = folder.parent.resolve() / folder.name
+    if target == root or not target.is_relative_to(root):
+        raise ArtifactError(folder, f"refusing to empty a folder outside the run directory {root}")
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():
         shutil.rmtree(folder)
+
+
+def _write_key(folder: Path, key: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / STAGE_KEY, key)
+
+
+def check_out_of_dataset(out: str | Path, dataset: str | Path) -> None:
+    """Refuse a run folder inside the dataset (datasets are never written), or a dataset inside a folder the run
+    empties and rewrites."""
+    o, d = Path(out).resolve(), Path(dataset).resolve()
+    if o == d or o.is_relative_to(d):
+        raise ConfigError("--out", f"{out} is inside the dataset {d}; a run never writes into its dataset, "
+                                   "choose another --out")
+    owned = [o / name for name in ("components", "generated", "bank", "detector", "maps", "eval")]
+    if any(d == f or d.is_relative_to(f) for f in owned):
+        raise ConfigError("--out", f"the dataset {d} lies inside a folder the run in {out} rewrites; "
+                                   "choose another --out")
+
+
+def open_for_run(dataset: str | Path, category: str) -> Dataset:
+    """Open the dataset and check what the stages will read, so a broken category fails now, not a stage later."""
+    ds = open_dataset(dataset)
+    if category not in ds.categories():
+        raise DatasetError(dataset, f"no category {category!r}; found: {', '.join(ds.categories()) or 'none'}")
+    if not ds.samples(category, "train"):
+        raise DatasetError(Path(dataset) / category, "no training images")
+    ds.defects(category)  # a malformed defects_config.json: one line now, not at evaluation
+    return ds
 
 
 def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunConfig | None = None,
                  force: bool = False, log: Callable[[str], None] = print) -> RunDir:
     """Run every stage for one category into ``out``; returns the finished run directory."""
     cfg = (cfg or RunConfig()).resolved()
-    ds = open_dataset(dataset)
-    if category not in ds.categories():
-        raise DatasetError(dataset, f"no category {category!r}; found: {', '.join(ds.categories()) or 'none'}")
-    train = ds.samples(category, "train")
-    if not train:
-        raise DatasetError(Path(dataset) / category, "no training images")
+    ds = open_for_run(dataset, category)
+    check_out_of_dataset(out, ds.root)
     run = RunDir.create(out, dataset, category)
-    cfg.save(run.root / "config.yaml")
-    runner = StageRunner(run, force=force, log=lambda m: log(f"{category}: {m}"))
+    with run.lock():
+        cfg.save(run.root / "config.yaml")
+        runner = StageRunner(run, force=force, log=lambda m: log(f"{category}: {m}"))
+        _stages(runner, ds, category, cfg, log)
+    return run
+
+
+def _stages(runner: StageRunner, ds: Dataset, category: str, cfg: RunConfig, log: Callable[[str], None]) -> None:
+    """The stages in order; each stage's key covers its config and the dataset files it reads."""
+    run = runner.run
+    train = ds.samples(category, "train")
+    # every split is listed (and its structure checked) now, not after an hour of training
+    train_files = ds.fingerprint(category, ("train",))
+    train_val_files = ds.fingerprint(category, ("train", "validation"))
+    test_files = ds.fingerprint(category, ("test",))
 
     if cfg.learns_components or cfg.detector.prior.enabled:  # the detector's composition prior needs components
         def learn() -> dict[str, Any]:
-            _fresh(run.components)
+            _fresh(run, run.components)
             model = learner.learn_into_run(run, train, cfg.learn)
             return {"num_classes": model.num_classes}
 
-
-        runner.stage("run.learn", _revised(cfg.learn.hash(), learner.LEARNER_REVISION), learn)
+        runner.stage("run.learn", _revised(cfg.learn.hash(), learner.LEARNER_REVISION), learn, inputs=train_files)
 
     def generate() -> dict[str, Any]:
         folder = run.generated(cfg.backend)
+        generator = build_generator(cfg.backend, cfg.generate)  # an unavailable back-end fails before any change
         # the compositional back-end edits with the learned components: after new ones, no old anomaly is kept
         learned_with = run.stage_hash("run.learn")
         if not (_same_saved_config(folder / "config.yaml", cfg.generate) and _same_revision(folder, cfg.backend)
-                and _read_text(folder / LEARNED_WITH) == learned_with):
-            _fresh(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+                and _read_text(folder / LEARNED_WITH) == learned_with
+                and _read_text(folder / STAGE_KEY) == runner.current):
+            _fresh(run, folder)
+        _write_key(folder, runner.current)
         atomic_write_text(folder / LEARNED_WITH, learned_with)
-        generator = build_generator(cfg.backend, cfg.generate)
         generator.fit(train, run)
         summary = write_generated(generator, folder, cfg.generate, log=log)
         return {"written": summary.written, "rate_per_s": round(summary.rate, 2)}
 
     revision = generator_revision(cfg.backend)  # a newer generator's anomalies differ under the same config
-    runner.stage("run.generate", _revised(cfg.generate.hash(), revision), generate)
+    runner.stage("run.generate", _revised(cfg.generate.hash(), revision), generate, inputs=train_files)
 
     if cfg.mask:
         def mask() -> dict[str, Any]:
@@ -116,21 +167,24 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
         runner.stage("run.mask", cfg.masks.hash(), mask)
 
     def train_stage() -> dict[str, Any]:
-        resume = _same_saved_config(run.detector / "config.yaml", cfg.detector) and any(run.detector.glob("*.pt"))
+        # resume only a checkpoint made with this config, these anomalies and these images
+        resume = (_same_saved_config(run.detector / "config.yaml", cfg.detector) and any(run.detector.glob("*.pt"))
+                  and _read_text(run.detector / STAGE_KEY) == runner.current)
         if not resume:
-            _fresh(run.detector)
+            _fresh(run, run.detector)
+            _write_key(run.detector, runner.current)
         result = train_detector(run, cfg.detector, resume=resume, log=log)
         return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                 "train_seconds": round(result.seconds, 1), "peak_rss_mb": round(result.peak_rss_mb)}
 
-    runner.stage("run.train", cfg.detector.hash(), train_stage)
+    runner.stage("run.train", cfg.detector.hash(), train_stage, inputs=train_val_files)
 
     def predict() -> dict[str, Any]:
-        _fresh(run.maps)
-        rows = predict_dataset(run, "test", run.maps)
+        _fresh(run, run.maps)
+        rows = predict_dataset(run, "test", run.maps, strict=True)  # evaluation needs a map for every image
         return {"images": len(rows)}
 
-    runner.stage("run.predict", "test", predict)
+    runner.stage("run.predict", "test", predict, inputs=test_files)
 
     def evaluate() -> dict[str, Any]:
         result = evaluate_category(ds, category, run.maps, cfg.evaluate)
@@ -140,4 +194,3 @@ def run_category(dataset: str | Path, category: str, out: str | Path, cfg: RunCo
         return {"report": str(run.eval / "report.html")}
 
     runner.stage("run.evaluate", cfg.evaluate.hash(), evaluate)
-    return run

@@ -2,7 +2,8 @@
 
 Why: a run is learn -> generate -> mask -> train -> evaluate; each stage is expensive. A stage is skipped when it
 already finished with the same *chained* hash: its own config hash combined with the chained hash of the stage before
-it. Changing an early stage's config therefore redoes it and everything after it, and nothing else.
+it. Changing an early stage's config therefore redoes it and everything after it, and nothing else. A stage may also
+name its ``inputs`` (a fingerprint of the files it reads), so a changed dataset redoes it like a changed config.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from comgen.rundir import RunDir
 
 def chain_hash(previous: str, own: str) -> str:
     return hashlib.sha256(f"{previous}:{own}".encode()).hexdigest()[:16]
+
+
+def stage_key(config_hash: str, inputs: str = "") -> str:
+    """A stage's own key: its config hash, plus the fingerprint of its input files when it has one."""
+    return f"{config_hash}|inputs={inputs}" if inputs else config_hash
 
 
 @dataclass
@@ -38,8 +44,15 @@ class StageRunner:
     _chain: str = "root"
     results: list[StageResult] = field(default_factory=list)
 
-    def stage(self, name: str, config_hash: str, fn: Callable[[], dict[str, Any] | None]) -> StageResult:
-        self._chain = chain_hash(self._chain, config_hash)
+    @property
+    def current(self) -> str:
+        """The chained key of the stage being run (or last run): a stage records it beside its outputs."""
+        return self._chain
+
+    def stage(self, name: str, config_hash: str, fn: Callable[[], dict[str, Any] | None],
+              inputs: str = "") -> StageResult:
+        """Run ``fn`` unless ``name`` already finished with the same chained key (config and ``inputs``)."""
+        self._chain = chain_hash(self._chain, stage_key(config_hash, inputs))
         if not self.force and self.run.stage_done(name, self._chain):
             outputs = self.run._stages().get(name, {}).get("outputs", {})
             self.log(f"[{name}] up to date, skipped")

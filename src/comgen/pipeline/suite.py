@@ -12,7 +12,7 @@ from comgen.evaluate.report import write_report
 from comgen.evaluate.run import evaluate_category
 from comgen.generate.registry import check_backend
 from comgen.pipeline.config import RunConfig
-from comgen.pipeline.run import run_category
+from comgen.pipeline.run import check_out_of_dataset, open_for_run, run_category
 from comgen.rundir import RunDir
 
 
@@ -42,10 +42,13 @@ def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: R
     cats = ds.select_categories(category)
     single = len(cats) == 1 and category != "all"
     parent = Path(out) if out is not None else Path("runs")
+    roots = {cat: (Path(out) if out is not None else parent / cat) if single else parent / cat for cat in cats}
+    for cat in cats:  # every category's set-up problem shows before the first one runs for an hour
+        open_for_run(dataset, cat)
+        check_out_of_dataset(roots[cat], ds.root)
     runs: dict[str, RunDir] = {}
     for cat in cats:
-        run_root = (Path(out) if out is not None else parent / cat) if single else parent / cat
-        runs[cat] = run_category(dataset, cat, run_root, cfg, force=force, log=log)
+        runs[cat] = run_category(dataset, cat, roots[cat], cfg, force=force, log=log)
     if single:
         run = runs[cats[0]]
         report = run.eval / "report.html"
