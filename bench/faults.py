@@ -250,8 +250,12 @@ def fuzz(data: Path, out: Path, cases: int, seed: int) -> dict:
     for k in range(cases):
         work = _fresh_copy(out, data, ref)
         kind, src, command = targets[rng.randrange(len(targets))]
-        target = work / "data" / src.relative_to(data) if src.is_relative_to(data) else \
-            work / "runs" / src.relative_to(ref.parent)
+        if src.is_relative_to(data):
+            target = work / "data" / src.relative_to(data)
+        elif src.is_relative_to(ref):
+            target = work / "runs" / "run" / src.relative_to(ref)
+        else:  # the run config beside the reference run
+            target = work / "runs" / src.name
         how = hows[rng.randrange(len(hows))]
         _damage(target, how, rng)
         before = tree_hash(work / "data", (".",))

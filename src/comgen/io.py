@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from comgen.errors import ArtifactError
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where the system allows (``os.umask`` sets as it reads, which
@@ -97,19 +99,23 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read JSON lines, ignoring a torn last line left by a crash."""
+    """Read JSON lines, ignoring a torn last line left by a crash; any other damage is an ArtifactError."""
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(path, f"cannot read ({exc.__class__.__name__})") from None
+    lines = [ln for ln in lines if ln]
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
+    for k, line in enumerate(lines):
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if k == len(lines) - 1:
+                continue  # a torn last line: the crash it came from is resumed from the lines before it
+            raise ArtifactError(path, f"line {k + 1} is not valid JSON") from None
     return out
 
 

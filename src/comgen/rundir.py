@@ -162,7 +162,7 @@ class RunDir:
             return {}
         try:
             return json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except ValueError:  # not UTF-8 text, or not JSON: no stage counts as done
             return {}
 
     def stage_done(self, name: str, config_hash: str) -> bool:

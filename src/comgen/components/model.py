@@ -209,7 +209,7 @@ class ComponentModel:
                 raise ArtifactError(directory / name, "missing; run `comgen learn` first")
         try:
             meta = json.loads((directory / "model.json").read_text())
-        except json.JSONDecodeError:
+        except ValueError:  # not UTF-8 text, or not JSON
             raise ArtifactError(directory / "model.json", "not valid JSON") from None
         if meta.get("format") != FORMAT_VERSION:
             raise ArtifactError(directory / "model.json", f"unsupported format {meta.get('format')!r}")

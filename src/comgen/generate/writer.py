@@ -176,6 +176,15 @@ def write_preview(out: Path, lines: list[dict[str, Any]], count: int = 16, tile:
     return write_png(out / "preview.png", grid)
 
 
+def _marker_n(marker: Path) -> int | None:
+    """The anomaly count a shard's done-marker records (None when it is damaged: the shard counts as unfinished)."""
+    try:
+        value = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return value.get("n") if isinstance(value, dict) else None
+
+
 def _consolidate(out: Path, shard: tuple[int, int], n: int) -> bool:
     """Write the merged ``manifest.jsonl`` once every shard of this run has finished."""
     i, k = shard
@@ -183,7 +192,7 @@ def _consolidate(out: Path, shard: tuple[int, int], n: int) -> bool:
         atomic_write_json(out / _done_marker(i, k), {"n": n})
         for j in range(k):
             marker = out / _done_marker(j, k)
-            if not marker.exists() or json.loads(marker.read_text()).get("n") != n:
+            if not marker.exists() or _marker_n(marker) != n:
                 return False
     merged = merged_lines(out)
     atomic_write_text(out / MANIFEST, "".join(json.dumps(ln) + "\n" for ln in merged))

@@ -49,8 +49,8 @@ def load_parts(category_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError(path, "no parts.json (not a comgen synth category)") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(path, f"not valid JSON ({exc.msg})") from None
+    except ValueError as exc:  # not UTF-8 text, or not JSON
+        raise DatasetError(path, f"not valid JSON ({str(exc)[:80]})") from None
 
 
 def palettes() -> dict[str, dict[int, tuple[str, tuple[tuple[int, int, int], ...]]]]:

@@ -128,7 +128,7 @@ class DiffusionGenerator:
             return False
         try:
             meta = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except ValueError:  # not UTF-8 text, or not JSON
             raise ArtifactError(path, "corrupt learned-token record; delete the folder to relearn") from None
         return meta.get("config_hash") == self.cfg.learn.hash() and meta.get("tokens") == self.tokens
 

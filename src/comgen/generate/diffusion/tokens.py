@@ -125,7 +125,7 @@ def embedding_files(directory: str | Path) -> tuple[list[str], list[Path]]:
     try:
         meta = json.loads(index.read_text())
         tokens, files = list(meta["tokens"]), [directory / f for f in meta["files"]]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise ArtifactError(index, "corrupt token index") from None
     missing = [f.name for f in files if not f.is_file()]
     if missing:
