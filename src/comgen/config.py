@@ -140,7 +140,7 @@ class ConfigBase:
             raise ConfigError(path, "config file not found")
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(path, f"not valid YAML ({exc.__class__.__name__})") from None
         if not isinstance(data, dict):
             raise ConfigError(path, "expected a mapping at the top level")

@@ -206,10 +206,19 @@ def test_prior_infinite_vectors_are_refused(saved_prior: Path, tmp_path: Path) -
         CompositionPrior.load(d)
 
 
-def test_prior_round_trip_still_loads(saved_prior: Path, tmp_path: Path) -> None:
+def test_prior_nan_vector_entries_still_load(saved_prior: Path, tmp_path: Path) -> None:
     """NaN entries (a part absent from an image) are valid in the saved vectors and must keep loading."""
     d = _prior_copy(saved_prior, tmp_path)
     vecs = load_numpy(str(d / "vectors.safetensors"))["train"].copy()
     vecs[0, 0] = np.nan
     save_numpy({"train": vecs}, str(d / "vectors.safetensors"))
     assert np.isfinite(CompositionPrior.load(d).std)
+
+
+def test_nan_validation_logits_stop_calibration() -> None:
+    """The writing side: a diverged checkpoint's NaN logits never become a NaN threshold in calibration.json."""
+    from comgen.detect.calibration import calibrate
+
+    logits = np.array([0.1, float("nan"), 0.3, 2.0])
+    with pytest.raises(ArtifactError, match="NaN/infinite validation image logits"):
+        calibrate(logits, np.array([0, 0, 0, 1]), 0.0, 1.0, 0.99)

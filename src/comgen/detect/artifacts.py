@@ -194,7 +194,7 @@ def _state_files(det_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         legacy = det_dir / LEGACY_STATE
         if legacy.exists():
             raise ArtifactError(legacy, "pickled checkpoint of an older version, never loaded (unpickling can run "
-                                        "code); train without --resume to retrain")
+                                        "code); delete it and retrain (`comgen train` without --resume)")
         raise ArtifactError(path, "no checkpoint to resume from; train without --resume first")
     meta = read_json_object(path)
     if meta.get("format") != STATE_FORMAT:

@@ -18,6 +18,7 @@ from comgen.components.model import ComponentModel
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
+from comgen.errors import ArtifactError
 from comgen.rundir import RunDir
 
 
@@ -30,6 +31,14 @@ def image_max(values: np.ndarray, group: np.ndarray | None) -> np.ndarray:
     return out
 
 
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """Why: a NaN here becomes a NaN threshold or scale in calibration.json, and every image would then "pass"."""
+    bad = int((~np.isfinite(np.asarray(values, np.float64))).sum())
+    if bad:
+        raise ArtifactError("calibration", f"{bad} NaN/infinite validation {what}: the best checkpoint is unusable; "
+                                           "retrain with a lower --lr")
+
+
 def calibrate(logits: np.ndarray, labels: np.ndarray, map_mean: float, map_std: float, quantile: float,
               group: np.ndarray | None = None) -> dict[str, Any]:
     """Score normalisation and threshold from the validation normals.
@@ -37,6 +46,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, map_mean: float, map_std: 
     Scores are z-scores of the normal (tile) logits; in tiled mode an image's score is its tiles' maximum, and the
     threshold is the ``quantile`` of the normal images' scores.
     """
+    _check_finite(logits, "image logits")
+    _check_finite(np.array([map_mean, map_std]), "map statistics")
     normal = logits[labels == 0]
     mean = float(normal.mean())
     std = float(normal.std()) if len(normal) > 1 and float(normal.std()) > 1e-6 else 1.0
@@ -76,6 +87,7 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str
     log("fitting the composition prior on the training normals")
     prior = CompositionPrior.fit(model, splits.bank_images, cfg=cfg.prior)
     nll = prior.nll(splits.val.images)  # segmented once: normals calibrate, anomalies give the validation AUROC
+    _check_finite(nll, "composition log-densities")
     prior.calibrate(nll[labels == 0])
     z_prior = prior.z(nll)
     z_net = (val_logits - cal["score_mean"]) / cal["score_std"]

@@ -8,7 +8,9 @@ Why it is built like this:
   checkpoint still stores model, optimizer, epoch and the global RNG states;
 - validation normals give early stopping (validation loss, with held-out generated anomalies) and the
   calibration: score normalisation and the pass/fail threshold at a normal-score quantile;
-- a non-finite loss stops before the optimizer step, so the last checkpoint on disk stays the last good one.
+- a non-finite loss stops before the optimizer step, so the last checkpoint on disk stays the last good one;
+- a new training writes nothing into the detector folder before its first checkpoint, so one that fails early (a bad
+  option, missing data, a NaN loss) leaves the previous detector whole.
 """
 
 from __future__ import annotations
@@ -349,9 +351,9 @@ def _checkpoint(tr: _Training, epoch: int, rec: dict[str, Any], improved: bool) 
     if improved:
         save_safetensors(tr.det / BEST, hstate)
     save_state(tr.det, {"config": tr.cfg.to_dict(), "epoch": epoch + 1, "head": hstate,
-                                "optimizer": tr.opt.state_dict(), "best_loss": tr.best_loss,
-                                "best_epoch": tr.best_epoch, "bad": tr.bad, "history": tr.history,
-                                "stopped_early": tr.stopped_early, "rng": _rng_state(), "backbone": tr.identity})
+                        "optimizer": tr.opt.state_dict(), "best_loss": tr.best_loss,
+                        "best_epoch": tr.best_epoch, "bad": tr.bad, "history": tr.history,
+                        "stopped_early": tr.stopped_early, "rng": _rng_state(), "backbone": tr.identity})
     append_jsonl(tr.det / HISTORY, rec)
 
 

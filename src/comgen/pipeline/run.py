@@ -19,6 +19,7 @@ from comgen.components import learner
 from comgen.config import ConfigBase
 from comgen.data.generated import saved_revision
 from comgen.data.readers import Dataset, open_dataset
+from comgen.detect.artifacts import has_state
 from comgen.detect.predict import predict_dataset
 from comgen.detect.train import train_detector
 from comgen.errors import ArtifactError, ConfigError, DatasetError
@@ -168,7 +169,7 @@ def _stages(runner: StageRunner, ds: Dataset, category: str, cfg: RunConfig, log
 
     def train_stage() -> dict[str, Any]:
         # resume only a checkpoint made with this config, these anomalies and these images
-        resume = (_same_saved_config(run.detector / "config.yaml", cfg.detector) and any(run.detector.glob("*.pt"))
+        resume = (_same_saved_config(run.detector / "config.yaml", cfg.detector) and has_state(run.detector)
                   and _read_text(run.detector / STAGE_KEY) == runner.current)
         if not resume:
             _fresh(run, run.detector)
