@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         return INTERRUPTED
+    except OSError as exc:  # the machine refused: a read-only or full disk, a permission, a vanished file
+        print(f"error: {exc.filename or 'file system'}: {exc.strerror or exc.__class__.__name__}", file=sys.stderr)
+        return 2
     except Exception as exc:
         # Usage errors of the (vendored) click library: show them as click would, without a traceback.
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):

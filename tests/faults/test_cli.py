@@ -52,3 +52,19 @@ def test_module_entry_exits_with_the_returned_status(data: Path, tmp_path: Path)
     assert proc.returncode == 130, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "interrupted" in proc.stderr
 
+
+
+@pytest.mark.parametrize("errno_, why", [(28, "No space left on device"), (30, "Read-only file system")])
+def test_a_full_or_read_only_disk_is_one_line(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture, errno_: int, why: str) -> None:
+    import comgen.pipeline.suite as suite
+
+    out = tmp_path / "run"
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno_, why, str(out / "config.yaml"))
+
+    monkeypatch.setattr(suite, "run_suite", refuse)
+    assert main(["run", str(data), "-c", CAT, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out / 'config.yaml'}: {why}"]
