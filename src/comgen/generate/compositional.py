@@ -19,6 +19,9 @@ import numpy as np
 from comgen.components.composition import rgb_to_lab
 from comgen.components.density import ComponentRealism, CompositionDensity
 from comgen.components.features import resize_square
+from comgen.components.learner import learn_components
+from comgen.components.model import ComponentModel
+from comgen.data.synth.truth import load_truth, truth_path
 from comgen.errors import ArtifactError, InputError
 from comgen.generate.component_bank import ComponentBank, dilate, ring
 from comgen.generate.config import CompositionalConfig
@@ -27,7 +30,6 @@ from comgen.generate.structural import apply_structural
 from comgen.progress import progress
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS, Anomaly, Sample
 from comgen.rundir import RunDir
-
 
 # --- rendering --------------------------------------------------------------------------------
 
@@ -208,25 +210,12 @@ def render(plan: EditPlan, bank: ComponentBank, blend: str = "alpha",
 
 # --- the generator -----------------------------------------------------------------------------
 
-def _load_rgb(sample: Sample) -> np.ndarray:
-    try:
-        return sample.load_image()
-    except ImportError:  # data package not installed yet: plain OpenCV read
-        im = cv2.imread(str(sample.path), cv2.IMREAD_COLOR)
-        if im is None:
-            raise InputError(sample.path, "cannot read image") from None
-        return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
-
-
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return resize_square(image[None], size)[0]
 
 
 def _load_truth(sample: Sample) -> np.ndarray | None:
-    try:
-        from comgen.data.synth.truth import load_truth, truth_path
-    except ImportError:
-        return None
+    """The built-in benchmark's part labels of a training image, when it has them (for the rule checker)."""
     return load_truth(sample) if truth_path(sample).exists() else None
 
 
@@ -246,9 +235,6 @@ class CompositionalGenerator:
 
     # --- fit ------------------------------------------------------------------------------------
     def _component_model(self, images: np.ndarray, run: RunDir | None, where: str):
-        from comgen.components.learner import learn_components
-        from comgen.components.model import ComponentModel
-
         if run is not None and self.cfg.reuse_components and (run.components / "model.json").is_file():
             return ComponentModel.load(run.components)
         lcfg = self.cfg.learner.replace(image_size=self.cfg.image_size)
@@ -262,7 +248,7 @@ class CompositionalGenerator:
             raise InputError("train", "no training samples")
         where = str(train[0].path.parent)
         s = self.cfg.image_size
-        images = np.stack([_resize(_load_rgb(t), s) for t in progress(train, desc="compositional: load")])
+        images = np.stack([_resize(t.load_image(), s) for t in progress(train, desc="compositional: load")])
         truths = []
         for t in train:
             tr = _load_truth(t)
