@@ -169,6 +169,27 @@ def test_nan_bank_features_are_refused(trained_run: Path, tmp_path: Path) -> Non
         Detector.load(det.parent, device="cpu")
 
 
+def test_bank_metadata_that_is_not_text_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    det = _copy(trained_run, tmp_path) / "detector"
+    (det / "bank" / "bank.json").write_bytes(b"\xcd\xff{" + bytes(range(200)))
+    with pytest.raises(ArtifactError, match=r"bank\.json: corrupt bank metadata"):
+        Detector.load(det.parent, device="cpu")
+
+
+def test_manifest_with_a_damaged_middle_line_is_refused(tmp_path: Path) -> None:
+    from comgen.io import read_jsonl
+
+    path = tmp_path / "manifest.jsonl"
+    path.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')
+    with pytest.raises(ArtifactError, match="line 2 is not valid JSON"):
+        read_jsonl(path)
+    path.write_text('{"id": "a"}\n{"id": "b"')  # a torn last line, as a crash leaves it
+    assert read_jsonl(path) == [{"id": "a"}]
+    path.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ArtifactError, match="cannot read"):
+        read_jsonl(path)
+
+
 # --- the composition prior's files ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def saved_prior(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -525,7 +525,7 @@ class MemoryBank:
             cfg = MemoryBankConfig.from_dict(meta["config"], where=str(meta_path))
             ids = list(meta["ids"])
             files = dict(meta["files"])
-        except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
+        except (ValueError, KeyError, TypeError, ConfigError) as exc:  # ValueError: not UTF-8, or not JSON
             raise ArtifactError(meta_path, f"corrupt bank metadata ({exc.__class__.__name__})") from None
         if meta.get("format") != FORMAT_VERSION:
             raise ArtifactError(meta_path, f"bank format {meta.get('format')} is not {FORMAT_VERSION}; rebuild it")

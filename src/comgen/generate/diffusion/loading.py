@@ -27,7 +27,7 @@ def check_sd_folder(path: str | Path) -> Path:
         raise ArtifactError(p, "not a diffusers pipeline folder (no model_index.json)")
     try:
         json.loads((p / "model_index.json").read_text())
-    except json.JSONDecodeError:
+    except ValueError:  # not UTF-8, or not JSON
         raise ArtifactError(p / "model_index.json", "not valid JSON") from None
     missing = [s for s in REQUIRED if not (p / s).is_dir()]
     if missing:
