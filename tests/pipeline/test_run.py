@@ -85,3 +85,24 @@ def test_cli_run_refuses_unknown_category(tiny: Path, tmp_path: Path, capsys: py
     assert main(["run", str(tiny), "--category", "nope", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
+
+
+def test_a_folder_of_normal_images_alone_trains_a_detector(tiny: Path, tmp_path: Path, capsys) -> None:
+    """Where a factory starts: ``train/good`` and nothing else. Check, run and predict work; evaluation is skipped."""
+    import shutil
+
+    folder = tmp_path / "my_parts"
+    shutil.copytree(tiny / "screw_bag" / "train" / "good", folder / "train" / "good")
+    assert main(["data", "check", str(folder)]) == 0
+    cfg = _quick_config()
+    logs: list[str] = []
+    run = run_category(folder, "my_parts", tmp_path / "run", cfg, log=logs.append)
+    assert (run.detector / "calibration.json").is_file() and not (run.root / "maps").exists()
+    assert any("no labelled test images" in m for m in logs), logs
+    cfg.save(tmp_path / "run.yaml")
+    assert main(["run", str(folder), "-c", "my_parts", "--out", str(tmp_path / "run"),
+                 "--config", str(tmp_path / "run.yaml")]) == 0
+    assert "nothing was evaluated" in capsys.readouterr().out
+    images = tiny / "screw_bag" / "test" / "logical_anomalies"
+    assert main(["predict", str(run.root), str(images), "--out", str(tmp_path / "preds")]) == 0
+    assert (tmp_path / "preds" / "scores.csv").is_file()

@@ -205,7 +205,9 @@ class Dataset:
     def _test_samples(self, category: str, cat_dir: Path) -> list[Sample]:
         test = cat_dir / "test"
         if not test.is_dir():
-            raise DatasetError(test, "missing test split folder")
+            if self.layout == "loco":
+                raise DatasetError(test, "missing test split folder")
+            return []  # normal images only: nothing labelled to test on
         labels = _subdirs(test)
         if not labels:
             raise DatasetError(test, "empty test split (no label folders)")
@@ -277,7 +279,8 @@ def open_dataset(root: str | Path, layout: str = "auto") -> Dataset:
     cats = _category_dirs(root)
     chosen: Layout = _detect_layout(list(cats.values())) if layout == "auto" else layout  # type: ignore[assignment]
     for d in cats.values():  # cheap structural check up front: every required split folder exists
-        required = ("train", "validation", "test") if chosen == "loco" else ("train", "test")
+        # a folder of normal images alone (train/good) is where a factory starts: test is optional but in LOCO
+        required = ("train", "validation", "test") if chosen == "loco" else ("train",)
         for split in required:
             if not (d / split).is_dir():
                 raise DatasetError(d / split, f"missing {split} split folder")

@@ -185,6 +185,9 @@ def _stages(runner: StageRunner, ds: Dataset, category: str, cfg: RunConfig, log
         rows = predict_dataset(run, "test", run.maps, strict=True)  # evaluation needs a map for every image
         return {"images": len(rows)}
 
+    if not ds.samples(category, "test"):
+        log(f"{category}: no labelled test images (no test/ folder): predict and evaluate skipped")
+        return
     runner.stage("run.predict", "test", predict, inputs=test_files)
 
     def evaluate() -> dict[str, Any]:

@@ -49,13 +49,16 @@ def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: R
     runs: dict[str, RunDir] = {}
     for cat in cats:
         runs[cat] = run_category(dataset, cat, roots[cat], cfg, force=force, log=log)
+    tested = [c for c in cats if ds.samples(c, "test")]  # a folder of normal images alone has nothing to score
+    if not tested:
+        return {"results": {}, "report": None, "runs": {c: str(r.root) for c, r in runs.items()}}
     if single:
         run = runs[cats[0]]
         report = run.eval / "report.html"
         # the evaluate stage already wrote this category's metrics: read them, do not evaluate twice
         results = json.loads((run.eval / "metrics.json").read_text())["categories"]
     else:
-        results = {c: evaluate_category(ds, c, r.maps, cfg.evaluate) for c, r in runs.items()}
+        results = {c: evaluate_category(ds, c, runs[c].maps, cfg.evaluate) for c in tested}
         extras = {c: _previews(r, cfg) for c, r in runs.items()}
         report = write_report({"dataset": str(ds.root), "categories": results}, parent / "report",
                               gallery=cfg.evaluate.gallery, title="comgen: all categories", extra_images=extras)
@@ -109,7 +112,10 @@ def mean_of_present(rows: Sequence[dict[str, Any]], key: str) -> float | None:
 
 def print_table(summary: dict[str, Any]) -> None:
     rows = results_rows(summary["results"])
-    if rows:
-        rows.append({"category": "**mean**", **{k: mean_of_present(rows, k) for k, _ in RESULT_COLUMNS[1:]}})
+    if not rows:
+        print("no labelled test images: the detector is trained, nothing was evaluated "
+              f"(run folders: {', '.join(summary['runs'].values())})")
+        return
+    rows.append({"category": "**mean**", **{k: mean_of_present(rows, k) for k, _ in RESULT_COLUMNS[1:]}})
     print(format_markdown(rows, RESULT_COLUMNS))
     print(f"report: {summary['report']}")
