@@ -38,6 +38,21 @@ def test_mean_is_average_of_logical_and_structural_not_pooled(loco, tmp_path: Pa
     assert r["image_score"] == "map_max" and r["metrics"]["logical"]["image_auroc"] == 0.5
 
 
+def test_the_shipped_decision_is_scored(loco, tmp_path: Path):
+    """F1, false-reject and escape rates at the detector's own threshold (the CSV's decision), and the best F1."""
+    samples = write_maps(loco, tmp_path / "maps", lambda s, u: np.zeros(u.shape, np.float32))
+    value = {"good": 0.5, "logical_anomalies": 1.0, "structural_anomalies": 0.0}
+    rows = [score_row(s, value[s.label], decision=value[s.label] > 0.75) for s in samples]  # fails logical only
+    write_scores_csv(tmp_path / "maps" / "scores.csv", rows)
+    m = evaluate_category(loco, "box", tmp_path / "maps")["metrics"]
+    assert m["logical"]["f1"] == 1.0 and m["logical"]["escape_rate"] == 0.0
+    assert m["logical"]["false_reject_rate"] == 0.0
+    assert m["structural"]["f1"] == 0.0 and m["structural"]["escape_rate"] == 1.0
+    assert m["logical"]["best_f1"] == 1.0 and m["logical"]["best_f1_threshold"] == 1.0
+    write_scores_csv(tmp_path / "maps" / "scores.csv", [score_row(s, value[s.label]) for s in samples])
+    assert "f1" not in evaluate_category(loco, "box", tmp_path / "maps")["metrics"]["logical"]  # no decisions
+
+
 def test_per_defect_results_give_each_branch_alone(loco, tmp_path: Path):
     samples = write_maps(loco, tmp_path / "maps", lambda s, u: np.zeros(u.shape, np.float32))
     logical = sorted(s.image_id for s in samples if s.label == "logical_anomalies")

@@ -7,20 +7,26 @@ here and the threshold is re-derived on the fused score.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from comgen.components.model import ComponentModel
+from comgen.detect.artifacts import CALIBRATION, read_calibration
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
-from comgen.errors import ArtifactError
+from comgen.errors import ArtifactError, ConfigError
+from comgen.io import atomic_write_json
 from comgen.rundir import RunDir
 
+#: calibration.json key: the validation normals' image scores, which a new threshold is chosen from
+VAL_SCORES = "val_normal_scores"
 
 def image_max(values: np.ndarray, group: np.ndarray | None) -> np.ndarray:
     """Per whole image, the max over its tiles (identity when not tiled)."""
@@ -57,7 +63,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, map_mean: float, map_std: 
     cal: dict[str, Any] = {"score_mean": mean, "score_std": std,
                            "threshold": float(np.quantile(z, quantile)), "quantile": quantile,
                            "map_mean": float(map_mean), "map_std": float(max(map_std, 1e-6)),
-                           "n_val_normal": int(len(z)), "n_val_anomalous": int((img_labels == 1).sum())}
+                           "n_val_normal": int(len(z)), "n_val_anomalous": int((img_labels == 1).sum()),
+                           VAL_SCORES: [float(v) for v in z]}
     if (img_labels == 1).any() and (img_labels == 0).any():
         cal["val_auroc_generated"] = float(roc_auc_score(img_labels, img_scores))
     return cal
@@ -94,6 +101,7 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str
     fused = fuse_scores(z_net, z_prior, cfg.prior.fuse)
     cal["threshold_network"] = cal["threshold"]
     cal["threshold"] = float(np.quantile(fused[labels == 0], cfg.threshold_quantile))
+    cal[VAL_SCORES] = [float(v) for v in fused[labels == 0]]
     entry: dict[str, Any] = {"enabled": True, "fuse": cfg.prior.fuse, "nll_mean": prior.mean, "nll_std": prior.std}
     if (labels == 1).any() and (labels == 0).any():
         entry["val_auroc_generated_prior"] = float(roc_auc_score(labels, z_prior))
@@ -101,3 +109,48 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str
         cal["val_auroc_generated"] = float(roc_auc_score(labels, fused))
     prior.save(out)
     return entry
+
+
+def choose_threshold(cal: dict[str, Any], where: Path, max_false_reject: float | None = None,
+                     quantile: float | None = None, score: float | None = None) -> tuple[float, dict[str, Any]]:
+    """A new pass/fail threshold from exactly one rule, and the rule as recorded beside it.
+
+    ``max_false_reject`` P: the lowest threshold that rejects at most P of the validation normals; ``quantile`` Q: the
+    Q-quantile of their scores (training's own rule); ``score`` S: S itself. Why from stored scores: a factory sets
+    its false-reject budget after training, and retraining for it would change the detector.
+    """
+    given = {k: v for k, v in (("max_false_reject", max_false_reject), ("quantile", quantile), ("score", score))
+             if v is not None}
+    if len(given) != 1:
+        raise ConfigError("calibrate", "give exactly one of --max-false-reject, --quantile, --score")
+    (rule, value), = given.items()
+    if not math.isfinite(value) or (rule == "max_false_reject" and not 0.0 <= value < 1.0) or \
+            (rule == "quantile" and not 0.0 < value <= 1.0):
+        raise ConfigError(f"calibrate.{rule}", f"{value} is out of range ({'[0, 1)' if rule == 'max_false_reject' else '(0, 1]' if rule == 'quantile' else 'a finite number'})")
+    if rule == "score":
+        return float(value), {"rule": rule, "value": float(value)}
+    scores = cal.get(VAL_SCORES)
+    if not isinstance(scores, list) or not scores:
+        raise ArtifactError(where, f"no stored validation scores ({VAL_SCORES}); retrain with this comgen to set a "
+                                   "threshold by rule, or give --score")
+    normal = np.sort(np.asarray(scores, np.float64))
+    if rule == "quantile":
+        return float(np.quantile(normal, value)), {"rule": rule, "value": float(value)}
+    n_reject = int(math.floor(value * len(normal)))  # the highest n_reject normals may fail, no more
+    threshold = float(normal[len(normal) - 1 - n_reject])
+    return threshold, {"rule": rule, "value": float(value),
+                       "false_reject_on_validation": float(np.mean(normal > threshold))}
+
+
+def set_threshold(run: RunDir, **rule: float | None) -> tuple[float, float, dict[str, Any]]:
+    """Write the run's new threshold (``choose_threshold``'s rule) into its calibration: (old, new, rule record).
+
+    Only the threshold and its rule change; the detector, its score scale and its stored scores stay as trained.
+    """
+    path = run.detector / CALIBRATION
+    cal = read_calibration(run.detector)
+    new, record = choose_threshold(cal, path, **rule)
+    old = float(cal["threshold"])
+    cal["threshold"], cal["threshold_rule"] = new, record
+    atomic_write_json(path, cal)
+    return old, new, record

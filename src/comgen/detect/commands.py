@@ -74,13 +74,35 @@ def register(app: typer.Typer) -> None:
         overlays: bool = typer.Option(True, help="write heat-map overlay PNGs"),
         strict: bool = typer.Option(False, "--strict", help="fail on the first unreadable image and write "
                                                             "nothing (default: skip it with one line)"),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="pass/fail threshold for this call "
+                                                  "(default: the run's, see `comgen calibrate`)"),
     ) -> None:
         """Anomaly maps (original resolution), scores.csv with pass/fail, and overlays."""
         from comgen.detect.predict import predict_paths
 
-        rows = predict_paths(run_dir, images, out, batch_size=batch_size, overlays=overlays, strict=strict)
+        rows = predict_paths(run_dir, images, out, batch_size=batch_size, overlays=overlays, strict=strict,
+                             threshold=threshold)
         n_fail = sum(r["decision"] == "fail" for r in rows)
         typer.echo(f"{len(rows)} image(s): {n_fail} fail, {len(rows) - n_fail} pass -> {out / 'scores.csv'}")
+
+    @app.command("calibrate")
+    def calibrate_cmd(
+        run_dir: Path = typer.Argument(..., help="run directory with a trained detector"),
+        max_false_reject: Optional[float] = typer.Option(None, "--max-false-reject",
+                                                         help="reject at most this share of validation normals"),
+        quantile: Optional[float] = typer.Option(None, "--quantile", help="this quantile of validation normal scores"),
+        score: Optional[float] = typer.Option(None, "--score", help="this score itself"),
+    ) -> None:
+        """Set the pass/fail threshold without retraining, from the stored validation scores."""
+        from comgen.detect.calibration import set_threshold
+        from comgen.rundir import RunDir
+
+        run = RunDir(run_dir)  # a trained detector is all it needs (a bench-trained run has no run.yaml)
+        with run.lock():
+            old, new, record = set_threshold(run, max_false_reject=max_false_reject, quantile=quantile, score=score)
+        extra = (f"; {record['false_reject_on_validation']:.1%} of validation normals fail"
+                 if "false_reject_on_validation" in record else "")
+        typer.echo(f"threshold {old:.4f} -> {new:.4f} ({record['rule']} {record['value']}){extra}")
 
     @app.command("export")
     def export(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import shutil
 import sys
@@ -393,16 +394,21 @@ class _Skips:
 
 def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, batch_size: int | None = None,
                   overlays: bool = True, detector: Detector | None = None,
-                  log: Callable[[str], None] = _stderr, strict: bool = False) -> list[dict[str, Any]]:
+                  log: Callable[[str], None] = _stderr, strict: bool = False,
+                  threshold: float | None = None) -> list[dict[str, Any]]:
     """``comgen predict``: maps (exchange layout for dataset images, else maps/<name>.tiff), scores.csv, overlays.
 
     An image that cannot be read is skipped with one line (``strict``: the job fails and writes nothing).
+    ``threshold`` overrides the run's pass/fail threshold for this call.
     """
+    if threshold is not None and not math.isfinite(threshold):
+        raise ConfigError("--threshold", f"must be a finite number, got {threshold}")
     files = expand_inputs(inputs)
     out = Path(out)
     lookup, ds_root = _dataset_lookup(Path(run_dir))
     check_output_dir(out, inputs, [ds_root] if ds_root else [])
     det = detector or Detector.load(run_dir)
+    cut = det.threshold if threshold is None else float(threshold)
     maps_root = out / "maps"
     rows: list[dict[str, Any]] = []
     bs = batch_size_of(batch_size, det.cfg.batch_size)
@@ -435,8 +441,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
                     continue
                 if overlays:
                     write_png(stage / "overlays" / f"{name}.png", overlay(img, amap))
-                rows.append({"image": str(f), "name": name, "score": float(sc), "threshold": det.threshold,
-                             "decision": "fail" if sc > det.threshold else "pass", "map": str(mpath),
+                rows.append({"image": str(f), "name": name, "score": float(sc), "threshold": cut,
+                             "decision": "fail" if sc > cut else "pass", "map": str(mpath),
                              **det.branch_scores(k)})
         skips.finish(len(rows), ", ".join(map(str, inputs)))
         buf = io.StringIO()

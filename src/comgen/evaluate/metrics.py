@@ -37,6 +37,30 @@ DEFAULT_CHUNK_PIXELS = 16_000_000
 
 
 # --------------------------------------------------------------------------------------------- image level
+def decision_metrics(decisions: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
+    """How the shipped pass/fail decision performs: F1, the false-reject rate (normal images failed) and the escape
+    rate (anomalous images passed); and, for reference, the best F1 any threshold on these scores reaches and that
+    threshold (images scoring at least it fail). Why: AUROC ranks, but a line runs on one threshold."""
+    d, y = np.asarray(decisions, bool), np.asarray(labels, bool)
+    tp, fp, fn = int((d & y).sum()), int((d & ~y).sum()), int((~d & y).sum())
+    out: dict[str, float | None] = {
+        "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None,
+        "false_reject_rate": fp / int((~y).sum()) if (~y).any() else None,
+        "escape_rate": fn / int(y.sum()) if y.any() else None,
+        "best_f1": None, "best_f1_threshold": None,
+    }
+    if y.any():
+        order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+        s, yy = np.asarray(scores, np.float64)[order], y[order]
+        last = np.r_[s[1:] != s[:-1], True]  # fail everything scoring >= s[k]: cut only between distinct scores
+        tps = np.cumsum(yy)[last]
+        fps = np.cumsum(~yy)[last]
+        f1 = 2 * tps / (2 * tps + fps + (int(y.sum()) - tps))
+        k = int(np.argmax(f1))
+        out["best_f1"], out["best_f1_threshold"] = float(f1[k]), float(s[last][k])
+    return out
+
+
 def image_auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float | None:
     """AUROC of image scores (ties count half); None when one class is missing."""
     scores, labels = _image_inputs(scores, labels)

@@ -26,6 +26,7 @@ from comgen.evaluate.metrics import (
     SPRO_LIMITS,
     PixelCurveBuilder,
     PixelCurves,
+    decision_metrics,
     image_auroc,
     image_roc,
 )
@@ -82,12 +83,14 @@ def _plan(samples: Sequence[Sample]) -> _Plan:
 
 
 def _image_scores(samples: Sequence[Sample], maps_root: Path, cfg: EvalConfig,
-                  scores_csv: Path | None) -> tuple[dict[int, float] | None, str, dict[str, np.ndarray]]:
-    """Scores from the CSV (or None when the map maximum is to be used), a description of the source, and the
-    detector's per-branch scores where the CSV has them for every image (``network``, ``prior``)."""
+                  scores_csv: Path | None) -> tuple[dict[int, float] | None, str, dict[str, np.ndarray],
+                                                    np.ndarray | None]:
+    """Scores from the CSV (or None when the map maximum is to be used), a description of the source, the
+    detector's per-branch scores where the CSV has them for every image (``network``, ``prior``), and its pass/fail
+    decisions where it has them for every image."""
     csv_path = scores_csv if scores_csv is not None else maps_root / "scores.csv"
     if cfg.image_score == "max" or (cfg.image_score == "auto" and scores_csv is None and not csv_path.is_file()):
-        return None, "map_max", {}
+        return None, "map_max", {}, None
     rows = scores_by_key(read_scores_csv(csv_path))
     out = {}
     matched = []
@@ -102,7 +105,9 @@ def _image_scores(samples: Sequence[Sample], maps_root: Path, cfg: EvalConfig,
         vals = [r.get(col) for r in matched]
         if vals and all(v is not None for v in vals):
             branches[col.removesuffix("_score")] = np.array(vals, np.float64)
-    return out, f"csv:{csv_path}", branches
+    decisions = [r.get("decision") for r in matched]
+    shipped = np.array(decisions, bool) if decisions and all(d is not None for d in decisions) else None
+    return out, f"csv:{csv_path}", branches, shipped
 
 
 def _summarise(curves: PixelCurves, scores: np.ndarray, labels: np.ndarray, cfg: EvalConfig) -> dict[str, Any]:
@@ -173,8 +178,8 @@ def evaluate_category(dataset: Any, category: str, maps_root: str | Path, cfg: E
     plan = _plan(samples)
     specs = dataset.defects(category) if plan.loco else {}
     by_value: dict[int, DefectSpec] | None = {d.pixel_value: d for d in specs.values()} if specs else None
-    csv_scores, score_source, branches = _image_scores(samples, maps_root, cfg,
-                                                       Path(scores_csv) if scores_csv is not None else None)
+    csv_scores, score_source, branches, decisions = _image_scores(
+        samples, maps_root, cfg, Path(scores_csv) if scores_csv is not None else None)
     map_max = np.zeros(len(samples), np.float64)
 
     def load_map(i: int) -> np.ndarray:
@@ -206,6 +211,8 @@ def evaluate_category(dataset: Any, category: str, maps_root: str | Path, cfg: E
         metrics[name] = _summarise(c, scores[sel], labels, cfg)
         for branch, values in branches.items():  # what each detector branch alone would have scored
             metrics[name][f"image_auroc_{branch}"] = image_auroc(values[sel], labels)
+        if decisions is not None:  # how the detector's shipped threshold does on this subset
+            metrics[name].update(decision_metrics(decisions[sel], labels, scores[sel]))
         roc = image_roc(scores[sel], labels)
         plots[name] = {key: (None if cur is None else cur.for_plot(cfg.curve_points))
                        for key, cur in (("image_roc", roc), ("pixel_roc", c.roc), ("pro", c.pro), ("spro", c.spro))}
