@@ -70,11 +70,10 @@ def _summary(result: dict[str, Any], cat_dir: Path) -> dict[str, Any]:
             scores = np.array([im[key] for im in good + anomalies])
             labels = np.array([False] * len(good) + [True] * len(anomalies))
             out[f"rule_{kind}{suffix}"] = image_auroc(scores, labels)
-    if "logical" in by_rule or any(k != "structural" for k in by_rule):
-        logical = [im for im in images if im["group"] == "logical"]
-        if logical:
-            scores = np.array([im["map_max"] for im in good + logical])
-            out["logical_auroc_mapmax"] = image_auroc(scores, np.array([False] * len(good) + [True] * len(logical)))
+    logical = [im for im in images if im["group"] == "logical"]
+    if logical:  # the AUROC MVTec's script reports: an image scored by its map's maximum
+        scores = np.array([im["map_max"] for im in good + logical])
+        out["logical_auroc_mapmax"] = image_auroc(scores, np.array([False] * len(good) + [True] * len(logical)))
     return out
 
 
