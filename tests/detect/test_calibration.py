@@ -33,6 +33,8 @@ def test_rules_pick_thresholds_from_the_validation_normals() -> None:
             choose_threshold(cal, Path("c"), **bad)
     with pytest.raises(ArtifactError, match="retrain"):
         choose_threshold({}, Path("c"), quantile=0.5)
+    with pytest.raises(ArtifactError, match="val_normal_scores must be a finite number"):
+        choose_threshold({VAL_SCORES: [1.0, float("nan")]}, Path("c"), quantile=0.5)
 
 
 def test_training_stores_the_validation_scores(trained_run: Path) -> None:

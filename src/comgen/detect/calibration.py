@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from comgen.components.model import ComponentModel
-from comgen.detect.artifacts import CALIBRATION, read_calibration
+from comgen.detect.artifacts import CALIBRATION, finite_number, read_calibration
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
@@ -119,26 +119,25 @@ def choose_threshold(cal: dict[str, Any], where: Path, max_false_reject: float |
     Q-quantile of their scores (training's own rule); ``score`` S: S itself. Why from stored scores: a factory sets
     its false-reject budget after training, and retraining for it would change the detector.
     """
+    bounds = {"max_false_reject": {"ge": 0.0, "lt": 1.0}, "quantile": {"gt": 0.0, "le": 1.0}, "score": {}}
     given = {k: v for k, v in (("max_false_reject", max_false_reject), ("quantile", quantile), ("score", score))
              if v is not None}
     if len(given) != 1:
         raise ConfigError("calibrate", "give exactly one of --max-false-reject, --quantile, --score")
     (rule, value), = given.items()
-    if not math.isfinite(value) or (rule == "max_false_reject" and not 0.0 <= value < 1.0) or \
-            (rule == "quantile" and not 0.0 < value <= 1.0):
-        raise ConfigError(f"calibrate.{rule}", f"{value} is out of range ({'[0, 1)' if rule == 'max_false_reject' else '(0, 1]' if rule == 'quantile' else 'a finite number'})")
+    value = finite_number(value, f"calibrate.{rule}", error=ConfigError, **bounds[rule])
     if rule == "score":
-        return float(value), {"rule": rule, "value": float(value)}
+        return value, {"rule": rule, "value": value}
     scores = cal.get(VAL_SCORES)
     if not isinstance(scores, list) or not scores:
         raise ArtifactError(where, f"no stored validation scores ({VAL_SCORES}); retrain with this comgen to set a "
                                    "threshold by rule, or give --score")
-    normal = np.sort(np.asarray(scores, np.float64))
+    normal = np.sort([finite_number(v, where, VAL_SCORES) for v in scores])
     if rule == "quantile":
-        return float(np.quantile(normal, value)), {"rule": rule, "value": float(value)}
+        return float(np.quantile(normal, value)), {"rule": rule, "value": value}
     n_reject = int(math.floor(value * len(normal)))  # the highest n_reject normals may fail, no more
     threshold = float(normal[len(normal) - 1 - n_reject])
-    return threshold, {"rule": rule, "value": float(value),
+    return threshold, {"rule": rule, "value": value,
                        "false_reject_on_validation": float(np.mean(normal > threshold))}
 
 
