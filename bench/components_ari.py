@@ -67,9 +67,9 @@ def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, varia
 
 def family_categories(seeds: str) -> list[str]:
     """The family's categories of ``seeds`` ([] for "none": the built-in categories)."""
-    from comgen.data.family import family_name, parse_seeds
+    from comgen.data.family import family_categories as names
 
-    return [] if seeds == "none" else [family_name(s) for s in parse_seeds(seeds)]
+    return [] if seeds == "none" else names(seeds)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -38,9 +37,9 @@ def _settings(args: argparse.Namespace):
     from comgen.pipeline.demo import demo_settings
 
     synth, run = demo_settings(args.size, "all", args.quick)
-    from comgen.data.family import family_name, parse_seeds
+    from comgen.data.family import family_categories
 
-    cats = [family_name(s) for s in parse_seeds(args.seeds)]
+    cats = family_categories(args.seeds)
     synth = SynthConfig(size=synth.size, n_train=synth.n_train, n_validation=synth.n_validation,
                         n_test=synth.n_test, categories=cats)
     return synth, run.replace(mask=False)
@@ -83,6 +82,7 @@ def _comgen_child(data: str, cat: str, out: str, run_cfg: dict, q) -> None:
         from comgen.evaluate.run import evaluate_category
         from comgen.pipeline.config import RunConfig
         from comgen.pipeline.run import run_category
+        from comgen.runtime import peak_rss_mb
 
         cfg = RunConfig.from_dict(run_cfg)
         run = run_category(data, cat, out, cfg, log=lambda m: None)
@@ -93,7 +93,7 @@ def _comgen_child(data: str, cat: str, out: str, run_cfg: dict, q) -> None:
         row["fit_s"] = sum(sec.get(k, 0.0) for k in ("run.learn", "run.generate", "run.train"))
         n_test = len(result["images"])
         row["predict_img_s"] = n_test / max(sec.get("run.predict", 0.0), 1e-9)
-        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        row["peak_rss_mb"] = peak_rss_mb()
         q.put(row)
     except Exception as exc:  # noqa: BLE001 - reported by the parent
         q.put({"error": f"{cat}: {type(exc).__name__}: {exc}"})

@@ -89,9 +89,9 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
 
 def family_categories(seeds: str) -> list[str]:
     """The family's categories of ``seeds`` ([] for "none": the built-in categories)."""
-    from comgen.data.family import family_name, parse_seeds
+    from comgen.data.family import family_categories as names
 
-    return [] if seeds == "none" else [family_name(s) for s in parse_seeds(seeds)]
+    return [] if seeds == "none" else names(seeds)
 
 
 def main() -> None:

@@ -38,10 +38,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="keep the benchmark here (default: temp folder)")
     args = ap.parse_args()
 
-    from comgen.data.family import family_name, parse_seeds
+    from comgen.data.family import family_categories
     from comgen.data.synth import SynthConfig, generate_benchmark, generate_category
 
-    cats = ",".join(family_name(s) for s in parse_seeds(args.family)) if args.family else args.categories
+    cats = ",".join(family_categories(args.family)) if args.family else args.categories
     cfg = SynthConfig(size=args.size, n_train=args.train, n_validation=args.validation, n_test=args.test,
                       seed=args.seed, categories=cats)  # type: ignore[arg-type]
     n_img = cfg.n_train + cfg.n_validation + cfg.n_test

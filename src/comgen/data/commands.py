@@ -25,7 +25,7 @@ def synth(
 ) -> None:
     """Generate the built-in LOCO-style benchmark, or categories of the procedural family, in the MVTec LOCO AD
     layout (+ generator truth)."""
-    from comgen.data.family import family_name, parse_seeds
+    from comgen.data.family import family_categories
     from comgen.data.synth import SynthConfig, generate_benchmark
     from comgen.errors import ConfigError
 
@@ -33,7 +33,7 @@ def synth(
         if categories != "all":
             raise ConfigError("--categories", "choose family categories with --seeds, not --categories")
         try:
-            categories = ",".join(family_name(s) for s in parse_seeds(seeds))
+            categories = ",".join(family_categories(seeds))
         except ValueError as exc:
             raise ConfigError("--seeds", str(exc)) from None
     cfg = SynthConfig(size=size, n_train=train, n_validation=validation, n_test=test, seed=seed,

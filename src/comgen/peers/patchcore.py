@@ -21,7 +21,6 @@ Two deliberate differences from anomalib's defaults:
 
 from __future__ import annotations
 
-import resource
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from comgen.evaluate.maps import score_row, write_map, write_scores_csv
 from comgen.evaluate.run import evaluate_category
 from comgen.features.backbone import OFFLINE_SOURCE, map_state_dict, offline_default_path, read_state_dict, to_tensor
 from comgen.progress import progress
+from comgen.runtime import peak_rss_mb
 
 BACKBONE = "tf_efficientnet_lite0"
 INSTALL_HINT = "pip install -e '.[peers]'"
@@ -235,11 +235,6 @@ class _SampleImages(Sequence):
         if isinstance(index, slice):
             return [s.load_image() for s in self.samples[index]]
         return self.samples[index].load_image()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_patchcore(dataset: Any, category: str, out: Path, cfg: PatchcoreConfig,

@@ -21,7 +21,7 @@ Instance = tuple[np.ndarray, float, float, int]  # mask, cy, cx, area
 
 
 @lru_cache(maxsize=256)
-def _min_area(spec_seed: int, label: int, size: int, radius: float, shape: str) -> float:
+def _min_area(size: int, radius: float, shape: str) -> float:
     """Pixels below which a region of this part is a speck, not a part: a fifth of its smallest drawn area."""
     r = 0.6 * radius * size  # the smallest scale any scene draws
     area = {"cable": 2.6 * r * 0.3 * r, "rod": 2.4 * r * 0.55 * r, "bolt": 2.2 * r * 0.45 * r}.get(shape, 2.0 * r * r)
@@ -30,7 +30,7 @@ def _min_area(spec_seed: int, label: int, size: int, radius: float, shape: str) 
 
 def instances(spec: FamilySpec, labels: np.ndarray, label: int) -> list[Instance]:
     part = spec.part(label)
-    return components(labels == label, _min_area(spec.seed, label, labels.shape[0], part.radius, part.shape))
+    return components(labels == label, _min_area(labels.shape[0], part.radius, part.shape))
 
 
 def holes(mask: np.ndarray) -> int:

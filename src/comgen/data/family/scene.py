@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from comgen.data.family.spec import CARRIER_RANGE, SLOT_RANGE, Color, FamilySpec, PartType
+from comgen.data.family.spec import CARRIER_RANGE, FREE_COUNT, SLOT_RANGE, Color, FamilySpec, PartType
 from comgen.data.synth import draw
 from comgen.data.synth.draw import Canvas
 
@@ -53,11 +53,10 @@ def _item(spec: FamilySpec, rng: np.random.Generator, label: int, zone: str | No
                 slots)
 
 
-def _count(spec: FamilySpec, rng: np.random.Generator, label: int, fixed: dict[int, int]) -> int:
+def _count(rng: np.random.Generator, label: int, fixed: dict[int, int]) -> int:
     if label in fixed:
         return fixed[label]
-    lo, hi = spec.counts.get(label, (1, 2))
-    return int(rng.integers(lo, hi + 1))
+    return int(rng.integers(FREE_COUNT[0], FREE_COUNT[1] + 1))
 
 
 def normal_plan(spec: FamilySpec, rng: np.random.Generator) -> list[Item]:
@@ -88,7 +87,7 @@ def normal_plan(spec: FamilySpec, rng: np.random.Generator) -> list[Item]:
     for part in spec.parts:
         if part.fixture or part.label in placed:
             continue
-        items += [_item(spec, rng, part.label) for _ in range(_count(spec, rng, part.label, fixed))]
+        items += [_item(spec, rng, part.label) for _ in range(_count(rng, part.label, fixed))]
     for rule in spec.rules:
         if rule.kind == "attribute" and rule.n == 1:  # the carrier's slots vary; the subject's colour follows
             for it in items:
@@ -103,7 +102,7 @@ def normal_plan(spec: FamilySpec, rng: np.random.Generator) -> list[Item]:
     return items
 
 
-def _code(spec: FamilySpec, items: list[Item], rule) -> int:
+def _code(items: list[Item], rule) -> int:
     """Palette index that the attribute rule's carrier selects in this plan."""
     carriers = [it for it in items if it.label == rule.b and not it.ghost]
     if rule.n == 1:
@@ -115,7 +114,7 @@ def _set_codes(spec: FamilySpec, items: list[Item]) -> None:
     for rule in spec.rules:
         if rule.kind == "attribute":
             palette = spec.part(rule.a[0]).colors
-            idx = int(np.clip(_code(spec, items, rule), 0, len(palette) - 1))
+            idx = int(np.clip(_code(items, rule), 0, len(palette) - 1))
             for it in items:
                 if it.label == rule.a[0]:
                     it.color = palette[idx]
@@ -138,13 +137,13 @@ def broken_plan(spec: FamilySpec, rng: np.random.Generator, defect: str) -> list
     elif rule.kind == "count":  # extra
         items.append(replace(_like(spec, rng, items, rule.a[0]), region=True))
     elif rule.kind == "relation":
-        if items and rng.random() < 0.5 and of(rule.a[0]):
+        if rng.random() < 0.5 and of(rule.a[0]):
             _ghost(items, rng, of(rule.a[0]))
         else:
             items.append(replace(_like(spec, rng, items, rule.a[0]), region=True))
     elif rule.kind == "attribute":
         palette = spec.part(rule.a[0]).colors
-        right = int(np.clip(_code(spec, items, rule), 0, len(palette) - 1))
+        right = int(np.clip(_code(items, rule), 0, len(palette) - 1))
         wrong = palette[(right + 1 + int(rng.integers(len(palette) - 1))) % len(palette)]
         for i in of(rule.a[0]):
             items[i].color, items[i].region = wrong, True

@@ -39,6 +39,7 @@ GREYS: dict[str, Color] = {"steel": (168, 170, 176), "black": (40, 40, 46), "whi
 BACKGROUNDS: tuple[Color, ...] = ((60, 62, 68), (196, 198, 200), (52, 84, 60), (120, 100, 80), (30, 34, 44))
 SLOT_RANGE = (2, 4)  # slots of a connector, the property an attribute rule may read
 CARRIER_RANGE = (1, 3)  # count of an attribute rule's carrier part when the count is the property
+FREE_COUNT = (1, 2)  # count of a part type that no count rule binds
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,6 @@ class FamilySpec:
     parts: tuple[PartType, ...]
     rules: tuple[Rule, ...]
     geometry: Geometry
-    counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # free count range of unruled types
     zones: dict[int, int] = field(default_factory=dict)  # label -> grid row / tray compartment / half (0 left)
     pattern: tuple[int, ...] = ()  # the row layout's type order (consecutive repeats allowed)
 
@@ -145,9 +145,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def family_categories(text: str) -> list[str]:
+    """Category names of ``parse_seeds(text)``'s seeds (``family_<seed>``)."""
+    return [family_name(s) for s in parse_seeds(text)]
+
+
 # -- drawing a spec ---------------------------------------------------------------------------------
 
-def _fixture(label: int, background: Color, rng: np.random.Generator) -> PartType:
+def _fixture(label: int, background: Color) -> PartType:
     light = float(np.mean(background)) < 128
     base = (214, 210, 198) if light else (92, 96, 110)
     return PartType(label, "fixture", "fixture", 0.0, (base,), texture=0.015, fixture=True)
@@ -225,7 +230,7 @@ def draw_spec(seed: int) -> FamilySpec:
         return FamilySpec(seed, "texture", texture, background, (surface,), (), Geometry(field=(0, 0, 1, 1)))
     layout = LAYOUTS[seed % len(LAYOUTS)]  # every layout in every run of consecutive seeds
     geo = _geometry(layout, rng)
-    fixture = [] if layout == "free" else [_fixture(1, background, rng)]
+    fixture = [] if layout == "free" else [_fixture(1, background)]
     first = len(fixture) + 1
     anchored = {"grid": geo.grid[0], "row": 3}.get(layout, 0)  # at most this many types in the layout's own rules
     n_items = min(5, anchored + 2) if anchored else int(rng.integers(3, 6))
@@ -281,9 +286,7 @@ def draw_spec(seed: int) -> FamilySpec:
         if rule is not None:
             rules.extend(rule)
             extra -= 1
-    counts = {t: (1, 2) for t in labels}
-    return FamilySpec(seed, "objects", layout, background, tuple(fixture + items), tuple(rules), geo, counts,
-                      zones, pattern)
+    return FamilySpec(seed, "objects", layout, background, tuple(fixture + items), tuple(rules), geo, zones, pattern)
 
 
 def _draw_rule(kind: str, rng: np.random.Generator, free: set[int], items: list[PartType], name: dict[int, str],
