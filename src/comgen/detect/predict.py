@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import shutil
 import sys
@@ -29,7 +28,7 @@ from safetensors.torch import load_file
 from comgen.compiled import eager, maybe_compiled
 from comgen.data.imageio import read_rgb
 from comgen.data.readers import open_dataset
-from comgen.detect.artifacts import BANK, BEST, CALIBRATION, RETRAIN, check_finite, read_calibration
+from comgen.detect.artifacts import BANK, BEST, CALIBRATION, RETRAIN, check_finite, finite_number, read_calibration
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
@@ -401,8 +400,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out: str | 
     An image that cannot be read is skipped with one line (``strict``: the job fails and writes nothing).
     ``threshold`` overrides the run's pass/fail threshold for this call.
     """
-    if threshold is not None and not math.isfinite(threshold):
-        raise ConfigError("--threshold", f"must be a finite number, got {threshold}")
+    if threshold is not None:
+        threshold = finite_number(threshold, "--threshold", error=ConfigError)
     files = expand_inputs(inputs)
     out = Path(out)
     lookup, ds_root = _dataset_lookup(Path(run_dir))
