@@ -6,7 +6,7 @@ real normal images the generators never saw (the validation split). Lower accura
 more realistic; 0.5 is chance. Features: pooled maps of the frozen backbone's layers (``--pool avg`` or ``avgmax``;
 max pooling keeps small local anomalies from vanishing in the average).
 
-``--against normal`` (the issue's protocol) takes real *normal* images as the real class. Then the probe also
+``--against normal`` (the default protocol) takes real *normal* images as the real class. Then the probe also
 detects the change a logical edit makes on purpose: a swapped colour or a missing part is a different image
 whatever its rendering. ``--against anomalies`` takes the benchmark's real test anomalies as the real class, as
 anomaly-generation papers compare generated with real defects. The probe then asks whether generated anomalies

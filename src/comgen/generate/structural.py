@@ -176,9 +176,9 @@ def contamination(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator)
 def stain(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A smooth discolouration (darker, tinted) of a blob of the component, with a soft edge.
 
-    Why: the colour perturbation of the issue's structural list. ``texture`` adds stripes and speckle, which a
-    detector finds by their high frequencies; a stain changes only the colour, smoothly. (screw_bag's stains stay
-    the full row's weakest structural type: 0.30-0.44 network alone with this edit, NSA-style 0.71-0.80.)
+    Why: a colour change is the one structural defect the others do not cover. ``texture`` adds stripes and speckle,
+    which a detector finds by their high frequencies; a stain changes only the colour, smoothly (still the weakest
+    structural type on screw_bag, docs/experiments.md).
     """
     grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     region = _image_scale_blob(grown, rng, (0.02, 0.045), min_axis=1) & grown
