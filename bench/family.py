@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import run_in_child  # noqa: E402
 
 METHODS = ("comgen", "patchcore")
+BRANCHES = ("network", "prior", "memory")  # comgen's detector branches, each also scored alone
 TABLE = [("logical_auroc", "logical AUROC"), ("structural_auroc", "structural AUROC"),
          ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
          ("logical_auroc_mapmax", "logical AUROC (map max)"), ("fit_s", "fit s"),
@@ -57,6 +58,8 @@ def _summary(result: dict[str, Any], cat_dir: Path) -> dict[str, Any]:
         if group in m:
             out[f"{group}_auroc"] = m[group].get("image_auroc")
             out[f"{group}_spro"] = m[group].get("spro")
+            for branch in BRANCHES:  # what each detector branch alone would have scored
+                out[f"{group}_auroc_{branch}"] = m[group].get(f"image_auroc_{branch}")
     images = result["images"]
     good = [im for im in images if im["group"] == "good"]
     by_rule: dict[str, list[dict]] = {}
@@ -65,7 +68,9 @@ def _summary(result: dict[str, Any], cat_dir: Path) -> dict[str, Any]:
             kind = truth["defect_rules"][defects[f"test/{im['label']}/{im['image_id']}"]]
             by_rule.setdefault(kind, []).append(im)
     for kind, anomalies in by_rule.items():
-        for key, suffix in (("score", ""), ("map_max", "_mapmax")):
+        for key, suffix in (("score", ""), ("map_max", "_mapmax"), *((f"{b}_score", f"_{b}") for b in BRANCHES)):
+            if any(key not in im for im in good + anomalies):
+                continue
             scores = np.array([im[key] for im in good + anomalies])
             labels = np.array([False] * len(good) + [True] * len(anomalies))
             out[f"rule_{kind}{suffix}"] = image_auroc(scores, labels)
@@ -150,6 +155,16 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], rule_types: list[str
             n = sum(1 for r in rows if r.get(f"rule_{kind}") is not None)
             cells.append(f"{_fmt(_mean(rows, f'rule_{kind}'))} ({n})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    branch_rows = [r for r in results.get("comgen", {}).values()]
+    if branch_rows:
+        lines += ["", "comgen's branches alone: logical / structural image AUROC (mean over categories), then per rule type",
+                  "", "| branch | logical | structural | " + " | ".join(rule_types) + " |",
+                  "|---|---|---|" + "---|" * len(rule_types)]
+        for b in ("", *BRANCHES):
+            suffix = f"_{b}" if b else ""
+            cells = [_fmt(_mean(branch_rows, f"logical_auroc{suffix}")), _fmt(_mean(branch_rows, f"structural_auroc{suffix}"))]
+            cells += [_fmt(_mean(branch_rows, f"rule_{kind}{suffix}")) for kind in rule_types]
+            lines.append(f"| {b or 'fused'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

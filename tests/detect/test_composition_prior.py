@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from comgen.components.features import LearnerConfig
 from comgen.components.learner import learn_components
-from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, PriorConfig, fuse_scores
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, PriorConfig
 from comgen.errors import ConfigError
 from comgen.rundir import RunDir
 from tests.detect.conftest import SIZE, tiny_config, toy_image, toy_splits
@@ -53,12 +53,10 @@ def test_load_names_the_missing_file(tmp_path: Path) -> None:
         CompositionPrior.load(tmp_path)
 
 
-def test_fusion_and_config() -> None:
-    a, b = np.array([0.0, 5.0, -1.0]), np.array([2.0, 1.0, -3.0])
-    assert fuse_scores(a, b, "max").tolist() == [2.0, 5.0, -1.0]
-    assert fuse_scores(a, b, "sum").tolist() == [2.0, 6.0, -4.0]
+def test_the_retired_fuse_option_loads_at_its_old_default_only() -> None:
+    assert PriorConfig.from_dict({"fuse": "max"}) == PriorConfig()
     with pytest.raises(ConfigError, match="fuse"):
-        PriorConfig(fuse="mean")
+        PriorConfig.from_dict({"fuse": "sum"})
 
 
 def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path: Path) -> None:
@@ -71,13 +69,14 @@ def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path:
     entry = res.calibration["prior"]
     assert entry["enabled"] and (run.detector / PRIOR_DIR / "components" / "model.json").is_file()
     assert res.calibration["threshold"] != res.calibration["threshold_network"]
+    assert set(res.calibration["val_branch_scores"]) == {"network", "prior", "memory"}
 
     det = Detector.load(run.root)
     images = np.concatenate([_images("good", 4, 8), _images("missing", 4, 9)])
     scores, _ = det.predict(images, notice=None)
     parts = det.last_parts
     assert np.isfinite(parts["prior"]).all()
-    np.testing.assert_allclose(scores, np.maximum(parts["network"], parts["prior"]), rtol=1e-6)
+    np.testing.assert_allclose(scores, det.fusion.apply(parts), rtol=1e-6)
     assert parts["prior"][4:].min() > parts["prior"][:4].max()
 
 

@@ -1,8 +1,9 @@
-"""Calibration of a trained detector on the validation split: score normalisation, threshold, composition prior.
+"""Calibration of a trained detector on the validation split: score normalisation, branches, fusion, threshold.
 
-Why: the image score must mean the same on every run (a z-score of normal validation logits) and the pass/fail
-threshold must come from normal images only; when the run has a component model, the composition prior is fitted
-here and the threshold is re-derived on the fused score.
+Why: the image score must mean the same on every run (a z-score of normal validation scores) and the pass/fail
+threshold must come from normal images only. The composition prior (when the run has a component model) and the
+patch memory are fitted here, each branch is standardised on the validation normals, the fusion rule is chosen on
+the validation split (``fusion.py``), and the threshold is derived on the fused score.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from sklearn.metrics import roc_auc_score
 
 from comgen.components.model import ComponentModel
 from comgen.detect.artifacts import CALIBRATION, finite_number, read_calibration
-from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
+from comgen.detect.fusion import choose_fusion
+from comgen.detect.patch_memory import MEMORY_DIR, PatchMemory
 from comgen.errors import ArtifactError, ConfigError
 from comgen.io import atomic_write_json
 from comgen.rundir import RunDir
@@ -70,11 +73,11 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, map_mean: float, map_std: 
     return cal
 
 
-def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str, Any], val_logits: np.ndarray,
-                 log: Callable[[str], None]) -> dict[str, Any]:
-    """Fit the composition prior (``composition_prior.py``) and re-derive the threshold on the fused scores.
+def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable[[str], None]
+                 ) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Fit the composition prior (``composition_prior.py``) and standardise it on the validation normals.
 
-    Returns the calibration's ``prior`` entry; updates ``cal`` in place (threshold, validation AUROC).
+    Returns the calibration's ``prior`` entry and the prior's validation z-scores (None when it is off).
     """
     out = run.detector / PRIOR_DIR
     why = None
@@ -88,27 +91,73 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str
         if out.exists():
             shutil.rmtree(out)
         log(f"composition prior off: {why}")
-        return {"enabled": False, "reason": why}
+        return {"enabled": False, "reason": why}, None
     model = ComponentModel.load(run.components)
     labels = splits.val.labels
     log("fitting the composition prior on the training normals")
     prior = CompositionPrior.fit(model, splits.bank_images, cfg=cfg.prior)
-    nll = prior.nll(splits.val.images)  # segmented once: normals calibrate, anomalies give the validation AUROC
+    nll = prior.nll(splits.val.images)  # segmented once: normals calibrate, anomalies rank the fusion candidates
     _check_finite(nll, "composition log-densities")
     prior.calibrate(nll[labels == 0])
-    z_prior = prior.z(nll)
-    z_net = (val_logits - cal["score_mean"]) / cal["score_std"]
-    fused = fuse_scores(z_net, z_prior, cfg.prior.fuse)
+    prior.save(out)
+    return {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std}, prior.z(nll)
+
+
+def attach_memory(directory: Path, bank_patches: list[Any], val_feats: list[Any], labels: np.ndarray,
+                  cfg: DetectorConfig, log: Callable[[str], None], batch: int = 32
+                  ) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Build the patch memory (``patch_memory.py``) from the bank's features of the training normals, and standardise
+    its scores and maps on the validation normals. Returns its calibration entry and validation z-scores."""
+    out = directory / MEMORY_DIR
+    why = None
+    if not cfg.memory.enabled:
+        why = "disabled in the config"
+    elif cfg.tiles > 1:
+        why = "tiled mode"
+    if why is not None:
+        if out.exists():
+            shutil.rmtree(out)
+        log(f"patch memory off: {why}")
+        return {"enabled": False, "reason": why}, None
+    log("building the patch memory from the training normals")
+    n = len(bank_patches[0])
+    memory = PatchMemory.fit(([p[i:i + batch] for p in bank_patches] for i in range(0, n, batch)), cfg.memory)
+    scores, pix_sum, pix_sq, pix_n = [], 0.0, 0.0, 0
+    for i in range(0, len(labels), batch):
+        sc, maps = memory.score([f[i:i + batch] for f in val_feats], cfg.image_size)
+        scores.append(sc)
+        normal = maps[labels[i:i + batch] == 0].astype(np.float64)
+        pix_sum, pix_sq, pix_n = pix_sum + normal.sum(), pix_sq + (normal * normal).sum(), pix_n + normal.size
+    raw = np.concatenate(scores).astype(np.float64)
+    _check_finite(raw, "patch-memory scores")
+    normal = raw[labels == 0]
+    mean = float(normal.mean())
+    sd = float(normal.std()) if len(normal) > 1 else 0.0
+    map_mean = pix_sum / max(pix_n, 1)
+    map_sd = math.sqrt(max(pix_sq / max(pix_n, 1) - map_mean * map_mean, 0.0))
+    entry = {"score_mean": mean, "score_std": sd if sd > 1e-6 else 1.0, "map_mean": float(map_mean),
+             "map_std": map_sd if map_sd > 1e-6 else 1.0}
+    memory.save(out, entry)
+    return {"enabled": True, "patches": int(len(memory.patches)), **entry}, \
+        ((raw - entry["score_mean"]) / entry["score_std"]).astype(np.float32)
+
+
+def fuse_branches(cal: dict[str, Any], z: dict[str, np.ndarray], labels: np.ndarray, cfg: DetectorConfig) -> None:
+    """Choose the fusion rule (``fusion.py``) from the branches' validation z-scores ``z``; store it, the threshold
+    on the fused validation normals, and what each branch and candidate gave on validation (updates ``cal``)."""
+    fusion, aurocs = choose_fusion(z, labels, cfg.fusion)
+    fused = fusion.apply(z)
+    normal = labels == 0
     cal["threshold_network"] = cal["threshold"]
-    cal["threshold"] = float(np.quantile(fused[labels == 0], cfg.threshold_quantile))
-    cal[VAL_SCORES] = [float(v) for v in fused[labels == 0]]
-    entry: dict[str, Any] = {"enabled": True, "fuse": cfg.prior.fuse, "nll_mean": prior.mean, "nll_std": prior.std}
-    if (labels == 1).any() and (labels == 0).any():
-        entry["val_auroc_generated_prior"] = float(roc_auc_score(labels, z_prior))
+    cal["threshold"] = float(np.quantile(fused[normal], cfg.threshold_quantile))
+    cal[VAL_SCORES] = [float(v) for v in fused[normal]]
+    cal["fusion"] = fusion.to_dict()
+    cal["fusion_val_auroc"] = aurocs
+    cal["val_branch_scores"] = {b: [float(v) for v in s] for b, s in z.items()}
+    cal["val_labels"] = [int(v) for v in labels]
+    if (labels == 1).any() and normal.any():
         cal["val_auroc_generated_network"] = cal.get("val_auroc_generated")
         cal["val_auroc_generated"] = float(roc_auc_score(labels, fused))
-    prior.save(out)
-    return entry
 
 
 def choose_threshold(cal: dict[str, Any], where: Path, max_false_reject: float | None = None,

@@ -5,17 +5,15 @@ random layout leaves every patch looking normal (an empty spot exists in every r
 cannot see count errors, which are most logical anomalies. Stage I already segments images into components and
 fits a density over normal compositions (counts, areas, positions, colours) for Low-Density Sampling; the
 negative log-density of a test image's composition is exactly the evidence the network lacks. It needs no
-anomalies, so it is fitted on the training normals and calibrated (z-score) on the validation normals, then fused
-with the network's calibrated score by a maximum: either branch alone can flag an image.
-
-Measured on the built-in benchmark (``bench/detect_auroc.py``): see the README's results section.
+anomalies, so it is fitted on the training normals and calibrated (z-score) on the validation normals; ``fusion.py``
+decides how it joins the other branches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -28,30 +26,22 @@ from comgen.errors import ArtifactError, ConfigError
 from comgen.io import atomic_path, atomic_write_json
 
 PRIOR_DIR = "composition_prior"  # inside the detector directory
-FUSIONS = ("max", "sum")
 
 
 @dataclass
 class PriorConfig(ConfigBase):
-    """Whether and how the composition prior joins the network's image score."""
+    """Whether the composition prior runs, and how it segments and models compositions."""
+
+    # ``fuse`` moved to ``detector.fusion``, which chooses the rule on validation data
+    RETIRED_OPTIONS: ClassVar[dict[str, Any]] = {"fuse": "max"}
 
     enabled: bool = True  # used when the run has a component model (compositional / diffusion back-ends)
-    fuse: str = "max"  # max | sum of the two calibrated z-scores
     batch_size: int = 16  # images segmented at once (bounds memory at the learner's working size)
     density: DensityConfig = field(default_factory=DensityConfig)
 
     def __post_init__(self) -> None:
-        if self.fuse not in FUSIONS:
-            raise ConfigError("detector.prior.fuse", f"must be one of {', '.join(FUSIONS)}, not {self.fuse!r}")
         if self.batch_size < 1:
             raise ConfigError("detector.prior.batch_size", f"must be >= 1, got {self.batch_size}")
-
-
-def fuse_scores(network: np.ndarray, prior: np.ndarray, how: str) -> np.ndarray:
-    """Combine two calibrated (validation-normal z-score) image scores."""
-    if how == "sum":
-        return (network + prior).astype(np.float32)
-    return np.maximum(network, prior).astype(np.float32)
 
 
 class CompositionPrior:

@@ -12,7 +12,9 @@ from comgen.config import ConfigBase
 from comgen.detect.artifacts import finite_number
 from comgen.detect.composition_prior import PriorConfig
 from comgen.detect.csda import HeadConfig
+from comgen.detect.fusion import FUSION_CHOICES
 from comgen.detect.loss import LossConfig
+from comgen.detect.patch_memory import PatchMemoryConfig
 from comgen.errors import ConfigError
 from comgen.features.backbone import BackboneConfig
 from comgen.features.memory import MemoryBankConfig
@@ -29,7 +31,11 @@ class DetectorConfig(ConfigBase):
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    prior: PriorConfig = field(default_factory=PriorConfig)  # composition prior fused into the image score
+    prior: PriorConfig = field(default_factory=PriorConfig)  # composition prior branch
+    memory: PatchMemoryConfig = field(default_factory=PatchMemoryConfig)  # patch-memory branch (textures)
+    # how the branches' scores combine: auto (chosen on the validation data, see fusion.py) | max | sum | one branch
+    fusion: str = "auto"
+    map_carries_score: bool = True  # shift each map so its maximum equals the image score (see fusion.py)
     # MemoryBankConfig overrides for the detector's bank; alignment window 1 (9 offsets) keeps predict fast
     bank: dict[str, Any] = field(default_factory=lambda: {"window": 1})
     backend: str = "compositional"  # which generated set to train on (RUN/generated/<backend>)
@@ -87,7 +93,7 @@ class DetectorConfig(ConfigBase):
 
     def _check_choices(self) -> None:
         choices = {"target_pool": ("avg", "max"), "cache_dtype": ("float16", "float32"),
-                   "mixed_precision": ("no", "fp16", "bf16")}
+                   "mixed_precision": ("no", "fp16", "bf16"), "fusion": FUSION_CHOICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"detector.{name}", f"must be one of {', '.join(allowed)}, "
@@ -98,7 +104,7 @@ class DetectorConfig(ConfigBase):
     def _check_sections(self) -> None:
         """Sections of the right type (YAML mappings are converted before; a library caller may pass anything)."""
         for name, kind in (("backbone", BackboneConfig), ("head", HeadConfig), ("loss", LossConfig),
-                           ("prior", PriorConfig)):
+                           ("prior", PriorConfig), ("memory", PatchMemoryConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"detector.{name}", f"must be a {kind.__name__}, got {getattr(self, name)!r}")
         if not isinstance(self.bank, dict):

@@ -20,6 +20,7 @@ from comgen.data.imageio import resize_rgb
 from comgen.errors import InputError
 from comgen.features.backbone import BackboneConfig, build_backbone, to_tensor
 from comgen.features.coreset import greedy_k_center
+from comgen.features.patches import aggregate_patches
 from comgen.progress import progress
 from comgen.tensor_ops import gaussian_blur
 
@@ -52,13 +53,7 @@ class KnnDetector:
 
     def _patch_features(self, images: np.ndarray) -> torch.Tensor:
         """[B, h, w, D] locally aggregated, multi-scale patch features at the finest selected scale."""
-        feats = self.backbone(to_tensor(images))
-        size = feats[0].shape[-2:]
-        pad = self.cfg.neighbourhood // 2
-        agg = [F.avg_pool2d(f, self.cfg.neighbourhood, stride=1, padding=pad, count_include_pad=False) for f in feats]
-        agg = [a if a.shape[-2:] == size else F.interpolate(a, size=size, mode="bilinear", align_corners=False)
-               for a in agg]
-        return torch.cat(agg, dim=1).permute(0, 2, 3, 1).contiguous()
+        return aggregate_patches(self.backbone(to_tensor(images)), self.cfg.neighbourhood)
 
     def _batches(self, images: np.ndarray, desc: str):
         bs = self.cfg.batch_size

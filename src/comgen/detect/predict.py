@@ -29,10 +29,12 @@ from comgen.compiled import eager, maybe_compiled
 from comgen.data.imageio import read_rgb
 from comgen.data.readers import open_dataset
 from comgen.detect.artifacts import BANK, BEST, CALIBRATION, RETRAIN, check_finite, finite_number, read_calibration
-from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.data import from_tiles, to_tiles
+from comgen.detect.fusion import Fusion, offset_maps
+from comgen.detect.patch_memory import MEMORY_DIR, PatchMemory
 from comgen.errors import ArtifactError, ComgenError, ConfigError, InputError
 from comgen.evaluate.maps import BRANCH_COLUMNS, map_path, write_map, write_scores_csv
 from comgen.features.backbone import build_backbone, to_tensor
@@ -116,9 +118,12 @@ class Detector:
     """A trained CSDA detector (backbone + head + reference bank + calibration), ready to predict."""
 
     def __init__(self, cfg: DetectorConfig, model: CSDA, bank: Any, calibration: dict[str, Any],
-                 directory: Path, device: torch.device, prior: Any = None) -> None:
+                 directory: Path, device: torch.device, prior: Any = None,
+                 memory: tuple[PatchMemory, dict[str, float]] | None = None) -> None:
         self.cfg = cfg
         self.prior = prior  # CompositionPrior or None (see composition_prior.py)
+        self.memory = memory  # (PatchMemory, its calibration) or None (see patch_memory.py)
+        self.fusion = fusion_of(calibration, prior is not None)
         self.last_parts: dict[str, np.ndarray] = {}  # per-branch image scores of the last predict() call
         self.model = model.eval()
         # The head as predict runs it: through torch.compile where possible (comgen.compiled), with its weights
@@ -134,8 +139,8 @@ class Detector:
 
     def branch_scores(self, j: int) -> dict[str, float]:
         """Image ``j`` of the last ``predict`` call: each branch's calibrated score (the scores CSV's columns)."""
-        return {"network_score": float(self.last_parts["network"][j]),
-                "prior_score": float(self.last_parts["prior"][j])}
+        nan = np.full(len(self.last_parts["network"]), np.nan, np.float32)
+        return {f"{b}_score": float(self.last_parts.get(b, nan)[j]) for b in ("network", "prior", "memory")}
 
     @property
     def threshold(self) -> float:
@@ -169,7 +174,8 @@ class Detector:
         prior = None
         if (cal.get("prior") or {}).get("enabled"):
             prior = CompositionPrior.load(det / PRIOR_DIR)
-        return cls(cfg, model.to(dev), bank, cal, det, dev, prior)
+        memory = PatchMemory.load(det / MEMORY_DIR) if (cal.get("memory") or {}).get("enabled") else None
+        return cls(cfg, model.to(dev), bank, cal, det, dev, prior, memory)
 
     # --- core ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -196,6 +202,20 @@ class Detector:
             deep = feats[self._prior_scale].float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
         return self.prior.score(images, deep)
 
+    def _memory_scores(self, feats: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated patch-memory image scores [B] and maps [B,S,S] of a working-size batch's features."""
+        memory, cal = self.memory
+        sc, maps = memory.score([f.float().cpu() for f in feats], self.cfg.image_size)
+        maps -= np.float32(cal["map_mean"])
+        maps /= np.float32(cal["map_std"])
+        return ((sc - cal["score_mean"]) / cal["score_std"]).astype(np.float32), maps
+
+    def _map_weights(self) -> dict[str, float]:
+        """How the map branches blend into the written map: the fusion's own weights, else equal."""
+        if self.memory is None or self.cfg.tiles != 1:
+            return {"network": 1.0}
+        return self.fusion.map_weights() or {"network": 0.5, "memory": 0.5}
+
     def normalise(self, logits: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated (z-scored on the validation normals) image scores and maps, float32; the maps in place
         when they are float32 already (the largest arrays of predict: no extra copies)."""
@@ -220,8 +240,8 @@ class Detector:
         bs = batch_size_of(batch_size, self.cfg.batch_size)
         g = self.cfg.tiles
         s = self.cfg.image_size * g
-        scores = np.zeros(len(images), np.float32)
-        prior = np.full(len(images), np.nan, np.float32)
+        parts = {b: np.full(len(images), np.nan, np.float32) for b in ("network", "prior", "memory")}
+        map_weights = self._map_weights()
         maps: list[np.ndarray] = []
         notes: set[str] = set()
         resized = 0
@@ -236,18 +256,23 @@ class Detector:
                     resized += 1
                     img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
                 chunk.append(img)
+            sl = slice(i, i + len(chunk))
             with eager() if (job_size or len(images)) < COMPILE_MIN_IMAGES else nullcontext():
                 logits, mlog, feats = self._forward(to_tiles(np.stack(chunk), g))
             sc, mp = self.normalise(logits, mlog)
             mp = from_tiles(mp, g)
-            scores[i:i + len(chunk)] = sc.reshape(len(chunk), g * g).max(axis=1)
+            parts["network"][sl] = sc.reshape(len(chunk), g * g).max(axis=1)
             if self.prior is not None and g == 1:
-                prior[i:i + len(chunk)] = self._prior_scores(np.stack(chunk), feats)
+                parts["prior"][sl] = self._prior_scores(np.stack(chunk), feats)
+            if self.memory is not None and g == 1:
+                parts["memory"][sl], mem_maps = self._memory_scores(feats)
+                mp = map_weights.get("network", 0.0) * mp + map_weights.get("memory", 0.0) * mem_maps
             for m, (h, w) in zip(mp, shapes):
                 maps.append(m if (h, w) == (s, s) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
-        self.last_parts = {"network": scores.copy(), "prior": prior}
-        if self.prior is not None and g == 1:
-            scores = fuse_scores(scores, prior, self.cfg.prior.fuse)
+        self.last_parts = {b: v for b, v in parts.items() if not np.isnan(v).all()}
+        scores = self.fusion.apply(self.last_parts)
+        if self.cfg.map_carries_score:
+            offset_maps(maps, scores)
         if notice and (notes or resized):
             parts = []
             if notes:
@@ -258,6 +283,14 @@ class Detector:
         if len({m.shape for m in maps}) == 1:
             return scores, np.stack(maps)
         return scores, maps
+
+
+def fusion_of(calibration: dict[str, Any], has_prior: bool) -> Fusion:
+    """The detector's fusion rule; a detector calibrated before rules were chosen fused network and prior by their
+    maximum, unstandardised."""
+    if "fusion" in calibration:
+        return Fusion.from_dict(calibration["fusion"])
+    return Fusion("max", {"network": 1.0, "prior": 1.0} if has_prior else {"network": 1.0})
 
 
 # ----------------------------------------------------------------------------------------------------------------

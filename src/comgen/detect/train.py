@@ -44,7 +44,7 @@ from comgen.detect.artifacts import (
     save_safetensors,
     save_state,
 )
-from comgen.detect.calibration import attach_prior, calibrate
+from comgen.detect.calibration import attach_memory, attach_prior, calibrate, fuse_branches, image_max
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDAHead
 from comgen.detect.data import FeatureCache, Material, ReferenceMatcher, Splits, load_splits
@@ -392,10 +392,19 @@ def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> d
                     cfg.threshold_quantile, tr.splits.val.group if cfg.tiles > 1 else None)
     cal.update({"best_epoch": tr.best_epoch, "best_val_loss": tr.best_loss, "backbone": tr.identity,
                 "network": cfg.network_dict()})
-    main = tr.accel.is_main_process
-    cal["prior"] = attach_prior(run, tr.splits, cfg, cal, val["logits"], log) if main else None
-    if main:
-        atomic_write_json(det / CALIBRATION, cal)
+    if not tr.accel.is_main_process:
+        return cal
+    group = tr.splits.val.group if cfg.tiles > 1 else None
+    labels = image_max(tr.splits.val.labels.astype(np.float64), group)
+    z = {"network": image_max((val["logits"] - cal["score_mean"]) / cal["score_std"], group)}
+    cal["prior"], z_prior = attach_prior(run, tr.splits, cfg, log)
+    cal["memory"], z_memory = attach_memory(det, tr.bank.patches, tr.vfeats, tr.splits.val.labels, cfg, log)
+    for name, scores in (("prior", z_prior), ("memory", z_memory)):
+        if scores is not None:
+            z[name] = scores
+    fuse_branches(cal, z, labels, cfg)
+    log(f"fusion: {cal['fusion']['name']} (chosen on the validation split)")
+    atomic_write_json(det / CALIBRATION, cal)
     return cal
 
 

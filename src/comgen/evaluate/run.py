@@ -225,7 +225,8 @@ def evaluate_category(dataset: Any, category: str, maps_root: str | Path, cfg: E
         summary = next(iter(metrics), "mean")
     images = [{"image_id": s.image_id, "label": s.label, "kind": s.kind, "group": g, "image": str(s.path),
                "map": str(find_map(maps_root, s)), "masks": [str(p) for p in s.mask_paths],
-               "score": float(scores[i]), "map_max": float(map_max[i])}
+               "score": float(scores[i]), "map_max": float(map_max[i]),
+               **{f"{b}_score": float(v[i]) for b, v in branches.items()}}
               for i, (s, g) in enumerate(zip(samples, plan.groups))]
     return {
         "category": category,

@@ -1,0 +1,138 @@
+"""How the detector's branches become one image score and one map, chosen per category on validation data.
+
+Why chosen, not fixed: which branch sees a category's anomalies depends on the category (the aligned network for
+parts out of place, the composition prior for counts, the patch memory for textures). A fixed maximum of z-scores
+lets the noisiest branch dominate: a branch at chance adds false alarms to every normal image. The rule here is
+calibrated on what training holds out: the validation normals and the held-out generated anomalies. The candidates
+are every branch alone, the equal-weight sum of the z-scores of every set of branches, and the maximum of all; the
+one with the highest validation AUROC wins, and a tie goes to the earlier candidate (single branches first, then
+sums, then the maximum). So on its calibration data the chosen rule is never worse than the best single branch.
+
+Maps carry the score: the written map is the weighted sum of the map branches' z-maps, shifted so that its maximum
+equals the image score. An image ranked by its map's maximum (MVTec's evaluation scripts) is then ranked exactly as
+by the detector's score, and the map's shape still shows where the evidence is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from comgen.errors import ArtifactError, ConfigError
+
+BRANCHES = ("network", "prior", "memory")  # every branch the detector knows, in candidate order
+MAP_BRANCHES = ("network", "memory")  # branches that give a map
+FUSION_CHOICES = ("auto", "max", "sum", *BRANCHES)
+TIE = 0.005  # validation AUROCs closer than this count as equal (a few held-out anomalies decide otherwise)
+
+
+@dataclass
+class Fusion:
+    """A fusion rule: ``weighted`` (sum of weight x z-score) or ``max`` (of the listed branches' z-scores)."""
+
+    rule: str
+    weights: dict[str, float] = field(default_factory=dict)
+    shift: float = 0.0  # the fused validation normals' mean and spread, so the fused score is a z-score too
+    scale: float = 1.0
+
+    @property
+    def name(self) -> str:
+        if self.rule == "max":
+            return "max(" + ",".join(self.weights) + ")"
+        return "+".join(self.weights)
+
+    def raw(self, z: Mapping[str, np.ndarray]) -> np.ndarray:
+        missing = [b for b in self.weights if b not in z]
+        if missing:
+            raise ArtifactError("calibration.json", f"the fusion uses branch(es) {', '.join(missing)} that this "
+                                                    "detector does not have; retrain the detector")
+        parts = [np.asarray(z[b], np.float64) * w for b, w in self.weights.items()]
+        return np.max(parts, axis=0) if self.rule == "max" else np.sum(parts, axis=0)
+
+    def apply(self, z: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Fused, re-standardised image scores of branch z-scores ``z`` (branch -> [N])."""
+        return ((self.raw(z) - self.shift) / self.scale).astype(np.float32)
+
+    def map_weights(self) -> dict[str, float]:
+        """Weights of the map branches in the written map: the rule's own where it uses map branches, else equal."""
+        own = {b: abs(w) for b, w in self.weights.items() if b in MAP_BRANCHES}
+        if not own or sum(own.values()) <= 0:
+            return {}
+        total = sum(own.values())
+        return {b: w / total for b, w in own.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "weights": dict(self.weights), "shift": self.shift, "scale": self.scale,
+                "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "calibration.json") -> Fusion:
+        if not isinstance(d, dict) or d.get("rule") not in ("max", "weighted") or not isinstance(d.get("weights"), dict) \
+                or not d["weights"] or not all(b in BRANCHES for b in d["weights"]):
+            raise ArtifactError(where, "fusion entry is missing or malformed; retrain the detector")
+        weights = {b: float(w) for b, w in d["weights"].items()}
+        vals = [*weights.values(), d.get("shift", 0.0), d.get("scale", 1.0)]
+        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in vals) or float(d.get("scale", 1.0)) <= 0:
+            raise ArtifactError(where, "fusion entry holds a non-finite number; retrain the detector")
+        return cls(d["rule"], weights, float(d.get("shift", 0.0)), float(d.get("scale", 1.0)))
+
+
+def candidates(branches: Sequence[str]) -> list[Fusion]:
+    """Every branch alone, the equal-weight sum of every set of two or more, then the maximum of all."""
+    out = [Fusion("weighted", {b: 1.0}) for b in branches]
+    for n in range(2, len(branches) + 1):
+        out += [Fusion("weighted", {b: 1.0 for b in combo}) for combo in combinations(branches, n)]
+    if len(branches) > 1:
+        out.append(Fusion("max", {b: 1.0 for b in branches}))
+    return out
+
+
+def _standardise(f: Fusion, z: Mapping[str, np.ndarray], normal: np.ndarray) -> Fusion:
+    raw = f.raw(z)[normal]
+    sd = float(raw.std()) if len(raw) > 1 else 0.0
+    return Fusion(f.rule, f.weights, float(raw.mean()) if len(raw) else 0.0, sd if sd > 1e-6 else 1.0)
+
+
+def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "auto"
+                  ) -> tuple[Fusion, dict[str, float | None]]:
+    """The fusion rule for branch z-scores ``z`` on the validation split (``labels`` 1 = held-out generated
+    anomaly), and each candidate's validation AUROC (None when there are no anomalies to rank).
+
+    ``how``: ``auto`` (the best candidate, see the module doc), ``max``, ``sum`` (all branches), or a branch name.
+    Without anomalies, ``auto`` falls back to the sum of all branches.
+    """
+    if how not in FUSION_CHOICES:
+        raise ConfigError("detector.fusion", f"must be one of {', '.join(FUSION_CHOICES)}, not {how!r}")
+    branches = [b for b in BRANCHES if b in z]
+    if not branches:
+        raise ConfigError("detector.fusion", "no branch to fuse")
+    labels = np.asarray(labels)
+    normal = labels == 0
+    ranked = bool((labels == 1).any() and normal.any())
+    cands = candidates(branches)
+    aurocs: dict[str, float | None] = {c.name: (float(roc_auc_score(labels, c.raw(z))) if ranked else None)
+                                       for c in cands}
+    if how == "max":
+        pick = cands[-1] if len(branches) > 1 else cands[0]
+    elif how == "sum" or (how == "auto" and not ranked):
+        pick = next(c for c in cands if c.rule == "weighted" and len(c.weights) == len(branches))
+    elif how in BRANCHES:
+        if how not in z:
+            raise ConfigError("detector.fusion", f"branch {how!r} is not available in this run "
+                                                 f"(available: {', '.join(branches)})")
+        pick = next(c for c in cands if c.name == how)
+    else:
+        best = max(v for v in aurocs.values() if v is not None)
+        pick = next(c for c in cands if aurocs[c.name] is not None and aurocs[c.name] >= best - TIE)
+    return _standardise(pick, z, normal), aurocs
+
+
+def offset_maps(maps: Sequence[np.ndarray] | np.ndarray, scores: np.ndarray) -> None:
+    """Shift each map (in place) so that its maximum equals its image's score."""
+    for m, s in zip(maps, scores):
+        m += np.float32(s) - m.max()
