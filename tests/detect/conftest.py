@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comgen.features.backbone import BackboneConfig
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import HeadConfig
 from comgen.detect.data import Material, Splits
+from comgen.features.backbone import BackboneConfig
 
 SIZE = 64
 

@@ -92,9 +92,9 @@ def test_predict_reuses_the_detector_features_when_the_backbones_match() -> None
     """Same weights, layer and size: the prior segments from the detector's features, with identical scores."""
     import torch
 
-    from comgen.features.backbone import build_backbone
     from comgen.detect.csda import CSDA
     from comgen.detect.predict import Detector
+    from comgen.features.backbone import build_backbone
     from comgen.features.memory import MemoryBank, MemoryBankConfig
 
     cfg = tiny_config()

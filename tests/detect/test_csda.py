@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comgen.features.backbone import BackboneConfig, build_backbone
 from comgen.detect.csda import CSDA, CSDAHead, HeadConfig, residual_attention_maps
 from comgen.errors import ConfigError
+from comgen.features.backbone import BackboneConfig, build_backbone
 
 
 @pytest.fixture(scope="module")

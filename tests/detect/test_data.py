@@ -5,10 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comgen.detect.data import Material, augment, from_tiles, tile_material, to_tiles
-from comgen.detect.data import Splits
-from comgen.detect.predict import Detector
 from comgen.detect.calibration import calibrate
+from comgen.detect.data import Material, Splits, augment, from_tiles, tile_material, to_tiles
+from comgen.detect.predict import Detector
 from comgen.detect.train import train_detector
 
 from .conftest import tiny_config, toy_image, toy_splits

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from comgen.features.backbone import BackboneConfig, build_backbone
 from comgen.detect.csda import CSDA, HeadConfig
 from comgen.detect.export import example_inputs, export_model, export_onnx, onnx_run
 from comgen.errors import InputError
+from comgen.features.backbone import BackboneConfig, build_backbone
 
 pytest.importorskip("onnxruntime")
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comgen.features.backbone import BackboneConfig
 from comgen.detect.knn import KnnConfig, KnnDetector
 from comgen.errors import InputError
+from comgen.features.backbone import BackboneConfig
 
 
 def _normal(rng: np.random.Generator, n: int, size: int = 48) -> np.ndarray:

@@ -30,6 +30,20 @@ def test_predict_scores_and_maps_at_original_size(detector: Detector) -> None:
     assert scores[3:].mean() > scores[:3].mean()  # learned something on the toy world
 
 
+def test_each_map_carries_its_image_score(detector: Detector) -> None:
+    """An image ranked by its map's maximum (MVTec's scripts) is ranked as by its score, at any original size."""
+    import cv2
+
+    rng = np.random.default_rng(6)
+    images = [toy_image(rng, SIZE, k)[0] for k in ("good", "missing", "extra")]
+    images[1] = cv2.resize(images[1], (90, 50))
+    scores, maps = detector.predict(images, notice=None)
+    assert [m.shape for m in maps] == [(SIZE, SIZE), (50, 90), (SIZE, SIZE)]
+    np.testing.assert_allclose([m.max() for m in maps], scores, atol=1e-5)
+    assert set(detector.last_parts) >= {"network", "memory"}
+    np.testing.assert_allclose(scores, detector.fusion.apply(detector.last_parts), atol=1e-6)
+
+
 def test_short_training_ranks_defect_pixels_first(detector: Detector) -> None:
     """Three epochs are enough for the map to put the changed region above the rest of the image.
 

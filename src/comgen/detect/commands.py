@@ -9,10 +9,9 @@ import typer
 
 
 def _config(run_dir: Path, config: Optional[Path], **overrides: object):  # noqa: ANN202
-    from comgen.features.backbone import BackboneConfig
     from comgen.detect.config import DetectorConfig
-
     from comgen.errors import ConfigError
+    from comgen.features.backbone import BackboneConfig
 
     cfg = DetectorConfig.load(config) if config else DetectorConfig()
     bb = {k.removeprefix("backbone_"): v for k, v in overrides.items() if k.startswith("backbone_") and v is not None}
@@ -47,7 +46,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train the CSDA detector on normal images + generated anomalies (HF Accelerate)."""
         from comgen.detect.train import train_detector
-
         from comgen.rundir import RunDir
 
         run = RunDir.open(run_dir)

@@ -1,0 +1,90 @@
+"""The fusion rule: candidates, the choice on validation data, standardisation, maps that carry the score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from comgen.detect.fusion import Fusion, candidates, choose_fusion, offset_maps
+from comgen.errors import ArtifactError, ConfigError
+
+
+def _validation(n_normal: int = 40, n_anom: int = 20, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Three branches: ``network`` sees the anomalies well, ``prior`` a little, ``memory`` not at all."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n_normal), np.ones(n_anom)].astype(int)
+    z = {"network": rng.normal(size=len(labels)) + 3.0 * labels,
+         "prior": rng.normal(size=len(labels)) + 0.8 * labels,
+         "memory": rng.normal(size=len(labels)) * 3.0}
+    return z, labels
+
+
+def test_candidates_come_singles_first_then_sums_then_the_maximum() -> None:
+    names = [c.name for c in candidates(["network", "prior", "memory"])]
+    assert names == ["network", "prior", "memory", "network+prior", "network+memory", "prior+memory",
+                     "network+prior+memory", "max(network,prior,memory)"]
+    assert [c.name for c in candidates(["network"])] == ["network"]
+
+
+def test_auto_keeps_the_informative_branch_and_is_never_below_the_best_single_one() -> None:
+    for seed in range(5):
+        z, labels = _validation(seed=seed)
+        fusion, aurocs = choose_fusion(z, labels)
+        singles = max(aurocs[b] for b in z)
+        assert aurocs[fusion.name] >= singles - 0.005
+        assert "memory" not in fusion.weights  # a branch at chance never makes it into the rule
+    assert aurocs["max(network,prior,memory)"] < aurocs["network"]  # the fixed maximum loses the better branch
+
+
+def test_fused_scores_are_standardised_on_the_validation_normals() -> None:
+    z, labels = _validation()
+    for how in ("auto", "max", "sum", "prior"):
+        fusion, _ = choose_fusion(z, labels, how)
+        fused = fusion.apply(z)[labels == 0]
+        assert abs(fused.mean()) < 1e-5 and abs(fused.std() - 1.0) < 1e-4
+    assert choose_fusion(z, labels, "max")[0].rule == "max"
+    assert choose_fusion(z, labels, "sum")[0].name == "network+prior+memory"
+
+
+def test_without_held_out_anomalies_auto_sums_every_branch() -> None:
+    z, labels = _validation()
+    normal = {b: v[labels == 0] for b, v in z.items()}
+    fusion, aurocs = choose_fusion(normal, np.zeros(40, int))
+    assert fusion.name == "network+prior+memory" and set(aurocs.values()) == {None}
+
+
+def test_bad_choices_are_one_line_errors() -> None:
+    z, labels = _validation()
+    with pytest.raises(ConfigError, match="must be one of"):
+        choose_fusion(z, labels, "mean")
+    with pytest.raises(ConfigError, match="not available"):
+        choose_fusion({"network": z["network"]}, labels, "memory")
+
+
+def test_round_trip_and_malformed_entries() -> None:
+    z, labels = _validation()
+    fusion, _ = choose_fusion(z, labels, "sum")
+    back = Fusion.from_dict(fusion.to_dict())
+    np.testing.assert_allclose(back.apply(z), fusion.apply(z))
+    for bad in (None, {"rule": "mean", "weights": {"network": 1}}, {"rule": "max", "weights": {"other": 1}},
+                {"rule": "max", "weights": {"network": float("nan")}}, {"rule": "max", "weights": {"network": 1},
+                                                                        "scale": 0.0}):
+        with pytest.raises(ArtifactError, match="fusion"):
+            Fusion.from_dict(bad)
+    with pytest.raises(ArtifactError, match="memory"):
+        Fusion("weighted", {"memory": 1.0}).apply({"network": z["network"]})
+
+
+def test_map_weights_follow_the_rule_and_skip_branches_without_maps() -> None:
+    assert Fusion("weighted", {"network": 1.0, "memory": 3.0}).map_weights() == {"network": 0.25, "memory": 0.75}
+    assert Fusion("weighted", {"prior": 1.0}).map_weights() == {}
+
+
+def test_offset_maps_puts_each_maximum_at_its_score() -> None:
+    rng = np.random.default_rng(0)
+    maps = [rng.normal(size=(8, 8)).astype(np.float32), rng.normal(size=(5, 7)).astype(np.float32)]
+    shape = [m - m.max() for m in maps]
+    offset_maps(maps, np.array([2.5, -1.0], np.float32))
+    assert [float(m.max()) for m in maps] == [2.5, -1.0]
+    for m, s in zip(maps, shape):  # the shape of the map is kept
+        np.testing.assert_allclose(m - m.max(), s, atol=1e-6)
