@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import run_in_child  # noqa: E402
 
 METHODS = ("comgen", "patchcore")
-BRANCHES = ("network", "prior", "memory")  # comgen's detector branches, each also scored alone
+BRANCHES = ("network", "prior", "composition", "memory")  # comgen's detector branches, each also scored alone
 TABLE = [("logical_auroc", "logical AUROC"), ("structural_auroc", "structural AUROC"),
          ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
          ("logical_auroc_mapmax", "logical AUROC (map max)"), ("fit_s", "fit s"),

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from comgen.errors import ConfigError, InputError
 from comgen.components.density import ComponentRealism, CompositionDensity, DensityConfig
+from comgen.errors import ConfigError, InputError
 from comgen.records import Component
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from sklearn.metrics import roc_auc_score
 
 from comgen.components.model import ComponentModel
 from comgen.detect.artifacts import CALIBRATION, finite_number, read_calibration
-from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior
+from comgen.detect.composition_branch import BRANCH_DIR, branch_scores, save_branch, train_branch
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, segment_maps
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
 from comgen.detect.fusion import choose_fusion
@@ -73,11 +75,21 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, map_mean: float, map_std: 
     return cal
 
 
+@dataclass
+class Segmented:
+    """The component model and the class maps of the images that calibration segments once for every branch."""
+
+    model: ComponentModel
+    bank: np.ndarray  # class maps of the training normals
+    val: np.ndarray  # class maps of the validation images (normals and held-out generated anomalies)
+
+
 def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable[[str], None]
-                 ) -> tuple[dict[str, Any], np.ndarray | None]:
+                 ) -> tuple[dict[str, Any], np.ndarray | None, Segmented | None]:
     """Fit the composition prior (``composition_prior.py``) and standardise it on the validation normals.
 
-    Returns the calibration's ``prior`` entry and the prior's validation z-scores (None when it is off).
+    Returns the calibration's ``prior`` entry, the prior's validation z-scores and the class maps it segmented
+    (both None when it is off).
     """
     out = run.detector / PRIOR_DIR
     why = None
@@ -91,16 +103,48 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
         if out.exists():
             shutil.rmtree(out)
         log(f"composition prior off: {why}")
-        return {"enabled": False, "reason": why}, None
+        return {"enabled": False, "reason": why}, None, None
     model = ComponentModel.load(run.components)
     labels = splits.val.labels
     log("fitting the composition prior on the training normals")
-    prior = CompositionPrior.fit(model, splits.bank_images, cfg=cfg.prior)
-    nll = prior.nll(splits.val.images)  # segmented once: normals calibrate, anomalies rank the fusion candidates
+    seg = Segmented(model, segment_maps(model, splits.bank_images, batch_size=cfg.prior.batch_size),
+                    segment_maps(model, splits.val.images, batch_size=cfg.prior.batch_size))
+    prior = CompositionPrior.fit(model, splits.bank_images, cfg=cfg.prior, train_maps=seg.bank)
+    nll = prior.nll(splits.val.images, maps=seg.val)  # normals calibrate, anomalies rank the fusion candidates
     _check_finite(nll, "composition log-densities")
     prior.calibrate(nll[labels == 0])
     prior.save(out)
-    return {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std}, prior.z(nll)
+    return {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std}, prior.z(nll), seg
+
+
+def attach_composition(directory: Path, seg: Segmented | None, splits: Splits, cfg: DetectorConfig,
+                       log: Callable[[str], None]) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Train the composition branch (``composition_branch.py``) on the class maps of the training normals, their
+    edits and the generated anomalies; standardise it on the validation normals. Needs the prior's class maps."""
+    out = directory / BRANCH_DIR
+    why = "disabled in the config" if not cfg.composition.enabled else \
+        "it reads the composition prior's class maps, and the prior is off" if seg is None else None
+    if why is not None:
+        if out.exists():
+            shutil.rmtree(out)
+        log(f"composition branch off: {why}")
+        return {"enabled": False, "reason": why}, None
+    k = seg.model.num_classes
+    anomalies = splits.train.labels == 1
+    anomaly_maps = anomaly_masks = None
+    if cfg.composition.use_generated and anomalies.any():
+        log(f"segmenting {int(anomalies.sum())} generated anomalies for the composition branch")
+        anomaly_maps = segment_maps(seg.model, splits.train.images[anomalies], batch_size=cfg.prior.batch_size)
+        anomaly_masks = splits.train.targets[anomalies]
+    net = train_branch(seg.bank, k, cfg.composition, anomaly_maps, anomaly_masks, log)
+    labels = splits.val.labels
+    raw, maps = branch_scores(net, seg.val, k, cfg.composition, cfg.image_size)
+    _check_finite(raw, "composition-branch scores")
+    normal, normal_maps = raw[labels == 0].astype(np.float64), maps[labels == 0].astype(np.float64)
+    entry = {"score_mean": float(normal.mean()), "score_std": max(float(normal.std()), 1e-6) if len(normal) > 1
+             else 1.0, "map_mean": float(normal_maps.mean()), "map_std": max(float(normal_maps.std()), 1e-6)}
+    save_branch(out, net, cfg.composition, k, entry)
+    return {"enabled": True, **entry}, ((raw - entry["score_mean"]) / entry["score_std"]).astype(np.float32)
 
 
 def attach_memory(directory: Path, bank_patches: list[Any], val_feats: list[Any], labels: np.ndarray,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
@@ -59,28 +60,34 @@ class CompositionPrior:
     # --- scoring ------------------------------------------------------------------------------------------------
     @staticmethod
     def vectors(model: Any, density: CompositionDensity, images: np.ndarray, batch_size: int = 16,
-                deep: np.ndarray | None = None) -> np.ndarray:
+                deep: np.ndarray | None = None, maps: np.ndarray | None = None) -> np.ndarray:
         """Composition vectors [N,D] of uint8 images [N,H,W,3] (segmented in batches at the learner's size).
 
-        ``deep``: the learner's backbone features of these images, when the caller has them already.
+        ``deep``: the learner's backbone features of these images, when the caller has them already; ``maps``:
+        their class maps (``segment_maps``), when the caller has segmented them already.
         """
         shape = images.shape[1:3]
         out = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            maps = model.segment(chunk, None if deep is None else deep[i:i + batch_size])
-            for cmap, img in zip(maps, chunk):
+            cmaps = segment_maps(model, chunk, None if deep is None else deep[i:i + batch_size]) if maps is None \
+                else maps[i:i + batch_size]
+            for cmap, img in zip(cmaps, chunk):
+                if cmap.shape != img.shape[:2]:
+                    cmap = cv2.resize(cmap, img.shape[1::-1], interpolation=cv2.INTER_NEAREST)
                 out.append(density.vector(model.compose(img, "", class_map=cmap).components, shape))
         return np.stack(out) if out else np.zeros((0, 0))
 
-    def nll(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
+    def nll(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None
+            ) -> np.ndarray:
         """Negative composition log-density of each image (higher = rarer composition)."""
-        vecs = self.vectors(self.model, self.density, np.asarray(images), self.cfg.batch_size, deep)
+        vecs = self.vectors(self.model, self.density, np.asarray(images), self.cfg.batch_size, deep, maps)
         return -self.density.score(vecs)
 
-    def score(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
+    def score(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None
+              ) -> np.ndarray:
         """Calibrated scores: z of the negative log-density relative to the validation normals."""
-        return self.z(self.nll(images, deep))
+        return self.z(self.nll(images, deep, maps))
 
     def z(self, nll: np.ndarray) -> np.ndarray:
         """Negative log-densities -> calibrated scores (for callers that already hold the ``nll``)."""
@@ -89,11 +96,11 @@ class CompositionPrior:
     # --- fitting ------------------------------------------------------------------------------------------------
     @classmethod
     def fit(cls, model: Any, train_images: np.ndarray, val_images: np.ndarray | None = None,
-            cfg: PriorConfig | None = None) -> CompositionPrior:
+            cfg: PriorConfig | None = None, train_maps: np.ndarray | None = None) -> CompositionPrior:
         """Fit the density on the training normals and calibrate on held-out normals (or later, ``calibrate``)."""
         cfg = cfg or PriorConfig()
         density = CompositionDensity(cfg.density, model.num_classes, model.background)
-        vecs = cls.vectors(model, density, np.asarray(train_images), cfg.batch_size)
+        vecs = cls.vectors(model, density, np.asarray(train_images), cfg.batch_size, maps=train_maps)
         density.fit(vecs)
         prior = cls(model, density, cfg, vecs)
         if val_images is not None and len(val_images):
@@ -139,6 +146,15 @@ class CompositionPrior:
         model = ComponentModel.load(d / "components", backbone=backbone)
         density = CompositionDensity(cfg.density, model.num_classes, model.background).fit(vecs)
         return cls(model, density, cfg, vecs, mean, std)
+
+
+def segment_maps(model: Any, images: np.ndarray, deep: np.ndarray | None = None, batch_size: int = 16
+                 ) -> np.ndarray:
+    """Class maps [N,S,S] at the component model's working size, in batches (bounded memory)."""
+    images = np.asarray(images)
+    return np.concatenate([model.segment_working(images[i:i + batch_size],
+                                                 None if deep is None else deep[i:i + batch_size])
+                           for i in range(0, len(images), batch_size)])
 
 
 def _read_vectors(path: Path) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any
 
 from comgen.config import ConfigBase
 from comgen.detect.artifacts import finite_number
+from comgen.detect.composition_branch import CompositionBranchConfig
 from comgen.detect.composition_prior import PriorConfig
 from comgen.detect.csda import HeadConfig
 from comgen.detect.fusion import FUSION_CHOICES
@@ -32,6 +33,7 @@ class DetectorConfig(ConfigBase):
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)  # composition prior branch
+    composition: CompositionBranchConfig = field(default_factory=CompositionBranchConfig)  # learned class-map branch
     memory: PatchMemoryConfig = field(default_factory=PatchMemoryConfig)  # patch-memory branch (textures)
     # how the branches' scores combine: auto (chosen on the validation data, see fusion.py) | max | sum | one branch
     fusion: str = "auto"
@@ -104,7 +106,8 @@ class DetectorConfig(ConfigBase):
     def _check_sections(self) -> None:
         """Sections of the right type (YAML mappings are converted before; a library caller may pass anything)."""
         for name, kind in (("backbone", BackboneConfig), ("head", HeadConfig), ("loss", LossConfig),
-                           ("prior", PriorConfig), ("memory", PatchMemoryConfig)):
+                           ("prior", PriorConfig), ("composition", CompositionBranchConfig),
+                           ("memory", PatchMemoryConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"detector.{name}", f"must be a {kind.__name__}, got {getattr(self, name)!r}")
         if not isinstance(self.bank, dict):

@@ -29,11 +29,12 @@ from comgen.compiled import eager, maybe_compiled
 from comgen.data.imageio import read_rgb
 from comgen.data.readers import open_dataset
 from comgen.detect.artifacts import BANK, BEST, CALIBRATION, RETRAIN, check_finite, finite_number, read_calibration
-from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior
+from comgen.detect.composition_branch import BRANCH_DIR, branch_scores, load_branch
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, segment_maps
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.data import from_tiles, to_tiles
-from comgen.detect.fusion import Fusion, offset_maps
+from comgen.detect.fusion import BRANCHES, Fusion, offset_maps
 from comgen.detect.patch_memory import MEMORY_DIR, PatchMemory
 from comgen.errors import ArtifactError, ComgenError, ConfigError, InputError
 from comgen.evaluate.maps import BRANCH_COLUMNS, map_path, write_map, write_scores_csv
@@ -119,10 +120,11 @@ class Detector:
 
     def __init__(self, cfg: DetectorConfig, model: CSDA, bank: Any, calibration: dict[str, Any],
                  directory: Path, device: torch.device, prior: Any = None,
-                 memory: tuple[PatchMemory, dict[str, float]] | None = None) -> None:
+                 memory: tuple[PatchMemory, dict[str, float]] | None = None, composition: Any = None) -> None:
         self.cfg = cfg
         self.prior = prior  # CompositionPrior or None (see composition_prior.py)
         self.memory = memory  # (PatchMemory, its calibration) or None (see patch_memory.py)
+        self.composition = composition  # load_branch()'s tuple or None (see composition_branch.py)
         self.fusion = fusion_of(calibration, prior is not None)
         self.last_parts: dict[str, np.ndarray] = {}  # per-branch image scores of the last predict() call
         self.model = model.eval()
@@ -140,7 +142,7 @@ class Detector:
     def branch_scores(self, j: int) -> dict[str, float]:
         """Image ``j`` of the last ``predict`` call: each branch's calibrated score (the scores CSV's columns)."""
         nan = np.full(len(self.last_parts["network"]), np.nan, np.float32)
-        return {f"{b}_score": float(self.last_parts.get(b, nan)[j]) for b in ("network", "prior", "memory")}
+        return {f"{b}_score": float(self.last_parts.get(b, nan)[j]) for b in BRANCHES}
 
     @property
     def threshold(self) -> float:
@@ -175,7 +177,13 @@ class Detector:
         if (cal.get("prior") or {}).get("enabled"):
             prior = CompositionPrior.load(det / PRIOR_DIR)
         memory = PatchMemory.load(det / MEMORY_DIR) if (cal.get("memory") or {}).get("enabled") else None
-        return cls(cfg, model.to(dev), bank, cal, det, dev, prior, memory)
+        composition = None
+        if prior is not None and (cal.get("composition") or {}).get("enabled"):
+            composition = load_branch(det / BRANCH_DIR)
+            if composition[2] != prior.model.num_classes:
+                raise ArtifactError(det / BRANCH_DIR, "composition branch and composition prior disagree on the "
+                                                      f"number of classes; {RETRAIN}")
+        return cls(cfg, model.to(dev), bank, cal, det, dev, prior, memory, composition)
 
     # --- core ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -195,12 +203,22 @@ class Detector:
         m, g = self._head(feats, aligned, (s, s))
         return g.float().cpu().numpy(), m[:, 0].float().cpu().numpy(), feats
 
-    def _prior_scores(self, images: np.ndarray, feats: list[torch.Tensor]) -> np.ndarray:
-        """Composition-prior scores of a working-size batch, reusing the detector's features where they match."""
+    def _composition_scores(self, images: np.ndarray, feats: list[torch.Tensor]
+                            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Calibrated composition-prior scores of a working-size batch, and the composition branch's scores and maps
+        (None without it), from one segmentation that reuses the detector's features where they match."""
         deep = None
         if self._prior_scale is not None:
             deep = feats[self._prior_scale].float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        return self.prior.score(images, deep)
+        maps = segment_maps(self.prior.model, images, deep, self.prior.cfg.batch_size)
+        prior = self.prior.score(images, maps=maps)
+        if self.composition is None:
+            return prior, None, None
+        net, ccfg, k, cal = self.composition
+        raw, cmaps = branch_scores(net, maps, k, ccfg, self.cfg.image_size)
+        cmaps -= np.float32(cal["map_mean"])
+        cmaps /= np.float32(cal["map_std"])
+        return prior, ((raw - cal["score_mean"]) / cal["score_std"]).astype(np.float32), cmaps
 
     def _memory_scores(self, feats: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated patch-memory image scores [B] and maps [B,S,S] of a working-size batch's features."""
@@ -212,9 +230,11 @@ class Detector:
 
     def _map_weights(self) -> dict[str, float]:
         """How the map branches blend into the written map: the fusion's own weights, else equal."""
-        if self.memory is None or self.cfg.tiles != 1:
+        if self.cfg.tiles != 1:
             return {"network": 1.0}
-        return self.fusion.map_weights() or {"network": 0.5, "memory": 0.5}
+        have = ["network"] + (["composition"] if self.composition is not None else []) + \
+            (["memory"] if self.memory is not None else [])
+        return self.fusion.map_weights() or {b: 1.0 / len(have) for b in have}
 
     def normalise(self, logits: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated (z-scored on the validation normals) image scores and maps, float32; the maps in place
@@ -240,7 +260,7 @@ class Detector:
         bs = batch_size_of(batch_size, self.cfg.batch_size)
         g = self.cfg.tiles
         s = self.cfg.image_size * g
-        parts = {b: np.full(len(images), np.nan, np.float32) for b in ("network", "prior", "memory")}
+        parts = {b: np.full(len(images), np.nan, np.float32) for b in BRANCHES}
         map_weights = self._map_weights()
         maps: list[np.ndarray] = []
         notes: set[str] = set()
@@ -262,11 +282,15 @@ class Detector:
             sc, mp = self.normalise(logits, mlog)
             mp = from_tiles(mp, g)
             parts["network"][sl] = sc.reshape(len(chunk), g * g).max(axis=1)
+            zmaps = {"network": mp}
             if self.prior is not None and g == 1:
-                parts["prior"][sl] = self._prior_scores(np.stack(chunk), feats)
+                parts["prior"][sl], comp, comp_maps = self._composition_scores(np.stack(chunk), feats)
+                if comp is not None:
+                    parts["composition"][sl], zmaps["composition"] = comp, comp_maps
             if self.memory is not None and g == 1:
-                parts["memory"][sl], mem_maps = self._memory_scores(feats)
-                mp = map_weights.get("network", 0.0) * mp + map_weights.get("memory", 0.0) * mem_maps
+                parts["memory"][sl], zmaps["memory"] = self._memory_scores(feats)
+            if map_weights != {"network": 1.0}:
+                mp = sum(w * zmaps[b] for b, w in map_weights.items())
             for m, (h, w) in zip(mp, shapes):
                 maps.append(m if (h, w) == (s, s) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
         self.last_parts = {b: v for b, v in parts.items() if not np.isnan(v).all()}

@@ -44,7 +44,14 @@ from comgen.detect.artifacts import (
     save_safetensors,
     save_state,
 )
-from comgen.detect.calibration import attach_memory, attach_prior, calibrate, fuse_branches, image_max
+from comgen.detect.calibration import (
+    attach_composition,
+    attach_memory,
+    attach_prior,
+    calibrate,
+    fuse_branches,
+    image_max,
+)
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDAHead
 from comgen.detect.data import FeatureCache, Material, ReferenceMatcher, Splits, load_splits
@@ -397,9 +404,10 @@ def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> d
     group = tr.splits.val.group if cfg.tiles > 1 else None
     labels = image_max(tr.splits.val.labels.astype(np.float64), group)
     z = {"network": image_max((val["logits"] - cal["score_mean"]) / cal["score_std"], group)}
-    cal["prior"], z_prior = attach_prior(run, tr.splits, cfg, log)
+    cal["prior"], z_prior, segmented = attach_prior(run, tr.splits, cfg, log)
+    cal["composition"], z_comp = attach_composition(det, segmented, tr.splits, cfg, log)
     cal["memory"], z_memory = attach_memory(det, tr.bank.patches, tr.vfeats, tr.splits.val.labels, cfg, log)
-    for name, scores in (("prior", z_prior), ("memory", z_memory)):
+    for name, scores in (("prior", z_prior), ("composition", z_comp), ("memory", z_memory)):
         if scores is not None:
             z[name] = scores
     fuse_branches(cal, z, labels, cfg)
