@@ -30,7 +30,8 @@ BRANCHES = ("network", "prior", "composition", "memory")  # comgen's detector br
 TABLE = [("logical_auroc", "logical AUROC"), ("structural_auroc", "structural AUROC"),
          ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
          ("logical_auroc_mapmax", "logical AUROC (map max)"), ("fit_s", "fit s"),
-         ("predict_img_s", "predict img/s"), ("peak_rss_mb", "peak RSS MB")]
+         ("predict_img_s", "predict img/s"), ("backbone_img_s", "backbone alone img/s"),
+         ("peak_rss_mb", "peak RSS MB")]
 
 
 def _settings(args: argparse.Namespace):
@@ -98,10 +99,27 @@ def _comgen_child(data: str, cat: str, out: str, run_cfg: dict, q) -> None:
         row["fit_s"] = sum(sec.get(k, 0.0) for k in ("run.learn", "run.generate", "run.train"))
         n_test = len(result["images"])
         row["predict_img_s"] = n_test / max(sec.get("run.predict", 0.0), 1e-9)
+        row["backbone_img_s"] = _backbone_rate(cfg)
         row["peak_rss_mb"] = peak_rss_mb()
         q.put(row)
     except Exception as exc:  # noqa: BLE001 - reported by the parent
         q.put({"error": f"{cat}: {type(exc).__name__}: {exc}"})
+
+
+def _backbone_rate(cfg: Any, n: int = 32) -> float:
+    """Images per second of the detector's frozen backbone alone at its working size (the floor under predict)."""
+    import torch
+
+    from comgen.features.backbone import build_backbone
+
+    backbone = build_backbone(cfg.detector.backbone).eval()
+    x = torch.rand(8, 3, cfg.detector.image_size, cfg.detector.image_size)
+    with torch.no_grad():
+        backbone(x)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(n // 8):
+            backbone(x)
+    return n / (time.perf_counter() - t0)
 
 
 def _patchcore_child(data: str, cat: str, out: str, size: int, q) -> None:

@@ -41,7 +41,7 @@ class CompositionBranchConfig(ConfigBase):
     grid: int = 32  # class maps enter as one-hot area fractions on a grid x grid raster
     edit_size: int = 64  # resolution at which the class maps are edited
     width: int = 32
-    epochs: int = 40
+    epochs: int = 24
     batch_size: int = 64
     lr: float = 3e-3
     edits_per_normal: int = 2  # edited copies of each training normal per epoch
