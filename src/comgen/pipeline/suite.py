@@ -38,6 +38,7 @@ def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: R
     One category: ``out`` is the run directory (default ``runs/<category>``), the report is ``out/eval``.
     Several: each category runs in ``out/<category>`` (default ``runs/``), the combined report is ``out/report``.
     """
+    check_backend(cfg.backend)  # an anomaly source whose extra is missing fails before any stage runs
     ds = open_dataset(dataset)
     cats = ds.select_categories(category)
     single = len(cats) == 1 and category != "all"
