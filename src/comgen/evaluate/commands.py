@@ -75,7 +75,8 @@ def register(app: typer.Typer) -> None:
                                           "dataset>.npy|.tiff [+ DIR/scores.csv: image,score]."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder for metrics.json and report.html."),
         layout: str = typer.Option("auto", "--layout", help="auto | loco | mvtec_ad | folder."),
-        scores: Optional[Path] = typer.Option(None, "--scores", help="Scores CSV (default <maps>/scores.csv if present)."),
+        scores: Optional[Path] = typer.Option(None, "--scores",
+                                              help="Scores CSV (default <maps>/scores.csv if present)."),
         image_score: Optional[str] = typer.Option(None, "--image-score", help="auto | csv | max (map maximum)."),
         gallery: Optional[int] = typer.Option(None, "--gallery", help="Images per gallery row (default 4)."),
     ) -> None:
