@@ -67,20 +67,25 @@ def test_core_install_runs_without_the_extra(blocked: dict[str, str], tmp_path: 
     shown = _comgen(blocked, "--help")
     assert shown.returncode == 0 and "generate" in shown.stdout and "demo" in shown.stdout, shown.stderr
 
+    # the whole compositional path of `comgen demo --quick`: learn, generate, mask, train, predict, evaluate
+    from comgen.pipeline.demo import demo_settings
+
+    _, cfg = demo_settings(48, "screw_bag", quick=True)
+    cfg.replace(n_anomalies=6, detector=cfg.detector.replace(epochs=1)).save(tmp_path / "run.yaml")
     data, run = tmp_path / "data", tmp_path / "run"
-    steps = [("synth", str(data), "--size", "48", "--train", "8", "--validation", "1", "--test", "2",
+    steps = [("synth", str(data), "--size", "48", "--train", "8", "--validation", "2", "--test", "6",
               "--categories", "screw_bag"),
-             ("learn", str(data), "-c", "screw_bag", "--image-size", "48", "--no-backbone", "--out", str(run)),
-             ("generate", str(data), "-c", "screw_bag", "--out", str(run), "--backend", "compositional",
-              "--n", "3", "--image-size", "48")]
+             ("run", str(data), "-c", "screw_bag", "--out", str(run), "--config", str(tmp_path / "run.yaml"))]
     for step in steps:
         done = _comgen(blocked, *step)
         assert done.returncode == 0, (step[0], done.stderr)
-    assert len((run / "generated" / "compositional" / "manifest.jsonl").read_text().splitlines()) == 3
+    assert "| screw_bag |" in done.stdout and (run / "eval" / "metrics.json").is_file()
+    assert len((run / "generated" / "compositional" / "manifest.jsonl").read_text().splitlines()) == 6
 
     for argv in (("generate", str(data), "-c", "screw_bag", "--out", str(run), "--backend", "diffusion"),
-                 ("learn", str(data), "-c", "screw_bag", "--backend", "diffusion", "--out", str(run)),
+                 ("learn", str(data), "-c", "screw_bag", "--backend", "diffusion", "--out", str(tmp_path / "r1")),
                  ("run", str(data), "-c", "screw_bag", "--backend", "diffusion", "--out", str(tmp_path / "r2"))):
         refused = _comgen(blocked, *argv)
         assert refused.returncode == 2 and refused.stderr.strip() == ONE_LINE, (argv[0], refused.stderr)
-    assert not (run / "generated" / "diffusion").exists() and not (tmp_path / "r2").exists()
+    assert not (run / "generated" / "diffusion").exists()
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
