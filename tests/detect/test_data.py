@@ -66,3 +66,40 @@ def test_tiled_training_and_prediction(tmp_path: Path) -> None:
     imgs = [toy_image(rng, 64, "good")[0], toy_image(rng, 96, "extra")[0]]
     scores, maps = det.predict(imgs, notice=None)
     assert scores.shape == (2,) and [m.shape for m in maps] == [(64, 64), (96, 96)]
+
+
+def _normal_only_run(root: Path, n: int = 10) -> Path:
+    """A folder dataset of ``train/good`` alone (no validation split) and a run with a tiny generated set."""
+    import cv2
+
+    from comgen.generate.commands import run_generate
+
+    rng = np.random.default_rng(0)
+    good = root / "data" / "parts" / "train" / "good"
+    good.mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(good / f"{i:03d}.png"), toy_image(rng)[0][:, :, ::-1])
+    run_generate(root / "data", "parts", {"backend": "cutpaste", "n": 4, "image_size": 64}, out=root / "run",
+                 log=lambda m: None)
+    return root / "run"
+
+
+def _normal_ids(mat: Material) -> set[str]:
+    return {i.split("#")[0] for i, label in zip(mat.ids, mat.labels) if label == 0}
+
+
+def test_without_a_validation_split_normals_are_a_seeded_disjoint_hold_out_of_train(tmp_path: Path) -> None:
+    from comgen.detect.data import load_splits
+    from comgen.rundir import RunDir
+
+    run = RunDir.open(_normal_only_run(tmp_path))
+    everything = {f"{i:03d}" for i in range(10)}
+    cfg = tiny_config(val_fraction=0.3, backend="cutpaste")
+    first = load_splits(run, cfg)
+    held, kept = _normal_ids(first.val), _normal_ids(first.train)
+    assert len(held) == 3 and not held & kept and held | kept == everything  # disjoint, nothing lost
+    assert {i.split("#")[0] for i in first.bank_ids} == kept  # held-out normals never serve as references
+    again = load_splits(run, cfg)
+    assert _normal_ids(again.val) == held and np.array_equal(again.val.images, first.val.images)
+    others = {frozenset(_normal_ids(load_splits(run, cfg.replace(seed=s)).val)) for s in (1, 2, 3)}
+    assert others - {frozenset(held)}  # the hold-out follows the seed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from comgen.cli import main
@@ -106,3 +107,44 @@ def test_a_folder_of_normal_images_alone_trains_a_detector(tiny: Path, tmp_path:
     images = tiny / "screw_bag" / "test" / "logical_anomalies"
     assert main(["predict", str(run.root), str(images), "--out", str(tmp_path / "preds")]) == 0
     assert (tmp_path / "preds" / "scores.csv").is_file()
+
+
+def _folder_with_two_defects(tiny: Path, root: Path) -> Path:
+    """A folder dataset: train/good, test/{good,missing,scratch}; only scratch has masks (ground_truth/scratch)."""
+    import shutil
+
+    import cv2
+
+    src = tiny / "screw_bag"
+    shutil.copytree(src / "train" / "good", root / "train" / "good")
+    shutil.copytree(src / "test" / "good", root / "test" / "good")
+    shutil.copytree(src / "test" / "logical_anomalies", root / "test" / "missing")
+    shutil.copytree(src / "test" / "structural_anomalies", root / "test" / "scratch")
+    (root / "ground_truth" / "scratch").mkdir(parents=True)
+    for image in sorted((root / "test" / "scratch").glob("*.png")):
+        loco = cv2.imread(str(src / "ground_truth" / "structural_anomalies" / image.stem / "000.png"),
+                          cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(root / "ground_truth" / "scratch" / image.name), np.where(loco > 0, 255, 0).astype(np.uint8))
+    return root
+
+
+def test_run_on_a_folder_dataset_prints_results_per_defect_folder(tiny: Path, tmp_path: Path, capsys) -> None:
+    folder = _folder_with_two_defects(tiny, tmp_path / "parts")
+    _quick_config().save(tmp_path / "run.yaml")
+    assert main(["run", str(folder), "-c", "parts", "--out", str(tmp_path / "run"),
+                 "--config", str(tmp_path / "run.yaml")]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["categories"]["parts"]["metrics"]
+    assert set(metrics) == {"all", "missing", "scratch"}
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]]
+            for line in out.splitlines() if line.startswith("| parts |")}
+    assert set(rows) == {"all", "missing", "scratch"}, out
+    for subset, cells in rows.items():
+        images, image_auroc, pixel_auroc, aupro = cells
+        m = metrics[subset]
+        assert images == str(m["n_anomalous"]) and image_auroc == f"{m['image_auroc']:.3f}"
+        if subset == "missing":  # no masks: no pixel metrics
+            assert pixel_auroc == aupro == "-"
+        else:
+            assert pixel_auroc == f"{m['pixel_auroc']:.3f}" and aupro == f"{m['aupro']:.3f}"
+    assert "report:" in out

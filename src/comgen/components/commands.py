@@ -41,6 +41,10 @@ def learn(
     """
     if backend not in ("components", "diffusion"):
         raise ConfigError("--backend", f"{backend!r} is not one of components, diffusion")
+    if backend == "diffusion":  # before the learner runs for minutes
+        from comgen.generate.diffusion.extra import require_diffusion_extra
+
+        require_diffusion_extra()
     from comgen.components.features import LearnerConfig
     from comgen.components.learner import learn_into_run
     from comgen.data.readers import open_dataset

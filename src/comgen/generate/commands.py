@@ -16,8 +16,11 @@ from comgen.errors import DatasetError
 
 
 def run_generate(dataset: Path, category: str, overrides: dict, config: Optional[Path] = None,
-                 out: Optional[Path] = None, log=typer.echo):
-    """The command's body as a function (also used by the pipeline): returns the writer's summary."""
+                 out: Optional[Path] = None, log=typer.echo, export_anomalib: Optional[Path] = None):
+    """The command's body as a function (also used by the pipeline): returns the writer's summary.
+
+    ``export_anomalib``: also write the set in the layout of anomalib's ``Folder`` datamodule there.
+    """
     from comgen.generate.config import GenerateConfig
     from comgen.generate.registry import build_generator, check_backend
     from comgen.generate.writer import write_generated
@@ -37,11 +40,22 @@ def run_generate(dataset: Path, category: str, overrides: dict, config: Optional
     train = ds.samples(category, "train")
     if not train:
         raise DatasetError(dataset, f"category {category!r} has no training images")
+    if export_anomalib is not None:  # a bad export folder fails before the generator runs
+        from comgen.generate.anomalib_folder import check_export_folder
+
+        check_export_folder(Path(export_anomalib), ds.root)
     run = RunDir.create(out or Path("runs") / category, dataset, category)
     generator = build_generator(cfg.backend, cfg)
     log(f"{cfg.backend}: fitting on {len(train)} training images of {category}")
     generator.fit(train, run)
-    return write_generated(generator, run.generated(cfg.backend), cfg, log=log)
+    summary = write_generated(generator, run.generated(cfg.backend), cfg, log=log)
+    if export_anomalib is not None:
+        from comgen.generate.anomalib_folder import export_anomalib_folder
+
+        done = export_anomalib_folder(run.generated(cfg.backend), train, export_anomalib, ds.root)
+        log(f"anomalib Folder layout: {done['normal']} normal, {done['abnormal']} abnormal images with masks in "
+            f"{export_anomalib} (normal_dir='normal', abnormal_dir='abnormal', mask_dir='mask')")
+    return summary
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +75,9 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="GenerateConfig YAML (gen.yaml)."),
         sd_model: Optional[Path] = typer.Option(None, "--sd-model",
                                                 help="Local Stable-Diffusion folder (--backend diffusion)."),
+        export_anomalib: Optional[Path] = typer.Option(
+            None, "--export-anomalib", help="Also write the set for anomalib's Folder datamodule: "
+                                            "OUT/normal, OUT/abnormal, OUT/mask (0/255, named as the image)."),
     ) -> None:
         """Generate anomalies with masks into RUN/generated/<backend> (resumable, shardable)."""
         overrides = {"n": n, "backend": backend, "shard": shard, "image_size": image_size, "seed": seed}
@@ -69,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
             section = GenerateConfig.load(config).diffusion.to_dict() if config is not None else {}
             overrides["diffusion"] = {**section, "sd_model": str(sd_model)}
-        summary = run_generate(dataset, category, overrides, config, out)
+        summary = run_generate(dataset, category, overrides, config, out, export_anomalib=export_anomalib)
         if summary.missing:
             typer.echo(f"warning: the generator did not produce {len(summary.missing)} of the requested "
                        f"anomalies (indices {summary.missing[:5]}...)", err=True)

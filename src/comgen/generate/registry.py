@@ -28,9 +28,13 @@ def generator_revision(name: str) -> int:
 
 
 def check_backend(name: str) -> str:
-    """Return ``name`` if it is a known back-end, else ConfigError listing the valid ones."""
+    """Return ``name`` if it is a known, installed back-end, else ConfigError (valid names, or the extra)."""
     if name not in BACKENDS:
         raise ConfigError("backend", f"unknown generator {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "diffusion":  # its packages are an extra: say so before any stage runs
+        from comgen.generate.diffusion.extra import require_diffusion_extra
+
+        require_diffusion_extra()
     return name
 
 

@@ -38,6 +38,7 @@ def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: R
     One category: ``out`` is the run directory (default ``runs/<category>``), the report is ``out/eval``.
     Several: each category runs in ``out/<category>`` (default ``runs/``), the combined report is ``out/report``.
     """
+    check_backend(cfg.backend)  # an anomaly source whose extra is missing fails before any stage runs
     ds = open_dataset(dataset)
     cats = ds.select_categories(category)
     single = len(cats) == 1 and category != "all"
@@ -71,10 +72,17 @@ def _previews(run: RunDir, cfg: RunConfig) -> list[tuple[str, Path]]:
             (f"generated anomalies ({cfg.backend})", run.generated(cfg.backend) / "preview.png")]
 
 
+def is_per_defect(result: dict[str, Any]) -> bool:
+    """Whether a category was scored per defect folder (MVTec AD, folder datasets) rather than by LOCO's groups."""
+    return result.get("protocol") == "per_defect_type" or "all" in result.get("metrics", {})
+
+
 def results_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per category: logical / structural / mean image AUROC and sPRO@0.05 (LOCO) or all (others)."""
+    """One row per LOCO-style category: logical / structural / mean image AUROC and sPRO@0.05."""
     rows = []
     for cat, r in results.items():
+        if is_per_defect(r):
+            continue
         m = r["metrics"]
         row: dict[str, Any] = {"category": cat}
         for subset in ("logical", "structural", "mean", "all"):
@@ -84,6 +92,25 @@ def results_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 row[f"{subset}_auroc_network"] = m[subset].get("image_auroc_network")
         rows.append(row)
     return rows
+
+
+def defect_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the categories scored per defect folder: all test images first, then each defect folder against
+    the good images. Pixel AUROC and AUPRO stay empty where the defects have no masks."""
+    rows = []
+    for cat, r in results.items():
+        if not is_per_defect(r):
+            continue
+        m = r["metrics"]
+        for subset in ["all", *sorted(k for k in m if k != "all")]:
+            if subset in m:
+                rows.append({"category": cat, "defects": subset, "images": m[subset].get("n_anomalous"),
+                             **{k: m[subset].get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}})
+    return rows
+
+
+DEFECT_COLUMNS = [("category", "category"), ("defects", "defects"), ("images", "anomalous images"),
+                  ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO@0.3")]
 
 
 def format_markdown(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
@@ -111,11 +138,18 @@ def mean_of_present(rows: Sequence[dict[str, Any]], key: str) -> float | None:
 
 
 def print_table(summary: dict[str, Any]) -> None:
+    """The closing table(s): LOCO's logical / structural groups, and per defect folder for other datasets."""
     rows = results_rows(summary["results"])
-    if not rows:
+    per_defect = defect_rows(summary["results"])
+    if not rows and not per_defect:
         print("no labelled test images: the detector is trained, nothing was evaluated "
               f"(run folders: {', '.join(summary['runs'].values())})")
         return
-    rows.append({"category": "**mean**", **{k: mean_of_present(rows, k) for k, _ in RESULT_COLUMNS[1:]}})
-    print(format_markdown(rows, RESULT_COLUMNS))
+    if rows:
+        rows.append({"category": "**mean**", **{k: mean_of_present(rows, k) for k, _ in RESULT_COLUMNS[1:]}})
+        print(format_markdown(rows, RESULT_COLUMNS))
+    if per_defect:
+        if rows:
+            print()
+        print(format_markdown(per_defect, DEFECT_COLUMNS))
     print(f"report: {summary['report']}")

@@ -45,6 +45,10 @@ def check_sd_folder(path: str | Path) -> Path:
 def load_sd(path: str | Path, device: str = "cpu", dtype=None):
     """``StableDiffusionPipeline`` from a local folder (local_files_only, no safety checker), on ``device``."""
     import torch
+
+    from comgen.generate.diffusion.extra import require_diffusion_extra
+
+    require_diffusion_extra()
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as dlog
 

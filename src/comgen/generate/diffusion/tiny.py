@@ -93,6 +93,10 @@ def _minilm(max_length: int):
 def build_tiny_sd(out: str | Path, cfg: TinySDConfig | None = None) -> Path:
     """Write a random tiny SD pipeline in diffusers format to ``out`` and return the folder."""
     import torch
+
+    from comgen.generate.diffusion.extra import require_diffusion_extra
+
+    require_diffusion_extra()
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
