@@ -70,7 +70,7 @@ def test_two_process_training_matches_one_process(tmp_path: Path) -> None:
            "OMP_NUM_THREADS": "1", "COMGEN_QUIET": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "comgen.cli", "train", str(two.root), *ARGS]
+              "--main_process_port", str(_free_port()), "-m", "comgen.cli", "train", str(two.root), *ARGS, "--cpu"]
     done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training on 2 processes (cpu)" in done.stdout  # really two processes, not a silent single one
