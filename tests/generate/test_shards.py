@@ -62,6 +62,9 @@ def test_two_shards_merge_into_the_unsharded_set(dataset: Path, tmp_path: Path, 
     full = _hashes(tmp_path / "full")
     assert len([k for k in full if k.startswith("images/")]) == 16 and "manifest.jsonl" in full
     assert _hashes(tmp_path / "sharded") == full  # same files, same bytes, nothing left over
+    if not removal_only:
+        assert _generate(dataset, tmp_path / "sharded", config, "--shard", "1/2") == 0  # run again: nothing to do
+        assert _hashes(tmp_path / "sharded") == full
 
 
 def test_shards_from_two_machines_are_merged_on_request(dataset: Path, tmp_path: Path, capsys) -> None:

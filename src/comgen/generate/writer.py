@@ -151,7 +151,7 @@ def write_generated(generator: AnomalyGenerator, out: str | Path, cfg: GenerateC
     missing = [idx for idx in todo if idx not in written]
     if todo and not written:
         raise InputError(f"{backend} generator", f"produced none of the {len(todo)} anomalies requested")
-    if _finish(generator, out, cfg, log) and cfg.preview:
+    if _finish(generator, out, cfg, bool(todo), log) and cfg.preview:
         write_preview(out, merged_lines(out), cfg.preview)
     lines = merged_lines(out)
     summary = WriteSummary(out, len(written), skipped, missing, seconds, len(lines))
@@ -161,7 +161,8 @@ def write_generated(generator: AnomalyGenerator, out: str | Path, cfg: GenerateC
     return summary
 
 
-def _finish(generator: AnomalyGenerator, out: Path, cfg: GenerateConfig, log: Callable[[str], None] | None) -> bool:
+def _finish(generator: AnomalyGenerator, out: Path, cfg: GenerateConfig, worked: bool,
+            log: Callable[[str], None] | None) -> bool:
     """Write the one ``manifest.jsonl`` (unsharded), or mark this shard done and merge when it is the last one.
 
     True when the caller should write the preview (a merge writes its own).
@@ -170,6 +171,8 @@ def _finish(generator: AnomalyGenerator, out: Path, cfg: GenerateConfig, log: Ca
     if k == 1:
         atomic_write_text(out / MANIFEST, "".join(json.dumps(ln) + "\n" for ln in merged_lines(out)))
         return True
+    if not worked and (out / MANIFEST).is_file() and shard_count(out) is None:
+        return False  # a shard run again after the merge: the set is whole, leave no marker behind
     atomic_write_json(out / done_marker(i, k), {"n": cfg.n})
     if not unfinished(out, k, cfg.n):
         merge_shards(generator, out, cfg, log)
