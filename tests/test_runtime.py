@@ -2,6 +2,7 @@ import sys
 
 import pytest
 
+from comgen import runtime
 from comgen.runtime import tune_allocator
 
 
@@ -16,3 +17,12 @@ def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch: py
     monkeypatch.setenv("COMGEN_MALLOC_TUNING", "1")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1000000")
     assert tune_allocator() is False  # the user's own glibc settings win
+
+
+def test_is_main_process_reads_the_launchers_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    assert runtime.is_main_process()  # no launcher: the only process
+    monkeypatch.setenv("RANK", "0")
+    assert runtime.is_main_process()
+    monkeypatch.setenv("RANK", "1")
+    assert not runtime.is_main_process()

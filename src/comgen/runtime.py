@@ -47,3 +47,13 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def is_main_process() -> bool:
+    """Whether this is the main process of a multi-process launch (``accelerate launch``, ``torchrun``), or the only
+    process.
+
+    Why from the environment: the launchers set ``RANK`` before the program starts, so a command can decide who
+    takes the run's lock and who prints before any process group exists.
+    """
+    return os.environ.get("RANK", "0").strip() in ("", "0")

@@ -45,8 +45,11 @@ def register(app: typer.Typer) -> None:
         cpu: bool = typer.Option(False, help="force CPU even when a GPU is present"),
     ) -> None:
         """Train the CSDA detector on normal images + generated anomalies (HF Accelerate)."""
+        from contextlib import nullcontext
+
         from comgen.detect.train import train_detector
         from comgen.rundir import RunDir
+        from comgen.runtime import is_main_process
 
         run = RunDir.open(run_dir)
         saved = run.detector / "config.yaml"
@@ -56,8 +59,12 @@ def register(app: typer.Typer) -> None:
                       image_size=image_size, anomaly_ratio=anomaly_ratio, tiles=tiles, patience=patience,
                       backbone_name=backbone,
                       backbone_weights=weights)
-        with run.lock():  # a second writer of this run is refused, not interleaved
+        # a second writer of this run is refused, not interleaved; under a multi-process launch the main process
+        # holds the lock for all of them
+        with run.lock() if is_main_process() else nullcontext():
             res = train_detector(run, cfg, resume=resume, log=typer.echo, cpu=True if cpu else None)
+        if not is_main_process():
+            return
         cal = res.calibration
         typer.echo(f"trained {res.epochs_run} epoch(s) in {res.seconds:.1f} s (best epoch {res.best_epoch}, "
                    f"val loss {res.best_val_loss:.4f}); threshold {cal['threshold']:.3f}; "

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -61,7 +62,11 @@ from comgen.features.backbone import Backbone, build_backbone
 from comgen.features.memory import MemoryBank, MemoryBankConfig
 from comgen.io import append_jsonl, atomic_write_json
 from comgen.rundir import RunDir
-from comgen.runtime import peak_rss_mb
+from comgen.runtime import is_main_process, peak_rss_mb
+
+
+def _silent(_: str) -> None:
+    """The log of the processes other than the main one."""
 
 
 class NonFiniteLossError(ComgenError):
@@ -232,6 +237,8 @@ def _setup(run: RunDir, cfg: DetectorConfig, state: dict[str, Any] | None, cpu: 
     accel = Accelerator(cpu=bool(cpu) if cpu is not None else not torch.cuda.is_available(),
                         mixed_precision=cfg.mixed_precision)
     device = accel.device
+    if accel.num_processes > 1:
+        log(f"training on {accel.num_processes} processes ({device.type}); each takes its part of every batch")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -291,10 +298,7 @@ def _train_epoch(tr: _Training, epoch: int) -> tuple[float, int]:
                         for v in range(tr.tcache.variants)])  # V,N,k
     batches = _batches(splits.train.labels, cfg, rng)
     variants = rng.integers(0, tr.tcache.variants, size=len(splits.train))
-    nproc = accel.num_processes
-    if len(batches) >= nproc:  # equal batch counts per process, or DDP would wait forever
-        batches = batches[: len(batches) - len(batches) % nproc]
-    mine = batches[accel.process_index::nproc]
+    mine = [_share(idx, accel.process_index, accel.num_processes) for idx in batches]
     tr.head.train()
     bar = _tqdm(len(mine), f"epoch {epoch + 1}/{cfg.epochs}")
     run_loss, n_seen = 0.0, 0
@@ -309,7 +313,7 @@ def _train_epoch(tr: _Training, epoch: int) -> tuple[float, int]:
         with accel.autocast():
             m, g = tr.head(fb, aligned, size)
             loss, terms = csda_loss(m.float(), g.float(), tgt, lab, cfg.loss)
-        if not torch.isfinite(loss):
+        if not _all_finite(accel, loss):
             bar.close()
             raise NonFiniteLossError(tr.det, f"loss became {float(loss.detach())} at epoch {epoch + 1} "
                                              f"step {step + 1} (terms {terms}); stopped, {_kept(tr)}; try a lower --lr")
@@ -321,7 +325,30 @@ def _train_epoch(tr: _Training, epoch: int) -> tuple[float, int]:
         bar.set_postfix(loss=f"{run_loss / n_seen:.4f}")
         bar.update(1)
     bar.close()
+    if accel.num_processes > 1:  # the epoch's loss over every process's share, as one process would log it
+        tot = accel.reduce(torch.tensor([run_loss, float(n_seen)], dtype=torch.float64, device=device), "sum")
+        run_loss, n_seen = float(tot[0]), int(tot[1])
     return run_loss, n_seen
+
+
+def _share(idx: np.ndarray, rank: int, nproc: int) -> np.ndarray:
+    """This process's part of one global batch.
+
+    Why every process takes a part of every batch (not whole batches in turn): all processes then make the same
+    number of optimizer steps, so none waits forever in the gradient all-reduce, and the averaged gradient of the
+    parts approximates the one-process gradient of the whole batch (same step count and batch size as one process).
+    A batch smaller than the process count gives some processes a repeated item rather than nothing.
+    """
+    part = idx[rank::nproc]
+    return part if len(part) else idx[rank % len(idx):][:1]
+
+
+def _all_finite(accel: Accelerator, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (all stop together, none is left waiting in backward)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if accel.num_processes > 1:
+        bad = accel.reduce(bad, "sum")
+    return not bool(bad.item())
 
 
 def _kept(tr: _Training) -> str:
@@ -369,6 +396,7 @@ def _epoch(tr: _Training, epoch: int, log: Callable[[str], None]) -> None:
     cfg = tr.cfg
     run_loss, n_seen = _train_epoch(tr, epoch)
     val = evaluate_head(tr.accel.unwrap_model(tr.head), tr.vfeats, tr.val_aligned, tr.splits.val, cfg, tr.accel.device)
+    val["loss"] = _from_main(tr.accel, val["loss"])  # early stopping decided once, identically on every process
     rec = {"epoch": epoch + 1, "train_loss": run_loss / max(n_seen, 1), "val_loss": val["loss"],
            "seconds": round(time.perf_counter() - tr.t0, 2)}
     tr.history.append(rec)
@@ -383,6 +411,15 @@ def _epoch(tr: _Training, epoch: int, log: Callable[[str], None]) -> None:
         + (" (best)" if improved else ""))
     if tr.stopped_early:
         log(f"early stop: no validation improvement for {cfg.patience} epochs")
+
+
+def _from_main(accel: Accelerator, value: Any) -> Any:
+    """The main process's ``value`` on every process (itself when there is only one)."""
+    if accel.num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> dict[str, Any]:
@@ -424,13 +461,18 @@ def train_detector(run: RunDir | str | Path, cfg: DetectorConfig | None = None, 
     ``splits`` (normally read from the run's dataset and generated set) may be given directly, e.g. by benches.
     """
     run = run if isinstance(run, RunDir) else (RunDir(run) if splits is not None else RunDir.open(run))
+    if not is_main_process():  # one process speaks for all (each would print the same lines)
+        log = _silent
     state, cfg = _resume_point(run.detector, cfg, resume)
     tr = _setup(run, cfg, state, cpu, splits, log)
     for epoch in range(tr.start, cfg.epochs):
         if tr.stopped_early:
             break
         _epoch(tr, epoch, log)
-    tr.accel.wait_for_everyone()
-    cal = _calibrate_best(tr, run, log)
+    tr.accel.wait_for_everyone()  # the main process's last checkpoint is on disk before calibration reads it
+    # Calibration reads BEST from disk and writes the detector's files, so only the main process runs it.
+    cal = _from_main(tr.accel, _calibrate_best(tr, run, log) if tr.accel.is_main_process else None)
+    if tr.accel.num_processes > 1:
+        tr.accel.end_training()  # releases the process group so every process exits cleanly
     return TrainResult(len(tr.history), tr.best_epoch, tr.best_loss, tr.stopped_early,
                        time.perf_counter() - tr.t0, peak_rss_mb(), cal, tr.history)

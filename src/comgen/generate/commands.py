@@ -16,14 +16,16 @@ from comgen.errors import DatasetError
 
 
 def run_generate(dataset: Path, category: str, overrides: dict, config: Optional[Path] = None,
-                 out: Optional[Path] = None, log=typer.echo, export_anomalib: Optional[Path] = None):
-    """The command's body as a function (also used by the pipeline): returns the writer's summary.
+                 out: Optional[Path] = None, log=typer.echo, export_anomalib: Optional[Path] = None,
+                 merge: bool = False):
+    """The command's body as a function (also used by the pipeline): returns the writer's summary, or with
+    ``merge`` whether the finished shards were merged.
 
     ``export_anomalib``: also write the set in the layout of anomalib's ``Folder`` datamodule there.
     """
     from comgen.generate.config import GenerateConfig
     from comgen.generate.registry import build_generator, check_backend
-    from comgen.generate.writer import write_generated
+    from comgen.generate.writer import merge_generated, write_generated
     from comgen.rundir import RunDir
 
     base = GenerateConfig.load(config).to_dict() if config is not None else {}
@@ -48,6 +50,8 @@ def run_generate(dataset: Path, category: str, overrides: dict, config: Optional
     generator = build_generator(cfg.backend, cfg)
     log(f"{cfg.backend}: fitting on {len(train)} training images of {category}")
     generator.fit(train, run)
+    if merge:
+        return merge_generated(generator, run.generated(cfg.backend), cfg, log=log)
     summary = write_generated(generator, run.generated(cfg.backend), cfg, log=log)
     if export_anomalib is not None:
         from comgen.generate.anomalib_folder import export_anomalib_folder
@@ -68,7 +72,10 @@ def register(app: typer.Typer) -> None:
         n: Optional[int] = typer.Option(None, "--n", help="Number of anomalies (default 100)."),
         backend: Optional[str] = typer.Option(None, "--backend", "-b",
                                               help="compositional | cutpaste | draem | nsa | diffusion."),
-        shard: Optional[str] = typer.Option(None, "--shard", help="i/n: write only shard i (0-based) of n."),
+        shard: Optional[str] = typer.Option(None, "--shard", help="i/n: write only shard i (0-based) of n; the "
+                                            "last shard to finish merges them into one set."),
+        merge_shards: bool = typer.Option(False, "--merge-shards", help="Merge the finished shards in the run "
+                                          "into one set (same options as the shards; done by the last shard too)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<category>)."),
         image_size: Optional[int] = typer.Option(None, "--image-size", help="Working resolution (default 256)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
@@ -86,6 +93,9 @@ def register(app: typer.Typer) -> None:
 
             section = GenerateConfig.load(config).diffusion.to_dict() if config is not None else {}
             overrides["diffusion"] = {**section, "sd_model": str(sd_model)}
+        if merge_shards:
+            run_generate(dataset, category, overrides, config, out, merge=True)
+            return
         summary = run_generate(dataset, category, overrides, config, out, export_anomalib=export_anomalib)
         if summary.missing:
             typer.echo(f"warning: the generator did not produce {len(summary.missing)} of the requested "

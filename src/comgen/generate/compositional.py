@@ -10,6 +10,7 @@ For the built-in benchmark, each edit is also applied to the generator's truth p
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -30,6 +31,12 @@ from comgen.generate.structural import apply_structural
 from comgen.progress import progress
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS, Anomaly, Sample
 from comgen.rundir import RunDir
+
+
+def canonical_key(key: tuple) -> str:
+    """A duplicate key as JSON text (NumPy scalars as Python numbers), comparable across processes."""
+    return json.dumps(key, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
+
 
 # --- rendering --------------------------------------------------------------------------------
 
@@ -232,6 +239,7 @@ class CompositionalGenerator:
         self.realism: ComponentRealism | None = None
         self.stats: dict[str, dict[str, int]] = {}
         self._seen: set = set()
+        self._consulted: set = set()  # duplicate keys looked up since the last resume_state (see consulted_keys)
 
     # --- fit ------------------------------------------------------------------------------------
     def _component_model(self, images: np.ndarray, run: RunDir | None, where: str):
@@ -268,7 +276,7 @@ class CompositionalGenerator:
         vecs = np.stack([self.density.vector(cs, (s, s)) for cs in self.bank.components])
         self.density.fit(vecs)
         self.realism = ComponentRealism(self.cfg.density).fit(comps, (s, s))
-        self._seen = set()
+        self._seen, self._consulted = set(), set()
 
     # --- generate -------------------------------------------------------------------------------
     def _accept(self, plans: list[EditPlan], logical: bool) -> tuple[list[int], np.ndarray]:
@@ -277,7 +285,9 @@ class CompositionalGenerator:
         scores = self.density.score(vecs)
         ok = []
         for j, p in enumerate(plans):
-            if p.key() in self._seen:
+            key = p.key()
+            self._consulted.add(key)
+            if key in self._seen:
                 continue
             if logical and self.cfg.low_density and scores[j] >= self.density.threshold:
                 continue
@@ -371,14 +381,31 @@ class CompositionalGenerator:
     def resume_state(self, lines: list[dict]) -> None:
         """Rebuild the duplicate keys from manifest lines already written (writer hook), so a resumed or
         chunked run refuses exactly the duplicates an uninterrupted run would."""
+        self._seen = self._keys(lines)
+        self._consulted = set()
+
+    def _keys(self, lines: list[dict]) -> set[tuple]:
         index = {p: i for i, p in enumerate(self.bank.paths)} if self.bank is not None else {}
-        seen = set()
+        keys = set()
         for ln in lines:
             if ln.get("backend", self.name) != self.name or ln.get("source") not in index:
                 continue
-            seen.add(edit_key(index[ln["source"]], ln.get("kind", ""), ln.get("target", []),
+            keys.add(edit_key(index[ln["source"]], ln.get("kind", ""), ln.get("target", []),
                               ln.get("classes", []), ln.get("params", {})))
-        self._seen = seen
+        return keys
+
+    def consulted_keys(self) -> list[str]:
+        """The duplicate keys looked up since the last ``resume_state``, as canonical JSON (writer hook).
+
+        Why: a shard generates its blocks without the lines of the blocks below it (another shard writes them);
+        a block whose lookups miss every key of those lines made the same choices an unsharded run makes, so the
+        merge regenerates only the blocks whose lookups hit one (``line_keys``), and sharding stays exact.
+        """
+        return sorted(canonical_key(k) for k in self._consulted)
+
+    def line_keys(self, lines: list[dict]) -> set[str]:
+        """The duplicate keys of manifest lines, as canonical JSON (writer hook, see ``consulted_keys``)."""
+        return {canonical_key(k) for k in self._keys(lines)}
 
     # --- helpers for benches / other stages ---------------------------------------------------------
     def normal_scores(self) -> np.ndarray:
