@@ -1,0 +1,40 @@
+"""Uploaded bytes to the HxWx3 uint8 RGB array the detector takes, by the same rules as ``comgen predict``.
+
+Why not ``data.imageio.read_rgb``: it reads files; an upload is bytes in memory and must never touch the disk.
+The channel order and bit depth rules are the same (OpenCV decode, BGR to RGB, then ``to_rgb_uint8``).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from comgen.data.imageio import MIN_SIDE
+from comgen.detect.predict import to_rgb_uint8
+from comgen.errors import InputError
+
+#: decoded pixels refused beyond this (a small compressed file can claim a huge canvas)
+MAX_PIXELS = 100_000_000
+
+
+def decode_image(data: bytes, where: str = "image") -> np.ndarray:
+    """Decode PNG/JPEG/BMP/TIFF/WebP bytes as HxWx3 uint8 RGB, or raise one-line ``InputError``."""
+    if not data:
+        raise InputError(where, "empty upload, not an image")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
+    if img is None:
+        raise InputError(where, "corrupt or unsupported image (cannot decode)")
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise InputError(where, f"image is {img.shape[1]}x{img.shape[0]} px, more than {MAX_PIXELS} pixels")
+    if min(img.shape[:2]) < MIN_SIDE:
+        raise InputError(where, f"image is only {img.shape[1]}x{img.shape[0]} px (need at least "
+                                f"{MIN_SIDE}x{MIN_SIDE})")
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    return to_rgb_uint8(img, where)[0]
