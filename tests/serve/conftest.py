@@ -37,8 +37,8 @@ def toy_images(n: int, seed: int = 7, kinds: tuple[str, ...] = ("good", "missing
     return [toy_image(rng, kind=kinds[i % len(kinds)])[0] for i in range(n)]
 
 @contextmanager
-def live_server(predictor: object, **settings: object) -> Iterator[str]:
-    """Serve ``predictor`` on a free localhost port in a thread; yields the base URL; stops the server after."""
+def live_server(predictor: object, **settings: object) -> Iterator[tuple[str, object]]:
+    """Serve ``predictor`` on a free localhost port in a thread; yields (base URL, uvicorn server); stops it after."""
     from comgen.serve.config import ServeConfig
     from comgen.serve.server import bind, make_server
 
@@ -52,7 +52,7 @@ def live_server(predictor: object, **settings: object) -> Iterator[str]:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     finally:
         server.should_exit = True
         thread.join(10)
@@ -67,7 +67,7 @@ def detector(trained_run: Path):  # noqa: ANN201
 @pytest.fixture(scope="module")
 def server(detector) -> Iterator[str]:  # noqa: ANN001
     """The tiny detector served with a long batch window, so requests sent together surely share a batch."""
-    with live_server(detector, max_batch=4, batch_wait_ms=300, max_upload_mb=1) as url:
+    with live_server(detector, max_batch=4, batch_wait_ms=300, max_upload_mb=1) as (url, _):
         yield url
 
 def health(url: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
@@ -189,7 +190,7 @@ class Flaky:
 def test_a_crash_inside_the_worker_fails_only_its_request(detector) -> None:  # noqa: ANN001
     images = toy_images(3, seed=5)
     images[1] = cv2.resize(images[1], (37, 40))
-    with live_server(Flaky(detector), max_batch=4, batch_wait_ms=300, threshold=-1e9) as url:
+    with live_server(Flaky(detector), max_batch=4, batch_wait_ms=300, threshold=-1e9) as (url, _):
         barrier = threading.Barrier(len(images))
 
         def send(img: np.ndarray) -> requests.Response:
@@ -207,3 +208,16 @@ def test_a_crash_inside_the_worker_fails_only_its_request(detector) -> None:  # 
         h = health(url)
         assert h["status"] == "ok" and h["failed"] == 1 and h["threshold_source"] == "--threshold"
         assert _post(url, images[0]).status_code == 200  # and it keeps serving
+
+
+def test_health_says_503_when_the_worker_is_gone(detector) -> None:  # noqa: ANN001
+    with live_server(detector) as (url, server):
+        task = server.config.app.state.batcher._task  # the FastAPI app as handed to uvicorn
+        task.get_loop().call_soon_threadsafe(task.cancel)
+        deadline = time.monotonic() + 10
+        while not task.done():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        r = requests.get(f"{url}/health", timeout=30)
+        assert r.status_code == 503 and r.json()["status"] == "worker stopped"
+        _one_line_error(_post(url, toy_images(1)[0]), 500, "prediction failed: the prediction worker is not running")

@@ -95,13 +95,15 @@ def create_app(detector: Predictor, cfg: ServeConfig, run: str | Path = "") -> F
         return _error(500, f"internal error: {one_line(exc)}")
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> JSONResponse:
+        """200 while the worker runs; 503 otherwise, so a load balancer stops sending requests here."""
         dcfg = getattr(detector, "cfg", None)
-        return {"status": "ok" if batcher.running else "worker stopped", "run": str(run), "threshold": threshold,
+        body = {"status": "ok" if batcher.running else "worker stopped", "run": str(run), "threshold": threshold,
                 "threshold_source": "run" if cfg.threshold is None else "--threshold",
                 "image_size": getattr(dcfg, "image_size", None), "device": str(getattr(detector, "device", "")),
                 "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms, "max_upload_mb": cfg.max_upload_mb,
                 **batcher.stats.to_dict()}
+        return JSONResponse(body, status_code=200 if batcher.running else 503)
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
