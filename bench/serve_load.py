@@ -44,7 +44,7 @@ def build_run(out: Path, size: int) -> Path:
     return run
 
 
-def test_images(run: Path) -> list[tuple[str, bytes]]:
+def upload_images(run: Path) -> list[tuple[str, bytes]]:
     """(name, file bytes) of the run's test images, as a client would upload them."""
     from comgen.data.readers import open_dataset
     from comgen.rundir import RunDir
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
     args = ap.parse_args(argv)
     run = args.run or build_run(args.out, args.size)
-    images = test_images(run)
+    images = upload_images(run)
     proc, url = start_server(run, args.max_batch, args.batch_wait_ms)
     try:
         level(url, images, 2, 8)  # warm-up: first calls pay for lazy initialisation

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -44,3 +46,31 @@ def test_bad_bytes_are_one_line_errors(data: bytes, problem: str) -> None:
 def test_one_pixel_image_is_refused() -> None:
     with pytest.raises(InputError, match="only 1x1"):
         decode_image(_encoded(np.zeros((1, 1, 3), np.uint8)))
+
+
+def test_huge_canvas_refused_from_its_header_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from comgen.serve import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    decoded = []
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *a: decoded.append(a))
+    with pytest.raises(InputError, match="20x10 px, more than 100 pixels"):
+        decode_image(_encoded(np.zeros((10, 20, 3), np.uint8)), "big.png")
+    assert not decoded
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims a canvas and holds a few bytes of pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width,height,problem", [(11000, 10000, "11000x10000 px, more than"),
+                                                  (30000, 30000, "larger than 100000000 pixels")])
+def test_decompression_bombs_are_refused_from_the_header(width: int, height: int, problem: str) -> None:
+    with pytest.raises(InputError, match=problem):
+        decode_image(_png_header(width, height), "bomb.png")

@@ -9,6 +9,7 @@ A failing batch is retried image by image, so a failure reaches only the request
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from comgen.errors import InputError
 
 #: the detector call: images -> (scores [N], maps [N,H,W] or a list of [H,W])
 PredictFn = Callable[[list[np.ndarray]], tuple[Any, Any]]
+
+log = logging.getLogger("comgen.serve")
 
 
 class PredictFailed(Exception):
@@ -118,6 +121,7 @@ class Batcher:
             try:
                 await self._run(batch)
             except Exception as exc:  # never let the worker die: fail this batch and go on
+                log.error("prediction worker: %s", one_line(exc))
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(PredictFailed(one_line(exc)))
@@ -128,6 +132,7 @@ class Batcher:
         except Exception as exc:
             if len(batch) == 1:
                 self.stats.failed += 1
+                log.warning("prediction failed for one image: %s", one_line(exc))
                 if not batch[0].future.done():
                     batch[0].future.set_exception(_failure(exc))
                 return
