@@ -72,6 +72,7 @@ def test_raw_body_and_png_answer(server: str, detector) -> None:  # noqa: ANN001
         assert float(r.headers["X-Score"]) == pytest.approx(score, abs=1e-3)
         assert r.headers["X-Decision"] == ("fail" if score > detector.threshold else "pass")
         scale = float(r.headers["X-Map-Scale"])
+        assert float(r.headers["X-Map-Max-Error"]) == pytest.approx(scale / 2)
         got = decode_map_png(r.content, scale, float(r.headers["X-Map-Offset"]))
         assert np.abs(got - amap).max() <= scale / 2 + 1e-6 * (1 + np.abs(amap).max())
 

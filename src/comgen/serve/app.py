@@ -119,7 +119,8 @@ def create_app(detector: Predictor, cfg: ServeConfig, run: str | Path = "") -> F
         if png:
             return Response(map_png, media_type="image/png", headers={
                 "X-Score": repr(score), "X-Decision": decision, "X-Threshold": repr(threshold),
-                "X-Map-Scale": repr(scale), "X-Map-Offset": repr(offset), "X-Map-Encoding": MAP_ENCODING})
+                "X-Map-Scale": repr(scale), "X-Map-Offset": repr(offset), "X-Map-Max-Error": repr(scale / 2),
+                "X-Map-Encoding": MAP_ENCODING})
         return JSONResponse({"score": score, "decision": decision, "threshold": threshold,
                              "width": int(amap.shape[1]), "height": int(amap.shape[0]),
                              "map_png": base64.b64encode(map_png).decode("ascii"), "map_png_scale": scale,

@@ -53,7 +53,8 @@ def serve(run_dir: str | Path, cfg: ServeConfig, log: Callable[[str], None] = pr
         f"wait {cfg.batch_wait_ms:g} ms, uploads up to {cfg.max_upload_mb:g} MB); Ctrl-C stops")
     try:
         make_server(detector, cfg, run_dir).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shut down cleanly and re-raised Ctrl-C: stopping is what was asked
-        log("stopped")
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C: stopping is what was asked
+        pass
     finally:
         sock.close()
+    log("stopped")
