@@ -21,7 +21,7 @@ LAYERS = {
     "evaluate": 3,
     "generate": 4, "masks": 4, "detect": 4,
     "peers": 5,
-    "pipeline": 6,
+    "pipeline": 6, "serve": 6,
     "benchmarks": 7,
     "cli": 8,
 }

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "comgen.detect.commands",      # train, predict, export
     "comgen.evaluate.commands",    # evaluate
     "comgen.pipeline.commands",    # run, demo, bench
+    "comgen.serve.commands",       # serve
 )
 
 
