@@ -21,21 +21,13 @@ from comgen.detect.artifacts import CALIBRATION, finite_number, read_calibration
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
+from comgen.detect.tiling import image_max, prior_inputs
 from comgen.errors import ArtifactError, ConfigError
 from comgen.io import atomic_write_json
 from comgen.rundir import RunDir
 
 #: calibration.json key: the validation normals' image scores, which a new threshold is chosen from
 VAL_SCORES = "val_normal_scores"
-
-def image_max(values: np.ndarray, group: np.ndarray | None) -> np.ndarray:
-    """Per whole image, the max over its tiles (identity when not tiled)."""
-    if group is None:
-        return values
-    out = np.full(int(group.max()) + 1, -np.inf, dtype=np.float64)
-    np.maximum.at(out, group, values)
-    return out
-
 
 def _check_finite(values: np.ndarray, what: str) -> None:
     """Why: a NaN here becomes a NaN threshold or scale in calibration.json, and every image would then "pass"."""
@@ -80,8 +72,6 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str
     why = None
     if not cfg.prior.enabled:
         why = "disabled in the config"
-    elif cfg.tiles > 1:
-        why = "tiled mode scores tiles, not whole compositions"
     elif not (run.components / "model.json").is_file():
         why = "the run has no component model (`comgen learn`)"
     if why is not None:
@@ -90,10 +80,10 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, cal: dict[str
         log(f"composition prior off: {why}")
         return {"enabled": False, "reason": why}
     model = ComponentModel.load(run.components)
-    labels = splits.val.labels
+    bank_images, val_images, labels, val_logits = prior_inputs(splits, cfg, val_logits)  # whole images when tiled
     log("fitting the composition prior on the training normals")
-    prior = CompositionPrior.fit(model, splits.bank_images, cfg=cfg.prior)
-    nll = prior.nll(splits.val.images)  # segmented once: normals calibrate, anomalies give the validation AUROC
+    prior = CompositionPrior.fit(model, bank_images, cfg=cfg.prior)
+    nll = prior.nll(val_images)  # segmented once: normals calibrate, anomalies give the validation AUROC
     _check_finite(nll, "composition log-densities")
     prior.calibrate(nll[labels == 0])
     z_prior = prior.z(nll)

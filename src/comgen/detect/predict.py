@@ -32,7 +32,7 @@ from comgen.detect.artifacts import BANK, BEST, CALIBRATION, RETRAIN, check_fini
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, fuse_scores
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
-from comgen.detect.data import from_tiles, to_tiles
+from comgen.detect.tiling import is_tiled, predict_tiled
 from comgen.errors import ArtifactError, ComgenError, ConfigError, InputError
 from comgen.evaluate.maps import BRANCH_COLUMNS, map_path, write_map, write_scores_csv
 from comgen.features.backbone import build_backbone, to_tensor
@@ -129,7 +129,7 @@ class Detector:
         self.directory = directory
         self.device = device
         # which detector feature scale the prior can segment from (None: the prior runs its own backbone)
-        self._prior_scale = None if prior is None or cfg.tiles != 1 else \
+        self._prior_scale = None if prior is None or is_tiled(cfg) else \
             prior.model.shared_feature_index(model.backbone, cfg.image_size)
 
     def branch_scores(self, j: int) -> dict[str, float]:
@@ -218,8 +218,8 @@ class Detector:
         if images is None or len(images) == 0:
             raise InputError("images", "empty image list; nothing to predict")
         bs = batch_size_of(batch_size, self.cfg.batch_size)
-        g = self.cfg.tiles
-        s = self.cfg.image_size * g
+        tiled = is_tiled(self.cfg)
+        s = self.cfg.image_size
         scores = np.zeros(len(images), np.float32)
         prior = np.full(len(images), np.nan, np.float32)
         maps: list[np.ndarray] = []
@@ -232,21 +232,24 @@ class Detector:
                 if note:
                     notes.add(note)
                 shapes.append(img.shape[:2])
-                if img.shape[:2] != (s, s):
+                if img.shape[:2] != (s, s) and not tiled:
                     resized += 1
                     img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
                 chunk.append(img)
             with eager() if (job_size or len(images)) < COMPILE_MIN_IMAGES else nullcontext():
-                logits, mlog, feats = self._forward(to_tiles(np.stack(chunk), g))
+                if tiled:  # each image on the tile grid of its own size, maps blended back (tiling.py)
+                    scores[i:i + len(chunk)], prior[i:i + len(chunk)], tiled_maps = predict_tiled(self, chunk, bs)
+                    maps += tiled_maps
+                    continue
+                logits, mlog, feats = self._forward(np.stack(chunk))
             sc, mp = self.normalise(logits, mlog)
-            mp = from_tiles(mp, g)
-            scores[i:i + len(chunk)] = sc.reshape(len(chunk), g * g).max(axis=1)
-            if self.prior is not None and g == 1:
+            scores[i:i + len(chunk)] = sc
+            if self.prior is not None:
                 prior[i:i + len(chunk)] = self._prior_scores(np.stack(chunk), feats)
             for m, (h, w) in zip(mp, shapes):
                 maps.append(m if (h, w) == (s, s) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
         self.last_parts = {"network": scores.copy(), "prior": prior}
-        if self.prior is not None and g == 1:
+        if self.prior is not None:
             scores = fuse_scores(scores, prior, self.cfg.prior.fuse)
         if notice and (notes or resized):
             parts = []
