@@ -10,6 +10,8 @@ from comgen.detect.config import DetectorConfig
 from comgen.detect.tiling import axis_starts, blend, cut, grid_for, image_max, make_grid, to_original, window
 from comgen.errors import ConfigError, InputError
 
+from .conftest import LARGE_H, LARGE_W, large_image
+
 
 @pytest.mark.parametrize("shape,size,scale,overlap", [((1000, 1700), 128, 1.0, 0.25), ((1000, 1700), 64, 0.3, 0.0),
                                                       ((37, 200), 32, 1.0, 0.5), ((20, 20), 32, 1.0, 0.25),
@@ -65,42 +67,6 @@ def test_image_max_and_bad_input() -> None:
     assert "tile_scale" not in DetectorConfig().network_dict()  # untiled detectors keep their identity
 
 
-# --- a large image: 1700x1000, a 6x6 px defect -----------------------------------------------------------------------
-H, W = 1000, 1700
-
-
-def _background(rng: np.random.Generator) -> np.ndarray:
-    """A smooth grey texture (blobs of ~40 px) with fine grain, float [H, W, 3]."""
-    import cv2
-
-    low = rng.normal(0, 1, (H // 40 + 2, W // 40 + 2)).astype(np.float32)
-    grey = cv2.resize(low, (W, H), interpolation=cv2.INTER_CUBIC) * 18 + 128 + rng.normal(0, 3, (H, W))
-    return np.repeat(np.clip(grey, 40, 215)[..., None], 3, axis=2)
-
-
-def _add_defect(img: np.ndarray, mask: np.ndarray, y: int, x: int, s: int) -> None:
-    """A red/cyan checker of s x s px: a wrong colour at full resolution whose mean is the background's own, so
-    shrinking the image averages it away."""
-    yy, xx = np.mgrid[0:s, 0:s]
-    sign = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None] * np.array([1.0, -1.0, -1.0])
-    img[y:y + s, x:x + s] += 90 * sign
-    mask[y:y + s, x:x + s] = True
-
-
-def _large(rng: np.random.Generator, n_defects: int = 0, at: tuple[int, int] | None = None
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image with defects, the same image without them, mask): defects of 4-9 px at random, or one 6 px at ``at``."""
-    clean = _background(rng)
-    img, mask = clean.copy(), np.zeros((H, W), bool)
-    for _ in range(n_defects):
-        s = int(rng.integers(4, 10))
-        _add_defect(img, mask, int(rng.integers(0, H - s)), int(rng.integers(0, W - s)), s)
-    if at is not None:
-        _add_defect(img, mask, at[0], at[1], 6)
-    return (np.clip(np.round(img), 0, 255).astype(np.uint8), np.clip(np.round(clean), 0, 255).astype(np.uint8),
-            mask)
-
-
 @pytest.mark.slow
 def test_native_tiles_find_a_six_pixel_defect_that_a_256_px_square_loses(tmp_path) -> None:
     import cv2
@@ -120,7 +86,7 @@ def test_native_tiles_find_a_six_pixel_defect_that_a_256_px_square_loses(tmp_pat
     def parts(defects: list[int], prefix: str) -> TiledParts:
         p = TiledParts(cfg)
         for i, n in enumerate(defects):
-            img, _, mask = _large(rng, n)
+            img, _, mask = large_image(rng, n)
             p.add(img, mask.astype(np.float32), float(n > 0), f"{prefix}{i}", [f"{prefix}{i}"])
         return p
 
@@ -132,11 +98,11 @@ def test_native_tiles_find_a_six_pixel_defect_that_a_256_px_square_loses(tmp_pat
     det = Detector.load(tmp_path)
 
     y, x = 613, 1121
-    test, clean, _ = _large(rng, at=(y, x))
-    others = [_large(rng)[0] for _ in range(2)]
+    test, clean, _ = large_image(rng, at=(y, x))
+    others = [large_image(rng)[0] for _ in range(2)]
     scores, maps = det.predict([test, clean, *others], notice=None)
-    assert maps.shape == (4, H, W)  # at the original resolution
-    peak = np.unravel_index(int(maps[0].argmax()), (H, W))
+    assert maps.shape == (4, LARGE_H, LARGE_W)  # at the original resolution
+    peak = np.unravel_index(int(maps[0].argmax()), maps[0].shape)
     assert abs(peak[0] - (y + 3)) <= 8 and abs(peak[1] - (x + 3)) <= 8  # the map's maximum is on the defect
     assert maps[0].max() > maps[1:].max() + 2.0
     assert scores[0] > scores[1:].max() + 5.0 and scores[0] > det.threshold
