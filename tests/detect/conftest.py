@@ -64,6 +64,43 @@ def tiny_config(**kw: object) -> DetectorConfig:
     return DetectorConfig(**base)  # type: ignore[arg-type]
 
 
+# --- a large image (tiled mode): 1700x1000 px, defects of a few px -------------------------------------------------
+LARGE_H, LARGE_W = 1000, 1700
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A smooth grey texture (blobs of ~40 px) with fine grain, float [LARGE_H, LARGE_W, 3]."""
+    import cv2
+
+    low = rng.normal(0, 1, (LARGE_H // 40 + 2, LARGE_W // 40 + 2)).astype(np.float32)
+    grey = cv2.resize(low, (LARGE_W, LARGE_H), interpolation=cv2.INTER_CUBIC) * 18 + 128
+    grey += rng.normal(0, 3, (LARGE_H, LARGE_W))
+    return np.repeat(np.clip(grey, 40, 215)[..., None], 3, axis=2)
+
+
+def _add_defect(img: np.ndarray, mask: np.ndarray, y: int, x: int, s: int) -> None:
+    """A red/cyan checker of s x s px: a wrong colour at full resolution whose mean is the background's own, so
+    shrinking the image averages it away."""
+    yy, xx = np.mgrid[0:s, 0:s]
+    sign = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None] * np.array([1.0, -1.0, -1.0])
+    img[y:y + s, x:x + s] += 90 * sign
+    mask[y:y + s, x:x + s] = True
+
+
+def large_image(rng: np.random.Generator, n_defects: int = 0, at: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image with defects, the same image without them, mask): defects of 4-9 px at random, or one 6 px at ``at``."""
+    clean = _background(rng)
+    img, mask = clean.copy(), np.zeros((LARGE_H, LARGE_W), bool)
+    for _ in range(n_defects):
+        s = int(rng.integers(4, 10))
+        _add_defect(img, mask, int(rng.integers(0, LARGE_H - s)), int(rng.integers(0, LARGE_W - s)), s)
+    if at is not None:
+        _add_defect(img, mask, at[0], at[1], 6)
+    return (np.clip(np.round(img), 0, 255).astype(np.uint8), np.clip(np.round(clean), 0, 255).astype(np.uint8),
+            mask)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with a detector trained for 3 epochs on the toy world (shared, read-only in tests)."""

@@ -112,3 +112,47 @@ def test_predict_reuses_the_detector_features_when_the_backbones_match() -> None
     det.predict(images, notice=None)
     np.testing.assert_allclose(det.last_parts["prior"], prior.score(images), rtol=1e-4, atol=1e-4)
     assert model.shared_feature_index(backbone, SIZE * 2) is None  # another working size: no sharing
+
+
+def test_tiled_mode_keeps_the_prior_on_the_whole_image(component_model, tmp_path: Path) -> None:
+    """In tiled mode the network scores tiles, the prior the whole image at the untiled working size; both fused."""
+    import cv2
+
+    from comgen.detect.data import Material, Splits, TiledParts
+    from comgen.detect.predict import Detector
+    from comgen.detect.tiling import whole
+    from comgen.detect.train import train_detector
+
+    cfg = tiny_config(epochs=1, tiles=2)
+    rng = np.random.default_rng(4)
+
+    def wide(kind: str) -> tuple[np.ndarray, np.ndarray]:  # 64x96: not square, so the grid is 3 x 4 tiles
+        img, mask = toy_image(rng, SIZE, kind)
+        return cv2.resize(img, (96, 64)), cv2.resize(mask.astype(np.uint8), (96, 64)) > 0
+
+    def parts(kinds: list[str], prefix: str) -> TiledParts:
+        p = TiledParts(cfg)
+        for i, kind in enumerate(kinds):
+            img, mask = wide(kind)
+            p.add(img, mask.astype(np.float32), float(kind != "good"), f"{prefix}{i}", [f"{prefix}{i}"])
+        return p
+
+    normals, val = parts(["good"] * 8, "t"), parts(["good"] * 4 + ["missing"] * 2, "v")
+    bank = normals.material()
+    splits = Splits(Material.concat([bank, parts(["missing", "extra"] * 2, "g").material()]), val.material(),
+                    bank.images, bank.ids, normals.whole_images(), val.whole_images())
+    run = RunDir(tmp_path / "run")
+    component_model.save(run.components)
+    res = train_detector(run, cfg, splits=splits, log=lambda m: None, cpu=True)
+    assert res.calibration["prior"]["enabled"] and len(res.calibration["val_normal_scores"]) == 4
+
+    det = Detector.load(run.root)
+    images = [wide("good")[0] for _ in range(3)] + [wide("missing")[0] for _ in range(3)]
+    scores, maps = det.predict(images, notice=None)
+    parts_ = det.last_parts
+    np.testing.assert_allclose(parts_["prior"], det.prior.score(np.stack([whole(i, SIZE) for i in images])),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores, det.fusion.apply(parts_), rtol=1e-6)
+    np.testing.assert_allclose(maps.reshape(6, -1).max(1), scores, atol=1e-5)  # the maps carry the score
+    assert parts_["prior"][3:].min() > parts_["prior"][:3].max()  # the missing part is seen on the whole image
+    assert maps.shape == (6, 64, 96)

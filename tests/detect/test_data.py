@@ -6,32 +6,43 @@ import numpy as np
 import pytest
 
 from comgen.detect.calibration import calibrate
-from comgen.detect.data import Material, Splits, augment, from_tiles, tile_material, to_tiles
+from comgen.detect.data import Material, Splits, TiledParts, at_source_resolution, augment
 from comgen.detect.predict import Detector
 from comgen.detect.train import train_detector
 
-from .conftest import tiny_config, toy_image, toy_splits
+from .conftest import tiny_config, toy_image
 
 
-def test_tiles_round_trip() -> None:
-    arr = np.arange(2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
-    t = to_tiles(arr, 2)
-    assert t.shape == (8, 4, 4, 3)
-    np.testing.assert_array_equal(t[1], arr[0, :4, 4:])  # row-major: tile 1 = top-right
-    np.testing.assert_array_equal(t[6], arr[1, 4:, :4])
-    np.testing.assert_array_equal(from_tiles(t, 2), arr)
-    assert to_tiles(arr, 1) is arr
+def test_tiled_parts_labels_exclusion_and_groups() -> None:
+    cfg = tiny_config(image_size=16, tile_scale=1.0, tile_overlap=0.0)
+    parts = TiledParts(cfg)
+    parts.add(np.zeros((16, 32, 3), np.uint8), np.zeros((16, 32), np.float32), 0.0, "a", ["a"])
+    tgt = np.zeros((16, 32), np.float32)
+    tgt[0, 31] = 1  # the defect lies in its right-hand tile
+    parts.add(np.zeros((16, 32, 3), np.uint8), tgt, 1.0, "b", ["a"])
+    parts.add(np.zeros((32, 16, 3), np.uint8), np.zeros((32, 16), np.float32), 1.0, "c", ["zz"])  # no mask
+    t = parts.material()
+    assert t.images.shape == (6, 16, 16, 3) and t.targets.shape == (6, 16, 16)
+    assert t.labels.tolist() == [0, 0, 0, 1, 1, 1]  # a masked anomaly's clean tile is normal; maskless: all tiles
+    assert t.ids[3] == "b#1" and t.exclude[3] == ["a#0", "a#1"] and t.exclude[0] == ["a#0", "a#1"]
+    assert t.group.tolist() == [0, 0, 1, 1, 2, 2]
+    assert parts.whole_images().shape == (3, 16, 16, 3)
 
 
-def test_tile_material_labels_and_exclusion() -> None:
-    img = np.zeros((2, 8, 8, 3), np.uint8)
-    tgt = np.zeros((2, 8, 8), np.float32)
-    tgt[1, 0, 7] = 1  # image 1: defect in its top-right tile
-    mat = Material(img, tgt, np.array([0, 1], np.float32), ["a", "b"], [["a"], ["src"]])
-    t = tile_material(mat, 2)
-    assert t.labels.tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
-    assert t.ids[5] == "b#1" and t.exclude[5] == ["src#0", "src#1", "src#2", "src#3"]
-    assert t.group.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+def test_generated_anomaly_is_pasted_into_its_sharp_source() -> None:
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    small = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[10:14, 10:14] = True
+    out, m = at_source_resolution(small, mask, source, (1, 1))
+    assert out.shape == source.shape and m.shape == (64, 96) and m.sum() > 0
+    far = np.ones((64, 96), bool)
+    far[10:40, 20:55] = False
+    np.testing.assert_array_equal(out[far], source[far])  # outside the edit: the source's own pixels
+    assert (out[m] == 0).all()  # inside: the anomaly
+    up, m2 = at_source_resolution(small, mask, None, (64, 96))  # no source: the anomaly upscaled whole
+    assert up.shape == (64, 96, 3) and m2.sum() == m.sum()
 
 
 def test_augment_keeps_masks_aligned() -> None:
@@ -56,16 +67,61 @@ def test_calibrate_threshold_is_normal_quantile() -> None:
 
 
 def test_tiled_training_and_prediction(tmp_path: Path) -> None:
-    sp = toy_splits()
-    tiled = Splits(tile_material(sp.train, 2), tile_material(sp.val, 2), to_tiles(sp.bank_images, 2),
-                   [f"{i}#{k}" for i in sp.bank_ids for k in range(4)])
+    """Tiled mode end to end on the toy world at a non-square size: maps come back at each image's size."""
+    import cv2
+
     cfg = tiny_config(image_size=32, tiles=2, epochs=1, bank={"window": 1, "global_grid": 1})
-    train_detector(tmp_path, cfg, splits=tiled, log=lambda m: None, cpu=True)
+    rng = np.random.default_rng(3)
+
+    def parts(kinds: list[str], prefix: str) -> TiledParts:
+        p = TiledParts(cfg)
+        for i, kind in enumerate(kinds):
+            img, mask = toy_image(rng, 64, kind)
+            p.add(cv2.resize(img, (96, 64)), cv2.resize(mask.astype(np.uint8), (96, 64)) > 0, float(kind != "good"),
+                  f"{prefix}{i}", [f"{prefix}{i}"])
+        return p
+
+    normals, val = parts(["good"] * 6, "t"), parts(["good"] * 3 + ["extra"], "v")
+    bank = normals.material()
+    splits = Splits(Material.concat([bank, parts(["extra", "missing"] * 2, "g").material()]), val.material(),
+                    bank.images, bank.ids, normals.whole_images(), val.whole_images())
+    res = train_detector(tmp_path, cfg, splits=splits, log=lambda m: None, cpu=True)
+    assert res.calibration["n_val_normal"] == 3 and res.calibration["n_val_anomalous"] == 1  # per whole image
     det = Detector.load(tmp_path)
-    rng = np.random.default_rng(9)
-    imgs = [toy_image(rng, 64, "good")[0], toy_image(rng, 96, "extra")[0]]
+    imgs = [toy_image(rng, 64, "good")[0], toy_image(rng, 96, "extra")[0], cv2.resize(toy_image(rng)[0], (96, 64))]
     scores, maps = det.predict(imgs, notice=None)
-    assert scores.shape == (2,) and [m.shape for m in maps] == [(64, 64), (96, 96)]
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    assert [m.shape for m in maps] == [(64, 64), (96, 96), (64, 96)]
+
+
+def test_tiled_splits_cut_anomalies_on_their_sources_grid(tmp_path: Path) -> None:
+    """Generated anomalies made at a small square size are brought to their source's size and cut with its grid."""
+    from types import SimpleNamespace
+
+    from comgen.detect.data import tiled_splits
+    from comgen.io import append_jsonl, write_png
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(3):
+        path = tmp_path / "good" / f"{i:03d}.png"
+        write_png(path, rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+        samples.append(SimpleNamespace(path=path, image_id=path.stem))
+    gen = tmp_path / "gen"
+    img = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[2:6, 26:30] = 255  # top right
+    write_png(gen / "images" / "a.png", img)
+    write_png(gen / "masks" / "a.png", mask)
+    line = {"id": "a", "file": "images/a.png", "mask": "masks/a.png", "source": str(samples[0].path)}
+    append_jsonl(gen / "manifest.jsonl", line)
+    cfg = tiny_config(image_size=32, tile_scale=1.0, tile_overlap=0.0)
+    sp = tiled_splits(cfg, samples[:2], samples[2:], gen, [line], [])
+    assert len(sp.bank_ids) == 2 * 6 and sp.whole_bank.shape == (2, 32, 32, 3) and sp.whole_val.shape == (1, 32, 32, 3)
+    anom = np.nonzero(sp.train.group == 2)[0]  # 48x80 at scale 1: 2 x 3 tiles of 32 px, like its source
+    assert len(anom) == 6 and sp.train.labels[anom].tolist() == [0, 0, 1, 0, 0, 0]
+    assert sp.train.exclude[anom[0]] == [f"000#{k}" for k in range(6)]
+    assert sp.train.images[anom[0]].std() > 20  # away from the edit: the sharp source texture, not the black anomaly
 
 
 def _normal_only_run(root: Path, n: int = 10) -> Path:

@@ -26,21 +26,13 @@ from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
 from comgen.detect.fusion import choose_fusion
 from comgen.detect.patch_memory import MEMORY_DIR, PatchMemory
+from comgen.detect.tiling import image_max, is_tiled, prior_inputs
 from comgen.errors import ArtifactError, ConfigError
 from comgen.io import atomic_write_json
 from comgen.rundir import RunDir
 
 #: calibration.json key: the validation normals' image scores, which a new threshold is chosen from
 VAL_SCORES = "val_normal_scores"
-
-def image_max(values: np.ndarray, group: np.ndarray | None) -> np.ndarray:
-    """Per whole image, the max over its tiles (identity when not tiled)."""
-    if group is None:
-        return values
-    out = np.full(int(group.max()) + 1, -np.inf, dtype=np.float64)
-    np.maximum.at(out, group, values)
-    return out
-
 
 def _check_finite(values: np.ndarray, what: str) -> None:
     """Why: a NaN here becomes a NaN threshold or scale in calibration.json, and every image would then "pass"."""
@@ -95,8 +87,6 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
     why = None
     if not cfg.prior.enabled:
         why = "disabled in the config"
-    elif cfg.tiles > 1:
-        why = "tiled mode scores tiles, not whole compositions"
     elif not (run.components / "model.json").is_file():
         why = "the run has no component model (`comgen learn`)"
     if why is not None:
@@ -105,12 +95,12 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
         log(f"composition prior off: {why}")
         return {"enabled": False, "reason": why}, None, None
     model = ComponentModel.load(run.components)
-    labels = splits.val.labels
+    bank_images, val_images, labels = prior_inputs(splits, cfg)  # whole images when tiled
     log("fitting the composition prior on the training normals")
-    seg = Segmented(model, segment_maps(model, splits.bank_images, batch_size=cfg.prior.batch_size),
-                    segment_maps(model, splits.val.images, batch_size=cfg.prior.batch_size))
-    prior = CompositionPrior.fit(model, splits.bank_images, cfg=cfg.prior, train_maps=seg.bank)
-    nll = prior.nll(splits.val.images, maps=seg.val)  # normals calibrate, anomalies rank the fusion candidates
+    seg = Segmented(model, segment_maps(model, bank_images, batch_size=cfg.prior.batch_size),
+                    segment_maps(model, val_images, batch_size=cfg.prior.batch_size))
+    prior = CompositionPrior.fit(model, bank_images, cfg=cfg.prior, train_maps=seg.bank)
+    nll = prior.nll(val_images, maps=seg.val)  # normals calibrate, anomalies rank the fusion candidates
     _check_finite(nll, "composition log-densities")
     prior.calibrate(nll[labels == 0])
     prior.save(out)
@@ -123,6 +113,7 @@ def attach_composition(directory: Path, seg: Segmented | None, splits: Splits, c
     edits and the generated anomalies; standardise it on the validation normals. Needs the prior's class maps."""
     out = directory / BRANCH_DIR
     why = "disabled in the config" if not cfg.composition.enabled else \
+        "tiled mode" if is_tiled(cfg) else \
         "it reads the composition prior's class maps, and the prior is off" if seg is None else None
     if why is not None:
         if out.exists():
@@ -156,7 +147,7 @@ def attach_memory(directory: Path, bank_patches: list[Any], val_feats: list[Any]
     why = None
     if not cfg.memory.enabled:
         why = "disabled in the config"
-    elif cfg.tiles > 1:
+    elif is_tiled(cfg):
         why = "tiled mode"
     if why is not None:
         if out.exists():

@@ -36,7 +36,12 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = typer.Option(None),
         image_size: Optional[int] = typer.Option(None, help="square working resolution"),
         anomaly_ratio: Optional[float] = typer.Option(None, help="fraction of generated anomalies per batch"),
-        tiles: Optional[int] = typer.Option(None, help="tiled mode: run on tiles x tiles working-size tiles"),
+        tiles: Optional[int] = typer.Option(None, help="tiled mode: scale images (aspect kept) so the shorter side "
+                                                       "spans this many working-size tiles"),
+        tile_scale: Optional[float] = typer.Option(None, help="tiled mode: scale images by this factor (1.0 = native "
+                                                              "pixels) and cut working-size tiles"),
+        tile_overlap: Optional[float] = typer.Option(None, help="tiled mode: overlap of neighbouring tiles (fraction "
+                                                                "of a tile, default 0.25)"),
         patience: Optional[int] = typer.Option(None, help="early-stopping patience (epochs)"),
         backbone: Optional[str] = typer.Option(None, help="timm model name"),
         weights: Optional[str] = typer.Option(None, help="backbone weights: auto | random | PATH"),
@@ -56,7 +61,8 @@ def register(app: typer.Typer) -> None:
         if resume and config is None and saved.is_file():
             config = saved  # resume from the run's own config; only the options given here change it
         cfg = _config(run_dir, config, backend=backend, epochs=epochs, batch_size=batch_size, lr=lr,
-                      image_size=image_size, anomaly_ratio=anomaly_ratio, tiles=tiles, patience=patience,
+                      image_size=image_size, anomaly_ratio=anomaly_ratio, tiles=tiles, tile_scale=tile_scale,
+                      tile_overlap=tile_overlap, patience=patience,
                       backbone_name=backbone,
                       backbone_weights=weights)
         # a second writer of this run is refused, not interleaved; under a multi-process launch the main process

@@ -28,7 +28,12 @@ RESUMABLE_CHANGES = ("epochs", "patience")
 @dataclass
 class DetectorConfig(ConfigBase):
     image_size: int = 256  # square working resolution (of one tile in tiled mode)
-    tiles: int = 1  # tiled mode: images run at (tiles*image_size)^2 as tiles x tiles working-size tiles
+    # Tiled mode (detect/tiling.py), on when tiles > 1 or tile_scale > 0: the image keeps its aspect ratio, is scaled
+    # so its shorter side spans `tiles` tiles (or by `tile_scale`, 1.0 = native pixels) and cut into overlapping
+    # image_size tiles.
+    tiles: int = 1
+    tile_scale: float = 0.0
+    tile_overlap: float = 0.25  # fraction of a tile that neighbouring tiles share (at least)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -68,6 +73,9 @@ class DetectorConfig(ConfigBase):
         self._check_counts()
         self._check_rates()
         self._check_choices()
+        if self.tiles > 1 and self.tile_scale > 0:
+            raise ConfigError("detector.tile_scale", f"give tiles ({self.tiles}) or tile_scale ({self.tile_scale}), "
+                                                     "not both")
         if self.ref_pool < self.head.k:
             raise ConfigError("detector.ref_pool", f"must be >= head.k ({self.head.k}), got {self.ref_pool}")
 
@@ -85,7 +93,8 @@ class DetectorConfig(ConfigBase):
         bounds: dict[str, dict[str, float]] = {
             "lr": {"gt": 0.0}, "weight_decay": {"ge": 0.0}, "anomaly_ratio": {"ge": 0.0, "lt": 1.0},
             "augment_strength": {"ge": 0.0, "le": 0.5}, "val_fraction": {"ge": 0.0, "lt": 1.0},
-            "val_anomaly_fraction": {"ge": 0.0, "lt": 1.0}, "threshold_quantile": {"gt": 0.0, "le": 1.0}}
+            "val_anomaly_fraction": {"ge": 0.0, "lt": 1.0}, "threshold_quantile": {"gt": 0.0, "le": 1.0},
+            "tile_scale": {"ge": 0.0, "le": 8.0}, "tile_overlap": {"ge": 0.0, "le": 0.9}}
         for name, b in bounds.items():
             finite_number(getattr(self, name), f"detector.{name}", error=ConfigError, **b)
         for section in ("head", "loss"):  # their own checks compare; here every number must also be finite
@@ -117,8 +126,11 @@ class DetectorConfig(ConfigBase):
 
     def network_dict(self) -> dict[str, Any]:
         """The part of the config a trained network depends on (what predict must match)."""
-        return {"image_size": self.image_size, "tiles": self.tiles, "backbone": self.backbone.to_dict(),
-                "head": self.head.to_dict()}
+        d = {"image_size": self.image_size, "tiles": self.tiles, "backbone": self.backbone.to_dict(),
+             "head": self.head.to_dict()}
+        if self.tiles > 1 or self.tile_scale > 0:  # the grid too (detectors of the old square grid are refused)
+            d.update(tile_scale=self.tile_scale, tile_overlap=self.tile_overlap)
+        return d
 
     def resume_dict(self) -> dict[str, Any]:
         """Everything except the options a ``--resume`` may change."""

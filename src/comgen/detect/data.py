@@ -12,6 +12,7 @@ learns to use imperfect references; at validation and prediction time the k near
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch import Tensor
 from comgen.data.generated import load_item, read_generated
 from comgen.data.imageio import read_rgb, resize_mask, resize_rgb
 from comgen.data.readers import open_dataset
+from comgen.detect.tiling import grid_for, is_tiled, tile_image, tile_mask, whole
 from comgen.errors import ArtifactError, DatasetError, InputError
 from comgen.features.backbone import to_tensor
 from comgen.progress import progress
@@ -60,42 +62,108 @@ class Material:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# tiled mode: every image is resized to (g*S)^2 and cut into g x g working-size tiles, so small defects keep
-# enough pixels; each tile is matched against the same kind of tiles of the normal images.
+# tiled mode (tiling.py): every image is cut with the tile grid of its own size, its mask with the same grid; each
+# tile is matched against the tiles of the normal images.
 # ----------------------------------------------------------------------------------------------------------------
-def to_tiles(arr: np.ndarray, g: int) -> np.ndarray:
-    """[N, gS, gS, ...] -> [N*g*g, S, S, ...], tiles in row-major order per image."""
-    if g == 1:
-        return arr
-    n, h, w = arr.shape[:3]
-    s = h // g
-    rest = arr.shape[3:]
-    t = arr.reshape(n, g, s, g, w // g, *rest).swapaxes(2, 3)
-    return t.reshape(n * g * g, s, w // g, *rest)
+@dataclass
+class TiledParts:
+    """Tiles of whole images, gathered one image at a time, and each whole image at the untiled working size."""
+
+    cfg: Any
+    images: list[np.ndarray] = field(default_factory=list)
+    targets: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    exclude: list[list[str]] = field(default_factory=list)
+    group: list[np.ndarray] = field(default_factory=list)
+    wholes: list[np.ndarray] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # tiles per image id: which tile ids an exclusion names
+
+    def add(self, image: np.ndarray, target: np.ndarray, label: float, image_id: str, exclude: list[str]) -> None:
+        """One image at its original size. A tile is anomalous when its target has anomalous pixels, or when its
+        image is anomalous without any mask pixel (the anomaly is somewhere, not known where)."""
+        grid = grid_for(self.cfg, image.shape[:2])
+        n = len(grid)
+        tgt = tile_mask(target, grid)
+        has = tgt.reshape(n, -1).max(axis=1) > 0
+        lab = (has | (not has.any())).astype(np.float32) if label > 0 else np.zeros(n, np.float32)
+        self.images.append(tile_image(image, grid))
+        self.targets.append(tgt)
+        self.labels.append(lab)
+        self.ids += [f"{image_id}#{k}" for k in range(n)]
+        ex = [f"{e}#{k}" for e in exclude for k in range(self.counts.get(e, n))]
+        self.exclude += [ex] * n
+        self.group.append(np.full(n, len(self.wholes)))
+        self.wholes.append(whole(image, self.cfg.image_size))
+        self.counts[image_id] = n
+
+    def material(self) -> Material:
+        s = self.cfg.image_size
+        if not self.ids:
+            return Material(np.zeros((0, s, s, 3), np.uint8), np.zeros((0, s, s), np.float32), np.zeros(0, np.float32),
+                            [], [], np.zeros(0, int))
+        return Material(np.concatenate(self.images), np.concatenate(self.targets), np.concatenate(self.labels),
+                        list(self.ids), list(self.exclude), np.concatenate(self.group))
+
+    def whole_images(self) -> np.ndarray:
+        s = self.cfg.image_size
+        return np.stack(self.wholes) if self.wholes else np.zeros((0, s, s, 3), np.uint8)
 
 
-def from_tiles(arr: np.ndarray, g: int) -> np.ndarray:
-    """Inverse of ``to_tiles``: [N*g*g, S, S, ...] -> [N, gS, gS, ...]."""
-    if g == 1:
-        return arr
-    m, s, w = arr.shape[:3]
-    rest = arr.shape[3:]
-    t = arr.reshape(m // (g * g), g, g, s, w, *rest).swapaxes(2, 3)
-    return t.reshape(m // (g * g), g * s, g * w, *rest)
+def at_source_resolution(image: np.ndarray, mask: np.ndarray, source: np.ndarray | None,
+                         shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A generated anomaly brought to its source image's original size (or ``shape`` without a source).
+
+    Why pasted: generators work at a small square size; upscaled whole, the anomaly would be a blurred image among
+    sharp normals and the network could learn "blurred = anomalous". So only the edited region (the mask, dilated
+    by the upscale factor) comes from the upscaled anomaly; everything else is the sharp source.
+    """
+    hw = tuple(source.shape[:2]) if source is not None else tuple(shape)
+    if image.shape[:2] == hw:
+        return image, mask
+    up = resize_rgb(image, hw)
+    m = resize_mask(mask.astype(bool), hw)
+    if source is None:
+        return up, m
+    r = int(math.ceil(max(hw[0] / image.shape[0], hw[1] / image.shape[1]))) + 1
+    band = cv2.dilate(m.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
+    out = source.copy()
+    out[band] = up[band]
+    return out, m
 
 
-def tile_material(mat: Material, g: int) -> Material:
-    """Tiles of every image; a tile is anomalous when its target has anomalous pixels (or its image has no mask)."""
-    if g == 1:
-        return mat
-    n, t = len(mat), g * g
-    targets = to_tiles(mat.targets, g)
-    has = targets.reshape(n * t, -1).max(axis=1) > 0
-    no_mask = np.repeat(mat.targets.reshape(n, -1).max(axis=1) <= 0, t)
-    labels = np.where(np.repeat(mat.labels, t) > 0, (has | no_mask).astype(np.float32), 0.0).astype(np.float32)
-    ids = [f"{i}#{k}" for i in mat.ids for k in range(t)]
-    exclude = [[f"{e}#{k2}" for e in ex for k2 in range(t)] for ex in mat.exclude for _ in range(t)]
-    return Material(to_tiles(mat.images, g), targets, labels, ids, exclude, np.repeat(np.arange(n), t))
+def tiled_splits(cfg: Any, train: list[Any], val: list[Any], gen_dir: Path, g_train: list[dict[str, Any]],
+                 g_val: list[dict[str, Any]]) -> Splits:
+    """Training and validation tiles of normals and generated anomalies, each cut with the grid of its own size."""
+    sources = {Path(s.path).stem: s.path for s in train + val}
+    sizes: list[tuple[int, int]] = []
+
+    def normals(samples: list[Any], desc: str) -> TiledParts:
+        parts = TiledParts(cfg)
+        for smp in progress(samples, desc, total=len(samples)):
+            img = read_rgb(smp.path)
+            sizes.append(img.shape[:2])
+            parts.add(img, np.zeros(img.shape[:2], np.float32), 0.0, smp.image_id, [smp.image_id])
+        return parts
+
+    def anomalies(lines: list[dict[str, Any]], parts: TiledParts, desc: str) -> TiledParts:
+        common = max(set(sizes), key=sizes.count)
+        for ln in progress(lines, desc, total=len(lines)):
+            img, mask = load_item(gen_dir, ln)
+            stem = Path(str(ln.get("source", ""))).stem
+            src = read_rgb(sources[stem]) if stem in sources else None
+            img, mask = at_source_resolution(img, mask, src, common)
+            parts.add(img, mask.astype(np.float32), 1.0, f"gen:{ln['id']}", [stem])
+        return parts
+
+    tr_n = normals(train, "load train")
+    va_n = normals(val, "load validation")
+    tr_a = anomalies(g_train, TiledParts(cfg, counts=dict(tr_n.counts)), "load anomalies")
+    va_a = anomalies(g_val, TiledParts(cfg, counts=dict(tr_n.counts)), "load validation anomalies")
+    bank = tr_n.material()
+    return Splits(Material.concat([bank, tr_a.material()]), Material.concat([va_n.material(), va_a.material()]),
+                  bank.images, bank.ids, tr_n.whole_images(),
+                  np.concatenate([va_n.whole_images(), va_a.whole_images()]))
 
 
 def load_images(paths: list[Path], size: int, desc: str = "load") -> np.ndarray:
@@ -132,6 +200,10 @@ class Splits:
     val: Material  # held-out normals (+ held-out generated anomalies)
     bank_images: np.ndarray
     bank_ids: list[str]
+    # tiled mode: the whole images at the untiled working size (the composition prior's input), bank normals and
+    # validation images in the order of ``val.group``
+    whole_bank: np.ndarray | None = None
+    whole_val: np.ndarray | None = None
 
 
 def _split_idx(n: int, frac: float, seed: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,12 +230,13 @@ def load_splits(run: RunDir, cfg: Any) -> Splits:
     if not lines:
         raise ArtifactError(gen_dir, "generated set is empty")
     g_keep, g_hold = _split_idx(len(lines), cfg.val_anomaly_fraction, cfg.seed, 2)
-    g = cfg.tiles
-    s = cfg.image_size * g
-    normals = tile_material(normal_material(train, s, "load train"), g)
-    tr = Material.concat([normals, tile_material(generated_material(gen_dir, [lines[i] for i in g_keep], s), g)])
-    va = Material.concat([tile_material(normal_material(val, s, "load validation"), g),
-                          tile_material(generated_material(gen_dir, [lines[i] for i in g_hold], s), g)])
+    if is_tiled(cfg):
+        return tiled_splits(cfg, train, val, gen_dir, [lines[i] for i in g_keep], [lines[i] for i in g_hold])
+    s = cfg.image_size
+    normals = normal_material(train, s, "load train")
+    tr = Material.concat([normals, generated_material(gen_dir, [lines[i] for i in g_keep], s)])
+    va = Material.concat([normal_material(val, s, "load validation"),
+                          generated_material(gen_dir, [lines[i] for i in g_hold], s)])
     return Splits(tr, va, normals.images, normals.ids)
 
 

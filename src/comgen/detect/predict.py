@@ -33,9 +33,9 @@ from comgen.detect.composition_branch import BRANCH_DIR, branch_scores, load_bra
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, segment_maps
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
-from comgen.detect.data import from_tiles, to_tiles
 from comgen.detect.fusion import BRANCHES, Fusion, offset_maps
 from comgen.detect.patch_memory import MEMORY_DIR, PatchMemory
+from comgen.detect.tiling import is_tiled, predict_tiled
 from comgen.errors import ArtifactError, ComgenError, ConfigError, InputError
 from comgen.evaluate.maps import BRANCH_COLUMNS, map_path, write_map, write_scores_csv
 from comgen.features.backbone import build_backbone, to_tensor
@@ -136,7 +136,7 @@ class Detector:
         self.directory = directory
         self.device = device
         # which detector feature scale the prior can segment from (None: the prior runs its own backbone)
-        self._prior_scale = None if prior is None or cfg.tiles != 1 else \
+        self._prior_scale = None if prior is None or is_tiled(cfg) else \
             prior.model.shared_feature_index(model.backbone, cfg.image_size)
 
     def branch_scores(self, j: int) -> dict[str, float]:
@@ -230,7 +230,7 @@ class Detector:
 
     def _map_weights(self) -> dict[str, float]:
         """How the map branches blend into the written map: the fusion's own weights, else equal."""
-        if self.cfg.tiles != 1:
+        if is_tiled(self.cfg):
             return {"network": 1.0}
         have = ["network"] + (["composition"] if self.composition is not None else []) + \
             (["memory"] if self.memory is not None else [])
@@ -258,8 +258,8 @@ class Detector:
         if images is None or len(images) == 0:
             raise InputError("images", "empty image list; nothing to predict")
         bs = batch_size_of(batch_size, self.cfg.batch_size)
-        g = self.cfg.tiles
-        s = self.cfg.image_size * g
+        tiled = is_tiled(self.cfg)
+        s = self.cfg.image_size
         parts = {b: np.full(len(images), np.nan, np.float32) for b in BRANCHES}
         map_weights = self._map_weights()
         maps: list[np.ndarray] = []
@@ -272,22 +272,25 @@ class Detector:
                 if note:
                     notes.add(note)
                 shapes.append(img.shape[:2])
-                if img.shape[:2] != (s, s):
+                if img.shape[:2] != (s, s) and not tiled:
                     resized += 1
                     img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
                 chunk.append(img)
             sl = slice(i, i + len(chunk))
             with eager() if (job_size or len(images)) < COMPILE_MIN_IMAGES else nullcontext():
-                logits, mlog, feats = self._forward(to_tiles(np.stack(chunk), g))
+                if tiled:  # each image on the tile grid of its own size, maps blended back (tiling.py)
+                    parts["network"][sl], parts["prior"][sl], tiled_maps = predict_tiled(self, chunk, bs)
+                    maps += tiled_maps
+                    continue
+                logits, mlog, feats = self._forward(np.stack(chunk))
             sc, mp = self.normalise(logits, mlog)
-            mp = from_tiles(mp, g)
-            parts["network"][sl] = sc.reshape(len(chunk), g * g).max(axis=1)
+            parts["network"][sl] = sc
             zmaps = {"network": mp}
-            if self.prior is not None and g == 1:
+            if self.prior is not None:
                 parts["prior"][sl], comp, comp_maps = self._composition_scores(np.stack(chunk), feats)
                 if comp is not None:
                     parts["composition"][sl], zmaps["composition"] = comp, comp_maps
-            if self.memory is not None and g == 1:
+            if self.memory is not None:
                 parts["memory"][sl], zmaps["memory"] = self._memory_scores(feats)
             if map_weights != {"network": 1.0}:
                 mp = sum(w * zmaps[b] for b, w in map_weights.items())

@@ -57,6 +57,7 @@ from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDAHead
 from comgen.detect.data import FeatureCache, Material, ReferenceMatcher, Splits, load_splits
 from comgen.detect.loss import csda_loss
+from comgen.detect.tiling import is_tiled
 from comgen.errors import ArtifactError, ComgenError, ConfigError
 from comgen.features.backbone import Backbone, build_backbone
 from comgen.features.memory import MemoryBank, MemoryBankConfig
@@ -433,12 +434,12 @@ def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> d
     best_head.load_state_dict(load_file(str(det / BEST)))
     val = evaluate_head(best_head, tr.vfeats, tr.val_aligned, tr.splits.val, cfg, device, with_maps=True)
     cal = calibrate(val["logits"], tr.splits.val.labels, val.get("map_mean", 0.0), val.get("map_std", 1.0),
-                    cfg.threshold_quantile, tr.splits.val.group if cfg.tiles > 1 else None)
+                    cfg.threshold_quantile, tr.splits.val.group if is_tiled(cfg) else None)
     cal.update({"best_epoch": tr.best_epoch, "best_val_loss": tr.best_loss, "backbone": tr.identity,
                 "network": cfg.network_dict()})
     if not tr.accel.is_main_process:
         return cal
-    group = tr.splits.val.group if cfg.tiles > 1 else None
+    group = tr.splits.val.group if is_tiled(cfg) else None
     labels = image_max(tr.splits.val.labels.astype(np.float64), group)
     z = {"network": image_max((val["logits"] - cal["score_mean"]) / cal["score_std"], group)}
     cal["prior"], z_prior, segmented = attach_prior(run, tr.splits, cfg, log)
