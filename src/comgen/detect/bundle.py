@@ -214,15 +214,16 @@ def _openvino(out: Path, man: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, opset: int = 17, openvino: bool = False,
-                  log: Callable[[str], None] = print) -> Path:
-    """Write the bundle of ``run_dir``'s detector to the folder ``out`` (complete or not at all).
+                  log: Callable[[str], None] = print, detector: Detector | None = None) -> Path:
+    """Write the bundle of ``run_dir``'s detector (or of ``detector``, already loaded) to the folder ``out``,
+    complete or not at all.
 
     ``out`` must not exist, be empty, or hold an earlier bundle (replaced only once the new one is complete).
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bundle.json").is_file())):
         raise InputError(out, "exists and is not an export bundle; choose an empty or new folder for --bundle")
-    det = Detector.load(run_dir, device="cpu")
+    det = detector or Detector.load(run_dir, device="cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:

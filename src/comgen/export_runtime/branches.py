@@ -37,7 +37,8 @@ def memory_scores(emb: np.ndarray, patches: np.ndarray, size: int, blur_sigma: f
     sq = (patches * patches).sum(1)
     for i in range(0, len(q), 4096):  # bounded memory: [4096, patches] at a time
         part = q[i:i + 4096]
-        dist[i:i + 4096] = ((part * part).sum(1)[:, None] + sq[None] - 2.0 * part @ patches.T).min(1)
+        near = ((part * part).sum(1)[:, None] + sq[None] - 2.0 * part @ patches.T).argmin(1)
+        dist[i:i + 4096] = np.square(part - patches[near]).sum(1)  # exact where the expansion cancels (d ~ 0)
     m = resize_bilinear(np.sqrt(np.maximum(dist, 0.0)).reshape(b, 1, h, w), (size, size))[:, 0]
     if blur_sigma > 0:
         m = gaussian_blur(m, blur_sigma * size / 256.0)
