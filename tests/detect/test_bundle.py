@@ -6,6 +6,7 @@ patch memory all fused), one without (network and patch memory), and one whose p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -70,11 +71,7 @@ def prior_bundle(prior_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def _has_openvino() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("openvino") is not None
 
 
 def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, prior_bundle: Path) -> None:
