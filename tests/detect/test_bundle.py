@@ -141,6 +141,29 @@ def test_prior_on_the_detector_features_scores_as_predict(tmp_path: Path) -> Non
     _assert_parity(det, OnnxDetector(out), _test_images(), {"network", "prior"})
 
 
+def test_tiled_detector_scores_as_predict(tmp_path: Path) -> None:
+    """Tiled mode: images run as 2 x 2 working-size tiles, the image score is the tiles' maximum."""
+    import torch
+
+    from comgen.detect.bundle import export_bundle
+    from comgen.detect.csda import CSDA
+    from comgen.detect.predict import Detector
+    from comgen.export_runtime import OnnxDetector
+    from comgen.features.backbone import build_backbone
+    from comgen.features.memory import MemoryBank, MemoryBankConfig
+
+    cfg = tiny_config(image_size=32, tiles=2, bank={"window": 2, "global_grid": 2, "index": "sq8"})
+    backbone = build_backbone(cfg.backbone)
+    bank = MemoryBank.build(np.stack(_images("good", 6, 13)), [f"n{i}" for i in range(6)], backbone,
+                            MemoryBankConfig.from_dict({**cfg.bank, "image_size": 32, "k": cfg.head.k}))
+    torch.manual_seed(1)
+    cal = {"score_mean": 0.1, "score_std": 2.0, "map_mean": -4.0, "map_std": 0.5, "threshold": 3.0}
+    det = Detector(cfg, CSDA(backbone, cfg.head), bank, cal, tmp_path, torch.device("cpu"))
+    out = export_bundle(tmp_path, tmp_path / "b", detector=det, log=lambda m: None)
+    assert json.loads((out / "bundle.json").read_text())["bank"]["index_kind"] == "sq8"
+    _assert_parity(det, OnnxDetector(out), _test_images(), {"network"})
+
+
 def test_the_runtime_never_imports_torch(prior_bundle: Path, tmp_path: Path) -> None:
     """A fresh interpreter predicts from the bundle; torch, faiss and scikit-learn are never imported."""
     from comgen.export_runtime import OnnxDetector

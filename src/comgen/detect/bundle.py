@@ -17,6 +17,8 @@ and maps with ONNX Runtime and NumPy only:
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -156,8 +158,8 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
         feats = model.features(image)
     n = len(feats)
     man: dict[str, Any] = {"format": FORMAT, "kind": "comgen detector bundle", "comgen": comgen.__version__,
-                           "torch": torch.__version__, "opset": opset, "image_size": s, "tiles": cfg.tiles,
-                           "k": cfg.head.k, "batch_size": cfg.batch_size,
+                           "torch": torch.__version__, "onnx": importlib.metadata.version("onnx"), "opset": opset,
+                           "image_size": s, "tiles": cfg.tiles, "k": cfg.head.k, "batch_size": cfg.batch_size,
                            "map_carries_score": bool(cfg.map_carries_score),
                            "backbone": det.calibration.get("backbone"),
                            "calibration": {k: float(det.calibration[k]) for k in
@@ -223,6 +225,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, opset: int = 17, openvin
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "bundle.json").is_file())):
         raise InputError(out, "exists and is not an export bundle; choose an empty or new folder for --bundle")
+    if importlib.util.find_spec("onnx") is None:  # torch.onnx.export writes through it
+        raise ConfigError("--bundle", "needs the ONNX tools: pip install 'comgen[export]'")
     det = detector or Detector.load(run_dir, device="cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
