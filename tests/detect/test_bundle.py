@@ -195,3 +195,16 @@ def test_export_replaces_a_bundle_and_refuses_any_other_folder(trained_run: Path
     export_bundle(trained_run, out, log=lambda m: None)
     assert not (out / "stale.txt").exists() and (out / "bundle.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
+
+    from comgen.export_runtime import OnnxDetector
+
+    det = OnnxDetector(out)
+    with pytest.raises(ComgenError, match="empty image list"):
+        det.predict([])
+    with pytest.raises(ComgenError, match="image 1: image contains NaN"):
+        det.predict([_images("good", 1, 1)[0], np.full((64, 64, 3), np.nan)])
+    with pytest.raises(ComgenError, match="backbone.xml: missing: the bundle has no OpenVINO IR"):
+        OnnxDetector(out, engine="openvino")  # exported without --openvino
+    (out / "head.onnx").unlink()
+    with pytest.raises(ComgenError, match="head.onnx: missing"):
+        OnnxDetector(out)
