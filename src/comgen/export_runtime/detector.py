@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -227,8 +226,3 @@ class OnnxDetector:
         if len({m.shape for m in maps}) == 1:
             return scores, np.stack(maps)
         return scores, maps
-
-    def describe(self) -> dict[str, Any]:
-        """What the bundle holds (for logs): branches, fusion rule, engine."""
-        return {"branches": [b for b in BRANCHES if b == "network" or getattr(self, b, None) is not None],
-                "fusion": self.fusion.get("name"), "engine": self.engine}
