@@ -19,7 +19,7 @@ LAYERS = {
     "features": 2,
     "components": 3,
     "evaluate": 3,
-    "generate": 4, "masks": 4, "detect": 4,
+    "generate": 4, "masks": 4, "detect": 4, "export_runtime": 4,
     "peers": 5,
     "pipeline": 6, "serve": 6,
     "benchmarks": 7,

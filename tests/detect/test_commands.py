@@ -118,6 +118,18 @@ def test_export_cli(cli_run: tuple[Path, Path, str], tmp_path: Path) -> None:
     assert cli(["export", str(run), "--onnx", str(tmp_path / "m.onnx")]) == 0
     spec = json.loads((tmp_path / "m.onnx.json").read_text())
     assert spec["image_size"] == 64 and "threshold" in spec["calibration"]
+    assert cli(["export", str(run), "--bundle", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["image_size"] == 64
+
+
+def test_export_cli_needs_a_target(cli_run: tuple[Path, Path, str], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    run, _, _ = cli_run
+    assert cli(["export", str(run)]) == 2
+    assert cli(["export", str(run), "--onnx", str(tmp_path / "m.onnx"), "--openvino"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: export") and "--bundle" in err[0] and "--openvino" in err[1]
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_cli_bad_input(cli_run: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -118,11 +118,26 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
         run_dir: Path = typer.Argument(..., help="run directory with a trained detector"),
-        onnx: Path = typer.Option(..., "--onnx", help="output .onnx file"),
+        onnx: Optional[Path] = typer.Option(None, "--onnx", help="output .onnx file: backbone + head only"),
+        bundle: Optional[Path] = typer.Option(None, "--bundle", help="output folder: the whole scoring path "
+                                                                     "(graphs + arrays), run by comgen.export_runtime"),
+        openvino: bool = typer.Option(False, "--openvino", help="also write OpenVINO IR of the bundle's graphs"),
         opset: int = typer.Option(17),
     ) -> None:
-        """Export backbone + CSDA head as ONNX (inputs: image and pre-aligned reference features)."""
-        from comgen.detect.export import export_onnx
+        """Export the detector: --bundle (scores as `comgen predict`) and/or --onnx (the network alone)."""
+        from comgen.errors import ConfigError
 
-        path = export_onnx(run_dir, onnx, opset=opset)
-        typer.echo(f"wrote {path} (+ {path.with_suffix('.onnx.json').name} with inputs and calibration)")
+        if onnx is None and bundle is None:
+            raise ConfigError("export", "give --bundle DIR (the whole scoring path) and/or --onnx FILE (the network)")
+        if openvino and bundle is None:
+            raise ConfigError("--openvino", "converts a bundle's graphs; give --bundle DIR too")
+        if bundle is not None:
+            from comgen.detect.bundle import export_bundle
+
+            out = export_bundle(run_dir, bundle, opset=opset, openvino=openvino, log=typer.echo)
+            typer.echo(f"wrote the bundle {out} (bundle.json lists its graphs and arrays)")
+        if onnx is not None:
+            from comgen.detect.export import export_onnx
+
+            path = export_onnx(run_dir, onnx, opset=opset)
+            typer.echo(f"wrote {path} (+ {path.with_suffix('.onnx.json').name} with inputs and calibration)")

@@ -1,0 +1,78 @@
+"""Reading an export bundle (``comgen export RUN --bundle DIR``): the manifest, its arrays and its graphs.
+
+Why checked here: a bundle travels to another machine; a missing file, a damaged array or a NaN calibration must
+stop with one line naming the file, not with NaN scores. Everything is JSON or safetensors (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from comgen.errors import ArtifactError
+
+MANIFEST = "bundle.json"
+FORMAT = 1
+REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """``bundle.json`` of ``directory`` as a dict, refusing another format or a missing section."""
+    d = Path(directory)
+    path = d / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(d, f"not an export bundle ({MANIFEST} missing); {REEXPORT}")
+    try:
+        man = json.loads(path.read_text())
+    except ValueError:
+        raise ArtifactError(path, f"not valid JSON; {REEXPORT}") from None
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        got = man.get("format") if isinstance(man, dict) else None
+        raise ArtifactError(path, f"bundle format {got!r} is not {FORMAT}; {REEXPORT}")
+    for key in ("image_size", "tiles", "k", "calibration", "fusion", "graphs", "bank", "arrays"):
+        if key not in man:
+            raise ArtifactError(path, f"entry {key!r} missing; {REEXPORT}")
+    for key in ("score_mean", "score_std", "map_mean", "map_std", "threshold"):
+        v = man["calibration"].get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                (key.endswith("std") and v <= 0):
+            raise ArtifactError(path, f"calibration.{key} is {v!r}, not a finite number; {REEXPORT}")
+    return man
+
+
+def read_arrays(directory: Path, name: str, expected: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """The arrays of ``directory/name``, each of the shape the manifest lists and finite (NaN allowed only where
+    the manifest's ``nan_ok`` says so: an imputation fill is never NaN, but a feature may be)."""
+    path = directory / name
+    if not path.is_file():
+        raise ArtifactError(path, f"missing; {REEXPORT}")
+    try:
+        arrays = load_file(str(path))
+    except Exception as exc:  # a damaged header raises safetensors' own error type
+        raise ArtifactError(path, f"unreadable ({exc.__class__.__name__}); {REEXPORT}") from None
+    for key, shape in expected.items():
+        if key not in arrays:
+            raise ArtifactError(path, f"array {key!r} missing; {REEXPORT}")
+        if list(arrays[key].shape) != list(shape):
+            raise ArtifactError(path, f"array {key!r} has shape {list(arrays[key].shape)}, the manifest says "
+                                      f"{list(shape)}; {REEXPORT}")
+        a = arrays[key]
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise ArtifactError(path, f"array {key!r} has NaN/infinite values; {REEXPORT}")
+    return arrays
+
+
+def graph_path(directory: Path, man: dict[str, Any], name: str) -> Path | None:
+    """The file of graph ``name`` (None when the bundle has none), refusing a listed graph that is missing."""
+    entry = man["graphs"].get(name)
+    if entry is None:
+        return None
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise ArtifactError(path, f"missing; {REEXPORT}")
+    return path

@@ -1,0 +1,108 @@
+"""The composition prior without torch or scikit-learn: segmentation, composition vectors, mixture density.
+
+Mirrors ``ComponentModel.segment_working`` / ``assign_images`` (class maps), ``CompositionPrior.vectors`` (the
+composition of each image) and ``CompositionDensity.score`` (the fitted Gaussian mixture's log-density, from its
+exported parameters, not refitted). The pure NumPy/OpenCV pieces of the component model (colour features, the
+majority filter, instances and vectors) are the project's own functions, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+
+from comgen.components.composition import compose, composition_vector
+from comgen.components.features import LearnerConfig, PixelFeaturizer, resize_square
+from comgen.components.model import majority_filter
+from comgen.export_runtime.ops import resize_bilinear
+
+
+def segment_working(images: np.ndarray, arrays: dict[str, np.ndarray], learner: LearnerConfig,
+                    deep: np.ndarray | None, deep_of: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
+    """``ComponentModel.segment_working``: class maps [N,S,S] at the learner's size, majority-filtered.
+
+    ``deep``: the learner's backbone features [N,h,w,C] of ``images`` when the detector's features serve (see
+    ``shared_feature_index``); else ``deep_of(images at the learner's size)`` computes them (None: no backbone).
+    """
+    images = resize_square(np.asarray(images), learner.image_size)
+    out = np.empty(images.shape[:3], np.uint8)
+    kernel = int(round(learner.scaled(learner.smooth))) | 1 if learner.smooth else 0
+    k = len(arrays["centroids"])
+    bs = max(1, learner.batch_size)
+    for i in range(0, len(images), bs):
+        chunk = images[i:i + bs]
+        labels = assign_images(chunk, arrays, learner, deep_of(chunk) if deep is None else deep[i:i + bs])
+        out[i:i + bs] = np.stack([majority_filter(m, k, kernel) for m in labels])
+    return out
+
+
+def assign_images(images: np.ndarray, arrays: dict[str, np.ndarray], learner: LearnerConfig,
+                  deep: np.ndarray | None) -> np.ndarray:
+    """``ComponentModel.assign_images``: nearest centroid per pixel, the deep part scored on the backbone grid."""
+    c = arrays["centroids"].astype(np.float32)
+    scale = arrays["scale"].astype(np.float32)
+    weights = scale[:, None] * c.T
+    bias = -(arrays["mean"].astype(np.float32) * scale) @ c.T
+    lab = PixelFeaturizer(learner).lab(images)
+    scores = lab @ weights[-lab.shape[-1]:] + bias
+    if deep is not None and "pca_components" in arrays:
+        proj = ((deep - arrays["pca_mean"]) @ arrays["pca_components"]).astype(np.float32)
+        grid = np.moveaxis(proj @ weights[:proj.shape[-1]], -1, 1)  # [N,K,h,w]
+        scores += np.moveaxis(resize_bilinear(grid, (images.shape[1], images.shape[1])), 1, -1)
+    d = (c * c).sum(1) - 2.0 * scores
+    return d.argmin(-1).astype(np.uint8)
+
+
+def composition_vectors(images: np.ndarray, maps: np.ndarray, num_classes: int, min_area: float, grid: int
+                        ) -> np.ndarray:
+    """``CompositionPrior.vectors`` with the class maps given: each image's composition vector [N,D]."""
+    out = []
+    for cmap, img in zip(maps, images):
+        if cmap.shape != img.shape[:2]:
+            cmap = cv2.resize(cmap, img.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        h, w = img.shape[:2]
+        comps = compose(cmap, img, "", background=0, min_area=max(1, int(round(min_area * h * w)))).components
+        out.append(composition_vector(comps, img.shape[:2], num_classes, 0, grid))
+    return np.stack(out)
+
+
+def mixture_log_density(vectors: np.ndarray, arrays: dict[str, np.ndarray], covariance_type: str) -> np.ndarray:
+    """``CompositionDensity.score``: impute and standardise (``_prep``), then ``GaussianMixture.score_samples``
+    from the fitted weights, means and Cholesky factors of the precisions (sklearn's own formula)."""
+    x = np.atleast_2d(np.asarray(vectors, np.float64))
+    x = np.where(np.isnan(x), arrays["fill"], x)
+    z = (x - arrays["mu"]) / arrays["sd"]
+    means, prec, weights = arrays["gmm_means"], arrays["gmm_precisions_cholesky"], arrays["gmm_weights"]
+    n, d = z.shape
+    k = len(means)
+    if covariance_type == "full":
+        log_det = np.sum(np.log(prec.reshape(k, -1)[:, ::d + 1]), 1)
+        log_prob = np.empty((n, k))
+        for j in range(k):
+            y = z @ prec[j] - means[j] @ prec[j]
+            log_prob[:, j] = np.sum(np.square(y), axis=1)
+    elif covariance_type == "tied":
+        log_det = np.sum(np.log(np.diag(prec)))
+        log_prob = np.empty((n, k))
+        for j in range(k):
+            y = z @ prec - means[j] @ prec
+            log_prob[:, j] = np.sum(np.square(y), axis=1)
+    elif covariance_type == "diag":
+        log_det = np.sum(np.log(prec), axis=1)
+        p = prec ** 2
+        log_prob = np.sum(means ** 2 * p, 1) - 2.0 * (z @ (means * p).T) + z ** 2 @ p.T
+    else:  # spherical
+        log_det = d * np.log(prec)
+        p = prec ** 2
+        log_prob = np.sum(means ** 2, 1) * p - 2 * (z @ means.T * p) + np.outer((z ** 2).sum(1), p)
+    weighted = -0.5 * (d * np.log(2 * np.pi) + log_prob) + log_det + np.log(weights)
+    top = weighted.max(axis=1, keepdims=True)
+    return (top[:, 0] + np.log(np.exp(weighted - top).sum(axis=1)))
+
+
+def prior_z(nll: np.ndarray, cal: dict[str, Any]) -> np.ndarray:
+    """``CompositionPrior.z``: negative log-densities as z-scores of the validation normals."""
+    return ((nll - cal["mean"]) / cal["std"]).astype(np.float32)
