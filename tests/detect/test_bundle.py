@@ -57,7 +57,7 @@ def prior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     learner = LearnerConfig(image_size=48, k=3, backbone_weights="random", pixels_per_image=300,
                             max_fit_pixels=6000, select_pixels=2000)
     learn_components(np.stack(_images("good", 12, 10)), learner).save(run.components)
-    cfg = tiny_config(epochs=1, fusion="sum", composition=CompositionBranchConfig(epochs=3))
+    cfg = tiny_config(epochs=1, fusion="sum", composition=CompositionBranchConfig(enabled=True, epochs=3))
     train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
     return run.root
 

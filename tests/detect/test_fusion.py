@@ -29,7 +29,7 @@ def test_candidates_come_singles_first_then_sums_then_the_maximum() -> None:
 def test_auto_keeps_the_informative_branch_and_is_never_below_the_best_single_one() -> None:
     for seed in range(5):
         z, labels = _validation(seed=seed)
-        fusion, aurocs = choose_fusion(z, labels)
+        fusion, aurocs = choose_fusion(z, labels, "auto")
         singles = max(aurocs[b] for b in z)
         assert aurocs[fusion.name] >= singles - 0.005
         assert "memory" not in fusion.weights  # a branch at chance never makes it into the rule
@@ -49,7 +49,7 @@ def test_fused_scores_are_standardised_on_the_validation_normals() -> None:
 def test_without_held_out_anomalies_auto_sums_every_branch() -> None:
     z, labels = _validation()
     normal = {b: v[labels == 0] for b, v in z.items()}
-    fusion, aurocs = choose_fusion(normal, np.zeros(40, int))
+    fusion, aurocs = choose_fusion(normal, np.zeros(40, int), "auto")
     assert fusion.name == "network+prior+memory" and set(aurocs.values()) == {None}
 
 

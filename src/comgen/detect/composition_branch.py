@@ -37,7 +37,9 @@ BRANCH_DIR = "composition_branch"  # inside the detector directory
 class CompositionBranchConfig(ConfigBase):
     """Size and schedule of the composition branch."""
 
-    enabled: bool = True
+    # Off by default: on the family's development seeds it ranked real logical anomalies at about chance
+    # (docs/experiments.md); it stays available for categories where it helps.
+    enabled: bool = False
     grid: int = 32  # class maps enter as one-hot area fractions on a grid x grid raster
     edit_size: int = 64  # resolution at which the class maps are edited
     width: int = 32

@@ -40,8 +40,9 @@ class DetectorConfig(ConfigBase):
     prior: PriorConfig = field(default_factory=PriorConfig)  # composition prior branch
     composition: CompositionBranchConfig = field(default_factory=CompositionBranchConfig)  # learned class-map branch
     memory: PatchMemoryConfig = field(default_factory=PatchMemoryConfig)  # patch-memory branch (textures)
-    # how the branches' scores combine: auto (chosen on the validation data, see fusion.py) | max | sum | one branch
-    fusion: str = "auto"
+    # how the branches' scores combine: sum (of their validation z-scores) | max | one branch | auto (chosen on the
+    # validation split; it favours the branches trained on generated anomalies, see fusion.py)
+    fusion: str = "sum"
     map_carries_score: bool = True  # shift each map so its maximum equals the image score (see fusion.py)
     # MemoryBankConfig overrides for the detector's bank; alignment window 1 (9 offsets) keeps predict fast
     bank: dict[str, Any] = field(default_factory=lambda: {"window": 1})

@@ -1,12 +1,16 @@
-"""How the detector's branches become one image score and one map, chosen per category on validation data.
+"""How the detector's branches become one image score and one map.
 
-Why chosen, not fixed: which branch sees a category's anomalies depends on the category (the aligned network for
-parts out of place, the composition prior for counts, the patch memory for textures). A fixed maximum of z-scores
-lets the noisiest branch dominate: a branch at chance adds false alarms to every normal image. The rule here is
-calibrated on what training holds out: the validation normals and the held-out generated anomalies. The candidates
-are every branch alone, the equal-weight sum of the z-scores of every set of branches, and the maximum of all; the
-one with the highest validation AUROC wins, and a tie goes to the earlier candidate (single branches first, then
-sums, then the maximum). So on its calibration data the chosen rule is never worse than the best single branch.
+Every branch's image score is a z-score of the validation normals. The default rule (``sum``) adds them: a branch
+at chance adds noise of one unit to every image, while a branch that sees an anomaly adds many units to that image,
+so the sum keeps what each branch sees without letting one branch's outliers decide alone. A fixed maximum of
+z-scores let the noisiest branch dominate.
+
+``auto`` chooses the rule per category on the validation split, that is, the validation normals against the
+held-out generated anomalies. The candidates are every branch alone, the equal-weight sum of every set of branches,
+and the maximum of all. The best validation AUROC wins, and a tie goes to the earlier candidate (single branches
+first). On its calibration data it is never below the best single branch. On real anomalies it was worse than the
+sum (docs/experiments.md): held-out generated anomalies come from the generator the network and the composition
+branch were trained on, so they overrate those branches.
 
 Maps carry the score: the written map is the weighted sum of the map branches' z-maps, shifted so that its maximum
 equals the image score. An image ranked by its map's maximum (MVTec's evaluation scripts) is then ranked exactly as
@@ -98,13 +102,13 @@ def _standardise(f: Fusion, z: Mapping[str, np.ndarray], normal: np.ndarray) -> 
     return Fusion(f.rule, f.weights, float(raw.mean()) if len(raw) else 0.0, sd if sd > 1e-6 else 1.0)
 
 
-def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "auto"
+def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "sum"
                   ) -> tuple[Fusion, dict[str, float | None]]:
     """The fusion rule for branch z-scores ``z`` on the validation split (``labels`` 1 = held-out generated
     anomaly), and each candidate's validation AUROC (None when there are no anomalies to rank).
 
-    ``how``: ``auto`` (the best candidate, see the module doc), ``max``, ``sum`` (all branches), or a branch name.
-    Without anomalies, ``auto`` falls back to the sum of all branches.
+    ``how``: ``sum`` (all branches), ``max``, a branch name, or ``auto`` (the best candidate, see the module doc;
+    without anomalies it falls back to the sum).
     """
     if how not in FUSION_CHOICES:
         raise ConfigError("detector.fusion", f"must be one of {', '.join(FUSION_CHOICES)}, not {how!r}")

@@ -449,7 +449,7 @@ def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> d
         if scores is not None:
             z[name] = scores
     fuse_branches(cal, z, labels, cfg)
-    log(f"fusion: {cal['fusion']['name']} (chosen on the validation split)")
+    log(f"fusion: {cal['fusion']['name']}")
     atomic_write_json(det / CALIBRATION, cal)
     return cal
 
