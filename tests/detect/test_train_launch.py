@@ -87,6 +87,7 @@ def test_two_process_training_matches_one_process(tmp_path: Path) -> None:
     test = data / CAT / "test"
     s1, y = _scores(one.root, test, tmp_path / "p1")
     s2, _ = _scores(two.root, test, tmp_path / "p2")
-    assert image_auroc(s2, y) == pytest.approx(image_auroc(s1, y), abs=0.1)
+    # nine good/anomalous pairs: at most one may swap (the network's half-batch gradients differ, see above)
+    assert image_auroc(s2, y) == pytest.approx(image_auroc(s1, y), abs=0.12)
     # scores are in units of the validation normals' spread: within 0.25 of that, plus 5% of large scores
     assert np.all(np.abs(s2 - s1) <= 0.25 + 0.05 * np.abs(s1)), (s1, s2)
