@@ -175,12 +175,13 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], rule_types: list[str
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     branch_rows = [r for r in results.get("comgen", {}).values()]
     if branch_rows:
-        lines += ["", "comgen's branches alone: logical / structural image AUROC (mean over categories), then per rule type",
+        lines += ["", "comgen's branches alone: logical / structural image AUROC (mean over categories), "
+                      "then per rule type",
                   "", "| branch | logical | structural | " + " | ".join(rule_types) + " |",
                   "|---|---|---|" + "---|" * len(rule_types)]
         for b in ("", *BRANCHES):
             suffix = f"_{b}" if b else ""
-            cells = [_fmt(_mean(branch_rows, f"logical_auroc{suffix}")), _fmt(_mean(branch_rows, f"structural_auroc{suffix}"))]
+            cells = [_fmt(_mean(branch_rows, f"{group}_auroc{suffix}")) for group in ("logical", "structural")]
             cells += [_fmt(_mean(branch_rows, f"rule_{kind}{suffix}")) for kind in rule_types]
             lines.append(f"| {b or 'fused'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

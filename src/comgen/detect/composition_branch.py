@@ -226,6 +226,7 @@ def load_branch(directory: Path) -> tuple[CompositionNet, CompositionBranchConfi
     try:
         net.load_state_dict(weights)
     except Exception as exc:
-        raise ArtifactError(directory / "weights.safetensors", f"does not match config.yaml "
-                                                               f"({str(exc).splitlines()[0][:80]}); {RETRAIN}") from None
+        why = str(exc).splitlines()[0][:80]
+        raise ArtifactError(directory / "weights.safetensors", f"does not match config.yaml ({why}); {RETRAIN}"
+                            ) from None
     return net.eval(), cfg, k, cal

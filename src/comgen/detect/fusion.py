@@ -76,8 +76,9 @@ class Fusion:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "calibration.json") -> Fusion:
-        if not isinstance(d, dict) or d.get("rule") not in ("max", "weighted") or not isinstance(d.get("weights"), dict) \
-                or not d["weights"] or not all(b in BRANCHES for b in d["weights"]):
+        weights = d.get("weights") if isinstance(d, dict) else None
+        if not isinstance(d, dict) or d.get("rule") not in ("max", "weighted") or not isinstance(weights, dict) \
+                or not weights or not all(b in BRANCHES for b in weights):
             raise ArtifactError(where, "fusion entry is missing or malformed; retrain the detector")
         weights = {b: float(w) for b, w in d["weights"].items()}
         vals = [*weights.values(), d.get("shift", 0.0), d.get("scale", 1.0)]

@@ -123,7 +123,8 @@ class PatchMemory:
         try:
             patches = load_file(str(d / "patches.safetensors"))["patches"]
         except Exception as exc:
-            raise ArtifactError(d / "patches.safetensors", f"unreadable ({exc.__class__.__name__}); {RETRAIN}") from None
+            raise ArtifactError(d / "patches.safetensors", f"unreadable ({exc.__class__.__name__}); {RETRAIN}"
+                                ) from None
         if patches.ndim != 2 or not len(patches):
             raise ArtifactError(d / "patches.safetensors", f"expected a non-empty [N, D] array; {RETRAIN}")
         check_finite({"patches": torch.from_numpy(patches)}, d / "patches.safetensors")
