@@ -153,6 +153,5 @@ def test_tiled_mode_keeps_the_prior_on_the_whole_image(component_model, tmp_path
     np.testing.assert_allclose(parts_["prior"], det.prior.score(np.stack([whole(i, SIZE) for i in images])),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores, det.fusion.apply(parts_), rtol=1e-6)
-    np.testing.assert_allclose(maps.reshape(6, -1).max(1), scores, atol=1e-5)  # the maps carry the score
     assert parts_["prior"][3:].min() > parts_["prior"][:3].max()  # the missing part is seen on the whole image
     assert maps.shape == (6, 64, 96)

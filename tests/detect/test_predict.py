@@ -30,10 +30,13 @@ def test_predict_scores_and_maps_at_original_size(detector: Detector) -> None:
     assert scores[3:].mean() > scores[:3].mean()  # learned something on the toy world
 
 
-def test_each_map_carries_its_image_score(detector: Detector) -> None:
-    """An image ranked by its map's maximum (MVTec's scripts) is ranked as by its score, at any original size."""
+def test_each_map_carries_its_image_score(trained_run: Path) -> None:
+    """With ``map_carries_score`` an image ranked by its map's maximum (MVTec's scripts) is ranked as by its score,
+    at any original size."""
     import cv2
 
+    detector = Detector.load(trained_run, device="cpu")
+    detector.cfg = detector.cfg.replace(map_carries_score=True)
     rng = np.random.default_rng(6)
     images = [toy_image(rng, SIZE, k)[0] for k in ("good", "missing", "extra")]
     images[1] = cv2.resize(images[1], (90, 50))

@@ -43,7 +43,9 @@ class DetectorConfig(ConfigBase):
     # how the branches' scores combine: sum (of their validation z-scores) | max | one branch | auto (chosen on the
     # validation split; it favours the branches trained on generated anomalies, see fusion.py)
     fusion: str = "sum"
-    map_carries_score: bool = True  # shift each map so its maximum equals the image score (see fusion.py)
+    # Shift each map so its maximum equals the image score (fusion.py). Off: on the built-in categories it made the
+    # maps' maxima rank images as the score does, but sPRO collapsed (docs/experiments.md).
+    map_carries_score: bool = False
     # MemoryBankConfig overrides for the detector's bank; alignment window 1 (9 offsets) keeps predict fast
     bank: dict[str, Any] = field(default_factory=lambda: {"window": 1})
     backend: str = "compositional"  # which generated set to train on (RUN/generated/<backend>)

@@ -12,9 +12,9 @@ first). On its calibration data it is never below the best single branch. On rea
 sum (docs/experiments.md): held-out generated anomalies come from the generator the network and the composition
 branch were trained on, so they overrate those branches.
 
-Maps carry the score: the written map is the weighted sum of the map branches' z-maps, shifted so that its maximum
-equals the image score. An image ranked by its map's maximum (MVTec's evaluation scripts) is then ranked exactly as
-by the detector's score, and the map's shape still shows where the evidence is.
+The written map is the weighted sum of the map branches' z-maps. With ``map_carries_score`` it is also shifted so
+that its maximum equals the image score: an image ranked by its map's maximum (MVTec's evaluation scripts) is then
+ranked exactly as by the detector's score. That is off by default, because it collapsed sPRO (docs/experiments.md).
 """
 
 from __future__ import annotations
