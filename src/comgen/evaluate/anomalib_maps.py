@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 
 from comgen.errors import InputError
-from comgen.evaluate.maps import check_map, image_size, score_row, write_map, write_scores_csv
+from comgen.evaluate.maps import check_map, image_size, parse_score, score_row, write_map, write_scores_csv
 from comgen.io import atomic_path, atomic_write_text
 from comgen.records import Sample
 
@@ -120,13 +120,7 @@ def _read_scores(path: Path) -> dict[str, float]:
             raise InputError(path, f"needs columns image, score (has {', '.join(reader.fieldnames or [])})")
         out = {}
         for line, row in enumerate(reader, start=2):
-            try:
-                score = float(row["score"])
-            except (TypeError, ValueError):
-                raise InputError(path, f"line {line}: score {row['score']!r} is not a number") from None
-            if not math.isfinite(score):
-                raise InputError(path, f"line {line}: NaN/infinite score")
-            out[Path(row["image"]).as_posix()] = score
+            out[Path(row["image"]).as_posix()] = parse_score(row["score"], path, line)
     return out
 
 

@@ -132,6 +132,17 @@ def write_scores_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Pat
     return atomic_write_text(path, buf.getvalue())
 
 
+def parse_score(value: Any, path: str | Path, line: int) -> float:
+    """One image score read from a CSV cell: a finite number, or one InputError naming the file and the line."""
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise InputError(path, f"line {line}: score {value!r} is not a number") from None
+    if not math.isfinite(score):
+        raise InputError(path, f"line {line}: NaN/infinite score")
+    return score
+
+
 def read_scores_csv(path: str | Path) -> list[dict[str, Any]]:
     """Read a scores CSV; ``score`` becomes float and ``decision`` int or None. Bad rows name their line."""
     path = Path(path)
@@ -145,14 +156,8 @@ def read_scores_csv(path: str | Path) -> list[dict[str, Any]]:
             raise InputError(path, f"scores CSV lacks column(s) {', '.join(missing)} (has {', '.join(header)})")
         rows = []
         for line, r in enumerate(reader, start=2):
-            try:
-                score = float(r["score"])
-            except (TypeError, ValueError):
-                raise InputError(path, f"line {line}: score {r['score']!r} is not a number") from None
-            if not math.isfinite(score):
-                raise InputError(path, f"line {line}: NaN/infinite score")
             out: dict[str, Any] = {c: r[c] for c in SCORE_COLUMNS}
-            out["score"] = score
+            out["score"] = parse_score(r["score"], path, line)
             dec = (r.get("decision") or "").strip()
             if dec:
                 if dec.lower() not in ("0", "1", "true", "false"):
