@@ -215,18 +215,12 @@ class Detector:
         if self.composition is None:
             return prior, None, None
         net, ccfg, k, cal = self.composition
-        raw, cmaps = branch_scores(net, maps, k, ccfg, self.cfg.image_size)
-        cmaps -= np.float32(cal["map_mean"])
-        cmaps /= np.float32(cal["map_std"])
-        return prior, ((raw - cal["score_mean"]) / cal["score_std"]).astype(np.float32), cmaps
+        return (prior, *standardise(*branch_scores(net, maps, k, ccfg, self.cfg.image_size), cal))
 
     def _memory_scores(self, feats: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated patch-memory image scores [B] and maps [B,S,S] of a working-size batch's features."""
         memory, cal = self.memory
-        sc, maps = memory.score([f.float().cpu() for f in feats], self.cfg.image_size)
-        maps -= np.float32(cal["map_mean"])
-        maps /= np.float32(cal["map_std"])
-        return ((sc - cal["score_mean"]) / cal["score_std"]).astype(np.float32), maps
+        return standardise(*memory.score([f.float().cpu() for f in feats], self.cfg.image_size), cal)
 
     def _map_weights(self) -> dict[str, float]:
         """How the map branches blend into the written map: the fusion's own weights, else equal."""
@@ -239,11 +233,7 @@ class Detector:
     def normalise(self, logits: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated (z-scored on the validation normals) image scores and maps, float32; the maps in place
         when they are float32 already (the largest arrays of predict: no extra copies)."""
-        c = self.calibration
-        m = maps if maps.dtype == np.float32 and maps.flags.writeable else maps.astype(np.float32)
-        m -= np.float32(c["map_mean"])
-        m /= np.float32(c["map_std"])
-        return ((logits - c["score_mean"]) / c["score_std"]).astype(np.float32), m
+        return standardise(logits, maps, self.calibration)
 
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None,
                 notice: Callable[[str], None] | None = _stderr, job_size: int | None = None
@@ -310,6 +300,15 @@ class Detector:
         if len({m.shape for m in maps}) == 1:
             return scores, np.stack(maps)
         return scores, maps
+
+
+def standardise(raw: np.ndarray, maps: np.ndarray, cal: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A branch's z-scores and z-maps relative to its validation normals (``cal``: score and map mean and std),
+    float32; the maps in place when they are float32 already (the largest arrays of predict: no extra copies)."""
+    m = maps if maps.dtype == np.float32 and maps.flags.writeable else maps.astype(np.float32)
+    m -= np.float32(cal["map_mean"])
+    m /= np.float32(cal["map_std"])
+    return ((raw - cal["score_mean"]) / cal["score_std"]).astype(np.float32), m
 
 
 def fusion_of(calibration: dict[str, Any], has_prior: bool) -> Fusion:

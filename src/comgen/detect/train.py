@@ -433,13 +433,13 @@ def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> d
     best_head = CSDAHead(tr.backbone.channels, cfg.head).to(device)
     best_head.load_state_dict(load_file(str(det / BEST)))
     val = evaluate_head(best_head, tr.vfeats, tr.val_aligned, tr.splits.val, cfg, device, with_maps=True)
+    group = tr.splits.val.group if is_tiled(cfg) else None
     cal = calibrate(val["logits"], tr.splits.val.labels, val.get("map_mean", 0.0), val.get("map_std", 1.0),
-                    cfg.threshold_quantile, tr.splits.val.group if is_tiled(cfg) else None)
+                    cfg.threshold_quantile, group)
     cal.update({"best_epoch": tr.best_epoch, "best_val_loss": tr.best_loss, "backbone": tr.identity,
                 "network": cfg.network_dict()})
     if not tr.accel.is_main_process:
         return cal
-    group = tr.splits.val.group if is_tiled(cfg) else None
     labels = image_max(tr.splits.val.labels.astype(np.float64), group)
     z = {"network": image_max((val["logits"] - cal["score_mean"]) / cal["score_std"], group)}
     cal["prior"], z_prior, segmented = attach_prior(run, tr.splits, cfg, log)
