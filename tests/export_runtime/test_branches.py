@@ -44,8 +44,7 @@ def test_fusion_and_map_weights_match_the_detector() -> None:
         d = f.to_dict()
         np.testing.assert_array_equal(branches.fuse(z, d), f.apply(z))
         have = ["network", "memory"]
-        assert branches.map_weights(d, have, 1) == (f.map_weights() or {b: 0.5 for b in have})
-    assert branches.map_weights(d, have, 2) == {"network": 1.0}
+        assert branches.map_weights(d, have) == (f.map_weights() or {b: 0.5 for b in have})
     maps = [rng.normal(size=(4, 4)).astype(np.float32) for _ in range(2)]
     copy = [m.copy() for m in maps]
     branches.offset_maps(maps, np.array([1.0, 2.0], np.float32))

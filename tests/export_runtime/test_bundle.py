@@ -35,6 +35,8 @@ def test_manifest_problems_name_the_file(tmp_path: Path) -> None:
     bad = {**GOOD, "calibration": {**GOOD["calibration"], "score_std": 0.0}}
     with pytest.raises(ArtifactError, match="calibration.score_std"):
         read_manifest(_write(tmp_path, bad))
+    with pytest.raises(ArtifactError, match="bundle.json: tiles is 2: tiled detectors cannot run from a bundle"):
+        read_manifest(_write(tmp_path, {**GOOD, "tiles": 2}))
     assert read_manifest(_write(tmp_path, GOOD))["k"] == 2
 
 

@@ -175,7 +175,7 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     arrays, man["bank"] = _bank_arrays(det, feats)
     _save(out, "bank.safetensors", arrays, man)
     man["prior"] = man["composition"] = man["memory"] = None
-    if det.prior is not None and cfg.tiles == 1:
+    if det.prior is not None:
         arrays, man["prior"] = _prior_arrays(det)
         _save(out, "prior.safetensors", arrays, man)
         learner = det.prior.model.cfg
@@ -192,7 +192,7 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
                                                    ["x", "stats"], ["map_logits", "image_logit"], opset)
             man["composition"] = {"grid": g, "edit_size": ccfg.edit_size, "num_classes": k,
                                   **{key: float(v) for key, v in cal.items()}}
-    if det.memory is not None and cfg.tiles == 1:
+    if det.memory is not None:
         memory, cal = det.memory
         _save(out, "memory.safetensors", {"patches": memory.patches}, man)
         man["memory"] = {"scales": list(memory.cfg.scales), "neighbourhood": memory.cfg.neighbourhood,

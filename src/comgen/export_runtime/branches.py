@@ -91,10 +91,9 @@ def fuse(parts: Mapping[str, np.ndarray], fusion: Mapping[str, Any]) -> np.ndarr
     return ((raw - fusion["shift"]) / fusion["scale"]).astype(np.float32)
 
 
-def map_weights(fusion: Mapping[str, Any], have: Sequence[str], tiles: int) -> dict[str, float]:
-    """``Detector._map_weights`` + ``Fusion.map_weights``: the blend of the z-maps into the written map."""
-    if tiles != 1:
-        return {"network": 1.0}
+def map_weights(fusion: Mapping[str, Any], have: Sequence[str]) -> dict[str, float]:
+    """``Detector._map_weights`` + ``Fusion.map_weights``: the blend of the z-maps into the written map (bundles hold
+    untiled detectors only, see ``read_manifest``)."""
     own = {b: abs(w) for b, w in fusion["weights"].items() if b in MAP_BRANCHES}
     if own and sum(own.values()) > 0:
         total = sum(own.values())

@@ -37,6 +37,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     for key in ("image_size", "tiles", "k", "calibration", "fusion", "graphs", "bank", "arrays"):
         if key not in man:
             raise ArtifactError(path, f"entry {key!r} missing; {REEXPORT}")
+    if man["tiles"] != 1:  # the runtime mirrors untiled scoring only; comgen export refuses tiled detectors too
+        raise ArtifactError(path, f"tiles is {man['tiles']!r}: tiled detectors cannot run from a bundle; {REEXPORT}")
     for key in ("score_mean", "score_std", "map_mean", "map_std", "threshold"):
         v = man["calibration"].get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \

@@ -57,24 +57,6 @@ def to_rgb_uint8(img: np.ndarray, where: str = "image") -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def to_tiles(arr: np.ndarray, g: int) -> np.ndarray:
-    """``detect.data.to_tiles``: [N, gS, gS, ...] -> [N*g*g, S, S, ...], tiles in row-major order per image."""
-    if g == 1:
-        return arr
-    n, h, w = arr.shape[:3]
-    t = arr.reshape(n, g, h // g, g, w // g, *arr.shape[3:]).swapaxes(2, 3)
-    return t.reshape(n * g * g, h // g, w // g, *arr.shape[3:])
-
-
-def from_tiles(arr: np.ndarray, g: int) -> np.ndarray:
-    """``detect.data.from_tiles``: [N*g*g, S, S, ...] -> [N, gS, gS, ...]."""
-    if g == 1:
-        return arr
-    m, s, w = arr.shape[:3]
-    t = arr.reshape(m // (g * g), g, g, s, w, *arr.shape[3:]).swapaxes(2, 3)
-    return t.reshape(m // (g * g), g * s, g * w, *arr.shape[3:])
-
-
 def to_input(images: np.ndarray) -> np.ndarray:
     """``features.backbone.to_tensor``: NxHxWx3 uint8 -> float32 NCHW in [0, 1]."""
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32) / np.float32(255.0)
@@ -88,7 +70,7 @@ class OnnxDetector:
         self.directory = d
         self.manifest = man = read_manifest(d)
         self.engine = engine
-        self.image_size, self.tiles, self.k = int(man["image_size"]), int(man["tiles"]), int(man["k"])
+        self.image_size, self.k = int(man["image_size"]), int(man["k"])
         self.batch_size = int(man.get("batch_size", 8))
         self.calibration = man["calibration"]
         self.fusion = man["fusion"]
@@ -185,12 +167,11 @@ class OnnxDetector:
         bs = batch_size or self.batch_size
         if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
             raise InputError("batch_size", f"must be an integer >= 1, got {bs!r}")
-        g = self.tiles
-        s = self.image_size * g
+        s = self.image_size
         parts = {b: np.full(len(images), np.nan, np.float32) for b in BRANCHES}
         have = ["network"] + (["composition"] if self.composition is not None else []) + \
             (["memory"] if self.memory is not None else [])
-        weights = map_weights(self.fusion, have, g)
+        weights = map_weights(self.fusion, have)
         maps: list[np.ndarray] = []
         for i in range(0, len(images), bs):
             chunk, shapes = [], []
@@ -202,18 +183,17 @@ class OnnxDetector:
                 chunk.append(img)
             sl = slice(i, i + len(chunk))
             batch = np.stack(chunk)
-            feats = self.features(to_tiles(batch, g))
+            feats = self.features(batch)
             logits, mlog = self.network(feats, self.aligned(feats))
             sc, mp = standardise(logits, mlog, self.calibration)
-            mp = from_tiles(mp, g)
-            parts["network"][sl] = sc.reshape(len(chunk), g * g).max(axis=1)
+            parts["network"][sl] = sc
             zmaps = {"network": mp}
-            if self.prior is not None and g == 1:
+            if self.prior is not None:
                 cmaps = self.class_maps(batch, feats)
                 parts["prior"][sl] = self.prior_scores(batch, cmaps)
                 if self.composition is not None:
                     parts["composition"][sl], zmaps["composition"] = self.composition_scores(cmaps)
-            if self.memory is not None and g == 1:
+            if self.memory is not None:
                 parts["memory"][sl], zmaps["memory"] = self.memory_scores(feats)
             if weights != {"network": 1.0}:
                 mp = sum(w * zmaps[b] for b, w in weights.items())
