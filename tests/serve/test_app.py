@@ -31,6 +31,18 @@ def _post(url: str, image: np.ndarray, **kw: object) -> requests.Response:
                          **kw)
 
 
+def _post_together(url: str, images: list[np.ndarray]) -> list[requests.Response]:
+    """Every image posted by its own client thread, all released at once (so the server can batch them)."""
+    barrier = threading.Barrier(len(images))
+
+    def send(img: np.ndarray) -> requests.Response:
+        barrier.wait()
+        return _post(url, img)
+
+    with ThreadPoolExecutor(len(images)) as pool:
+        return list(pool.map(send, images))
+
+
 def _assert_same(body: dict, detector, image: np.ndarray) -> None:  # noqa: ANN001
     score, amap = _reference(detector, image)
     assert body["score"] == pytest.approx(score, abs=1e-3)
@@ -80,14 +92,7 @@ def test_raw_body_and_png_answer(server: str, detector) -> None:  # noqa: ANN001
 def test_concurrent_requests_are_batched_and_answered_as_alone(server: str, detector) -> None:  # noqa: ANN001
     images = toy_images(4, seed=11)
     before = health(server)["batch_sizes"]
-    barrier = threading.Barrier(len(images))
-
-    def send(img: np.ndarray) -> requests.Response:
-        barrier.wait()
-        return _post(server, img)
-
-    with ThreadPoolExecutor(len(images)) as pool:
-        answers = list(pool.map(send, images))
+    answers = _post_together(server, images)
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
     after = health(server)["batch_sizes"]
     new = {int(k): v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
@@ -192,14 +197,7 @@ def test_a_crash_inside_the_worker_fails_only_its_request(detector) -> None:  # 
     images = toy_images(3, seed=5)
     images[1] = cv2.resize(images[1], (37, 40))
     with live_server(Flaky(detector), max_batch=4, batch_wait_ms=300, threshold=-1e9) as (url, _):
-        barrier = threading.Barrier(len(images))
-
-        def send(img: np.ndarray) -> requests.Response:
-            barrier.wait()
-            return _post(url, img)
-
-        with ThreadPoolExecutor(len(images)) as pool:
-            answers = list(pool.map(send, images))
+        answers = _post_together(url, images)
         _one_line_error(answers[1], 500, "prediction failed: RuntimeError: simulated failure")
         for k in (0, 2):
             assert answers[k].status_code == 200, answers[k].text
