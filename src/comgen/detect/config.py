@@ -43,8 +43,8 @@ class DetectorConfig(ConfigBase):
     # how the branches' scores combine: sum (of their validation z-scores) | max | one branch | auto (chosen on the
     # validation split; it favours the branches trained on generated anomalies, see fusion.py)
     fusion: str = "sum"
-    # Shift each map so its maximum equals the image score (fusion.py). Off: on the built-in categories it made the
-    # maps' maxima rank images as the score does, but sPRO collapsed (docs/experiments.md).
+    # Shift each map so its maximum equals the image score (fusion.py). Off: sPRO counts the background of anomalous
+    # images as false positives, and the shift raises that background with the score (docs/experiments.md).
     map_carries_score: bool = False
     # MemoryBankConfig overrides for the detector's bank; alignment window 1 (9 offsets) keeps predict fast
     bank: dict[str, Any] = field(default_factory=lambda: {"window": 1})

@@ -38,7 +38,7 @@ class PatchMemoryConfig(ConfigBase):
     enabled: bool = True
     scales: tuple[int, ...] = (1, 2)  # indices into the detector's backbone scales (fine to coarse)
     # 1 = each patch alone. PatchCore's 3 x 3 average blurred small defects away: on the development seeds the
-    # branch's structural AUROC rose with 1 on all three categories measured (docs/experiments.md)
+    # branch found structural defects better with 1 (docs/experiments.md)
     neighbourhood: int = 1
     coreset: float = 0.01  # fraction of training patches kept by greedy k-center (as the PatchCore peer)
     max_patches: int = 4000  # upper bound on the kept patches (bounds memory and predict time)
