@@ -133,6 +133,13 @@ def test_prior_zero_std_in_calibration_is_refused(trained_run: Path, tmp_path: P
         Detector.load(det.parent, device="cpu")
 
 
+def test_malformed_fusion_entry_names_the_calibration_file(trained_run: Path, tmp_path: Path) -> None:
+    det = _copy(trained_run, tmp_path) / "detector"
+    _edit_calibration(det, lambda c: c.update(fusion={"rule": "mean", "weights": {"network": 1.0}}))
+    with pytest.raises(ArtifactError, match=r"detector[/\\]calibration\.json: fusion entry is missing or malformed"):
+        Detector.load(det.parent, device="cpu")
+
+
 def test_truncated_calibration_json_is_refused(trained_run: Path, tmp_path: Path) -> None:
     det = _copy(trained_run, tmp_path) / "detector"
     text = (det / "calibration.json").read_text()

@@ -125,7 +125,7 @@ class Detector:
         self.prior = prior  # CompositionPrior or None (see composition_prior.py)
         self.memory = memory  # (PatchMemory, its calibration) or None (see patch_memory.py)
         self.composition = composition  # load_branch()'s tuple or None (see composition_branch.py)
-        self.fusion = fusion_of(calibration, prior is not None)
+        self.fusion = fusion_of(calibration, prior is not None, Path(directory) / CALIBRATION)
         self.last_parts: dict[str, np.ndarray] = {}  # per-branch image scores of the last predict() call
         self.model = model.eval()
         # The head as predict runs it: through torch.compile where possible (comgen.compiled), with its weights
@@ -311,11 +311,11 @@ def standardise(raw: np.ndarray, maps: np.ndarray, cal: dict[str, Any]) -> tuple
     return ((raw - cal["score_mean"]) / cal["score_std"]).astype(np.float32), m
 
 
-def fusion_of(calibration: dict[str, Any], has_prior: bool) -> Fusion:
-    """The detector's fusion rule; a detector calibrated before rules were chosen fused network and prior by their
-    maximum, unstandardised."""
+def fusion_of(calibration: dict[str, Any], has_prior: bool, where: Path) -> Fusion:
+    """The detector's fusion rule (``where``: its calibration file, named in errors); a detector calibrated before
+    rules were chosen fused network and prior by their maximum, unstandardised."""
     if "fusion" in calibration:
-        return Fusion.from_dict(calibration["fusion"])
+        return Fusion.from_dict(calibration["fusion"], str(where))
     return Fusion("max", {"network": 1.0, "prior": 1.0} if has_prior else {"network": 1.0})
 
 
