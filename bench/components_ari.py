@@ -6,7 +6,11 @@ Usage:
 
 Without ``--data`` a fresh benchmark is generated into a temporary folder (comgen.data.synth). The learner is
 fitted on the train split and scored on held-out good images (validation, else test/good): ARI over all
-pixels, plus K found vs the true number of part classes + background. Target: ARI >= 0.8 per category.
+pixels, plus K found vs the true number of part classes + background. On family categories two more columns:
+- ``split``: of the part types that share a colour with another type (and differ in shape), the pairs whose
+  types land in different classes (each type's class is the most frequent class over its pixels);
+- ``pale``: recall of the instances of low-contrast part types. An instance is found when its most frequent class
+  differs from the most frequent class of the ring of pixels around it (the background or the fixture it lies on).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from comgen.components.learner import learn_components, load_images  # noqa: E40
 VARIANTS = {
     "backbone": dict(use_backbone=True),
     "color": dict(use_backbone=False),
+    "instances": dict(use_backbone=True, instances=True),
 }
 
 
@@ -38,13 +43,62 @@ def held_out(ds, cat):
     return s if s else [x for x in ds.samples(cat, "test") if x.kind == "good"]
 
 
-def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, variants: list[str], weights: str) -> None:
+def majority(values: np.ndarray, k: int) -> int:
+    return int(np.bincount(values.ravel(), minlength=k).argmax()) if values.size else -1
+
+
+def same_colour_pairs(cat: str) -> list[tuple[int, int]]:
+    """Pairs of item part types of a family category that share a palette colour (they differ in shape)."""
+    from comgen.data.family.spec import draw_spec, family_seed, is_family
+
+    if not is_family(cat):
+        return []
+    items = [p for p in draw_spec(family_seed(cat)).parts if not p.fixture]
+    return [(a.label, b.label) for i, a in enumerate(items) for b in items[i + 1:]
+            if set(a.colors) & set(b.colors)]
+
+
+def pale_labels(cat: str) -> list[int]:
+    from comgen.data.family.spec import draw_spec, family_seed, is_family
+
+    if not is_family(cat):
+        return []
+    return [p.label for p in draw_spec(family_seed(cat)).parts if p.name.startswith("pale_")]
+
+
+def split_counts(truth: np.ndarray, seg: np.ndarray, pairs: list[tuple[int, int]], k: int) -> tuple[int, int]:
+    cls = {t: majority(seg[truth == t], k) for t in {x for p in pairs for x in p}}
+    ok = sum(1 for a, b in pairs if cls[a] >= 0 and cls[b] >= 0 and cls[a] != cls[b])
+    return ok, sum(1 for a, b in pairs if cls[a] >= 0 and cls[b] >= 0)
+
+
+def instance_recall(truth: np.ndarray, seg: np.ndarray, labels: list[int], k: int) -> tuple[int, int]:
+    """(found, total) instances of ``labels``: an instance's majority class differs from its ring's."""
+    found = total = 0
+    ring_px = max(2, truth.shape[-1] // 64)
+    kernel = np.ones((2 * ring_px + 1,) * 2, np.uint8)
+    for t_map, s_map in zip(truth, seg):
+        for t in labels:
+            n, comp = cv2.connectedComponents((t_map == t).astype(np.uint8))
+            for i in range(1, n):
+                inst = comp == i
+                if inst.sum() < 12:
+                    continue
+                ring = (cv2.dilate(inst.astype(np.uint8), kernel) > 0) & (t_map != t)
+                total += 1
+                found += majority(s_map[inst], k) != majority(s_map[ring], k)
+    return found, total
+
+
+def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, variants: list[str], weights: str,
+        extra: dict | None = None) -> None:
     from comgen.data.readers import open_dataset
     from comgen.data.synth.truth import load_truth
 
     ds = open_dataset(data)
     cats = cats or ds.categories()
-    print(f"{'category':<22}{'variant':<10}{'K':>4}{'parts+bg':>10}{'ARI':>8}{'fit s':>8}")
+    print(f"{'category':<22}{'variant':<10}{'K':>4}{'parts+bg':>10}{'ARI':>8}{'split':>8}{'pale':>8}{'fit s':>8}")
+    totals: dict[str, list] = {}
     for cat in cats:
         train = ds.samples(cat, "train")[:n_train]
         ev = held_out(ds, cat)[:n_eval]
@@ -53,7 +107,7 @@ def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, varia
         truth = np.stack([cv2.resize(load_truth(s), (size, size), interpolation=cv2.INTER_NEAREST) for s in ev])
         n_parts = len(np.unique(truth))
         for v in variants:
-            cfg = LearnerConfig(image_size=size, backbone_weights=weights, **VARIANTS[v])
+            cfg = LearnerConfig(image_size=size, backbone_weights=weights, **{**VARIANTS[v], **(extra or {})})
             t0 = time.perf_counter()
             model = learn_components(tr_imgs, cfg)
             fit_s = time.perf_counter() - t0
@@ -62,7 +116,18 @@ def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, varia
                 print(f"{cat:<22}{v:<10}{model.num_classes:>4}{n_parts:>10}{'-':>8}{fit_s:>8.1f}", flush=True)
                 continue
             ari = adjusted_rand_score(truth.ravel(), seg.ravel())
-            print(f"{cat:<22}{v:<10}{model.num_classes:>4}{n_parts:>10}{ari:>8.3f}{fit_s:>8.1f}", flush=True)
+            k = model.num_classes
+            sp = split_counts(truth, seg, same_colour_pairs(cat), k)
+            pr = instance_recall(truth, seg, pale_labels(cat), k)
+            tot = totals.setdefault(v, [[], 0, 0, 0, 0])
+            tot[0].append(ari)
+            tot[1] += sp[0]; tot[2] += sp[1]; tot[3] += pr[0]; tot[4] += pr[1]  # noqa: E702
+            frac = lambda c: f"{c[0]}/{c[1]}" if c[1] else "-"  # noqa: E731
+            print(f"{cat:<22}{v:<10}{k:>4}{n_parts:>10}{ari:>8.3f}{frac(sp):>8}{frac(pr):>8}{fit_s:>8.1f}",
+                  flush=True)
+    for v, (aris, s_ok, s_n, p_ok, p_n) in totals.items():
+        print(f"{'mean':<22}{v:<10}{'':>4}{'':>10}{np.mean(aris):>8.3f}{s_ok / max(s_n, 1):>8.2f}"
+              f"{p_ok / max(p_n, 1):>8.2f}   (min ARI {min(aris):.3f})", flush=True)
 
 
 def family_categories(seeds: str) -> list[str]:
@@ -83,7 +148,11 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=20)
     ap.add_argument("--variants", default="backbone,color")
     ap.add_argument("--weights", default="auto")
+    ap.add_argument("--learn", default="", help="learner options for every variant, e.g. instance_k_max=3,smooth=3")
     a = ap.parse_args()
+    from comgen.generate.config import parse_options
+
+    extra = parse_options(a.learn, "--learn", checked_by=LearnerConfig) if a.learn else {}
     cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
     variants = [v for v in a.variants.split(",") if v]
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
@@ -97,7 +166,7 @@ def main() -> None:
         generate_benchmark(tmp, SynthConfig(**kw))
         a.data = tmp
     try:
-        run(a.data, cats, a.size, a.train, a.eval, variants, a.weights)
+        run(a.data, cats, a.size, a.train, a.eval, variants, a.weights, extra)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

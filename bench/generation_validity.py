@@ -49,7 +49,8 @@ def evaluate(cat, gen, n, seed, violates):
     return out, secs, hits, total, per, hits_no_palette
 
 
-def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, seed, options: dict) -> None:
+def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, seed, options: dict,
+        instances: bool = True) -> None:
     from comgen.data.readers import open_dataset
     from comgen.data.synth.truth import load_truth, violates
 
@@ -66,7 +67,7 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
         for ls in settings:
             cfg = CompositionalConfig.from_dict({**options, "image_size": size, "low_density": ls},
                                                 "--compositional").replace(
-                learner=LearnerConfig(backbone_weights=weights, use_backbone=use_backbone))
+                learner=LearnerConfig(backbone_weights=weights, use_backbone=use_backbone, instances=instances))
             gen = CompositionalGenerator(cfg)
             t0 = time.perf_counter()
             from comgen.rundir import RunDir
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--no-backbone", action="store_true")
     ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--pixel-classes", action="store_true", help="the colour classes alone (no instance stage)")
     compositional_options.add_argument(ap)
     a = ap.parse_args()
     options = compositional_options.parse(ap, a.compositional)
@@ -122,7 +124,8 @@ def main() -> None:
         generate_benchmark(tmp, SynthConfig(**kw))
         a.data = tmp
     try:
-        run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, a.seed, options)
+        run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, a.seed, options,
+            not a.pixel_classes)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -121,7 +121,7 @@ def test_impossible_kinds_and_bad_input(samples, tmp_path):
 
 def test_swap_impossible_with_one_class(samples, tmp_path):
     g = CompositionalGenerator(cfg(edit_kinds=["swap", "replace"]))
-    lc = LEARN.replace(k=2, k_min=2, k_max=2)  # background + one merged part class
+    lc = LEARN.replace(k=2, k_min=2, k_max=2, instances=False)  # background + one merged part class
     g.cfg = g.cfg.replace(learner=lc)
     with pytest.raises(InputError, match="no requested edit kind is possible"):
         g.fit(samples)

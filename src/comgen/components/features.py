@@ -54,6 +54,15 @@ class LearnerConfig(ConfigBase):
     min_area: float = 0.0005  # smallest instance, as a fraction of the image area
     seed: int = 0
     batch_size: int = 8
+    # instance stage (comgen.components.instances): split colour classes into part types by instance shape
+    instances: bool = True
+    instance_surface_share: float = 0.05  # a class whose largest region covers this share of the image is a surface
+    instance_blob_noise: float = 8.0  # low-contrast parts: deviation from the background model, in noise MADs
+    instance_blob_min_de: float = 2.0  # ... and at least this many Lab units
+    instance_blob_sigma: float = 12.0  # reach of the background model (px at 256 px)
+    instance_silhouette: float = 0.5  # a group's instances are split only when the clusters separate this cleanly
+    instance_k_max: int = 4  # most part types per colour class
+    instance_fit_images: int = 64  # training images the stage is fitted on (bounds memory)
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -69,8 +78,19 @@ class LearnerConfig(ConfigBase):
         if self.k_select not in ("distinct", "silhouette", "balanced", "bic"):
             raise ConfigError("learner.k_select",
                               f"must be distinct, silhouette, balanced or bic, got {self.k_select!r}")
+        if self.instance_k_max < 1 or not 0 < self.instance_surface_share < 1:
+            raise ConfigError("learner.instance_*", "need instance_k_max >= 1 and 0 < instance_surface_share < 1")
         if self.scale_mode not in ("column", "block"):
             raise ConfigError("learner.scale_mode", f"must be column or block, got {self.scale_mode!r}")
+
+    def instance_options(self):
+        """The instance stage's settings."""
+        from comgen.components.instances import InstanceOptions
+
+        return InstanceOptions(surface_share=self.instance_surface_share, blob_noise=self.instance_blob_noise,
+                               blob_min_de=self.instance_blob_min_de, blob_sigma=self.instance_blob_sigma,
+                               min_area=self.min_area,
+                               k_max=self.instance_k_max, silhouette=self.instance_silhouette)
 
     def scaled(self, value: float) -> float:
         """A length given at 256 px, scaled to ``image_size``."""

@@ -37,7 +37,7 @@ from comgen.progress import progress
 MIN_TRAIN_IMAGES = 8
 #: Raise it when the same LearnerConfig learns different classes than before, so that a run's learn stage (and the
 #: stages after it, generation included) is redone after an upgrade instead of keeping the old code's classes.
-LEARNER_REVISION = 1
+LEARNER_REVISION = 2
 
 
 def _sample_pixels(images: np.ndarray, fz: PixelFeaturizer, cfg: LearnerConfig,
@@ -269,12 +269,43 @@ def learn_components(images: np.ndarray, cfg: LearnerConfig | None = None, backb
     model = _relabel(model, images, rng)
     model.meta.update({"k_scores": {str(kk): v for kk, v in scores.items()}, "n_train": int(len(images)),
                        "color_splits": int(splits)})
+    if cfg.instances:
+        _fit_instances(model, images, rng)
     if hasattr(backbone, "fingerprint"):
         model.meta["backbone_fingerprint"] = backbone.fingerprint()
     counts = model.meta["class_pixel_share"]
     if len([c for c in counts[1:] if c > 0]) == 0:
         raise InputError(where, "no foreground component found: every pixel falls into the background class")
     return model
+
+
+def _fit_instances(model: ComponentModel, images: np.ndarray, rng: np.random.Generator) -> None:
+    """Fit the instance stage on (a bounded sample of) the training images, then number its classes by share."""
+    from comgen.components.features import upsample
+    from comgen.components.instances import fit_stage
+    from comgen.components.model import majority_filter
+
+    cfg = model.cfg
+    pick = np.sort(rng.choice(len(images), min(cfg.instance_fit_images, len(images)), replace=False))
+    sel = images[pick]
+    kernel = int(round(cfg.scaled(cfg.smooth))) | 1 if cfg.smooth else 0
+    maps, labs, deeps = [], [], []
+    bs = max(1, cfg.batch_size)
+    for i in progress(range(0, len(sel), bs), desc="learn: instances", total=-(-len(sel) // bs)):
+        labels, lab, proj = model._assign_with_features(sel[i:i + bs])
+        maps += [majority_filter(m, model.pixel_classes, kernel) for m in labels]
+        labs.append(lab)
+        if proj is not None:
+            deeps.append(upsample(proj, sel.shape[1]))
+    stage, info = fit_stage(np.stack(maps), np.concatenate(labs), np.concatenate(deeps) if deeps else None,
+                            model.pixel_classes, cfg.instance_options(), cfg.seed)
+    model.instance_stage = stage
+    final = model.segment_working(sel[:32])
+    share = np.bincount(final.ravel(), minlength=stage.num_classes) / final.size
+    order = [0] + [int(c) for c in np.argsort(-share, kind="stable") if c != 0]
+    stage.renumber(order)
+    model.meta["class_pixel_share"] = [float(share[c]) for c in order]
+    model.meta["instances"] = info
 
 
 def _relabel(model: ComponentModel, images: np.ndarray, rng: np.random.Generator) -> ComponentModel:

@@ -29,6 +29,7 @@ from comgen.components.features import (
     transform_pixels,
     upsample,
 )
+from comgen.components.instances import InstanceStage
 from comgen.errors import ArtifactError, InputError
 from comgen.io import atomic_path, atomic_write_json
 from comgen.records import Composition
@@ -49,8 +50,10 @@ class ComponentModel:
     """K component classes (k-means centroids in a weighted deep+colour feature space)."""
 
     def __init__(self, cfg: LearnerConfig, centroids: np.ndarray, transform: FeatureTransform,
-                 backbone_source: str = "none", meta: dict[str, Any] | None = None, backbone=None) -> None:
+                 backbone_source: str = "none", meta: dict[str, Any] | None = None, backbone=None,
+                 instance_stage: InstanceStage | None = None) -> None:
         self.cfg = cfg
+        self.instance_stage = instance_stage
         self.centroids = np.asarray(centroids, np.float32)
         self.transform = transform
         self.backbone_source = backbone_source
@@ -61,6 +64,11 @@ class ComponentModel:
     @property
     def num_classes(self) -> int:
         """Number of classes including the background."""
+        return self.instance_stage.num_classes if self.instance_stage is not None else self.pixel_classes
+
+    @property
+    def pixel_classes(self) -> int:
+        """Number of colour classes of the pixel stage (the final classes unless the instance stage splits them)."""
         return int(self.centroids.shape[0])
 
     @property
@@ -133,6 +141,11 @@ class ComponentModel:
         upsampled, instead of D feature channels followed by a [pixels, D] matrix product at full resolution.
         Equal to the two-step form up to float rounding (tested).
         """
+        return self._assign_with_features(images, deep)[0]
+
+    def _assign_with_features(self, images: np.ndarray, deep: np.ndarray | None = None
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``assign_images``'s labels, with the Lab colour and projected deep grid it computed on the way."""
         fz = self._featurizer() if deep is None else PixelFeaturizer(self.cfg)
         tf, c = self.transform, self.centroids.astype(np.float32)
         scale = tf.scale.astype(np.float32)
@@ -144,7 +157,7 @@ class ComponentModel:
         if deep is not None:
             scores += upsample(deep @ weights[:deep.shape[-1]], images.shape[1])
         d = (c * c).sum(1) - 2.0 * scores
-        return d.argmin(-1).astype(np.uint8)
+        return d.argmin(-1).astype(np.uint8), lab, deep
 
     def segment_working(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
         """Class maps [N,S,S] at the working resolution (no resizing back).
@@ -161,8 +174,13 @@ class ComponentModel:
         kernel = int(round(self.cfg.scaled(self.cfg.smooth))) | 1 if self.cfg.smooth else 0
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(images), bs):
-            lab = self.assign_images(images[i:i + bs], None if deep is None else deep[i:i + bs])
-            out[i:i + bs] = np.stack([majority_filter(m, self.num_classes, kernel) for m in lab])
+            labels, lab, proj = self._assign_with_features(images[i:i + bs], None if deep is None else deep[i:i + bs])
+            maps = np.stack([majority_filter(m, self.pixel_classes, kernel) for m in labels])
+            if self.instance_stage is not None:
+                up = None if proj is None else upsample(proj, images.shape[1])
+                maps = np.stack([self.instance_stage.refine(m, lab[j], None if up is None else up[j])
+                                 for j, m in enumerate(maps)])
+            out[i:i + bs] = maps
         return out
 
     def segment(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
@@ -191,10 +209,13 @@ class ComponentModel:
         if self.transform.pca_components is not None:
             tensors["pca_mean"] = self.transform.pca_mean.astype(np.float32)
             tensors["pca_components"] = self.transform.pca_components.astype(np.float32)
+        meta = {k: v for k, v in self.meta.items() if k != "dir"}
+        if self.instance_stage is not None:
+            arrays, meta["instance_stage"] = self.instance_stage.to_arrays()
+            tensors.update(arrays)
         with atomic_path(directory / "model.safetensors") as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
         self.cfg.save(directory / "config.yaml")
-        meta = {k: v for k, v in self.meta.items() if k != "dir"}
         atomic_write_json(directory / "model.json", {
             "format": FORMAT_VERSION, "num_classes": self.num_classes, "background": self.background,
             "tokens": self.tokens, "backbone": self.cfg.backbone if self.cfg.use_backbone else None,
@@ -218,7 +239,15 @@ class ComponentModel:
             t = load_file(str(directory / "model.safetensors"))
         except (SafetensorError, OSError, ValueError) as exc:
             raise ArtifactError(directory / "model.safetensors", f"unreadable ({exc})") from None
-        if "centroids" not in t or t["centroids"].shape[0] != meta.get("num_classes"):
+        stage = None
+        if meta.get("instance_stage") is not None:
+            try:
+                stage = InstanceStage.from_arrays(t, meta.pop("instance_stage"))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ArtifactError(directory / "model.safetensors",
+                                    f"instance stage missing or inconsistent with model.json ({exc})") from None
+        k = stage.num_classes if stage is not None else t["centroids"].shape[0] if "centroids" in t else None
+        if "centroids" not in t or k != meta.get("num_classes"):
             raise ArtifactError(directory / "model.safetensors", "centroids missing or inconsistent with model.json")
         tf = FeatureTransform(pca_mean=t.get("pca_mean"), pca_components=t.get("pca_components"),
                               mean=t["mean"], scale=t["scale"])
@@ -228,4 +257,4 @@ class ComponentModel:
         return cls(cfg, t["centroids"], tf, backbone_source=meta.get("backbone_source", "unknown"),
                    meta={k: v for k, v in meta.items() if k not in
                          ("format", "num_classes", "background", "tokens", "backbone", "backbone_source")},
-                   backbone=backbone)
+                   backbone=backbone, instance_stage=stage)

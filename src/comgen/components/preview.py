@@ -1,4 +1,5 @@
-"""Preview PNG of a component model: training images beside their segmentation, classes named by token.
+"""Preview PNG of a component model: training images beside their segmentation, every instance outlined and named
+by its class's token.
 
 Why: the learned classes are the vocabulary of every later edit; a person must be able to check at a glance
 that <c1>, <c2>, ... are the parts they expect before generating thousands of anomalies from them.
@@ -40,14 +41,17 @@ def preview_image(images: np.ndarray, class_maps: np.ndarray, num_classes: int, 
         cmr = cv2.resize(cm.astype(np.uint8), (tile, tile), interpolation=cv2.INTER_NEAREST)
         b = colorize(cmr, num_classes).copy()
         b = (0.65 * b + 0.35 * a).astype(np.uint8)
+        edges = cv2.morphologyEx(cmr, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+        b[edges] = 255  # every instance outlined, so touching parts of one class still show as two
         for k in range(1, num_classes):
             m = (cmr == k).astype(np.uint8)
             if m.sum() < 4:
                 continue
             n, lab, stats, cents = cv2.connectedComponentsWithStats(m)
-            j = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
-            cx, cy = cents[j]
-            _label(b, f"<c{k}>", (int(cx) - 12, int(cy) + 4), max(scale, 0.3))
+            for j in range(1, n):  # every instance carries its class's token
+                if stats[j, cv2.CC_STAT_AREA] >= max(4, tile * tile // 2000):
+                    cx, cy = cents[j]
+                    _label(b, f"<c{k}>", (int(cx) - 12, int(cy) + 4), max(scale, 0.3))
         rows.append(np.concatenate([a, np.full((tile, 4, 3), 255, np.uint8), b], 1))
     width = rows[0].shape[1]
     legend = np.full((28, width, 3), 255, np.uint8)

@@ -144,7 +144,12 @@ def _prior_arrays(det: Detector) -> tuple[dict[str, np.ndarray], dict[str, Any]]
               "gmm_precisions_cholesky": gmm.precisions_cholesky_}
     if tf.pca_components is not None:
         arrays.update(pca_mean=tf.pca_mean, pca_components=tf.pca_components)
+    stage = None
+    if model.instance_stage is not None:
+        stage_arrays, stage = model.instance_stage.to_arrays()
+        arrays.update(stage_arrays)
     entry = {"mean": prior.mean, "std": prior.std, "num_classes": model.num_classes, "background": model.background,
+             "instance_stage": stage,
              "grid": density.cfg.grid, "covariance_type": gmm.covariance_type,
              "learner": model.cfg.to_dict(), "shared_scale": det._prior_scale}
     return arrays, entry

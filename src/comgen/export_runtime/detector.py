@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from comgen.components.features import LearnerConfig
+from comgen.components.instances import InstanceStage
 from comgen.errors import InputError
 from comgen.export_runtime.branches import (
     encode,
@@ -27,8 +28,17 @@ from comgen.export_runtime.branches import (
 )
 from comgen.export_runtime.bundle import graph_path, read_arrays, read_manifest
 from comgen.export_runtime.engines import open_graph
-from comgen.export_runtime.prior import composition_vectors, mixture_log_density, prior_z, segment_working
-from comgen.export_runtime.retrieval import align_scale, global_descriptors, nearest_references
+from comgen.export_runtime.prior import (
+    composition_vectors,
+    mixture_log_density,
+    prior_z,
+    segment_working,
+)
+from comgen.export_runtime.retrieval import (
+    align_scale,
+    global_descriptors,
+    nearest_references,
+)
 
 BRANCHES = ("network", "prior", "composition", "memory")  # ``detect.fusion.BRANCHES``
 
@@ -90,6 +100,8 @@ class OnnxDetector:
         if self.prior is not None:
             self.prior_arrays = arrays["prior.safetensors"]
             self.learner = LearnerConfig.from_dict(self.prior["learner"], where=str(d / "bundle.json"))
+            meta = self.prior.get("instance_stage")
+            self.instance_stage = None if meta is None else InstanceStage.from_arrays(self.prior_arrays, meta)
             comp = graph_path(d, man, "components")
             self.components = open_graph(comp, engine, threads) if comp is not None else None
         self.composition = man.get("composition")
@@ -131,7 +143,7 @@ class OnnxDetector:
         def deep_of(chunk: np.ndarray) -> np.ndarray | None:
             return None if self.components is None else self.components({"image": to_input(chunk)})[0]
 
-        return segment_working(images, self.prior_arrays, self.learner, deep, deep_of)
+        return segment_working(images, self.prior_arrays, self.learner, deep, deep_of, self.instance_stage)
 
     def prior_scores(self, images: np.ndarray, maps: np.ndarray) -> np.ndarray:
         """``CompositionPrior.score``: z of the composition's negative log-density."""

@@ -16,12 +16,14 @@ import numpy as np
 
 from comgen.components.composition import compose, composition_vector
 from comgen.components.features import LearnerConfig, PixelFeaturizer, resize_square
+from comgen.components.instances import InstanceStage
 from comgen.components.model import majority_filter
 from comgen.export_runtime.ops import resize_bilinear
 
 
 def segment_working(images: np.ndarray, arrays: dict[str, np.ndarray], learner: LearnerConfig,
-                    deep: np.ndarray | None, deep_of: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
+                    deep: np.ndarray | None, deep_of: Callable[[np.ndarray], np.ndarray | None],
+                    stage: InstanceStage | None = None) -> np.ndarray:
     """``ComponentModel.segment_working``: class maps [N,S,S] at the learner's size, majority-filtered.
 
     ``deep``: the learner's backbone features [N,h,w,C] of ``images`` when the detector's features serve (see
@@ -32,28 +34,35 @@ def segment_working(images: np.ndarray, arrays: dict[str, np.ndarray], learner: 
     kernel = int(round(learner.scaled(learner.smooth))) | 1 if learner.smooth else 0
     k = len(arrays["centroids"])
     bs = max(1, learner.batch_size)
+    size = images.shape[1]
     for i in range(0, len(images), bs):
         chunk = images[i:i + bs]
-        labels = assign_images(chunk, arrays, learner, deep_of(chunk) if deep is None else deep[i:i + bs])
-        out[i:i + bs] = np.stack([majority_filter(m, k, kernel) for m in labels])
+        labels, lab, proj = assign_images(chunk, arrays, learner, deep_of(chunk) if deep is None else deep[i:i + bs])
+        maps = np.stack([majority_filter(m, k, kernel) for m in labels])
+        if stage is not None:  # ``ComponentModel.segment_working``'s instance step
+            up = None if proj is None else np.moveaxis(resize_bilinear(np.moveaxis(proj, -1, 1), (size, size)), 1, -1)
+            maps = np.stack([stage.refine(m, lab[j], None if up is None else up[j]) for j, m in enumerate(maps)])
+        out[i:i + bs] = maps
     return out
 
 
 def assign_images(images: np.ndarray, arrays: dict[str, np.ndarray], learner: LearnerConfig,
-                  deep: np.ndarray | None) -> np.ndarray:
-    """``ComponentModel.assign_images``: nearest centroid per pixel, the deep part scored on the backbone grid."""
+                  deep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``ComponentModel._assign_with_features``: nearest centroid per pixel (the deep part scored on the backbone
+    grid), with the Lab colour and the projected deep grid."""
     c = arrays["centroids"].astype(np.float32)
     scale = arrays["scale"].astype(np.float32)
     weights = scale[:, None] * c.T
     bias = -(arrays["mean"].astype(np.float32) * scale) @ c.T
     lab = PixelFeaturizer(learner).lab(images)
     scores = lab @ weights[-lab.shape[-1]:] + bias
+    proj = None
     if deep is not None and "pca_components" in arrays:
         proj = ((deep - arrays["pca_mean"]) @ arrays["pca_components"]).astype(np.float32)
         grid = np.moveaxis(proj @ weights[:proj.shape[-1]], -1, 1)  # [N,K,h,w]
         scores += np.moveaxis(resize_bilinear(grid, (images.shape[1], images.shape[1])), 1, -1)
     d = (c * c).sum(1) - 2.0 * scores
-    return d.argmin(-1).astype(np.uint8)
+    return d.argmin(-1).astype(np.uint8), lab, proj
 
 
 def composition_vectors(images: np.ndarray, maps: np.ndarray, num_classes: int, min_area: float, grid: int

@@ -1,0 +1,447 @@
+"""Instance-aware component classes: split the pixel learner's colour classes into part types by instance shape.
+
+Why: colour clustering of pixels gives one class per colour, so parts of one colour and different shapes (screws,
+nuts and washers of one metal) share a token, and a part whose colour is close to the background's stays
+background. CSAD (BMVC 2024) and ComAD describe each part instance rather than each pixel; this stage does the
+same on top of the pixel classes, with NumPy and OpenCV only (the export runtime runs it unchanged):
+
+- *Surfaces* are the pixel classes whose connected regions are large (the background, a tray, a box). They keep
+  their pixel class; their internal structure (wells, walls) stays part of them.
+- *Low-contrast parts* are found as blobs that stand out from a smooth model of the background's own colour (a
+  normalised convolution of the background pixels), with a threshold set from the training images' noise.
+- *Instances* are the connected regions of every other class, and the blobs; touching parts are split by a
+  watershed on the distance transform.
+- Each instance is described by its shape (area, elongation, circularity, solidity, holes), colour and pooled
+  backbone features. Within each group (one pixel class, or the background's blobs) the instances are clustered
+  with k-means; a split is kept only when it is clean (silhouette) and each cluster is a real share of the
+  instances. A split that is driven by colour alone is kept only when the clusters appear together in images;
+  otherwise it is one part that comes in several colours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+#: group id of the low-contrast blobs found on the background (pixel classes use their own ids)
+BLOBS = -1
+#: natural units of the shape descriptors: log area, log elongation, circularity, solidity, holes
+SHAPE_UNITS = np.array([0.25, 0.15, 0.08, 0.05, 0.5], np.float32)
+SHAPE_DIMS = len(SHAPE_UNITS)
+COLOR_UNIT = 6.0  # Lab units
+
+
+@dataclass
+class InstanceOptions:
+    """The instance stage's settings (fields of LearnerConfig, gathered here so the stage has one argument)."""
+
+    surface_share: float = 0.05
+    blob_sigma: float = 12.0
+    blob_noise: float = 8.0
+    blob_smooth: float = 1.5
+    rim_px: float = 3.0
+    blob_min_de: float = 2.0
+    min_area: float = 0.0005
+    k_max: int = 4
+    silhouette: float = 0.5
+    min_share: float = 0.05
+    deep_weight: float = 0.5
+    color_weight: float = 1.0
+    together: float = 0.3
+    split_touching: bool = True
+
+
+@dataclass
+class Group:
+    """One group's sub-classes: descriptor scaling, cluster centres and the final class id of each cluster."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    centroids: np.ndarray
+    classes: np.ndarray
+
+    def assign(self, desc: np.ndarray) -> np.ndarray:
+        z = (desc - self.mean) * self.scale
+        d = ((z[:, None, :] - self.centroids[None]) ** 2).sum(-1)
+        return self.classes[d.argmin(1)]
+
+
+@dataclass
+class InstanceStage:
+    """The fitted stage: final class of every surface, the blob threshold, and every group's sub-classes."""
+
+    surface_class: dict[int, int]
+    groups: dict[int, Group]
+    blob_tau: float
+    num_classes: int
+    surfaces: tuple[int, ...] = (0,)
+    options: InstanceOptions = field(default_factory=InstanceOptions)
+
+    def renumber(self, order: list[int]) -> None:
+        """Renumber the final classes: class ``order[i]`` becomes class ``i``."""
+        new = np.empty(self.num_classes, np.int64)
+        new[np.asarray(order)] = np.arange(self.num_classes)
+        self.surface_class = {c: int(new[v]) for c, v in self.surface_class.items()}
+        for grp in self.groups.values():
+            grp.classes = new[grp.classes]
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {}
+        for g, grp in self.groups.items():
+            for name in ("mean", "scale", "centroids", "classes"):
+                arrays[f"instances.{g}.{name}"] = np.ascontiguousarray(getattr(grp, name), dtype=np.float32)
+        meta = {"surface_class": {str(k): v for k, v in self.surface_class.items()}, "groups": sorted(self.groups),
+                "blob_tau": self.blob_tau if np.isfinite(self.blob_tau) else None, "num_classes": self.num_classes,
+                "surfaces": list(self.surfaces), "options": self.options.__dict__}
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> InstanceStage:
+        groups = {}
+        for g in meta["groups"]:
+            a = {n: arrays[f"instances.{g}.{n}"] for n in ("mean", "scale", "centroids", "classes")}
+            groups[int(g)] = Group(a["mean"], a["scale"], a["centroids"], a["classes"].astype(np.int64))
+        tau = meta.get("blob_tau")
+        return cls({int(k): int(v) for k, v in meta["surface_class"].items()}, groups,
+                   float("inf") if tau is None else float(tau), int(meta["num_classes"]),
+                   tuple(int(c) for c in meta["surfaces"]), InstanceOptions(**meta.get("options", {})))
+
+    def refine(self, pixel_map: np.ndarray, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
+        """Final class map of one image from its pixel classes, Lab colour and (upsampled) deep features."""
+        pixel_map = absorb_rims(pixel_map, set(self.surfaces), self.options.rim_px * pixel_map.shape[0] / 256)
+        blobs = blob_mask(lab, pixel_map == 0, self.blob_tau, self.options) if BLOBS in self.groups else None
+        labels, groups = find_instances(pixel_map, blobs, set(self.surface_class), self.options)
+        out = np.zeros(pixel_map.shape, np.uint8)
+        for c, final in self.surface_class.items():
+            out[pixel_map == c] = final
+        for g, grp in self.groups.items():  # pixels of a group outside any kept instance: its largest class
+            if g != BLOBS:
+                out[pixel_map == g] = grp.classes[0]
+        if len(groups):
+            desc = describe(labels, len(groups), lab, deep)
+            cls = np.zeros(len(groups) + 1, np.int64)
+            for g, grp in self.groups.items():
+                idx = np.flatnonzero(groups == g)
+                if len(idx):
+                    cls[idx + 1] = grp.assign(desc[idx])
+            inst = labels > 0
+            out[inst] = cls[labels[inst]]
+        return out
+
+
+# -- finding instances ------------------------------------------------------------------------------
+
+def background_field(lab: np.ndarray, mask: np.ndarray, sigma: float, iters: int = 2,
+                     tau: float = np.inf) -> np.ndarray:
+    """Smooth estimate of the background's colour everywhere: a normalised convolution of the masked pixels.
+
+    Each pass drops the pixels that stand out from the previous estimate by more than ``tau``, so a part that
+    the pixel classes left in the background does not pull the estimate towards its own colour.
+    """
+    m = mask.astype(np.float32)
+    field = lab
+    for _ in range(iters):
+        w = cv2.GaussianBlur(m, (0, 0), sigma)
+        num = cv2.GaussianBlur(lab * m[..., None], (0, 0), sigma)
+        field = num / np.maximum(w, 1e-3)[..., None]
+        if not np.isfinite(tau):
+            break
+        m = (mask & (np.linalg.norm(lab - field, axis=-1) <= tau)).astype(np.float32)
+    return field
+
+
+def blob_deviation(lab: np.ndarray, bg: np.ndarray, opt: InstanceOptions, tau: float = np.inf) -> np.ndarray:
+    """Lab distance of every pixel from the background model (0 outside the background).
+
+    The signed difference is smoothed over a few pixels before its length is taken: sensor noise averages out
+    while a part's offset, the same over its whole area, does not.
+    """
+    size = lab.shape[0]
+    field = background_field(lab, bg, opt.blob_sigma * size / 256, iters=2 if np.isfinite(tau) else 1, tau=tau)
+    diff = cv2.GaussianBlur(np.ascontiguousarray(lab - field), (0, 0), opt.blob_smooth * size / 256)
+    d = np.linalg.norm(diff, axis=-1)
+    d[~bg] = 0.0
+    return d
+
+
+def blob_mask(lab: np.ndarray, bg: np.ndarray, tau: float, opt: InstanceOptions) -> np.ndarray:
+    """Parts left in the background class: pixels that stand out from the background model by more than ``tau``,
+    and islands of the background's class enclosed by other classes (a part of the background's colour lying
+    on a fixture)."""
+    size = lab.shape[0]
+    r = max(1, int(round(size / 128)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    m = np.zeros(bg.shape, np.uint8)
+    if np.isfinite(tau):
+        m = (blob_deviation(lab, bg, opt, tau) > tau).astype(np.uint8)
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
+        m &= cv2.erode(bg.astype(np.uint8), kernel)  # the rims of other classes' regions are not blobs
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(bg.astype(np.uint8), connectivity=8)
+    if n > 2:
+        border = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
+        small = stats[:, cv2.CC_STAT_AREA] < opt.surface_share * size * size
+        islands = np.flatnonzero(small & ~np.isin(np.arange(n), border))
+        islands = islands[islands > 0]
+        if len(islands):
+            m |= np.isin(comp, islands).astype(np.uint8)
+    return m.astype(bool)
+
+
+def fit_blob_threshold(devs: list[np.ndarray], bgs: list[np.ndarray], opt: InstanceOptions) -> float:
+    """The background's noise level, from the deviations of all its training pixels: median + k * MAD."""
+    v = np.concatenate([d[b] for d, b in zip(devs, bgs)])
+    if v.size == 0:
+        return float("inf")
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826
+    return max(opt.blob_min_de, med + opt.blob_noise * mad)
+
+
+def _split_touching(region: np.ndarray) -> np.ndarray:
+    """Label image of one connected region, split where two blobs touch (watershed on the distance transform)."""
+    dist = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 3)
+    peaks = (dist >= 0.7 * float(dist.max())).astype(np.uint8)
+    n, markers = cv2.connectedComponents(peaks)
+    if n <= 2:
+        return region.astype(np.int32)
+    img = cv2.cvtColor(cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    markers = markers.astype(np.int32)
+    markers[(region == 0)] = n  # the outside is its own marker, removed below
+    cv2.watershed(255 - img, markers)
+    markers[(markers == n) | (markers < 0) | (region == 0)] = 0
+    return markers
+
+
+def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float) -> np.ndarray:
+    """Give thin regions of the non-surface classes to the class they border (other than the background).
+
+    Why: blurred edges between two colours form their own colour, so the pixel classes hold rims (a yellow-grey
+    halo around every yellow part, a band along a tray's edge). A rim is at most ``rim_px`` thick and belongs
+    to the part or the surface it surrounds; a thin part lying on the background alone (a wire) is kept.
+    """
+    out = pixel_map.copy()
+    ring_kernel = np.ones((3, 3), np.uint8)
+    for c in np.unique(pixel_map):
+        c = int(c)
+        if c in surfaces:
+            continue
+        mask = (pixel_map == c).astype(np.uint8)
+        n, comp = cv2.connectedComponents(mask, connectivity=8)
+        if n <= 1:
+            continue
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+        thick = np.zeros(n, np.float32)
+        np.maximum.at(thick, comp.ravel(), dist.ravel())
+        for i in np.flatnonzero(thick[1:] <= rim_px) + 1:
+            region = comp == i
+            ring = (cv2.dilate(region.astype(np.uint8), ring_kernel) > 0) & ~region
+            around = pixel_map[ring]
+            around = around[(around != c) & (around != 0)]
+            if around.size:
+                out[region] = np.bincount(around).argmax()
+    return out
+
+
+def find_instances(pixel_map: np.ndarray, blobs: np.ndarray | None, surfaces: set[int], opt: InstanceOptions
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Instances of one image: a label image (0 = none, i = instance i) and the group of each instance."""
+    size = pixel_map.shape[0]
+    min_area = max(4, int(round(opt.min_area * size * size)))
+    labels = np.zeros(pixel_map.shape, np.int32)
+    groups: list[int] = []
+    masks = [(int(c), pixel_map == c) for c in np.unique(pixel_map) if int(c) not in surfaces]
+    if blobs is not None and blobs.any():
+        masks.append((BLOBS, blobs))
+    for g, mask in masks:
+        n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1:
+            x, y, w, h = (int(v) for v in stats[i, :4])
+            crop = comp[y:y + h, x:x + w] == i
+            parts = _split_touching(crop) if opt.split_touching and _is_lumpy(crop, stats[i, 4]) else crop.astype(
+                np.int32)
+            for j in range(1, int(parts.max()) + 1):
+                sub = parts == j
+                if sub.sum() < min_area:
+                    continue
+                groups.append(g)
+                labels[y:y + h, x:x + w][sub] = len(groups)
+    return labels, np.asarray(groups, np.int64)
+
+
+def _is_lumpy(crop: np.ndarray, area: int) -> bool:
+    """Whether a region may be two touching parts: clearly less convex than one part."""
+    cnts, _ = cv2.findContours(crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.contourArea(cv2.convexHull(np.concatenate(cnts)))
+    return hull > 0 and area / hull < 0.8
+
+
+# -- describing instances ---------------------------------------------------------------------------
+
+def shape_descriptor(mask: np.ndarray, image_area: float) -> np.ndarray:
+    """log area share, log elongation, circularity, solidity, holes of one instance mask (a tight crop)."""
+    m = mask.astype(np.uint8)
+    area = float(m.sum())
+    mo = cv2.moments(m, binaryImage=True)
+    cov = np.array([[mo["mu20"], mo["mu11"]], [mo["mu11"], mo["mu02"]]]) / max(area, 1.0)
+    ev = np.linalg.eigvalsh(cov)
+    elong = 0.5 * np.log((ev[1] + 0.1) / (ev[0] + 0.1))
+    cnts, hier = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    outer = [c for c, h in zip(cnts, hier[0]) if h[3] < 0] if hier is not None else []
+    perim = sum(cv2.arcLength(c, True) for c in outer) or 1.0
+    hull = cv2.contourArea(cv2.convexHull(np.concatenate(outer))) if outer else area
+    holes = sum(1 for c, h in zip(cnts, hier[0]) if h[3] >= 0 and cv2.contourArea(c) >= 0.01 * area) \
+        if hier is not None else 0
+    return np.array([np.log(area / image_area), elong, min(4 * np.pi * area / perim ** 2, 1.2),
+                     min(area / max(hull, 1.0), 1.0), holes], np.float32)
+
+
+def describe(labels: np.ndarray, n: int, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
+    """Descriptors [n, 5 + 4 + d]: shape, colour (mean Lab, std L) and mean deep features of every instance."""
+    flat = labels.ravel()
+    counts = np.maximum(np.bincount(flat, minlength=n + 1)[1:].astype(np.float64), 1.0)
+
+    def mean_of(values: np.ndarray) -> np.ndarray:
+        v = values.reshape(len(flat), -1).astype(np.float64)
+        return np.stack([np.bincount(flat, weights=v[:, c], minlength=n + 1)[1:] for c in range(v.shape[1])],
+                        1) / counts[:, None]
+
+    col = mean_of(lab)
+    l_std = np.sqrt(np.maximum(mean_of(lab[..., 0] ** 2)[:, 0] - col[:, 0] ** 2, 0.0))
+    shapes = np.zeros((n, SHAPE_DIMS), np.float32)
+    area = float(labels.size)
+    for i, sl in enumerate(_bboxes(labels, n)):
+        if sl is not None:
+            shapes[i] = shape_descriptor(labels[sl] == i + 1, area)
+    parts = [shapes, col.astype(np.float32), l_std[:, None].astype(np.float32)]
+    if deep is not None:
+        parts.append(mean_of(deep).astype(np.float32))
+    return np.concatenate(parts, 1)
+
+
+def _bboxes(labels: np.ndarray, n: int) -> list[tuple[slice, slice] | None]:
+    """Bounding box slices of instances 1..n (None for an id with no pixel)."""
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs] - 1
+    lo_y, lo_x = np.full(n, labels.shape[0]), np.full(n, labels.shape[1])
+    hi_y, hi_x = np.full(n, -1), np.full(n, -1)
+    np.minimum.at(lo_y, ids, ys)
+    np.minimum.at(lo_x, ids, xs)
+    np.maximum.at(hi_y, ids, ys)
+    np.maximum.at(hi_x, ids, xs)
+    return [(slice(int(lo_y[i]), int(hi_y[i]) + 1), slice(int(lo_x[i]), int(hi_x[i]) + 1)) if hi_y[i] >= 0 else None
+            for i in range(n)]
+
+
+# -- fitting ----------------------------------------------------------------------------------------
+
+def descriptor_scale(desc: np.ndarray, opt: InstanceOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and per-column weights: shape and colour in natural units, deep features standardised (one scale)."""
+    mean = desc.mean(0)
+    scale = np.empty(desc.shape[1], np.float32)
+    scale[:SHAPE_DIMS] = 1.0 / SHAPE_UNITS
+    scale[SHAPE_DIMS:SHAPE_DIMS + 3] = opt.color_weight / COLOR_UNIT
+    scale[SHAPE_DIMS + 3] = opt.color_weight / COLOR_UNIT
+    if desc.shape[1] > SHAPE_DIMS + 4:
+        deep = desc[:, SHAPE_DIMS + 4:]
+        sd = float(np.sqrt((deep.std(0) ** 2).mean())) or 1.0
+        scale[SHAPE_DIMS + 4:] = opt.deep_weight / (sd * np.sqrt(deep.shape[1])) * np.sqrt(SHAPE_DIMS)
+    return mean.astype(np.float32), scale
+
+
+def _together(labels: np.ndarray, image_of: np.ndarray, a: int, b: int) -> float:
+    """Share of the images showing cluster ``a`` or ``b`` that show both."""
+    ia, ib = set(image_of[labels == a]), set(image_of[labels == b])
+    either = len(ia | ib)
+    return len(ia & ib) / either if either else 0.0
+
+
+def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed: int) -> Group:
+    """Cluster one group's instances into sub-classes (one cluster unless a split is clean and real)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    mean, scale = descriptor_scale(desc, opt)
+    z = (desc - mean) * scale
+    best = (1, z.mean(0, keepdims=True), np.zeros(len(z), int))
+    best_sil = opt.silhouette
+    n = len(z)
+    for k in range(2, opt.k_max + 1):
+        if n < 2 * k or n < 8:
+            break
+        km = KMeans(k, n_init=4, random_state=seed).fit(z)
+        lab = km.labels_
+        if np.bincount(lab, minlength=k).min() < max(2, opt.min_share * n):
+            continue
+        sil = float(silhouette_score(z, lab, sample_size=min(2000, n), random_state=seed))
+        if sil <= best_sil:
+            continue
+        shape_gap = np.linalg.norm(km.cluster_centers_[:, None, :SHAPE_DIMS] - km.cluster_centers_[None, :, :SHAPE_DIMS],
+                                   axis=-1)
+        colour_only = [(a, b) for a in range(k) for b in range(a + 1, k) if shape_gap[a, b] < 2.0]
+        if any(_together(lab, image_of, a, b) < opt.together for a, b in colour_only):
+            continue  # one part type in several colours (a colour code), not several types
+        best, best_sil = (k, km.cluster_centers_.astype(np.float32), lab), sil
+    k, cents, lab = best
+    order = np.argsort(-np.bincount(lab, minlength=k))  # largest cluster first: the group's default class
+    return Group(mean, scale.astype(np.float32), cents[order].astype(np.float32), np.zeros(k, np.int64) + order)
+
+
+def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None, num_pixel_classes: int,
+              opt: InstanceOptions, seed: int = 0) -> tuple[InstanceStage, dict[str, Any]]:
+    """Fit the stage on the training images' pixel maps [N,S,S], Lab [N,S,S,3] and deep features [N,S,S,d]."""
+    n_img = len(pixel_maps)
+    surfaces = surface_classes(pixel_maps, num_pixel_classes, opt.surface_share)
+    pixel_maps = np.stack([absorb_rims(m, surfaces, opt.rim_px * m.shape[0] / 256) for m in pixel_maps])
+    bgs = [m == 0 for m in pixel_maps]
+    inner = [cv2.erode(b.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0 for b in bgs]  # away from other classes
+    tau = fit_blob_threshold([blob_deviation(lab, bg, opt) for lab, bg in zip(labs, bgs)], inner, opt)
+    tau = fit_blob_threshold([blob_deviation(lab, bg, opt, tau) for lab, bg in zip(labs, bgs)], inner, opt)
+    all_desc, all_groups, image_of = [], [], []
+    for i in range(n_img):
+        blobs = blob_mask(labs[i], bgs[i], tau, opt)
+        labels, groups = find_instances(pixel_maps[i], blobs, surfaces, opt)
+        if len(groups):
+            all_desc.append(describe(labels, len(groups), labs[i], None if deeps is None else deeps[i]))
+            all_groups.append(groups)
+            image_of.append(np.full(len(groups), i))
+    desc = np.concatenate(all_desc) if all_desc else np.zeros((0, 1), np.float32)
+    grp = np.concatenate(all_groups) if all_groups else np.zeros(0, np.int64)
+    img = np.concatenate(image_of) if image_of else np.zeros(0, np.int64)
+    fitted: dict[int, Group] = {}
+    for g in sorted(set(grp.tolist())):
+        idx = np.flatnonzero(grp == g)
+        if g == BLOBS and len(set(img[idx].tolist())) < max(2, 0.2 * n_img):
+            continue  # blobs in a few images only: noise or stray marks, not a part type
+        fitted[g] = cluster_group(desc[idx], img[idx], opt, seed)
+    # final class ids: surfaces keep theirs in order (background 0 first), then every group's clusters
+    surface_class = {c: i for i, c in enumerate(sorted(surfaces))}
+    nxt = len(surface_class)
+    for c in range(num_pixel_classes):  # a non-surface pixel class without any instance keeps one class
+        if c not in surfaces and c not in fitted:
+            surface_class[c] = nxt
+            nxt += 1
+    for g in sorted(fitted):
+        grp_ = fitted[g]
+        grp_.classes = np.arange(nxt, nxt + len(grp_.centroids), dtype=np.int64)
+        nxt += len(grp_.centroids)
+    stage = InstanceStage(surface_class, fitted, tau if BLOBS in fitted else float("inf"), nxt,
+                          tuple(sorted(surfaces)), opt)
+    info = {"surfaces": sorted(surfaces), "blob_tau": float(tau),
+            "instances": int(len(grp)), "group_sizes": {str(g): len(fitted[g].centroids) for g in fitted}}
+    return stage, info
+
+
+def surface_classes(pixel_maps: np.ndarray, k: int, share: float) -> set[int]:
+    """Pixel classes whose largest connected region is, in the median image showing them, a large share of it."""
+    size = pixel_maps.shape[1] * pixel_maps.shape[2]
+    largest: dict[int, list[float]] = {c: [] for c in range(k)}
+    for m in pixel_maps:
+        for c in np.unique(m):
+            _, _, stats, _ = cv2.connectedComponentsWithStats((m == c).astype(np.uint8), connectivity=8)
+            largest[int(c)].append(float(stats[1:, cv2.CC_STAT_AREA].max()) / size if len(stats) > 1 else 0.0)
+    out = {0}
+    out |= {c for c, v in largest.items() if v and float(np.median(v)) >= share}
+    return out

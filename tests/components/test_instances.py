@@ -1,0 +1,121 @@
+"""The instance stage: same-colour parts of different shapes split, low-contrast parts found, rims absorbed."""
+
+import cv2
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from comgen.components.features import LearnerConfig
+from comgen.components.instances import (
+    InstanceOptions,
+    _split_touching,
+    absorb_rims,
+    find_instances,
+)
+from comgen.components.learner import learn_components
+from comgen.components.model import ComponentModel
+
+SIZE = 96
+FAST = dict(image_size=SIZE, use_backbone=False, k_min=2, k_max=4, select_pixels=3000)
+METAL = (170, 170, 176)
+
+
+def _scene(rng: np.random.Generator, pale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Two discs and two bars of one metal colour on a dark background (truth 1 disc, 2 bar); with ``pale`` a
+    third part type, a square only a few grey levels brighter than the background (truth 3)."""
+    img = np.full((SIZE, SIZE, 3), 60, np.uint8)
+    truth = np.zeros((SIZE, SIZE), np.uint8)
+    cells = rng.permutation(9)[:6 if pale else 4]
+    for n, cell in enumerate(cells):
+        cy, cx = 16 + 32 * (cell // 3) + rng.integers(-3, 4), 16 + 32 * (cell % 3) + rng.integers(-3, 4)
+        kind = 1 + n % 3 if pale else 1 + n % 2
+        m = np.zeros((SIZE, SIZE), np.uint8)
+        if kind == 1:
+            cv2.circle(m, (int(cx), int(cy)), 9, 1, -1)
+        elif kind == 2:
+            box = cv2.boxPoints(((float(cx), float(cy)), (24.0, 6.0), float(rng.uniform(0, 180))))
+            cv2.fillPoly(m, [box.astype(np.int32)], 1)
+        else:
+            m[cy - 4:cy + 4, cx - 4:cx + 4] = 1
+        img[m > 0] = METAL if kind < 3 else (76, 76, 76)
+        truth[m > 0] = kind
+    noise = rng.normal(0, 1.5, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8), truth
+
+
+def _scenes(n: int, seed: int, pale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    pairs = [_scene(rng, pale) for _ in range(n)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _class_of(seg: np.ndarray, truth: np.ndarray, t: int) -> int:
+    return int(np.bincount(seg[truth == t]).argmax())
+
+
+@pytest.fixture(scope="module")
+def metal():
+    return _scenes(16, 0), _scenes(4, 1)
+
+
+def test_parts_of_one_colour_get_a_class_per_shape(metal):
+    (train, _), (test, truth) = metal
+    pixels = learn_components(train, LearnerConfig(**FAST, instances=False)).segment(test)
+    assert _class_of(pixels, truth, 1) == _class_of(pixels, truth, 2)  # the colour learner cannot tell them apart
+    model = learn_components(train, LearnerConfig(**FAST))
+    seg = model.segment(test)
+    assert _class_of(seg, truth, 1) != _class_of(seg, truth, 2)
+    assert 0 not in (_class_of(seg, truth, 1), _class_of(seg, truth, 2))
+    assert adjusted_rand_score(truth.ravel(), seg.ravel()) > 0.9
+    assert model.num_classes == 3 and model.pixel_classes == 2
+
+
+def test_low_contrast_part_is_found():
+    train, _ = _scenes(16, 2, pale=True)
+    test, truth = _scenes(4, 3, pale=True)
+    pixels = learn_components(train, LearnerConfig(**FAST, instances=False)).segment(test)
+    assert _class_of(pixels, truth, 3) == 0  # sixteen grey levels: the colour learner leaves it background
+    seg = learn_components(train, LearnerConfig(**FAST)).segment(test)
+    assert len({_class_of(seg, truth, t) for t in (0, 1, 2, 3)}) == 4
+
+
+def test_instance_model_round_trip(metal, tmp_path):
+    (train, _), (test, _) = metal
+    model = learn_components(train, LearnerConfig(**FAST))
+    model.save(tmp_path)
+    loaded = ComponentModel.load(tmp_path)
+    assert loaded.num_classes == model.num_classes and loaded.tokens == model.tokens
+    assert np.array_equal(loaded.segment(test), model.segment(test))
+
+
+def test_rims_go_to_the_part_they_surround_but_a_wire_on_the_background_stays():
+    m = np.zeros((64, 64), np.uint8)
+    cv2.circle(m, (20, 20), 10, 2, -1)  # a halo of class 2 ...
+    cv2.circle(m, (20, 20), 8, 3, -1)  # ... around a disc of class 3
+    m[50:52, 5:60] = 2  # a two-pixel wire of class 2 on the background
+    out = absorb_rims(m, {0}, rim_px=3.0)
+    assert (out[m == 3] == 3).all()
+    ring = (m == 2) & (np.arange(64)[:, None] < 40)
+    assert (out[ring] == 3).all()
+    assert (out[50:52, 5:60] == 2).all()
+
+
+def test_touching_parts_are_split():
+    m = np.zeros((40, 70), np.uint8)
+    cv2.circle(m, (20, 20), 12, 1, -1)
+    cv2.circle(m, (44, 20), 12, 1, -1)
+    parts = _split_touching(m.astype(bool))
+    assert parts.max() == 2
+    one = np.zeros((40, 40), np.uint8)
+    cv2.circle(one, (20, 20), 12, 1, -1)
+    assert _split_touching(one.astype(bool)).max() == 1
+
+
+def test_find_instances_skips_surfaces_and_tiny_regions():
+    m = np.zeros((64, 64), np.uint8)
+    m[10:20, 10:20] = 1
+    m[40:50, 40:50] = 1
+    m[5:6, 60:61] = 1  # one pixel: below the smallest instance
+    m[30:64, 0:30] = 2  # a surface
+    labels, groups = find_instances(m, None, {0, 2}, InstanceOptions(min_area=0.001))
+    assert groups.tolist() == [1, 1] and labels.max() == 2
