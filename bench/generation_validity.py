@@ -24,8 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("COMGEN_QUIET", "1")
 
-import numpy as np  # noqa: E402
 import compositional_options  # noqa: E402  # bench/ sibling: the --compositional option
+import numpy as np  # noqa: E402
 
 from comgen.components.features import LearnerConfig  # noqa: E402
 from comgen.generate.compositional import CompositionalGenerator  # noqa: E402
