@@ -17,6 +17,7 @@ from comgen.components.model import ComponentModel
 
 SIZE = 96
 FAST = dict(image_size=SIZE, use_backbone=False, k_min=2, k_max=4, select_pixels=3000)
+INSTANCES = dict(FAST, instances=True)
 METAL = (170, 170, 176)
 
 
@@ -60,9 +61,9 @@ def metal():
 
 def test_parts_of_one_colour_get_a_class_per_shape(metal):
     (train, _), (test, truth) = metal
-    pixels = learn_components(train, LearnerConfig(**FAST, instances=False)).segment(test)
+    pixels = learn_components(train, LearnerConfig(**FAST)).segment(test)
     assert _class_of(pixels, truth, 1) == _class_of(pixels, truth, 2)  # the colour learner cannot tell them apart
-    model = learn_components(train, LearnerConfig(**FAST))
+    model = learn_components(train, LearnerConfig(**INSTANCES))
     seg = model.segment(test)
     assert _class_of(seg, truth, 1) != _class_of(seg, truth, 2)
     assert 0 not in (_class_of(seg, truth, 1), _class_of(seg, truth, 2))
@@ -73,15 +74,15 @@ def test_parts_of_one_colour_get_a_class_per_shape(metal):
 def test_low_contrast_part_is_found():
     train, _ = _scenes(16, 2, pale=True)
     test, truth = _scenes(4, 3, pale=True)
-    pixels = learn_components(train, LearnerConfig(**FAST, instances=False)).segment(test)
+    pixels = learn_components(train, LearnerConfig(**FAST)).segment(test)
     assert _class_of(pixels, truth, 3) == 0  # sixteen grey levels: the colour learner leaves it background
-    seg = learn_components(train, LearnerConfig(**FAST)).segment(test)
+    seg = learn_components(train, LearnerConfig(**INSTANCES)).segment(test)
     assert len({_class_of(seg, truth, t) for t in (0, 1, 2, 3)}) == 4
 
 
 def test_instance_model_round_trip(metal, tmp_path):
     (train, _), (test, _) = metal
-    model = learn_components(train, LearnerConfig(**FAST))
+    model = learn_components(train, LearnerConfig(**INSTANCES))
     model.save(tmp_path)
     loaded = ComponentModel.load(tmp_path)
     assert loaded.num_classes == model.num_classes and loaded.tokens == model.tokens

@@ -49,13 +49,13 @@ def _assert_parity(det, onnx_det, images: list[np.ndarray], branches: set[str]) 
 
 @pytest.fixture(scope="module")
 def prior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A detector with a component model learned at another size (so the prior runs its own backbone graph) and
-    every branch in the fusion."""
+    """A detector with a component model learned at another size (so the prior runs its own backbone graph), with
+    the instance stage, and every branch in the fusion."""
     from comgen.detect.train import train_detector
 
     run = RunDir(tmp_path_factory.mktemp("bundle") / "run")
     learner = LearnerConfig(image_size=48, k=3, backbone_weights="random", pixels_per_image=300,
-                            max_fit_pixels=6000, select_pixels=2000)
+                            max_fit_pixels=6000, select_pixels=2000, instances=True)
     learn_components(np.stack(_images("good", 12, 10)), learner).save(run.components)
     cfg = tiny_config(epochs=1, fusion="sum", composition=CompositionBranchConfig(enabled=True, epochs=3))
     train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)

@@ -46,3 +46,20 @@ def test_segmentation_and_vectors_match_the_component_model() -> None:
     ref = np.stack([d.vector(model.compose(im, "", class_map=m).components, (64, 64)) for im, m in zip(images, full)])
     np.testing.assert_array_equal(np.isnan(vec), np.isnan(ref))
     np.testing.assert_allclose(np.nan_to_num(vec), np.nan_to_num(ref))
+
+
+def test_segmentation_with_the_instance_stage_matches_the_component_model() -> None:
+    from tests.components.test_instances import _scenes
+
+    train, _ = _scenes(12, 5, pale=True)
+    test, _ = _scenes(3, 6, pale=True)
+    cfg = LearnerConfig(image_size=96, k=2, backbone_weights="random", pixels_per_image=300, max_fit_pixels=6000,
+                        select_pixels=2000, instances=True)
+    model = learn_components(train, cfg)
+    assert model.instance_stage is not None and model.num_classes > model.pixel_classes
+    tf = model.transform
+    arrays = {"centroids": model.centroids, "mean": tf.mean, "scale": tf.scale, "pca_mean": tf.pca_mean,
+              "pca_components": tf.pca_components}
+    got = segment_working(test, arrays, cfg, None, model._featurizer().deep, model.instance_stage)
+    want = model.segment_working(test)
+    assert (got != want).mean() < 1e-3

@@ -55,7 +55,7 @@ class LearnerConfig(ConfigBase):
     seed: int = 0
     batch_size: int = 8
     # instance stage (comgen.components.instances): split colour classes into part types by instance shape
-    instances: bool = True
+    instances: bool = False
     instance_surface_share: float = 0.05  # a class whose largest region covers this share of the image is a surface
     instance_blob_noise: float = 8.0  # low-contrast parts: deviation from the background model, in noise MADs
     instance_blob_min_de: float = 2.0  # ... and at least this many Lab units
