@@ -45,8 +45,9 @@ def run(data: Path, cats: list[str], size: int, variants: list[str]) -> None:
         test_samples = ds.samples(cat, "test")
         test = load_images(test_samples, size)
         cat_dir = Path(data) / cat
-        truth = json.loads((cat_dir / "truth" / "parts.json").read_text())
-        defects = json.loads((cat_dir / "truth" / "defects.json").read_text())
+        rules_known = (cat_dir / "truth" / "defects.json").is_file() and (cat_dir / "truth" / "parts.json").is_file()
+        truth = json.loads((cat_dir / "truth" / "parts.json").read_text()) if rules_known else {}
+        defects = json.loads((cat_dir / "truth" / "defects.json").read_text()) if rules_known else {}
         good = np.array([s.kind == "good" for s in test_samples])
         for v in variants:
             t0 = time.perf_counter()
@@ -60,7 +61,7 @@ def run(data: Path, cats: list[str], size: int, variants: list[str]) -> None:
                 if (sel & ~good).any():
                     row[group] = image_auroc(scores[sel], ~good[sel])
             for s, sc in zip(test_samples, scores):
-                if s.kind == "logical":
+                if s.kind == "logical" and "defect_rules" in truth:
                     rule = truth["defect_rules"][defects[f"test/{s.label}/{s.image_id}"]]
                     row.setdefault(f"rule_{rule}", []).append(sc)
             for rule in RULES:
@@ -85,14 +86,14 @@ def run(data: Path, cats: list[str], size: int, variants: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--family", default="report", help="seeds of the procedural family: report (default), dev or "
-                                                      "a range like 1000-1011")
+    ap.add_argument("--family", default="report", help="seeds of the procedural family: report (default), dev, "
+                                                      "a range like 1000-1011, or none (every category of --data)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--variants", default="pixel,instances")
     a = ap.parse_args()
     from comgen.data.family import family_categories
 
-    cats = family_categories(a.family)
+    cats = family_categories(a.family) if a.family != "none" else []
     tmp = None
     if a.data is None:
         from comgen.data.synth import SynthConfig, generate_benchmark

@@ -62,6 +62,7 @@ class LearnerConfig(ConfigBase):
     instance_blob_sigma: float = 12.0  # reach of the background model (px at 256 px)
     instance_silhouette: float = 0.5  # a group's instances are split only when the clusters separate this cleanly
     instance_k_max: int = 4  # most part types per colour class
+    instance_min_presence: float = 0.3  # a part type shows in at least this share of the normal images
     instance_fit_images: int = 64  # training images the stage is fitted on (bounds memory)
 
     def __post_init__(self) -> None:
@@ -90,7 +91,8 @@ class LearnerConfig(ConfigBase):
         return InstanceOptions(surface_share=self.instance_surface_share, blob_noise=self.instance_blob_noise,
                                blob_min_de=self.instance_blob_min_de, blob_sigma=self.instance_blob_sigma,
                                min_area=self.min_area,
-                               k_max=self.instance_k_max, silhouette=self.instance_silhouette)
+                               k_max=self.instance_k_max, silhouette=self.instance_silhouette,
+                               min_presence=self.instance_min_presence)
 
     def scaled(self, value: float) -> float:
         """A length given at 256 px, scaled to ``image_size``."""

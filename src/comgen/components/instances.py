@@ -51,6 +51,7 @@ class InstanceOptions:
     deep_weight: float = 0.5
     color_weight: float = 1.0
     together: float = 0.3
+    min_presence: float = 0.3
     split_touching: bool = True
 
 
@@ -62,6 +63,7 @@ class Group:
     scale: np.ndarray
     centroids: np.ndarray
     classes: np.ndarray
+    presence: np.ndarray | None = None  # share of the fit images showing each cluster (fitting only)
 
     def assign(self, desc: np.ndarray) -> np.ndarray:
         z = (desc - self.mean) * self.scale
@@ -358,7 +360,7 @@ def _together(labels: np.ndarray, image_of: np.ndarray, a: int, b: int) -> float
     return len(ia & ib) / either if either else 0.0
 
 
-def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed: int) -> Group:
+def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed: int, n_img: int) -> Group:
     """Cluster one group's instances into sub-classes (one cluster unless a split is clean and real)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
@@ -386,7 +388,9 @@ def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, 
         best, best_sil = (k, km.cluster_centers_.astype(np.float32), lab), sil
     k, cents, lab = best
     order = np.argsort(-np.bincount(lab, minlength=k))  # largest cluster first: the group's default class
-    return Group(mean, scale.astype(np.float32), cents[order].astype(np.float32), np.zeros(k, np.int64) + order)
+    presence = np.array([len(set(image_of[lab == j].tolist())) for j in order], np.float64) / max(n_img, 1)
+    return Group(mean, scale.astype(np.float32), cents[order].astype(np.float32), np.zeros(k, np.int64) + order,
+                 presence)
 
 
 def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None, num_pixel_classes: int,
@@ -415,7 +419,7 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
         idx = np.flatnonzero(grp == g)
         if g == BLOBS and len(set(img[idx].tolist())) < max(2, 0.2 * n_img):
             continue  # blobs in a few images only: noise or stray marks, not a part type
-        fitted[g] = cluster_group(desc[idx], img[idx], opt, seed)
+        fitted[g] = cluster_group(desc[idx], img[idx], opt, seed, n_img)
     # final class ids: surfaces keep theirs in order (background 0 first), then every group's clusters
     surface_class = {c: i for i, c in enumerate(sorted(surfaces))}
     nxt = len(surface_class)
@@ -425,8 +429,19 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
             nxt += 1
     for g in sorted(fitted):
         grp_ = fitted[g]
-        grp_.classes = np.arange(nxt, nxt + len(grp_.centroids), dtype=np.int64)
-        nxt += len(grp_.centroids)
+        rare = grp_.presence < opt.min_presence if grp_.presence is not None else np.zeros(len(grp_.centroids), bool)
+        rare[0] &= g == BLOBS  # a group's largest cluster is its default class
+        classes = np.zeros(len(grp_.centroids), np.int64)
+        for j in range(len(classes)):
+            if not rare[j]:
+                classes[j] = nxt
+                nxt += 1
+            else:  # seen in few normal images: noise, not a part type; blobs go back to the background
+                classes[j] = 0 if g == BLOBS else classes[0]
+        if g == BLOBS and rare.all():
+            del fitted[g]
+            continue
+        grp_.classes = classes
     stage = InstanceStage(surface_class, fitted, tau if BLOBS in fitted else float("inf"), nxt,
                           tuple(sorted(surfaces)), opt)
     info = {"surfaces": sorted(surfaces), "blob_tau": float(tau),
