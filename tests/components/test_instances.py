@@ -120,3 +120,14 @@ def test_find_instances_skips_surfaces_and_tiny_regions():
     m[30:64, 0:30] = 2  # a surface
     labels, groups = find_instances(m, None, {0, 2}, InstanceOptions(min_area=0.001))
     assert groups.tolist() == [1, 1] and labels.max() == 2
+
+
+def test_count_stability_prefers_part_types_with_steady_counts():
+    from comgen.components.instances import count_stability
+
+    image_of = np.repeat(np.arange(10), 3)  # three instances in each of ten images
+    steady = np.tile([0, 0, 1], 10)  # two of one type and one of another in every image
+    assert count_stability(steady, image_of, 2, 10) == 1.0
+    rng = np.random.default_rng(0)
+    random_halves = rng.integers(0, 2, 30)  # one type cut in two at random
+    assert count_stability(random_halves, image_of, 2, 10) < 0.7

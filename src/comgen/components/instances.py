@@ -13,8 +13,8 @@ same on top of the pixel classes, with NumPy and OpenCV only (the export runtime
   watershed on the distance transform.
 - Each instance is described by its shape (area, elongation, circularity, solidity, holes), colour and pooled
   backbone features. Within each group (one pixel class, or the background's blobs) the instances are clustered
-  with k-means; a split is kept only when it is clean (silhouette) and each cluster is a real share of the
-  instances. A split that is driven by colour alone is kept only when the clusters appear together in images;
+  with k-means; a split is kept only when it is clean (silhouette), each cluster is a real share of the
+  instances, and the clusters' per-image counts are about as steady as the group's total. A split that is driven by colour alone is kept only when the clusters appear together in images;
   otherwise it is one part that comes in several colours.
 """
 
@@ -52,6 +52,7 @@ class InstanceOptions:
     color_weight: float = 1.0
     together: float = 0.3
     min_presence: float = 0.3
+    count_slack: float = 0.1
     split_touching: bool = True
 
 
@@ -360,6 +361,17 @@ def _together(labels: np.ndarray, image_of: np.ndarray, a: int, b: int) -> float
     return len(ia & ib) / either if either else 0.0
 
 
+def count_stability(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int) -> float:
+    """Mean over clusters of the share of images in which the cluster's instance count takes its most common value.
+
+    Why: a real part type has a steady count in normal images (two screws, one nut); a split that cuts one part
+    type in two by an accident of shape or colour makes both halves' counts vary from image to image.
+    """
+    counts = np.zeros((k, max(n_img, 1)), np.int64)
+    np.add.at(counts, (labels, image_of), 1)
+    return float(np.mean([np.bincount(c).max() / len(c) for c in counts]))
+
+
 def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed: int, n_img: int) -> Group:
     """Cluster one group's instances into sub-classes (one cluster unless a split is clean and real)."""
     from sklearn.cluster import KMeans
@@ -385,6 +397,9 @@ def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, 
         colour_only = [(a, b) for a in range(k) for b in range(a + 1, k) if shape_gap[a, b] < 2.0]
         if any(_together(lab, image_of, a, b) < opt.together for a, b in colour_only):
             continue  # one part type in several colours (a colour code), not several types
+        if count_stability(lab, image_of, k, n_img) < count_stability(np.zeros_like(lab), image_of, 1, n_img) \
+                - opt.count_slack:
+            continue  # the clusters' counts per image vary where the group's total does not: an unstable split
         best, best_sil = (k, km.cluster_centers_.astype(np.float32), lab), sil
     k, cents, lab = best
     order = np.argsort(-np.bincount(lab, minlength=k))  # largest cluster first: the group's default class
