@@ -99,3 +99,24 @@ def perturb(class_map: np.ndarray, rng: np.random.Generator, num_classes: int, b
             out[m], out[mm] = k, c
             return out, m | mm, edit
     return None
+
+
+def small_maps(class_maps: np.ndarray, size: int) -> np.ndarray:
+    """Class maps [N,H,W] resized (nearest) to the editing resolution."""
+    if class_maps.shape[1:] == (size, size):
+        return class_maps
+    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) for m in class_maps])
+
+
+def class_stats(maps: np.ndarray, num_classes: int, min_area: int) -> np.ndarray:
+    """Per foreground class of every map: log1p of its instance count (instances of at least ``min_area`` px)
+    and ten times its area share, [N, 2(K-1)] (the composition branch's second input)."""
+    stats = np.zeros((len(maps), 2 * (num_classes - 1)), np.float32)
+    for i, m in enumerate(maps):
+        for c in range(1, num_classes):
+            mask = (m == c).astype(np.uint8)
+            if mask.any():
+                _, _, st, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+                stats[i, c - 1] = np.log1p(int((st[1:, cv2.CC_STAT_AREA] >= min_area).sum()))
+                stats[i, num_classes - 2 + c] = 10.0 * mask.mean()
+    return stats

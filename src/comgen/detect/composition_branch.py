@@ -24,9 +24,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from comgen.components.map_edits import perturb
+from comgen.components.map_edits import class_stats, perturb, small_maps
 from comgen.config import ConfigBase
-from comgen.detect.artifacts import RETRAIN, check_finite, finite_number, read_json_object
+from comgen.detect.artifacts import (
+    RETRAIN,
+    check_finite,
+    finite_number,
+    read_json_object,
+)
 from comgen.errors import ArtifactError, ConfigError
 from comgen.io import atomic_path, atomic_write_json
 
@@ -63,13 +68,6 @@ class CompositionBranchConfig(ConfigBase):
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------
-def small_maps(class_maps: np.ndarray, size: int) -> np.ndarray:
-    """Class maps [N,H,W] resized (nearest) to the editing resolution."""
-    if class_maps.shape[1:] == (size, size):
-        return class_maps
-    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) for m in class_maps])
-
-
 def encode(maps: np.ndarray, num_classes: int, grid: int, min_area: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Network inputs of class maps [N,E,E]: one-hot area fractions with coordinates [N,K+2,G,G], and per-class
     instance counts (log1p) and areas [N,2(K-1)]."""
@@ -79,15 +77,7 @@ def encode(maps: np.ndarray, num_classes: int, grid: int, min_area: int = 2) -> 
     frac = F.avg_pool2d(onehot, e // grid)
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid), indexing="ij")
     coords = torch.stack([ys, xs]).expand(n, 2, grid, grid)
-    stats = np.zeros((n, 2 * (num_classes - 1)), np.float32)
-    for i, m in enumerate(maps):
-        for c in range(1, num_classes):
-            mask = (m == c).astype(np.uint8)
-            if mask.any():
-                k, _, st, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-                stats[i, c - 1] = np.log1p(int((st[1:, cv2.CC_STAT_AREA] >= min_area).sum()))
-                stats[i, num_classes - 2 + c] = 10.0 * mask.mean()
-    return torch.cat([frac, coords], 1), torch.from_numpy(stats)
+    return torch.cat([frac, coords], 1), torch.from_numpy(class_stats(maps, num_classes, min_area))
 
 
 class CompositionNet(nn.Module):

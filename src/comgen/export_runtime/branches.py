@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 
+from comgen.components.map_edits import class_stats
 from comgen.export_runtime.ops import avg_pool_same, gaussian_blur, resize_bilinear
 
 MAP_BRANCHES = ("network", "composition", "memory")  # ``detect.fusion.MAP_BRANCHES``
@@ -46,13 +46,6 @@ def memory_scores(emb: np.ndarray, patches: np.ndarray, size: int, blur_sigma: f
 
 
 # --- composition branch ---------------------------------------------------------------------------------------
-def small_maps(class_maps: np.ndarray, size: int) -> np.ndarray:
-    """``composition_branch.small_maps``: class maps resized (nearest) to the editing resolution."""
-    if class_maps.shape[1:] == (size, size):
-        return class_maps
-    return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) for m in class_maps])
-
-
 def encode(maps: np.ndarray, num_classes: int, grid: int, min_area: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """``composition_branch.encode``: one-hot area fractions with coordinates [N,K+2,G,G] and per-class instance
     counts (log1p) and areas [N,2(K-1)]."""
@@ -62,15 +55,7 @@ def encode(maps: np.ndarray, num_classes: int, grid: int, min_area: int = 2) -> 
     frac = onehot.reshape(n, num_classes, grid, b, grid, b).mean(axis=(3, 5), dtype=np.float32)
     lin = np.linspace(-1, 1, grid, dtype=np.float32)
     coords = np.broadcast_to(np.stack(np.meshgrid(lin, lin, indexing="ij")), (n, 2, grid, grid))
-    stats = np.zeros((n, 2 * (num_classes - 1)), np.float32)
-    for i, m in enumerate(maps):
-        for c in range(1, num_classes):
-            mask = (m == c).astype(np.uint8)
-            if mask.any():
-                _, _, st, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-                stats[i, c - 1] = np.log1p(int((st[1:, cv2.CC_STAT_AREA] >= min_area).sum()))
-                stats[i, num_classes - 2 + c] = 10.0 * mask.mean()
-    return np.concatenate([frac, coords], 1).astype(np.float32), stats
+    return np.concatenate([frac, coords], 1).astype(np.float32), class_stats(maps, num_classes, min_area)
 
 
 # --- calibration and fusion -----------------------------------------------------------------------------------

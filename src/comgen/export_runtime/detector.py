@@ -15,6 +15,7 @@ import numpy as np
 
 from comgen.components.features import LearnerConfig
 from comgen.components.instances import InstanceStage
+from comgen.components.map_edits import small_maps
 from comgen.errors import InputError
 from comgen.export_runtime.branches import (
     encode,
@@ -23,7 +24,6 @@ from comgen.export_runtime.branches import (
     memory_embed,
     memory_scores,
     offset_maps,
-    small_maps,
     standardise,
 )
 from comgen.export_runtime.bundle import graph_path, read_arrays, read_manifest
