@@ -281,26 +281,25 @@ def learn_components(images: np.ndarray, cfg: LearnerConfig | None = None, backb
 
 def _fit_instances(model: ComponentModel, images: np.ndarray, rng: np.random.Generator) -> None:
     """Fit the instance stage on (a bounded sample of) the training images, then number its classes by share."""
-    from comgen.components.features import upsample
     from comgen.components.instances import fit_stage
-    from comgen.components.model import majority_filter
 
     cfg = model.cfg
     pick = np.sort(rng.choice(len(images), min(cfg.instance_fit_images, len(images)), replace=False))
     sel = images[pick]
-    kernel = int(round(cfg.scaled(cfg.smooth))) | 1 if cfg.smooth else 0
     maps, labs, deeps = [], [], []
     bs = max(1, cfg.batch_size)
     for i in progress(range(0, len(sel), bs), desc="learn: instances", total=-(-len(sel) // bs)):
-        labels, lab, proj = model._assign_with_features(sel[i:i + bs])
-        maps += [majority_filter(m, model.pixel_classes, kernel) for m in labels]
+        m, lab, up = model.pixel_stage(sel[i:i + bs])
+        maps.append(m)
         labs.append(lab)
-        if proj is not None:
-            deeps.append(upsample(proj, sel.shape[1]))
-    stage, info = fit_stage(np.stack(maps), np.concatenate(labs), np.concatenate(deeps) if deeps else None,
-                            model.pixel_classes, cfg.instance_options(), cfg.seed)
+        if up is not None:
+            deeps.append(up)
+    maps, labs = np.concatenate(maps), np.concatenate(labs)
+    deeps = np.concatenate(deeps) if deeps else None
+    stage, info = fit_stage(maps, labs, deeps, model.pixel_classes, cfg.instance_options(), cfg.seed)
     model.instance_stage = stage
-    final = model.segment_working(sel[:32])
+    n = min(32, len(maps))  # the share of each class, from the features already computed
+    final = np.stack([stage.refine(maps[j], labs[j], None if deeps is None else deeps[j]) for j in range(n)])
     share = np.bincount(final.ravel(), minlength=stage.num_classes) / final.size
     order = [0] + [int(c) for c in np.argsort(-share, kind="stable") if c != 0]
     stage.renumber(order)

@@ -171,17 +171,23 @@ class ComponentModel:
                                         f"{self.cfg.image_size}, got {images.shape[1:3]} and {len(deep)} feature maps")
         images = resize_square(images, self.cfg.image_size)
         out = np.empty(images.shape[:3], np.uint8)
-        kernel = int(round(self.cfg.scaled(self.cfg.smooth))) | 1 if self.cfg.smooth else 0
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(images), bs):
-            labels, lab, proj = self._assign_with_features(images[i:i + bs], None if deep is None else deep[i:i + bs])
-            maps = np.stack([majority_filter(m, self.pixel_classes, kernel) for m in labels])
+            maps, lab, up = self.pixel_stage(images[i:i + bs], None if deep is None else deep[i:i + bs])
             if self.instance_stage is not None:
-                up = None if proj is None else upsample(proj, images.shape[1])
                 maps = np.stack([self.instance_stage.refine(m, lab[j], None if up is None else up[j])
                                  for j, m in enumerate(maps)])
             out[i:i + bs] = maps
         return out
+
+    def pixel_stage(self, images: np.ndarray, deep: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Majority-filtered colour-class maps of one batch of working-size images, with the Lab colour and the
+        projected deep features upsampled to the working size (what the instance stage reads)."""
+        kernel = int(round(self.cfg.scaled(self.cfg.smooth))) | 1 if self.cfg.smooth else 0
+        labels, lab, proj = self._assign_with_features(images, deep)
+        maps = np.stack([majority_filter(m, self.pixel_classes, kernel) for m in labels])
+        return maps, lab, None if proj is None else upsample(proj, images.shape[1])
 
     def segment(self, images: np.ndarray, deep: np.ndarray | None = None) -> np.ndarray:
         """Class maps [N,H,W] (values 0..K-1, 0 = background) at the images' own resolution."""
