@@ -131,3 +131,17 @@ def test_count_stability_prefers_part_types_with_steady_counts():
     rng = np.random.default_rng(0)
     random_halves = rng.integers(0, 2, 30)  # one type cut in two at random
     assert count_stability(random_halves, image_of, 2, 10) < 0.7
+
+
+def test_a_damaged_instance_stage_is_one_line(metal, tmp_path):
+    import json
+
+    from comgen.errors import ArtifactError
+
+    (train, _), _ = metal
+    learn_components(train, LearnerConfig(**INSTANCES)).save(tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["instance_stage"]["surface_class"] = [0, 1]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="instance stage missing or inconsistent"):
+        ComponentModel.load(tmp_path)

@@ -207,3 +207,20 @@ def test_export_replaces_a_bundle_and_refuses_any_other_folder(trained_run: Path
     (out / "head.onnx").unlink()
     with pytest.raises(ComgenError, match="head.onnx: missing"):
         OnnxDetector(out)
+
+
+def test_a_damaged_instance_stage_in_the_manifest_is_one_line(prior_bundle: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from comgen.errors import ArtifactError
+    from comgen.export_runtime import OnnxDetector
+
+    d = tmp_path / "bundle"
+    shutil.copytree(prior_bundle, d)
+    man = json.loads((d / "bundle.json").read_text())
+    assert man["prior"]["instance_stage"] is not None
+    man["prior"]["instance_stage"]["surface_class"] = [1, 2]
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior.instance_stage unreadable"):
+        OnnxDetector(d)

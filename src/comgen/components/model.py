@@ -249,7 +249,7 @@ class ComponentModel:
         if meta.get("instance_stage") is not None:
             try:
                 stage = InstanceStage.from_arrays(t, meta.pop("instance_stage"))
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ArtifactError(directory / "model.safetensors",
                                     f"instance stage missing or inconsistent with model.json ({exc})") from None
         k = stage.num_classes if stage is not None else t["centroids"].shape[0] if "centroids" in t else None

@@ -16,7 +16,7 @@ import numpy as np
 from comgen.components.features import LearnerConfig
 from comgen.components.instances import InstanceStage
 from comgen.components.map_edits import small_maps
-from comgen.errors import InputError
+from comgen.errors import ArtifactError, InputError
 from comgen.export_runtime.branches import (
     encode,
     fuse,
@@ -26,7 +26,13 @@ from comgen.export_runtime.branches import (
     offset_maps,
     standardise,
 )
-from comgen.export_runtime.bundle import graph_path, read_arrays, read_manifest
+from comgen.export_runtime.bundle import (
+    MANIFEST,
+    REEXPORT,
+    graph_path,
+    read_arrays,
+    read_manifest,
+)
 from comgen.export_runtime.engines import open_graph
 from comgen.export_runtime.prior import (
     composition_vectors,
@@ -101,7 +107,11 @@ class OnnxDetector:
             self.prior_arrays = arrays["prior.safetensors"]
             self.learner = LearnerConfig.from_dict(self.prior["learner"], where=str(d / "bundle.json"))
             meta = self.prior.get("instance_stage")
-            self.instance_stage = None if meta is None else InstanceStage.from_arrays(self.prior_arrays, meta)
+            try:
+                self.instance_stage = None if meta is None else InstanceStage.from_arrays(self.prior_arrays, meta)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ArtifactError(d / MANIFEST, f"prior.instance_stage unreadable ({exc.__class__.__name__}); "
+                                                  f"{REEXPORT}") from None
             comp = graph_path(d, man, "components")
             self.components = open_graph(comp, engine, threads) if comp is not None else None
         self.composition = man.get("composition")
