@@ -1,11 +1,11 @@
-"""The fusion rule: candidates, the choice on validation data, standardisation, maps that carry the score."""
+"""The fusion rule: candidates, the choice on validation data, standardisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from comgen.detect.fusion import Fusion, candidates, choose_fusion, offset_maps
+from comgen.detect.fusion import Fusion, candidates, choose_fusion
 from comgen.errors import ArtifactError, ConfigError
 
 
@@ -78,13 +78,3 @@ def test_round_trip_and_malformed_entries() -> None:
 def test_map_weights_follow_the_rule_and_skip_branches_without_maps() -> None:
     assert Fusion("weighted", {"network": 1.0, "memory": 3.0}).map_weights() == {"network": 0.25, "memory": 0.75}
     assert Fusion("weighted", {"prior": 1.0}).map_weights() == {}
-
-
-def test_offset_maps_puts_each_maximum_at_its_score() -> None:
-    rng = np.random.default_rng(0)
-    maps = [rng.normal(size=(8, 8)).astype(np.float32), rng.normal(size=(5, 7)).astype(np.float32)]
-    shape = [m - m.max() for m in maps]
-    offset_maps(maps, np.array([2.5, -1.0], np.float32))
-    assert [float(m.max()) for m in maps] == [2.5, -1.0]
-    for m, s in zip(maps, shape):  # the shape of the map is kept
-        np.testing.assert_allclose(m - m.max(), s, atol=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from comgen.detect.composition_branch import encode as torch_encode
-from comgen.detect.fusion import Fusion, offset_maps
+from comgen.detect.fusion import Fusion
 from comgen.detect.patch_memory import PatchMemory, PatchMemoryConfig
 from comgen.export_runtime import branches
 
@@ -45,8 +45,3 @@ def test_fusion_and_map_weights_match_the_detector() -> None:
         np.testing.assert_array_equal(branches.fuse(z, d), f.apply(z))
         have = ["network", "memory"]
         assert branches.map_weights(d, have) == (f.map_weights() or {b: 0.5 for b in have})
-    maps = [rng.normal(size=(4, 4)).astype(np.float32) for _ in range(2)]
-    copy = [m.copy() for m in maps]
-    branches.offset_maps(maps, np.array([1.0, 2.0], np.float32))
-    offset_maps(copy, np.array([1.0, 2.0], np.float32))
-    np.testing.assert_array_equal(maps, copy)

@@ -167,6 +167,7 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
                            "torch": torch.__version__, "onnx": importlib.metadata.version("onnx"), "opset": opset,
                            "image_size": s, "tiles": cfg.tiles, "k": cfg.head.k, "batch_size": cfg.batch_size,
                            "map_carries_score": bool(cfg.map_carries_score),
+                           "map_peak_width": float(cfg.map_peak_width), "map_peak": det.map_peak,
                            "backbone": det.calibration.get("backbone"),
                            "calibration": {k: float(det.calibration[k]) for k in
                                            ("score_mean", "score_std", "map_mean", "map_std", "threshold")},

@@ -43,9 +43,10 @@ class DetectorConfig(ConfigBase):
     # how the branches' scores combine: sum (of their validation z-scores) | max | one branch | auto (chosen on the
     # validation split; it favours the branches trained on generated anomalies, see fusion.py)
     fusion: str = "sum"
-    # Shift each map so its maximum equals the image score (fusion.py). Off: sPRO counts the background of anomalous
-    # images as false positives, and the shift raises that background with the score (docs/experiments.md).
-    map_carries_score: bool = False
+    # Raise each map near its peak (or clip it) so that its maximum ranks images as the score does
+    # (evaluate/map_score.py); map_peak_width: how far below the peak, in the map's z units, the raise reaches
+    map_carries_score: bool = True
+    map_peak_width: float = 0.5
     # MemoryBankConfig overrides for the detector's bank; alignment window 1 (9 offsets) keeps predict fast
     bank: dict[str, Any] = field(default_factory=lambda: {"window": 1})
     backend: str = "compositional"  # which generated set to train on (RUN/generated/<backend>)
@@ -97,7 +98,8 @@ class DetectorConfig(ConfigBase):
             "lr": {"gt": 0.0}, "weight_decay": {"ge": 0.0}, "anomaly_ratio": {"ge": 0.0, "lt": 1.0},
             "augment_strength": {"ge": 0.0, "le": 0.5}, "val_fraction": {"ge": 0.0, "lt": 1.0},
             "val_anomaly_fraction": {"ge": 0.0, "lt": 1.0}, "threshold_quantile": {"gt": 0.0, "le": 1.0},
-            "tile_scale": {"ge": 0.0, "le": 8.0}, "tile_overlap": {"ge": 0.0, "le": 0.9}}
+            "tile_scale": {"ge": 0.0, "le": 8.0}, "tile_overlap": {"ge": 0.0, "le": 0.9},
+            "map_peak_width": {"gt": 0.0, "le": 100.0}}
         for name, b in bounds.items():
             finite_number(getattr(self, name), f"detector.{name}", error=ConfigError, **b)
         for section in ("head", "loss"):  # their own checks compare; here every number must also be finite

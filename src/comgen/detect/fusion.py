@@ -12,9 +12,9 @@ first). On its calibration data it is never below the best single branch. On rea
 sum (docs/experiments.md): held-out generated anomalies come from the generator the network and the composition
 branch were trained on, so they overrate those branches.
 
-The written map is the weighted sum of the map branches' z-maps. With ``map_carries_score`` it is also shifted so
-that its maximum equals the image score: an image ranked by its map's maximum (MVTec's evaluation scripts) is then
-ranked exactly as by the detector's score. That is off by default, because it collapsed sPRO (docs/experiments.md).
+The written map is the weighted sum of the map branches' z-maps. With ``map_carries_score`` (the default) its peak
+is then raised or clipped so that an image ranked by its map's maximum (MVTec's evaluation scripts) is ranked
+exactly as by the detector's score (``evaluate/map_score.py``).
 """
 
 from __future__ import annotations
@@ -135,9 +135,3 @@ def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "s
         best = max(v for v in aurocs.values() if v is not None)
         pick = next(c for c in cands if aurocs[c.name] is not None and aurocs[c.name] >= best - TIE)
     return _standardise(pick, z, normal), aurocs
-
-
-def offset_maps(maps: Sequence[np.ndarray] | np.ndarray, scores: np.ndarray) -> None:
-    """Shift each map (in place) so that its maximum equals its image's score."""
-    for m, s in zip(maps, scores):
-        m += np.float32(s) - m.max()

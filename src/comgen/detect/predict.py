@@ -33,10 +33,11 @@ from comgen.detect.composition_branch import BRANCH_DIR, branch_scores, load_bra
 from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, segment_maps
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
-from comgen.detect.fusion import BRANCHES, Fusion, offset_maps
+from comgen.detect.fusion import BRANCHES, Fusion
 from comgen.detect.patch_memory import MEMORY_DIR, PatchMemory
 from comgen.detect.tiling import is_tiled, predict_tiled
 from comgen.errors import ArtifactError, ComgenError, ConfigError, InputError
+from comgen.evaluate.map_score import carry_score, read_peak_stats
 from comgen.evaluate.maps import BRANCH_COLUMNS, map_path, write_map, write_scores_csv
 from comgen.features.backbone import build_backbone, to_tensor
 from comgen.features.memory import MemoryBank
@@ -126,6 +127,8 @@ class Detector:
         self.memory = memory  # (PatchMemory, its calibration) or None (see patch_memory.py)
         self.composition = composition  # load_branch()'s tuple or None (see composition_branch.py)
         self.fusion = fusion_of(calibration, prior is not None, Path(directory) / CALIBRATION)
+        # the validation normals' score and map-maximum scale (None: calibrated before it was stored)
+        self.map_peak = read_peak_stats(calibration.get("map_peak"), Path(directory) / CALIBRATION)
         self.last_parts: dict[str, np.ndarray] = {}  # per-branch image scores of the last predict() call
         self.model = model.eval()
         # The head as predict runs it: through torch.compile where possible (comgen.compiled), with its weights
@@ -289,7 +292,7 @@ class Detector:
         self.last_parts = {b: v for b, v in parts.items() if not np.isnan(v).all()}
         scores = self.fusion.apply(self.last_parts)
         if self.cfg.map_carries_score:
-            offset_maps(maps, scores)
+            carry_score(maps, scores, self.map_peak, self.cfg.map_peak_width)
         if notice and (notes or resized):
             parts = []
             if notes:

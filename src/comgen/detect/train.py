@@ -57,8 +57,10 @@ from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDAHead
 from comgen.detect.data import FeatureCache, Material, ReferenceMatcher, Splits, load_splits
 from comgen.detect.loss import csda_loss
-from comgen.detect.tiling import is_tiled
+from comgen.detect.predict import Detector
+from comgen.detect.tiling import is_tiled, prior_inputs
 from comgen.errors import ArtifactError, ComgenError, ConfigError
+from comgen.evaluate.map_score import peak_stats
 from comgen.features.backbone import Backbone, build_backbone
 from comgen.features.memory import MemoryBank, MemoryBankConfig
 from comgen.io import append_jsonl, atomic_write_json
@@ -451,7 +453,24 @@ def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> d
     fuse_branches(cal, z, labels, cfg)
     log(f"fusion: {cal['fusion']['name']}")
     atomic_write_json(det / CALIBRATION, cal)
+    peak = _map_peak(tr, device)
+    if peak is not None:
+        cal["map_peak"] = peak
+        atomic_write_json(det / CALIBRATION, cal)
     return cal
+
+
+def _map_peak(tr: _Training, device: Any) -> dict[str, float] | None:
+    """The validation normals' fused scores and map maxima (``evaluate/map_score.py``), from the detector just
+    written, predicted exactly as at test time (tiled mode: the whole images at the working size)."""
+    _, images, labels = prior_inputs(tr.splits, tr.cfg)
+    normals = images[np.asarray(labels) == 0]
+    if not len(normals):
+        return None
+    detector = Detector.load(tr.det, device=str(device))
+    detector.cfg = detector.cfg.replace(map_carries_score=False)
+    scores, maps = detector.predict(list(normals), notice=None)
+    return peak_stats(scores, maps)
 
 
 def train_detector(run: RunDir | str | Path, cfg: DetectorConfig | None = None, resume: bool = False,

@@ -84,9 +84,3 @@ def map_weights(fusion: Mapping[str, Any], have: Sequence[str]) -> dict[str, flo
         total = sum(own.values())
         return {b: w / total for b, w in own.items()}
     return {b: 1.0 / len(have) for b in have}
-
-
-def offset_maps(maps: Sequence[np.ndarray], scores: np.ndarray) -> None:
-    """``fusion.offset_maps``: shift each map (in place) so that its maximum equals its image's score."""
-    for m, s in zip(maps, scores):
-        m += np.float32(s) - m.max()

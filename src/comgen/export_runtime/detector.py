@@ -17,13 +17,13 @@ from comgen.components.features import LearnerConfig
 from comgen.components.instances import InstanceStage
 from comgen.components.map_edits import small_maps
 from comgen.errors import ArtifactError, InputError
+from comgen.evaluate.map_score import carry_score, read_peak_stats
 from comgen.export_runtime.branches import (
     encode,
     fuse,
     map_weights,
     memory_embed,
     memory_scores,
-    offset_maps,
     standardise,
 )
 from comgen.export_runtime.bundle import (
@@ -90,6 +90,12 @@ class OnnxDetector:
         self.batch_size = int(man.get("batch_size", 8))
         self.calibration = man["calibration"]
         self.fusion = man["fusion"]
+        self.map_peak = read_peak_stats(man.get("map_peak"), d / MANIFEST, REEXPORT)
+        self.map_peak_width = man.get("map_peak_width", 0.5)
+        if isinstance(self.map_peak_width, bool) or not isinstance(self.map_peak_width, (int, float)) or \
+                not 0 < self.map_peak_width < float("inf"):
+            raise ArtifactError(d / MANIFEST, f"map_peak_width is {self.map_peak_width!r}, not a positive number; "
+                                              f"{REEXPORT}")
         self.last_parts: dict[str, np.ndarray] = {}
         arrays = {name: read_arrays(d, name, shapes) for name, shapes in man["arrays"].items()}
         self.backbone = open_graph(graph_path(d, man, "backbone"), engine, threads)
@@ -224,7 +230,7 @@ class OnnxDetector:
         self.last_parts = {b: v for b, v in parts.items() if not np.isnan(v).all()}
         scores = fuse(self.last_parts, self.fusion)
         if self.manifest.get("map_carries_score", True):
-            offset_maps(maps, scores)
+            carry_score(maps, scores, self.map_peak, float(self.map_peak_width))
         if len({m.shape for m in maps}) == 1:
             return scores, np.stack(maps)
         return scores, maps

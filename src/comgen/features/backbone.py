@@ -262,6 +262,7 @@ class Backbone(nn.Module):
             raise InputError("backbone", f"expected a float BCHW RGB tensor, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise InputError("backbone", f"expected float input in [0,1], got {x.dtype}")
+        x = x.to(self.mean.device)  # callers hand over CPU tensors; the backbone may live on a GPU
         with torch.no_grad():
             # no_grad rather than inference_mode: equally fast here (measured, 8x256px on 1 CPU thread) and the
             # outputs stay usable as inputs of trainable Stage III layers. channels_last gave no gain either.
