@@ -9,6 +9,10 @@ its own. Reruns resume: finished comgen stages and finished peer categories are 
     python bench/family.py --out /tmp/family            # report seeds, the demo's sizes and schedule
     python bench/family.py --out /tmp/family_dev --seeds dev
     python bench/family.py --out /tmp/family_quick --quick --seeds 1000,1001
+    python bench/family.py --out /tmp/family --methods cutpaste    # comgen's detector trained on CutPaste's anomalies
+
+``cutpaste`` is the value-of-the-anomaly-source row: the same pipeline and detector as ``comgen``, with CutPaste's
+anomalies (``generate/baselines``) in place of ComGEN's.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import run_in_child  # noqa: E402
 
 METHODS = ("comgen", "patchcore")
+SOURCES = {"comgen": "compositional", "cutpaste": "cutpaste"}  # comgen pipeline rows: anomaly source of each
 BRANCHES = ("network", "prior", "composition", "memory")  # comgen's detector branches, each also scored alone
 TABLE = [("logical_auroc", "logical AUROC"), ("structural_auroc", "structural AUROC"),
          ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
@@ -206,6 +211,9 @@ def main() -> None:
         generate_benchmark(data, synth, workers=0)
     print(f"[family] data: {len(synth.categories)} categories in {time.perf_counter() - start:.0f} s", flush=True)
     methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - {*METHODS, *SOURCES})
+    if unknown:
+        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join([*METHODS, 'cutpaste'])}")
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     if cache.is_file():
@@ -217,9 +225,10 @@ def main() -> None:
             if cat in results[m]:
                 continue
             t0 = time.perf_counter()
-            if m == "comgen":
-                row = run_in_child(_comgen_child, str(data), cat, str(args.out / "comgen" / cat), run_cfg.to_dict())
-            else:
+            if m in SOURCES:
+                cfg = run_cfg.replace(backend=SOURCES[m])
+                row = run_in_child(_comgen_child, str(data), cat, str(args.out / m / cat), cfg.to_dict())
+            elif m == "patchcore":
                 row = run_in_child(_patchcore_child, str(data), cat, str(args.out / "patchcore" / cat), args.size)
             results[m][cat] = row
             cache.write_text(json.dumps(results, indent=1))
