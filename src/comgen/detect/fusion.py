@@ -3,9 +3,7 @@
 Every branch's image score is a z-score of the validation normals. The default rule (``sum``) adds them: a branch
 at chance adds noise of one unit to every image, while a branch that sees an anomaly adds many units to that image,
 so the sum keeps what each branch sees without letting one branch's outliers decide alone. A fixed maximum of
-z-scores let the noisiest branch dominate. A branch that ranks the held-out generated anomalies no better than
-chance on the validation split (AUROC at most ``NO_SIGNAL``) is left out of the sum, since it can only add noise:
-on a random texture, the composition prior's segmentation of the grain.
+z-scores let the noisiest branch dominate.
 
 ``auto`` chooses the rule per category on the validation split, that is, the validation normals against the
 held-out generated anomalies. The candidates are every branch alone, the equal-weight sum of every set of branches,
@@ -34,7 +32,6 @@ from comgen.errors import ArtifactError, ConfigError
 BRANCHES = ("network", "prior", "composition", "memory")  # every branch the detector knows, in candidate order
 MAP_BRANCHES = ("network", "composition", "memory")  # branches that give a map
 FUSION_CHOICES = ("auto", "max", "sum", *BRANCHES)
-NO_SIGNAL = 0.5  # a branch at or below this validation AUROC is left out of the sum
 TIE = 0.005  # validation AUROCs closer than this count as equal (a few held-out anomalies decide otherwise)
 
 
@@ -128,8 +125,7 @@ def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "s
     if how == "max":
         pick = cands[-1] if len(branches) > 1 else cands[0]
     elif how == "sum" or (how == "auto" and not ranked):
-        useful = [b for b in branches if not ranked or aurocs[b] > NO_SIGNAL] or branches
-        pick = next(c for c in cands if c.rule == "weighted" and list(c.weights) == useful)
+        pick = next(c for c in cands if c.rule == "weighted" and len(c.weights) == len(branches))
     elif how in BRANCHES:
         if how not in z:
             raise ConfigError("detector.fusion", f"branch {how!r} is not available in this run "
