@@ -26,12 +26,7 @@ from torch import nn
 
 from comgen.components.map_edits import class_stats, perturb, small_maps
 from comgen.config import ConfigBase
-from comgen.detect.artifacts import (
-    RETRAIN,
-    check_finite,
-    finite_number,
-    read_json_object,
-)
+from comgen.detect.artifacts import RETRAIN, check_finite, finite_number, read_json_object
 from comgen.errors import ArtifactError, ConfigError
 from comgen.io import atomic_path, atomic_write_json
 

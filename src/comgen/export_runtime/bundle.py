@@ -41,10 +41,17 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ArtifactError(path, f"tiles is {man['tiles']!r}: tiled detectors cannot run from a bundle; {REEXPORT}")
     for key in ("score_mean", "score_std", "map_mean", "map_std", "threshold"):
         v = man["calibration"].get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
-                (key.endswith("std") and v <= 0):
+        if not _is_number(v) or (key.endswith("std") and v <= 0):
             raise ArtifactError(path, f"calibration.{key} is {v!r}, not a finite number; {REEXPORT}")
+    width = man.get("map_peak_width", 0.5)  # absent in bundles exported before maps carried the score
+    if not _is_number(width) or width <= 0:
+        raise ArtifactError(path, f"map_peak_width is {width!r}, not a positive number; {REEXPORT}")
     return man
+
+
+def _is_number(v: Any) -> bool:
+    """A finite int or float (JSON's true/false are not numbers here)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def read_arrays(directory: Path, name: str, expected: dict[str, list[int]]) -> dict[str, np.ndarray]:

@@ -26,25 +26,10 @@ from comgen.export_runtime.branches import (
     memory_scores,
     standardise,
 )
-from comgen.export_runtime.bundle import (
-    MANIFEST,
-    REEXPORT,
-    graph_path,
-    read_arrays,
-    read_manifest,
-)
+from comgen.export_runtime.bundle import MANIFEST, REEXPORT, graph_path, read_arrays, read_manifest
 from comgen.export_runtime.engines import open_graph
-from comgen.export_runtime.prior import (
-    composition_vectors,
-    mixture_log_density,
-    prior_z,
-    segment_working,
-)
-from comgen.export_runtime.retrieval import (
-    align_scale,
-    global_descriptors,
-    nearest_references,
-)
+from comgen.export_runtime.prior import composition_vectors, mixture_log_density, prior_z, segment_working
+from comgen.export_runtime.retrieval import align_scale, global_descriptors, nearest_references
 
 BRANCHES = ("network", "prior", "composition", "memory")  # ``detect.fusion.BRANCHES``
 
@@ -91,11 +76,7 @@ class OnnxDetector:
         self.calibration = man["calibration"]
         self.fusion = man["fusion"]
         self.map_peak = read_peak_stats(man.get("map_peak"), d / MANIFEST, REEXPORT)
-        self.map_peak_width = man.get("map_peak_width", 0.5)
-        if isinstance(self.map_peak_width, bool) or not isinstance(self.map_peak_width, (int, float)) or \
-                not 0 < self.map_peak_width < float("inf"):
-            raise ArtifactError(d / MANIFEST, f"map_peak_width is {self.map_peak_width!r}, not a positive number; "
-                                              f"{REEXPORT}")
+        self.map_peak_width = float(man.get("map_peak_width", 0.5))  # checked by read_manifest
         self.last_parts: dict[str, np.ndarray] = {}
         arrays = {name: read_arrays(d, name, shapes) for name, shapes in man["arrays"].items()}
         self.backbone = open_graph(graph_path(d, man, "backbone"), engine, threads)
@@ -230,7 +211,7 @@ class OnnxDetector:
         self.last_parts = {b: v for b, v in parts.items() if not np.isnan(v).all()}
         scores = fuse(self.last_parts, self.fusion)
         if self.manifest.get("map_carries_score", True):
-            carry_score(maps, scores, self.map_peak, float(self.map_peak_width))
+            carry_score(maps, scores, self.map_peak, self.map_peak_width)
         if len({m.shape for m in maps}) == 1:
             return scores, np.stack(maps)
         return scores, maps
