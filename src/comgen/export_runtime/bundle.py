@@ -43,7 +43,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         v = man["calibration"].get(key)
         if not _is_number(v) or (key.endswith("std") and v <= 0):
             raise ArtifactError(path, f"calibration.{key} is {v!r}, not a finite number; {REEXPORT}")
-    width = man.get("map_peak_width", 0.5)  # absent in bundles exported before maps carried the score
+    width = man.get("map_peak_width", 0.5)  # a bundle without it runs the default width
     if not _is_number(width) or width <= 0:
         raise ArtifactError(path, f"map_peak_width is {width!r}, not a positive number; {REEXPORT}")
     return man
