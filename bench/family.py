@@ -31,7 +31,7 @@ from child import run_in_child  # noqa: E402
 
 METHODS = ("comgen", "patchcore")
 SOURCES = {"comgen": "compositional", "cutpaste": "cutpaste"}  # comgen pipeline rows: anomaly source of each
-BRANCHES = ("network", "prior", "composition", "memory")  # comgen's detector branches, each also scored alone
+BRANCHES = ("network", "prior", "composition", "memory", "global")  # comgen's detector branches, each also scored alone
 TABLE = [("logical_auroc", "logical AUROC"), ("structural_auroc", "structural AUROC"),
          ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
          ("logical_auroc_mapmax", "logical AUROC (map max)"), ("fit_s", "fit s"),

@@ -87,7 +87,7 @@ def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, pr
     det = Detector.load(prior_run, device="cpu")
     onnx_det = OnnxDetector(prior_bundle)
     assert onnx_det.threshold == pytest.approx(det.threshold)
-    _assert_parity(det, onnx_det, _test_images(), {"network", "prior", "composition", "memory"})
+    _assert_parity(det, onnx_det, _test_images(), {"network", "prior", "composition", "memory", "global"})
     assert onnx_det.last_parts["prior"][2:5].min() > onnx_det.last_parts["prior"][:2].max()  # it sees the counts
 
 
@@ -98,7 +98,7 @@ def test_openvino_ir_scores_as_predict(prior_run: Path, prior_bundle: Path) -> N
 
     assert (prior_bundle / "head.xml").is_file() and (prior_bundle / "components.xml").is_file()
     _assert_parity(Detector.load(prior_run, device="cpu"), OnnxDetector(prior_bundle, engine="openvino"),
-                   _test_images(), {"network", "prior", "composition", "memory"})
+                   _test_images(), {"network", "prior", "composition", "memory", "global"})
 
 
 def test_bundle_without_the_prior_scores_as_predict(trained_run: Path, tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_bundle_without_the_prior_scores_as_predict(trained_run: Path, tmp_path:
     man = json.loads((out / "bundle.json").read_text())
     assert man["prior"] is None and man["composition"] is None and set(man["graphs"]) == {"backbone", "head"}
     _assert_parity(Detector.load(trained_run, device="cpu"), OnnxDetector(out), _test_images(),
-                   {"network", "memory"})
+                   {"network", "memory", "global"})
 
 
 def test_prior_on_the_detector_features_scores_as_predict(tmp_path: Path) -> None:
@@ -246,4 +246,25 @@ def test_a_damaged_map_peak_in_the_manifest_is_one_line(prior_bundle: Path, tmp_
     man["map_peak"]["max_std"], man["map_peak_width"] = 1.0, 0
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: map_peak_width is 0, not a positive number"):
+        OnnxDetector(d)
+
+
+def test_a_damaged_global_branch_in_the_bundle_is_one_line(prior_bundle: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from comgen.errors import ArtifactError
+    from comgen.export_runtime import OnnxDetector
+
+    d = tmp_path / "bundle"
+    shutil.copytree(prior_bundle, d)
+    man = json.loads((d / "bundle.json").read_text())
+    assert man["global"]["num_scales"] >= 1 and man["global"]["score_std"] > 0
+    man["global"]["score_std"] = 0.0
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: entry 'global' is malformed.*export it again"):
+        OnnxDetector(d)
+    man["global"]["score_std"], man["global"]["num_scales"] = 1.0, man["global"]["num_scales"] + 1
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"global branch array 'mean\d' missing"):
         OnnxDetector(d)

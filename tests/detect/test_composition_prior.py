@@ -69,7 +69,7 @@ def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path:
     entry = res.calibration["prior"]
     assert entry["enabled"] and (run.detector / PRIOR_DIR / "components" / "model.json").is_file()
     assert res.calibration["threshold"] != res.calibration["threshold_network"]
-    assert set(res.calibration["val_branch_scores"]) == {"network", "prior", "memory"}  # composition: opt-in
+    assert set(res.calibration["val_branch_scores"]) == {"network", "prior", "memory", "global"}  # composition: opt-in
 
     det = Detector.load(run.root)
     images = np.concatenate([_images("good", 4, 8), _images("missing", 4, 9)])

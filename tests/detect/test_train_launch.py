@@ -32,7 +32,7 @@ readers = pytest.importorskip("comgen.data.readers")
 
 ARGS = ["--epochs", "3", "--image-size", "64", "--weights", "random", "--batch-size", "4"]
 DETECTOR_FILES = {"bank", "best.safetensors", "calibration.json", "config.yaml", "head.safetensors",
-                  "history.jsonl", "patch_memory", "state.json", "state.safetensors"}
+                  "global_branch", "history.jsonl", "patch_memory", "state.json", "state.safetensors"}
 
 
 def _free_port() -> int:

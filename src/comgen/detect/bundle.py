@@ -180,7 +180,7 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
                                     [*names, *[f"ref_{i}" for i in range(n)]], ["map_logits", "image_logit"], opset)
     arrays, man["bank"] = _bank_arrays(det, feats)
     _save(out, "bank.safetensors", arrays, man)
-    man["prior"] = man["composition"] = man["memory"] = None
+    man["prior"] = man["composition"] = man["memory"] = man["global"] = None
     if det.prior is not None:
         arrays, man["prior"] = _prior_arrays(det)
         _save(out, "prior.safetensors", arrays, man)
@@ -203,6 +203,11 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
         _save(out, "memory.safetensors", {"patches": memory.patches}, man)
         man["memory"] = {"scales": list(memory.cfg.scales), "neighbourhood": memory.cfg.neighbourhood,
                          "blur_sigma": memory.cfg.blur_sigma, **{key: float(v) for key, v in cal.items()}}
+    if det.global_branch is not None:
+        branch, cal = det.global_branch
+        _save(out, "global.safetensors", branch.arrays(), man)
+        man["global"] = {"scales": list(branch.cfg.scales), "grid": branch.cfg.grid, "num_scales": len(branch.means),
+                         **{key: float(v) for key, v in cal.items()}}
     if openvino:
         man["openvino"] = _openvino(out, man)
         log(f"OpenVINO IR written beside each graph ({man['openvino']['version']})")

@@ -1,9 +1,9 @@
 """Calibration of a trained detector on the validation split: score normalisation, branches, fusion, threshold.
 
 Why: the image score must mean the same on every run (a z-score of normal validation scores) and the pass/fail
-threshold must come from normal images only. The composition prior (when the run has a component model) and the
-patch memory are fitted here, each branch is standardised on the validation normals, the fusion rule is chosen on
-the validation split (``fusion.py``), and the threshold is derived on the fused score.
+threshold must come from normal images only. The composition prior (when the run has a component model), the
+patch memory and the global branch are fitted here, each branch is standardised on the validation normals, the
+fusion rule is chosen on the validation split (``fusion.py``), and the threshold is derived on the fused score.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, segment
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
 from comgen.detect.fusion import choose_fusion
+from comgen.detect.global_branch import GLOBAL_DIR, GlobalBranch, describe
 from comgen.detect.patch_memory import MEMORY_DIR, PatchMemory
 from comgen.detect.tiling import image_max, is_tiled, prior_inputs
 from comgen.errors import ArtifactError, ConfigError
@@ -175,6 +176,43 @@ def attach_memory(directory: Path, bank_patches: list[Any], val_feats: list[Any]
     memory.save(out, entry)
     return {"enabled": True, "patches": int(len(memory.patches)), **entry}, \
         ((raw - entry["score_mean"]) / entry["score_std"]).astype(np.float32)
+
+
+def attach_global(directory: Path, bank_patches: list[Any], val_feats: list[Any], labels: np.ndarray,
+                  cfg: DetectorConfig, log: Callable[[str], None], batch: int = 32
+                  ) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Fit the global branch (``global_branch.py``) on the bank's features of the training normals; standardise
+    each scale, then the branch's score, on the validation normals. Returns its calibration entry and validation
+    z-scores."""
+    out = directory / GLOBAL_DIR
+    why = None
+    if not cfg.global_branch.enabled:
+        why = "disabled in the config"
+    elif is_tiled(cfg):
+        why = "tiled mode"
+    elif not (labels == 0).any():
+        why = "no validation normals"
+    if why is not None:
+        if out.exists():
+            shutil.rmtree(out)
+        log(f"global branch off: {why}")
+        return {"enabled": False, "reason": why}, None
+    log("fitting the global branch on the training normals")
+
+    def descriptors(feats: list[Any]) -> list[np.ndarray]:
+        chunks = [describe([f[i:i + batch] for f in feats], cfg.global_branch) for i in range(0, len(feats[0]), batch)]
+        return [np.concatenate(scale) for scale in zip(*chunks)]
+
+    branch = GlobalBranch.fit(descriptors(bank_patches), cfg.global_branch)
+    val = descriptors(val_feats)
+    normal = labels == 0
+    branch.set_scales([d[normal] for d in val])
+    raw = branch.raw_scores(val)
+    _check_finite(raw, "global-branch scores")
+    sd = float(raw[normal].std()) if normal.sum() > 1 else 0.0
+    entry = {"score_mean": float(raw[normal].mean()), "score_std": sd if sd > 1e-6 else 1.0}
+    branch.save(out, entry)
+    return {"enabled": True, **entry}, ((raw - entry["score_mean"]) / entry["score_std"]).astype(np.float32)
 
 
 def fuse_branches(cal: dict[str, Any], z: dict[str, np.ndarray], labels: np.ndarray, cfg: DetectorConfig) -> None:

@@ -14,6 +14,7 @@ from comgen.detect.composition_branch import CompositionBranchConfig
 from comgen.detect.composition_prior import PriorConfig
 from comgen.detect.csda import HeadConfig
 from comgen.detect.fusion import FUSION_CHOICES
+from comgen.detect.global_branch import GlobalBranchConfig
 from comgen.detect.loss import LossConfig
 from comgen.detect.patch_memory import PatchMemoryConfig
 from comgen.errors import ConfigError
@@ -40,6 +41,8 @@ class DetectorConfig(ConfigBase):
     prior: PriorConfig = field(default_factory=PriorConfig)  # composition prior branch
     composition: CompositionBranchConfig = field(default_factory=CompositionBranchConfig)  # learned class-map branch
     memory: PatchMemoryConfig = field(default_factory=PatchMemoryConfig)  # patch-memory branch (textures)
+    # pooled features against a Gaussian of the normals' (relations across the whole image)
+    global_branch: GlobalBranchConfig = field(default_factory=GlobalBranchConfig)
     # how the branches' scores combine: sum (of their validation z-scores) | max | one branch | auto (chosen on the
     # validation split; it favours the branches trained on generated anomalies, see fusion.py)
     fusion: str = "sum"
@@ -121,7 +124,7 @@ class DetectorConfig(ConfigBase):
         """Sections of the right type (YAML mappings are converted before; a library caller may pass anything)."""
         for name, kind in (("backbone", BackboneConfig), ("head", HeadConfig), ("loss", LossConfig),
                            ("prior", PriorConfig), ("composition", CompositionBranchConfig),
-                           ("memory", PatchMemoryConfig)):
+                           ("memory", PatchMemoryConfig), ("global_branch", GlobalBranchConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"detector.{name}", f"must be a {kind.__name__}, got {getattr(self, name)!r}")
         if not isinstance(self.bank, dict):

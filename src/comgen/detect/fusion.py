@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from comgen.errors import ArtifactError, ConfigError
 
-BRANCHES = ("network", "prior", "composition", "memory")  # every branch the detector knows, in candidate order
+BRANCHES = ("network", "prior", "composition", "memory", "global")  # every branch, in candidate order
 MAP_BRANCHES = ("network", "composition", "memory")  # branches that give a map
 FUSION_CHOICES = ("auto", "max", "sum", *BRANCHES)
 TIE = 0.005  # validation AUROCs closer than this count as equal (a few held-out anomalies decide otherwise)

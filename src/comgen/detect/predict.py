@@ -34,6 +34,7 @@ from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, segment
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.fusion import BRANCHES, Fusion
+from comgen.detect.global_branch import GLOBAL_DIR, GlobalBranch
 from comgen.detect.patch_memory import MEMORY_DIR, PatchMemory
 from comgen.detect.tiling import is_tiled, predict_tiled
 from comgen.errors import ArtifactError, ComgenError, ConfigError, InputError
@@ -121,11 +122,13 @@ class Detector:
 
     def __init__(self, cfg: DetectorConfig, model: CSDA, bank: Any, calibration: dict[str, Any],
                  directory: Path, device: torch.device, prior: Any = None,
-                 memory: tuple[PatchMemory, dict[str, float]] | None = None, composition: Any = None) -> None:
+                 memory: tuple[PatchMemory, dict[str, float]] | None = None, composition: Any = None,
+                 global_branch: tuple[GlobalBranch, dict[str, float]] | None = None) -> None:
         self.cfg = cfg
         self.prior = prior  # CompositionPrior or None (see composition_prior.py)
         self.memory = memory  # (PatchMemory, its calibration) or None (see patch_memory.py)
         self.composition = composition  # load_branch()'s tuple or None (see composition_branch.py)
+        self.global_branch = global_branch  # (GlobalBranch, its calibration) or None (see global_branch.py)
         self.fusion = fusion_of(calibration, prior is not None, Path(directory) / CALIBRATION)
         # the validation normals' score and map-maximum scale (None: calibrated before it was stored)
         self.map_peak = read_peak_stats(calibration.get("map_peak"), Path(directory) / CALIBRATION)
@@ -186,7 +189,8 @@ class Detector:
             if composition[2] != prior.model.num_classes:
                 raise ArtifactError(det / BRANCH_DIR, "composition branch and composition prior disagree on the "
                                                       f"number of classes; {RETRAIN}")
-        return cls(cfg, model.to(dev), bank, cal, det, dev, prior, memory, composition)
+        global_branch = GlobalBranch.load(det / GLOBAL_DIR) if (cal.get("global") or {}).get("enabled") else None
+        return cls(cfg, model.to(dev), bank, cal, det, dev, prior, memory, composition, global_branch)
 
     # --- core ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -224,6 +228,12 @@ class Detector:
         """Calibrated patch-memory image scores [B] and maps [B,S,S] of a working-size batch's features."""
         memory, cal = self.memory
         return standardise(*memory.score([f.float().cpu() for f in feats], self.cfg.image_size), cal)
+
+    def _global_scores(self, feats: list[torch.Tensor]) -> np.ndarray:
+        """Calibrated global-branch image scores [B] of a working-size batch's features."""
+        branch, cal = self.global_branch
+        return ((branch.score([f.float().cpu() for f in feats]) - cal["score_mean"]) / cal["score_std"]
+                ).astype(np.float32)
 
     def _map_weights(self) -> dict[str, float]:
         """How the map branches blend into the written map: the fusion's own weights, else equal."""
@@ -285,6 +295,8 @@ class Detector:
                     parts["composition"][sl], zmaps["composition"] = comp, comp_maps
             if self.memory is not None:
                 parts["memory"][sl], zmaps["memory"] = self._memory_scores(feats)
+            if self.global_branch is not None:
+                parts["global"][sl] = self._global_scores(feats)
             if map_weights != {"network": 1.0}:
                 mp = sum(w * zmaps[b] for b, w in map_weights.items())
             for m, (h, w) in zip(mp, shapes):

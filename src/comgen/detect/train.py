@@ -47,6 +47,7 @@ from comgen.detect.artifacts import (
 )
 from comgen.detect.calibration import (
     attach_composition,
+    attach_global,
     attach_memory,
     attach_prior,
     calibrate,
@@ -447,7 +448,8 @@ def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> d
     cal["prior"], z_prior, segmented = attach_prior(run, tr.splits, cfg, log)
     cal["composition"], z_comp = attach_composition(det, segmented, tr.splits, cfg, log)
     cal["memory"], z_memory = attach_memory(det, tr.bank.patches, tr.vfeats, tr.splits.val.labels, cfg, log)
-    for name, scores in (("prior", z_prior), ("composition", z_comp), ("memory", z_memory)):
+    cal["global"], z_global = attach_global(det, tr.bank.patches, tr.vfeats, tr.splits.val.labels, cfg, log)
+    for name, scores in (("prior", z_prior), ("composition", z_comp), ("memory", z_memory), ("global", z_global)):
         if scores is not None:
             z[name] = scores
     fuse_branches(cal, z, labels, cfg)

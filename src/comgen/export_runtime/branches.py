@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from comgen.components.map_edits import class_stats
+from comgen.errors import ArtifactError
+from comgen.export_runtime.bundle import REEXPORT, is_number
 from comgen.export_runtime.ops import avg_pool_same, gaussian_blur, resize_bilinear
 
 MAP_BRANCHES = ("network", "composition", "memory")  # ``detect.fusion.MAP_BRANCHES``
@@ -43,6 +45,29 @@ def memory_scores(emb: np.ndarray, patches: np.ndarray, size: int, blur_sigma: f
     if blur_sigma > 0:
         m = gaussian_blur(m, blur_sigma * size / 256.0)
     return m.reshape(b, -1).max(axis=1), m
+
+
+# --- global branch --------------------------------------------------------------------------------------------
+def global_arrays(entry: Any, arrays: Mapping[str, np.ndarray] | None, where: Any
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """``GlobalBranch.from_arrays``: (means, precisions, scale_mean, scale_std) of the bundle's global branch, its
+    manifest entry checked (``where`` names the manifest in errors)."""
+    ok = isinstance(entry, dict) and isinstance(entry.get("scales"), list) and \
+        isinstance(entry.get("grid"), int) and isinstance(entry.get("num_scales"), int) and \
+        is_number(entry.get("score_mean")) and is_number(entry.get("score_std")) and entry["score_std"] > 0
+    if not ok or arrays is None:
+        raise ArtifactError(where, f"entry 'global' is malformed or its arrays are missing; {REEXPORT}")
+    n = entry["num_scales"]
+    try:
+        means = [arrays[f"mean{s}"] for s in range(n)]
+        precisions = [arrays[f"precision{s}"] for s in range(n)]
+        scale_mean, scale_std = arrays["scale_mean"], arrays["scale_std"]
+    except KeyError as exc:
+        raise ArtifactError(where, f"global branch array {exc.args[0]!r} missing; {REEXPORT}") from None
+    if scale_mean.shape != (n,) or scale_std.shape != (n,) or (scale_std <= 0).any() or \
+            not all(p.shape == (len(m), len(m)) for m, p in zip(means, precisions)):
+        raise ArtifactError(where, f"global branch arrays of inconsistent shapes; {REEXPORT}")
+    return means, precisions, scale_mean, scale_std
 
 
 # --- composition branch ---------------------------------------------------------------------------------------

@@ -41,15 +41,15 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise ArtifactError(path, f"tiles is {man['tiles']!r}: tiled detectors cannot run from a bundle; {REEXPORT}")
     for key in ("score_mean", "score_std", "map_mean", "map_std", "threshold"):
         v = man["calibration"].get(key)
-        if not _is_number(v) or (key.endswith("std") and v <= 0):
+        if not is_number(v) or (key.endswith("std") and v <= 0):
             raise ArtifactError(path, f"calibration.{key} is {v!r}, not a finite number; {REEXPORT}")
     width = man.get("map_peak_width", 0.5)  # a bundle without it runs the default width
-    if not _is_number(width) or width <= 0:
+    if not is_number(width) or width <= 0:
         raise ArtifactError(path, f"map_peak_width is {width!r}, not a positive number; {REEXPORT}")
     return man
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     """A finite int or float (JSON's true/false are not numbers here)."""
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 

@@ -21,6 +21,7 @@ from comgen.evaluate.map_score import carry_score, read_peak_stats
 from comgen.export_runtime.branches import (
     encode,
     fuse,
+    global_arrays,
     map_weights,
     memory_embed,
     memory_scores,
@@ -30,8 +31,9 @@ from comgen.export_runtime.bundle import MANIFEST, REEXPORT, graph_path, read_ar
 from comgen.export_runtime.engines import open_graph
 from comgen.export_runtime.prior import composition_vectors, mixture_log_density, prior_z, segment_working
 from comgen.export_runtime.retrieval import align_scale, global_descriptors, nearest_references
+from comgen.features.pooled import pooled_descriptors, standardised_distances
 
-BRANCHES = ("network", "prior", "composition", "memory")  # ``detect.fusion.BRANCHES``
+BRANCHES = ("network", "prior", "composition", "memory", "global")  # ``detect.fusion.BRANCHES``
 
 
 def to_rgb_uint8(img: np.ndarray, where: str = "image") -> np.ndarray:
@@ -107,6 +109,9 @@ class OnnxDetector:
         self.memory = man.get("memory")
         if self.memory is not None:
             self.memory_patches = arrays["memory.safetensors"]["patches"]
+        self.global_branch = man.get("global")
+        if self.global_branch is not None:
+            self.global_arrays = global_arrays(self.global_branch, arrays.get("global.safetensors"), d / MANIFEST)
 
     @property
     def threshold(self) -> float:
@@ -163,6 +168,13 @@ class OnnxDetector:
                                  self.image_size, m["blur_sigma"])
         return standardise(sc, maps, m)
 
+    def global_scores(self, feats: list[np.ndarray]) -> np.ndarray:
+        """``GlobalBranch.score`` + its calibration (``Detector._global_scores``): z-scores [B]."""
+        g = self.global_branch
+        desc = pooled_descriptors(feats, g["scales"], g["grid"])
+        return ((standardised_distances(desc, *self.global_arrays) - g["score_mean"]) / g["score_std"]
+                ).astype(np.float32)
+
     # --- the whole path -------------------------------------------------------------------------------------
     def predict(self, images: Sequence[np.ndarray] | np.ndarray, batch_size: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
@@ -204,6 +216,8 @@ class OnnxDetector:
                     parts["composition"][sl], zmaps["composition"] = self.composition_scores(cmaps)
             if self.memory is not None:
                 parts["memory"][sl], zmaps["memory"] = self.memory_scores(feats)
+            if self.global_branch is not None:
+                parts["global"][sl] = self.global_scores(feats)
             if weights != {"network": 1.0}:
                 mp = sum(w * zmaps[b] for b, w in weights.items())
             for m, (h, w) in zip(mp, shapes):
