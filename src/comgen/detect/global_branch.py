@@ -31,7 +31,7 @@ from sklearn.covariance import LedoitWolf
 from comgen.config import ConfigBase
 from comgen.detect.artifacts import RETRAIN, finite_number, read_json_object
 from comgen.errors import ArtifactError, ConfigError
-from comgen.features.pooled import mahalanobis, pooled_descriptors, standardised_distances
+from comgen.features.pooled import pooled_descriptors, scale_distances, standardised_distances
 from comgen.io import atomic_path, atomic_write_json
 
 GLOBAL_DIR = "global_branch"  # inside the detector directory
@@ -87,7 +87,7 @@ class GlobalBranch:
 
     def distances(self, descriptors: list[np.ndarray]) -> np.ndarray:
         """[B, S] Mahalanobis distance of each image at each scale."""
-        return np.stack([mahalanobis(x, m, p) for x, m, p in zip(descriptors, self.means, self.precisions)], axis=1)
+        return scale_distances(descriptors, self.means, self.precisions)
 
     def raw_scores(self, descriptors: list[np.ndarray]) -> np.ndarray:
         """Raw (uncalibrated) image scores [B]: the per-scale distances, standardised, summed."""

@@ -44,10 +44,15 @@ def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.nd
     return np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", d, precision, d), 0.0))
 
 
+def scale_distances(descriptors: Sequence[np.ndarray], means: Sequence[np.ndarray],
+                    precisions: Sequence[np.ndarray]) -> np.ndarray:
+    """[B, S] Mahalanobis distance of each image at each scale (one Gaussian per scale)."""
+    return np.stack([mahalanobis(x, m, p) for x, m, p in zip(descriptors, means, precisions)], axis=1)
+
+
 def standardised_distances(descriptors: Sequence[np.ndarray], means: Sequence[np.ndarray],
                            precisions: Sequence[np.ndarray], scale_mean: np.ndarray, scale_std: np.ndarray
                            ) -> np.ndarray:
     """[B] sum over scales of each scale's Mahalanobis distance, standardised by that scale's normal mean and
     spread (the global branch's raw score)."""
-    d = np.stack([mahalanobis(x, m, p) for x, m, p in zip(descriptors, means, precisions)], axis=1)
-    return ((d - scale_mean) / scale_std).sum(axis=1)
+    return ((scale_distances(descriptors, means, precisions) - scale_mean) / scale_std).sum(axis=1)
