@@ -87,6 +87,16 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
+def open_branch_dir(directory: str | Path, data_file: str, config_type: Any) -> tuple[Path, Any, dict[str, Any]]:
+    """A detector branch's folder, its config and its raw calibration, once its three files are known to exist (a
+    missing one is one ArtifactError naming it)."""
+    d = Path(directory)
+    for name in (data_file, "config.yaml", "calibration.json"):
+        if not (d / name).is_file():
+            raise ArtifactError(d / name, f"missing; {RETRAIN}")
+    return d, config_type.load(d / "config.yaml"), read_json_object(d / "calibration.json")
+
+
 def save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))

@@ -43,6 +43,14 @@ def _check_finite(values: np.ndarray, what: str) -> None:
                                            "retrain with a lower --lr")
 
 
+def _branch_off(out: Path, what: str, why: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The calibration entry of a branch that does not run; its folder from an earlier training is removed."""
+    if out.exists():
+        shutil.rmtree(out)
+    log(f"{what} off: {why}")
+    return {"enabled": False, "reason": why}
+
+
 def calibrate(logits: np.ndarray, labels: np.ndarray, map_mean: float, map_std: float, quantile: float,
               group: np.ndarray | None = None) -> dict[str, Any]:
     """Score normalisation and threshold from the validation normals.
@@ -91,10 +99,7 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
     elif not (run.components / "model.json").is_file():
         why = "the run has no component model (`comgen learn`)"
     if why is not None:
-        if out.exists():
-            shutil.rmtree(out)
-        log(f"composition prior off: {why}")
-        return {"enabled": False, "reason": why}, None, None
+        return _branch_off(out, "composition prior", why, log), None, None
     model = ComponentModel.load(run.components)
     bank_images, val_images, labels = prior_inputs(splits, cfg)  # whole images when tiled
     log("fitting the composition prior on the training normals")
@@ -117,10 +122,7 @@ def attach_composition(directory: Path, seg: Segmented | None, splits: Splits, c
         "tiled mode" if is_tiled(cfg) else \
         "it reads the composition prior's class maps, and the prior is off" if seg is None else None
     if why is not None:
-        if out.exists():
-            shutil.rmtree(out)
-        log(f"composition branch off: {why}")
-        return {"enabled": False, "reason": why}, None
+        return _branch_off(out, "composition branch", why, log), None
     k = seg.model.num_classes
     anomalies = splits.train.labels == 1
     anomaly_maps = anomaly_masks = None
@@ -151,10 +153,7 @@ def attach_memory(directory: Path, bank_patches: list[Any], val_feats: list[Any]
     elif is_tiled(cfg):
         why = "tiled mode"
     if why is not None:
-        if out.exists():
-            shutil.rmtree(out)
-        log(f"patch memory off: {why}")
-        return {"enabled": False, "reason": why}, None
+        return _branch_off(out, "patch memory", why, log), None
     log("building the patch memory from the training normals")
     n = len(bank_patches[0])
     memory = PatchMemory.fit(([p[i:i + batch] for p in bank_patches] for i in range(0, n, batch)), cfg.memory)
@@ -193,10 +192,7 @@ def attach_global(directory: Path, bank_patches: list[Any], val_feats: list[Any]
     elif not (labels == 0).any():
         why = "no validation normals"
     if why is not None:
-        if out.exists():
-            shutil.rmtree(out)
-        log(f"global branch off: {why}")
-        return {"enabled": False, "reason": why}, None
+        return _branch_off(out, "global branch", why, log), None
     log("fitting the global branch on the training normals")
 
     def descriptors(feats: list[Any]) -> list[np.ndarray]:

@@ -29,7 +29,7 @@ from safetensors.numpy import load_file, save_file
 from sklearn.covariance import LedoitWolf
 
 from comgen.config import ConfigBase
-from comgen.detect.artifacts import RETRAIN, finite_number, read_json_object
+from comgen.detect.artifacts import RETRAIN, finite_number, open_branch_dir
 from comgen.errors import ArtifactError, ConfigError
 from comgen.features.pooled import pooled_descriptors, scale_distances, standardised_distances
 from comgen.io import atomic_path, atomic_write_json
@@ -143,12 +143,7 @@ class GlobalBranch:
     @classmethod
     def load(cls, directory: str | Path) -> tuple[GlobalBranch, dict[str, float]]:
         """The branch and its calibration; a missing or damaged file is one ArtifactError naming it."""
-        d = Path(directory)
-        for name in ("gaussians.safetensors", "config.yaml", "calibration.json"):
-            if not (d / name).is_file():
-                raise ArtifactError(d / name, f"missing; {RETRAIN}")
-        cfg = GlobalBranchConfig.load(d / "config.yaml")
-        cal = read_json_object(d / "calibration.json")
+        d, cfg, cal = open_branch_dir(directory, "gaussians.safetensors", GlobalBranchConfig)
         out = {"score_mean": finite_number(cal.get("score_mean"), d / "calibration.json", "score_mean"),
                "score_std": finite_number(cal.get("score_std"), d / "calibration.json", "score_std", gt=0.0)}
         try:

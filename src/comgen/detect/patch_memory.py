@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.numpy import load_file, save_file
 
 from comgen.config import ConfigBase
-from comgen.detect.artifacts import RETRAIN, check_finite, finite_number, read_json_object
+from comgen.detect.artifacts import RETRAIN, check_finite, finite_number, open_branch_dir
 from comgen.errors import ArtifactError, ConfigError
 from comgen.features.coreset import greedy_k_center
 from comgen.features.patches import aggregate_patches
@@ -112,12 +112,7 @@ class PatchMemory:
     @classmethod
     def load(cls, directory: str | Path) -> tuple[PatchMemory, dict[str, float]]:
         """The memory and its calibration; a missing or damaged file is one ArtifactError naming it."""
-        d = Path(directory)
-        for name in ("patches.safetensors", "config.yaml", "calibration.json"):
-            if not (d / name).is_file():
-                raise ArtifactError(d / name, f"missing; {RETRAIN}")
-        cfg = PatchMemoryConfig.load(d / "config.yaml")
-        cal = read_json_object(d / "calibration.json")
+        d, cfg, cal = open_branch_dir(directory, "patches.safetensors", PatchMemoryConfig)
         out = {k: finite_number(cal.get(k), d / "calibration.json", k) for k in ("score_mean", "map_mean")}
         out.update({k: finite_number(cal.get(k), d / "calibration.json", k, gt=0.0) for k in ("score_std", "map_std")})
         try:
