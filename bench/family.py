@@ -216,10 +216,9 @@ def main() -> None:
         sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join([*METHODS, 'cutpaste'])}")
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        for m in methods:
-            results[m].update(saved.get(m, {}))
+    saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
+    for m in methods:
+        results[m].update(saved.get(m, {}))
     for cat in synth.categories:
         for m in methods:
             if cat in results[m]:
@@ -231,7 +230,7 @@ def main() -> None:
             elif m == "patchcore":
                 row = run_in_child(_patchcore_child, str(data), cat, str(args.out / "patchcore" / cat), args.size)
             results[m][cat] = row
-            cache.write_text(json.dumps(results, indent=1))
+            cache.write_text(json.dumps({**saved, **results}, indent=1))  # other methods' rows are kept
             print(f"[family] {cat} {m}: logical {_fmt(row.get('logical_auroc'))} structural "
                   f"{_fmt(row.get('structural_auroc'))} in {time.perf_counter() - t0:.0f} s", flush=True)
     table = markdown(results, list(RULE_TYPES))
