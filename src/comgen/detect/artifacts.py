@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from comgen.errors import ArtifactError, ComgenError
+from comgen.errors import ArtifactError, ComgenError, ConfigError
 from comgen.io import atomic_path, atomic_write_json
 
 STATE = "state.json"  # resume point, plain values: epoch, early stopping, history, config, RNG and optimizer layout
@@ -85,6 +85,15 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArtifactError(path, f"expected a JSON object, got {type(data).__name__}; {RETRAIN}")
     return data
+
+
+def scale_indices(value: Any, where: str) -> tuple[int, ...]:
+    """A non-empty list of detector feature-scale indices as a tuple; anything else is a ConfigError naming ``where``
+    (a branch config's ``scales`` option)."""
+    if not isinstance(value, (list, tuple)) or not value or \
+            not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise ConfigError(where, f"must be a non-empty list of scale indices, got {value!r}")
+    return tuple(value)
 
 
 def open_branch_dir(directory: str | Path, data_file: str, config_type: Any) -> tuple[Path, Any, dict[str, Any]]:

@@ -29,7 +29,7 @@ from safetensors.numpy import load_file, save_file
 from sklearn.covariance import LedoitWolf
 
 from comgen.config import ConfigBase
-from comgen.detect.artifacts import RETRAIN, finite_number, open_branch_dir
+from comgen.detect.artifacts import RETRAIN, finite_number, open_branch_dir, scale_indices
 from comgen.errors import ArtifactError, ConfigError
 from comgen.features.pooled import pooled_descriptors, scale_distances, standardised_distances
 from comgen.io import atomic_path, atomic_write_json
@@ -46,12 +46,7 @@ class GlobalBranchConfig(ConfigBase):
     grid: int = 2  # pooling grid besides the whole-image mean (0: the mean alone)
 
     def __post_init__(self) -> None:
-        scales = self.scales
-        if not isinstance(scales, (list, tuple)) or not scales or \
-                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in scales):
-            raise ConfigError("detector.global_branch.scales", f"must be a non-empty list of scale indices, "
-                                                               f"got {scales!r}")
-        self.scales = tuple(scales)
+        self.scales = scale_indices(self.scales, "detector.global_branch.scales")
         if not isinstance(self.grid, int) or isinstance(self.grid, bool) or not 0 <= self.grid <= 8:
             raise ConfigError("detector.global_branch.grid", f"must be an integer in [0, 8], got {self.grid!r}")
 

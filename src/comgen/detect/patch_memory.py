@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.numpy import load_file, save_file
 
 from comgen.config import ConfigBase
-from comgen.detect.artifacts import RETRAIN, check_finite, finite_number, open_branch_dir
+from comgen.detect.artifacts import RETRAIN, check_finite, finite_number, open_branch_dir, scale_indices
 from comgen.errors import ArtifactError, ConfigError
 from comgen.features.coreset import greedy_k_center
 from comgen.features.patches import aggregate_patches
@@ -46,11 +46,7 @@ class PatchMemoryConfig(ConfigBase):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        scales = self.scales
-        if not isinstance(scales, (list, tuple)) or not scales or \
-                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in scales):
-            raise ConfigError("detector.memory.scales", f"must be a non-empty list of scale indices, got {scales!r}")
-        self.scales = tuple(scales)
+        self.scales = scale_indices(self.scales, "detector.memory.scales")
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ConfigError("detector.memory.neighbourhood", f"must be an odd integer >= 1, got {self.neighbourhood}")
         finite_number(self.coreset, "detector.memory.coreset", error=ConfigError, gt=0.0, le=1.0)

@@ -225,15 +225,15 @@ class Detector:
         return (prior, *standardise(*branch_scores(net, maps, k, ccfg, self.cfg.image_size), cal))
 
     def _memory_scores(self, feats: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated patch-memory image scores [B] and maps [B,S,S] of a working-size batch's features."""
+        """Calibrated patch-memory image scores [B] and maps [B,S,S] of a working-size batch's features (float32,
+        on the CPU)."""
         memory, cal = self.memory
-        return standardise(*memory.score([f.float().cpu() for f in feats], self.cfg.image_size), cal)
+        return standardise(*memory.score(feats, self.cfg.image_size), cal)
 
     def _global_scores(self, feats: list[torch.Tensor]) -> np.ndarray:
-        """Calibrated global-branch image scores [B] of a working-size batch's features."""
+        """Calibrated global-branch image scores [B] of a working-size batch's features (float32, on the CPU)."""
         branch, cal = self.global_branch
-        return ((branch.score([f.float().cpu() for f in feats]) - cal["score_mean"]) / cal["score_std"]
-                ).astype(np.float32)
+        return ((branch.score(feats) - cal["score_mean"]) / cal["score_std"]).astype(np.float32)
 
     def _map_weights(self) -> dict[str, float]:
         """How the map branches blend into the written map: the fusion's own weights, else equal."""
@@ -293,10 +293,12 @@ class Detector:
                 parts["prior"][sl], comp, comp_maps = self._composition_scores(np.stack(chunk), feats)
                 if comp is not None:
                     parts["composition"][sl], zmaps["composition"] = comp, comp_maps
+            host = [f.float().cpu() for f in feats] \
+                if self.memory is not None or self.global_branch is not None else []
             if self.memory is not None:
-                parts["memory"][sl], zmaps["memory"] = self._memory_scores(feats)
+                parts["memory"][sl], zmaps["memory"] = self._memory_scores(host)
             if self.global_branch is not None:
-                parts["global"][sl] = self._global_scores(feats)
+                parts["global"][sl] = self._global_scores(host)
             if map_weights != {"network": 1.0}:
                 mp = sum(w * zmaps[b] for b, w in map_weights.items())
             for m, (h, w) in zip(mp, shapes):
