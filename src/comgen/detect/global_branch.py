@@ -31,7 +31,7 @@ from sklearn.covariance import LedoitWolf
 from comgen.config import ConfigBase
 from comgen.detect.artifacts import RETRAIN, finite_number, open_branch_dir, scale_indices
 from comgen.errors import ArtifactError, ConfigError
-from comgen.features.pooled import pooled_descriptors, scale_distances, standardised_distances
+from comgen.features.pooled import pooled_descriptors, scale_distances, standardised_distances, unpack_gaussians
 from comgen.io import atomic_path, atomic_write_json
 
 GLOBAL_DIR = "global_branch"  # inside the detector directory
@@ -111,16 +111,11 @@ class GlobalBranch:
     def from_arrays(cls, cfg: GlobalBranchConfig, arrays: dict[str, np.ndarray], where: Any) -> GlobalBranch:
         """``arrays``' inverse; shapes and finiteness are checked (``where`` names the file in errors)."""
         try:
-            n = len(arrays["scale_mean"])
-            means = [arrays[f"mean{s}"] for s in range(n)]
-            precisions = [arrays[f"precision{s}"] for s in range(n)]
-            scale_mean, scale_std = arrays["scale_mean"], arrays["scale_std"]
+            means, precisions, scale_mean, scale_std = unpack_gaussians(arrays, len(arrays["scale_mean"]))
         except KeyError as exc:
             raise ArtifactError(where, f"missing array {exc.args[0]!r}; {RETRAIN}") from None
-        ok = n > 0 and scale_std.shape == (n,) and all(
-            m.ndim == 1 and p.shape == (len(m), len(m)) for m, p in zip(means, precisions))
-        if not ok:
-            raise ArtifactError(where, f"arrays of inconsistent shapes; {RETRAIN}")
+        except ValueError as exc:
+            raise ArtifactError(where, f"{exc}; {RETRAIN}") from None
         if not all(np.isfinite(a).all() for a in (*means, *precisions, scale_mean, scale_std)) or \
                 (scale_std <= 0).any():
             raise ArtifactError(where, f"holds non-finite or non-positive values; {RETRAIN}")

@@ -15,6 +15,7 @@ from comgen.components.map_edits import class_stats
 from comgen.errors import ArtifactError
 from comgen.export_runtime.bundle import REEXPORT, is_number
 from comgen.export_runtime.ops import avg_pool_same, gaussian_blur, resize_bilinear
+from comgen.features.pooled import unpack_gaussians
 
 MAP_BRANCHES = ("network", "composition", "memory")  # ``detect.fusion.MAP_BRANCHES``
 
@@ -57,15 +58,13 @@ def global_arrays(entry: Any, arrays: Mapping[str, np.ndarray] | None, where: An
         is_number(entry.get("score_mean")) and is_number(entry.get("score_std")) and entry["score_std"] > 0
     if not ok or arrays is None:
         raise ArtifactError(where, f"entry 'global' is malformed or its arrays are missing; {REEXPORT}")
-    n = entry["num_scales"]
     try:
-        means = [arrays[f"mean{s}"] for s in range(n)]
-        precisions = [arrays[f"precision{s}"] for s in range(n)]
-        scale_mean, scale_std = arrays["scale_mean"], arrays["scale_std"]
+        means, precisions, scale_mean, scale_std = unpack_gaussians(arrays, entry["num_scales"])
     except KeyError as exc:
         raise ArtifactError(where, f"global branch array {exc.args[0]!r} missing; {REEXPORT}") from None
-    if scale_mean.shape != (n,) or scale_std.shape != (n,) or (scale_std <= 0).any() or \
-            not all(p.shape == (len(m), len(m)) for m, p in zip(means, precisions)):
+    except ValueError as exc:
+        raise ArtifactError(where, f"global branch {exc}; {REEXPORT}") from None
+    if (scale_std <= 0).any():
         raise ArtifactError(where, f"global branch arrays of inconsistent shapes; {REEXPORT}")
     return means, precisions, scale_mean, scale_std
 

@@ -7,7 +7,7 @@ which part of the image holds what, at a few times the width.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -56,3 +56,17 @@ def standardised_distances(descriptors: Sequence[np.ndarray], means: Sequence[np
     """[B] sum over scales of each scale's Mahalanobis distance, standardised by that scale's normal mean and
     spread (the global branch's raw score)."""
     return ((scale_distances(descriptors, means, precisions) - scale_mean) / scale_std).sum(axis=1)
+
+
+def unpack_gaussians(arrays: Mapping[str, np.ndarray], n: int
+                     ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """(means, precisions, scale_mean, scale_std) of ``n`` scales from the global branch's stored arrays (``mean<s>``,
+    ``precision<s>``, ``scale_mean``, ``scale_std``). Raises KeyError naming a missing array and ValueError when the
+    shapes disagree; the callers turn them into their own one-line errors."""
+    means = [arrays[f"mean{s}"] for s in range(n)]
+    precisions = [arrays[f"precision{s}"] for s in range(n)]
+    scale_mean, scale_std = arrays["scale_mean"], arrays["scale_std"]
+    if n < 1 or scale_mean.shape != (n,) or scale_std.shape != (n,) or \
+            not all(m.ndim == 1 and p.shape == (len(m), len(m)) for m, p in zip(means, precisions)):
+        raise ValueError("arrays of inconsistent shapes")
+    return means, precisions, scale_mean, scale_std
