@@ -228,7 +228,7 @@ def test_a_damaged_instance_stage_in_the_manifest_is_one_line(prior_bundle: Path
         OnnxDetector(d)
 
 
-def test_a_damaged_map_peak_in_the_manifest_is_one_line(prior_bundle: Path, tmp_path: Path) -> None:
+def test_a_damaged_map_peak_or_fusion_cap_in_the_manifest_is_one_line(prior_bundle: Path, tmp_path: Path) -> None:
     import json
     import shutil
 
@@ -246,6 +246,11 @@ def test_a_damaged_map_peak_in_the_manifest_is_one_line(prior_bundle: Path, tmp_
     man["map_peak"]["max_std"], man["map_peak_width"] = 1.0, 0
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: map_peak_width is 0, not a positive number"):
+        OnnxDetector(d)
+    assert man["fusion"]["cap"] == 15.0  # the detector's default travels with the bundle
+    man["map_peak_width"], man["fusion"]["cap"] = 0.5, "high"
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: fusion.cap is 'high', not a number >= 0"):
         OnnxDetector(d)
 
 

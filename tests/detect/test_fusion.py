@@ -68,7 +68,9 @@ def test_round_trip_and_malformed_entries() -> None:
     np.testing.assert_allclose(back.apply(z), fusion.apply(z))
     for bad in (None, {"rule": "mean", "weights": {"network": 1}}, {"rule": "max", "weights": {"other": 1}},
                 {"rule": "max", "weights": {"network": float("nan")}}, {"rule": "max", "weights": {"network": 1},
-                                                                        "scale": 0.0}):
+                                                                        "scale": 0.0},
+                {"rule": "max", "weights": {"network": 1}, "cap": -1.0},
+                {"rule": "max", "weights": {"network": 1}, "cap": True}):
         with pytest.raises(ArtifactError, match="fusion"):
             Fusion.from_dict(bad)
     with pytest.raises(ArtifactError, match="memory"):
@@ -78,3 +80,21 @@ def test_round_trip_and_malformed_entries() -> None:
 def test_map_weights_follow_the_rule_and_skip_branches_without_maps() -> None:
     assert Fusion("weighted", {"network": 1.0, "memory": 3.0}).map_weights() == {"network": 0.25, "memory": 0.75}
     assert Fusion("weighted", {"prior": 1.0}).map_weights() == {}
+
+
+def test_a_branch_with_a_heavy_tailed_normal_cannot_outvote_the_others() -> None:
+    """Two branches see every anomaly; a third is noise whose model puts one normal image 300 units out (the
+    composition prior on a random texture). Uncapped, that normal ranks above every anomaly."""
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(60), np.ones(30)].astype(int)
+    z = {"network": rng.normal(size=90) + 10.0 * labels, "memory": rng.normal(size=90) + 15.0 * labels,
+         "prior": rng.normal(size=90)}
+    z["prior"][5] = 300.0
+    top = lambda f: int(np.argmax(f.apply(z)))  # noqa: E731
+    assert top(choose_fusion(z, labels, "sum")[0]) == 5
+    capped, _ = choose_fusion(z, labels, "sum", cap=15.0)
+    assert capped.cap == 15.0 and labels[top(capped)] == 1
+    assert Fusion.from_dict(capped.to_dict()).cap == 15.0
+    assert Fusion.from_dict({k: v for k, v in capped.to_dict().items() if k != "cap"}).cap == 0.0  # older files
+    small = {b: np.clip(v, -14.0, 14.0) for b, v in z.items()}  # below the cap, nothing changes
+    np.testing.assert_allclose(capped.raw(small), choose_fusion(z, labels, "sum")[0].raw(small))

@@ -214,7 +214,7 @@ def attach_global(directory: Path, bank_patches: list[Any], val_feats: list[Any]
 def fuse_branches(cal: dict[str, Any], z: dict[str, np.ndarray], labels: np.ndarray, cfg: DetectorConfig) -> None:
     """Choose the fusion rule (``fusion.py``) from the branches' validation z-scores ``z``; store it, the threshold
     on the fused validation normals, and what each branch and candidate gave on validation (updates ``cal``)."""
-    fusion, aurocs = choose_fusion(z, labels, cfg.fusion)
+    fusion, aurocs = choose_fusion(z, labels, cfg.fusion, cfg.fusion_cap)
     fused = fusion.apply(z)
     normal = labels == 0
     cal["threshold_network"] = cal["threshold"]

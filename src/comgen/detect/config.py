@@ -46,6 +46,8 @@ class DetectorConfig(ConfigBase):
     # how the branches' scores combine: sum (of their validation z-scores) | max | one branch | auto (chosen on the
     # validation split; it favours the branches trained on generated anomalies, see fusion.py)
     fusion: str = "sum"
+    # the largest validation z-score a branch enters the fusion with (0 = no cap); see fusion.py for why
+    fusion_cap: float = 15.0
     # Raise each map near its peak (or clip it) so that its maximum ranks images as the score does
     # (evaluate/map_score.py); map_peak_width: how far below the peak, in the map's z units, the raise reaches
     map_carries_score: bool = True
@@ -102,7 +104,7 @@ class DetectorConfig(ConfigBase):
             "augment_strength": {"ge": 0.0, "le": 0.5}, "val_fraction": {"ge": 0.0, "lt": 1.0},
             "val_anomaly_fraction": {"ge": 0.0, "lt": 1.0}, "threshold_quantile": {"gt": 0.0, "le": 1.0},
             "tile_scale": {"ge": 0.0, "le": 8.0}, "tile_overlap": {"ge": 0.0, "le": 0.9},
-            "map_peak_width": {"gt": 0.0, "le": 100.0}}
+            "map_peak_width": {"gt": 0.0, "le": 100.0}, "fusion_cap": {"ge": 0.0}}
         for name, b in bounds.items():
             finite_number(getattr(self, name), f"detector.{name}", error=ConfigError, **b)
         for section in ("head", "loss"):  # their own checks compare; here every number must also be finite

@@ -12,6 +12,13 @@ first). On its calibration data it is never below the best single branch. On rea
 sum (docs/experiments.md): held-out generated anomalies come from the generator the network and the composition
 branch were trained on, so they overrate those branches.
 
+Each branch's z-score enters capped at ``cap`` (``detector.fusion_cap``). Why: beyond a few units a z-score says
+"this branch is sure", and its size then reflects the branch's tail model rather than more evidence. A branch
+whose model has a heavy tail on normal images (the composition prior on a random texture, where one normal
+image's nearest-neighbour distance between grains lies far outside the training range) would otherwise outvote
+every other branch on that image alone. The cap is set above every z-score that decided a ranking on the
+development data (docs/experiments.md).
+
 The written map is the weighted sum of the map branches' z-maps. With ``map_carries_score`` (the default) its peak
 is then raised or clipped so that an image ranked by its map's maximum (MVTec's evaluation scripts) is ranked
 exactly as by the detector's score (``evaluate/map_score.py``).
@@ -43,6 +50,7 @@ class Fusion:
     weights: dict[str, float] = field(default_factory=dict)
     shift: float = 0.0  # the fused validation normals' mean and spread, so the fused score is a z-score too
     scale: float = 1.0
+    cap: float = 0.0  # each branch's z-score enters at most this large (0: no cap, as detectors saved without it)
 
     @property
     def name(self) -> str:
@@ -55,7 +63,8 @@ class Fusion:
         if missing:
             raise ArtifactError("calibration.json", f"the fusion uses branch(es) {', '.join(missing)} that this "
                                                     "detector does not have; retrain the detector")
-        parts = [np.asarray(z[b], np.float64) * w for b, w in self.weights.items()]
+        cap = self.cap if self.cap > 0 else np.inf
+        parts = [np.minimum(np.asarray(z[b], np.float64), cap) * w for b, w in self.weights.items()]
         return np.max(parts, axis=0) if self.rule == "max" else np.sum(parts, axis=0)
 
     def apply(self, z: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -72,7 +81,7 @@ class Fusion:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "weights": dict(self.weights), "shift": self.shift, "scale": self.scale,
-                "name": self.name}
+                "cap": self.cap, "name": self.name}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "calibration.json") -> Fusion:
@@ -81,35 +90,37 @@ class Fusion:
                 or not weights or not all(b in BRANCHES for b in weights):
             raise ArtifactError(where, "fusion entry is missing or malformed; retrain the detector")
         weights = {b: float(w) for b, w in d["weights"].items()}
-        vals = [*weights.values(), d.get("shift", 0.0), d.get("scale", 1.0)]
-        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in vals) or float(d.get("scale", 1.0)) <= 0:
-            raise ArtifactError(where, "fusion entry holds a non-finite number; retrain the detector")
-        return cls(d["rule"], weights, float(d.get("shift", 0.0)), float(d.get("scale", 1.0)))
+        vals = [*weights.values(), d.get("shift", 0.0), d.get("scale", 1.0), d.get("cap", 0.0)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in vals) \
+                or float(d.get("scale", 1.0)) <= 0 or float(d.get("cap", 0.0)) < 0:
+            raise ArtifactError(where, "fusion entry holds a non-finite or out-of-range number; retrain the detector")
+        return cls(d["rule"], weights, float(d.get("shift", 0.0)), float(d.get("scale", 1.0)),
+                   float(d.get("cap", 0.0)))
 
 
-def candidates(branches: Sequence[str]) -> list[Fusion]:
+def candidates(branches: Sequence[str], cap: float = 0.0) -> list[Fusion]:
     """Every branch alone, the equal-weight sum of every set of two or more, then the maximum of all."""
-    out = [Fusion("weighted", {b: 1.0}) for b in branches]
+    out = [Fusion("weighted", {b: 1.0}, cap=cap) for b in branches]
     for n in range(2, len(branches) + 1):
-        out += [Fusion("weighted", {b: 1.0 for b in combo}) for combo in combinations(branches, n)]
+        out += [Fusion("weighted", {b: 1.0 for b in combo}, cap=cap) for combo in combinations(branches, n)]
     if len(branches) > 1:
-        out.append(Fusion("max", {b: 1.0 for b in branches}))
+        out.append(Fusion("max", {b: 1.0 for b in branches}, cap=cap))
     return out
 
 
 def _standardise(f: Fusion, z: Mapping[str, np.ndarray], normal: np.ndarray) -> Fusion:
     raw = f.raw(z)[normal]
     sd = float(raw.std()) if len(raw) > 1 else 0.0
-    return Fusion(f.rule, f.weights, float(raw.mean()) if len(raw) else 0.0, sd if sd > 1e-6 else 1.0)
+    return Fusion(f.rule, f.weights, float(raw.mean()) if len(raw) else 0.0, sd if sd > 1e-6 else 1.0, f.cap)
 
 
-def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "sum"
+def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "sum", cap: float = 0.0
                   ) -> tuple[Fusion, dict[str, float | None]]:
     """The fusion rule for branch z-scores ``z`` on the validation split (``labels`` 1 = held-out generated
     anomaly), and each candidate's validation AUROC (None when there are no anomalies to rank).
 
     ``how``: ``sum`` (all branches), ``max``, a branch name, or ``auto`` (the best candidate, see the module doc;
-    without anomalies it falls back to the sum).
+    without anomalies it falls back to the sum). ``cap``: the largest z-score a branch enters with (0: none).
     """
     if how not in FUSION_CHOICES:
         raise ConfigError("detector.fusion", f"must be one of {', '.join(FUSION_CHOICES)}, not {how!r}")
@@ -119,7 +130,7 @@ def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "s
     labels = np.asarray(labels)
     normal = labels == 0
     ranked = bool((labels == 1).any() and normal.any())
-    cands = candidates(branches)
+    cands = candidates(branches, cap)
     aurocs: dict[str, float | None] = {c.name: (float(roc_auc_score(labels, c.raw(z))) if ranked else None)
                                        for c in cands}
     if how == "max":
