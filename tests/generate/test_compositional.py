@@ -183,8 +183,7 @@ def test_lighting_gain_maps_one_exposure_onto_another():
 def test_default_structural_edit_is_transplant_and_the_others_stay_available(samples):
     """The five hand-made structural edits taught their own cues (generator benchmark: fused structural AUROC
     0.841 with all six, 0.870 with transplant alone), so by default only transplant is made."""
-    from comgen.records import ALL_EDITS
-    from comgen.records import DEFAULT_STRUCTURAL_EDITS
+    from comgen.records import ALL_EDITS, DEFAULT_STRUCTURAL_EDITS
 
     assert DEFAULT_STRUCTURAL_EDITS == ("transplant",)
     assert cfg().edit_kinds == [*LOGICAL_EDITS, "transplant"]
@@ -192,3 +191,21 @@ def test_default_structural_edit_is_transplant_and_the_others_stay_available(sam
     g = CompositionalGenerator(cfg(logical_ratio=0.0))
     g.fit(samples)
     assert {a.edit.kind for a in g.generate(6, np.random.default_rng(0))} == {"transplant"}
+
+
+def test_surfaces_are_frozen_only_with_the_instance_stage(samples, monkeypatch):
+    import comgen.generate.compositional as compositional
+
+    seen = []
+
+    class Spy(compositional.ComponentBank):
+        def __init__(self, *args, **kw):
+            seen.append(kw.get("freeze_surfaces", False))
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(compositional, "ComponentBank", Spy)
+    for instances in (False, True):
+        g = CompositionalGenerator(CompositionalConfig(image_size=64, learner=LEARN.replace(instances=instances)))
+        g.fit(samples)
+        assert (g.model.instance_stage is not None) == instances
+    assert seen == [False, True]

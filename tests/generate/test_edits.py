@@ -331,3 +331,54 @@ def test_a_part_split_over_two_classes_by_colour_keeps_the_classes_it_was_given(
     plain = _twin_bank()
     assert plain.class_maps[0][31, 20] == 2  # the maps given to the bank are not changed
     assert not plain.stable(3) and plain.count_share[2] == 0.5
+
+
+def _tray_bank(pins_per_image, n: int = 9, size: int = 64, washer: bool = True) -> ComponentBank:
+    """Each image: a tray (class 1, a third of the image) carrying ``pins_per_image(i)`` pins (class 2, 5 px) and,
+    with ``washer``, a loose washer (class 3, 5 px) on the floor. Surfaces are frozen as with the instance stage."""
+    maps = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        maps[i, 8:44, 8:44] = 1
+        for j in range(pins_per_image(i)):
+            maps[i, 14 + 9 * j:19 + 9 * j, 14 + 3 * (i % 3):19 + 3 * (i % 3)] = 2
+        if washer:
+            maps[i, 52:57, 10 + 4 * (i % 4):15 + 4 * (i % 4)] = 3
+    imgs = np.full((n, size, size, 3), (40, 45, 50), np.uint8)
+    for k, col in ((1, (170, 180, 200)), (2, (230, 190, 30)), (3, (60, 160, 60))):
+        imgs[maps == k] = col
+    return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4,
+                         freeze_surfaces=True)
+
+
+def test_edits_stay_off_a_surface_while_another_part_has_a_steady_count():
+    b = _tray_bank(lambda i: 3)
+    assert b.frozen == {1}
+    for kind in ("remove", "recolor", "replace", "move", "swap", "resize"):
+        for seed in range(8):
+            p, comp = _plan(b, kind, seed)
+            touched = {comp.components[t].class_id for t in p.edit.target} | set(p.edit.classes)
+            assert 1 not in touched, (kind, seed)
+    maps, imgs = b.class_maps, b.images
+    plain = ComponentBank(imgs, maps, [None] * len(maps), b.ids, b.paths, 0, 4)  # the colour classes' bank
+    assert plain.frozen == set() and plain.stable(1)
+
+
+def test_a_surface_stays_editable_when_no_other_part_has_a_steady_count():
+    varying = _tray_bank(lambda i: i % 4)  # 0 to 3 pins: no steady count
+    assert not varying.stable(2) and varying.frozen == {1}  # the washer (one per image) is a steady part
+    alone = _tray_bank(lambda i: i % 4, washer=False)
+    assert alone.frozen == set()
+    assert any(comp.components[p.edit.target[0]].class_id == 1
+               for p, comp in (_plan(alone, "remove", seed) for seed in range(8)))
+
+
+def test_a_ring_carries_its_hole_but_is_no_surface():
+    maps = np.zeros((8, 64, 64), np.uint8)
+    for i in range(8):
+        for x0 in (6, 36):
+            maps[i, 20:32, x0 + i % 3:x0 + 12 + i % 3] = 1  # a 12 px ring ...
+            maps[i, 24:28, x0 + 4 + i % 3:x0 + 8 + i % 3] = 2  # ... around a hole of another class
+    imgs = np.full((8, 64, 64, 3), (40, 45, 50), np.uint8)
+    imgs[maps == 1], imgs[maps == 2] = (220, 120, 160), (90, 90, 90)
+    b = ComponentBank(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4, freeze_surfaces=True)
+    assert all(it.host == 1 for it in b.items_of(2)) and b.frozen == set()

@@ -70,7 +70,8 @@ class ComponentBank:
     """Normal images, their segmentations and parts, indexed for editing."""
 
     def __init__(self, images: np.ndarray, class_maps: np.ndarray, truths: list[np.ndarray | None],
-                 ids: list[str], paths: list[str], background: int, min_area: int) -> None:
+                 ids: list[str], paths: list[str], background: int, min_area: int,
+                 freeze_surfaces: bool = False) -> None:
         self.images = images
         self.class_maps = class_maps
         self.truths = truths
@@ -83,9 +84,12 @@ class ComponentBank:
         self.components: list[list[Component]] = []  # masks dropped (see composition())
         self.items: list[BankItem] = []
         self.hosts: list[list[int]] = []
+        self.frozen: set[int] = set()  # surface classes that edits leave alone (_freeze_surfaces)
         self._build()
         self._build_references()
         self._build_class_stats()
+        if freeze_surfaces:
+            self._freeze_surfaces()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -162,13 +166,39 @@ class ComponentBank:
             self.count_share[k] = float((counts == mode).mean())
             self.median_area[k] = float(np.median([it.area for it in self.items if it.class_id == k]))
 
+    #: a class is a surface when its instances carry other parts in at least this share of the images ...
+    surface_share = 0.5
+    #: ... and its instances' median area is at least this share of the image (a ring carries its hole, but is
+    #: no surface)
+    surface_area = 0.05
+
+    def _freeze_surfaces(self) -> None:
+        """Keep edits off the surfaces (a tray, a board) while some other part class has a steady count.
+
+        Why: a surface is the frame the parts lie on. Recolouring, removing or replacing it changes the frame,
+        which a composition rule is rarely about; such edits broke a rule only through the parts painted over with
+        the surface. Where the surfaces are the only classes of steady count (free parts come one or two at a
+        time), they stay editable, so the category still gets removes, adds and recolours.
+        """
+        carried: dict[int, int] = {}
+        for hosts in self.hosts:
+            for k in {h for h in hosts if h != self.background}:
+                carried[k] = carried.get(k, 0) + 1
+        big = self.surface_area * self.size * self.size
+        surfaces = {k for k, n in carried.items()
+                    if n >= self.surface_share * max(len(self), 1) and self.median_area.get(k, 0.0) >= big}
+        if any(self.stable(k) for k in self.classes() if k not in surfaces):
+            self.frozen = surfaces
+
     def stable(self, class_id: int) -> bool:
         """The class's instance count is (nearly) the same in every normal image, and not zero."""
-        return self.count_mode.get(class_id, 0) >= 1 and self.count_share.get(class_id, 0.0) >= self.stable_share
+        return self.count_mode.get(class_id, 0) >= 1 and self.count_share.get(class_id, 0.0) >= self.stable_share \
+            and class_id not in self.frozen
 
     def typical(self, class_id: int, area: float) -> bool:
-        """The instance is a whole part of its class, not a fragment or a merged blob."""
-        return _typical_size(area, self.median_area.get(class_id, 0.0))
+        """The instance is a whole part of its class (not a fragment or a merged blob) and not a frozen
+        surface."""
+        return class_id not in self.frozen and _typical_size(area, self.median_area.get(class_id, 0.0))
 
     def confident(self, c: Component) -> bool:
         """A whole instance of a reliable part class (what remove/add/recolor edits act on)."""
