@@ -200,7 +200,7 @@ def test_surfaces_are_frozen_only_with_the_instance_stage(samples, monkeypatch):
 
     class Spy(compositional.ComponentBank):
         def __init__(self, *args, **kw):
-            seen.append(kw.get("freeze_surfaces", False))
+            seen.append(kw.get("part_classes", False))
             super().__init__(*args, **kw)
 
     monkeypatch.setattr(compositional, "ComponentBank", Spy)

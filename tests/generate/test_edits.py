@@ -347,7 +347,7 @@ def _tray_bank(pins_per_image, n: int = 9, size: int = 64, washer: bool = True) 
     for k, col in ((1, (170, 180, 200)), (2, (230, 190, 30)), (3, (60, 160, 60))):
         imgs[maps == k] = col
     return ComponentBank(imgs, maps, [None] * n, [str(i) for i in range(n)], ["p"] * n, background=0, min_area=4,
-                         freeze_surfaces=True)
+                         part_classes=True)
 
 
 def test_edits_stay_off_a_surface_while_another_part_has_a_steady_count():
@@ -380,5 +380,39 @@ def test_a_ring_carries_its_hole_but_is_no_surface():
             maps[i, 24:28, x0 + 4 + i % 3:x0 + 8 + i % 3] = 2  # ... around a hole of another class
     imgs = np.full((8, 64, 64, 3), (40, 45, 50), np.uint8)
     imgs[maps == 1], imgs[maps == 2] = (220, 120, 160), (90, 90, 90)
-    b = ComponentBank(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4, freeze_surfaces=True)
+    b = ComponentBank(imgs, maps, [None] * 8, [str(i) for i in range(8)], ["p"] * 8, 0, 4, part_classes=True)
     assert all(it.host == 1 for it in b.items_of(2)) and b.frozen == set()
+
+
+def test_a_part_is_moved_only_where_its_class_rarely_lies():
+    maps = _placed_bank().class_maps  # class 1 at two fixed places, class 2 anywhere, class 3 in three images
+    imgs = _placed_bank().images
+    b = ComponentBank(imgs, maps, [None] * len(maps), [str(i) for i in range(len(maps))], ["p"] * len(maps), 0, 4,
+                      part_classes=True)
+    assert list(b.rare_spots(1, [[11, 11], [11, 47], [40, 30]])) == [False, False, True]
+    plain = ComponentBank(imgs, maps, [None] * len(maps), [str(i) for i in range(len(maps))], ["p"] * len(maps), 0, 4)
+    assert plain.rare_spots(1, [[11, 11]]).all()  # the colour classes: no position evidence, moves as before
+    moved = 0
+    for seed in range(30):
+        p, comp = _plan(b, "move", seed)
+        c = comp.components[p.edit.target[0]]
+        if c.class_id == 1:
+            moved += 1
+            assert b.rare_spots(1, [p.components[-1].centroid])[0]
+    assert moved
+
+
+def test_a_part_that_lies_anywhere_is_never_moved():
+    maps = np.zeros((64, 64, 64), np.uint8)
+    for i in range(64):  # one 8 px square per image; together the images tile the whole picture once
+        y, x = 8 * (i // 8), 8 * (i % 8)
+        maps[i, y:y + 8, x:x + 8] = 1
+    imgs = np.full((64, 64, 64, 3), (40, 45, 50), np.uint8)
+    imgs[maps == 1] = (230, 190, 30)
+    ids = [str(i) for i in range(64)]
+    b = ComponentBank(imgs, maps, [None] * 64, ids, ["p"] * 64, 0, 4, part_classes=True)
+    assert not b.rare_spots(1, [[4, 4], [30, 50], [60, 12]]).any()
+    rng = np.random.default_rng(0)
+    assert all(plan_edit("move", b, i, b.composition(i), rng) is None for i in range(0, 64, 7))
+    plain = ComponentBank(imgs, maps, [None] * 64, ids, ["p"] * 64, 0, 4)
+    assert any(plan_edit("move", plain, i, plain.composition(i), rng) is not None for i in range(0, 64, 7))

@@ -71,7 +71,7 @@ class ComponentBank:
 
     def __init__(self, images: np.ndarray, class_maps: np.ndarray, truths: list[np.ndarray | None],
                  ids: list[str], paths: list[str], background: int, min_area: int,
-                 freeze_surfaces: bool = False) -> None:
+                 part_classes: bool = False) -> None:
         self.images = images
         self.class_maps = class_maps
         self.truths = truths
@@ -84,12 +84,18 @@ class ComponentBank:
         self.components: list[list[Component]] = []  # masks dropped (see composition())
         self.items: list[BankItem] = []
         self.hosts: list[list[int]] = []
+        # ``part_classes``: each class is one kind of part (the instance stage), so a class can be a surface and a
+        # class's spots are a part's spots; the colour classes may merge a surface or several part types in one
+        self.part_classes = part_classes
         self.frozen: set[int] = set()  # surface classes that edits leave alone (_freeze_surfaces)
+        self.occupancy: dict[int, np.ndarray] = {}  # per class: share of images with a part at each pixel
+        self.usual_occupancy: dict[int, float] = {}  # per class: that share at its own parts' centroids
         self._build()
         self._build_references()
         self._build_class_stats()
-        if freeze_surfaces:
+        if part_classes:
             self._freeze_surfaces()
+            self._build_occupancy()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -189,6 +195,45 @@ class ComponentBank:
                     if n >= self.surface_share * max(len(self), 1) and self.median_area.get(k, 0.0) >= big}
         if any(self.stable(k) for k in self.classes() if k not in surfaces):
             self.frozen = surfaces
+
+    #: a spot is rare for a class when its parts lie there in fewer than this share of the images that they lie at
+    #: their own usual spots
+    rare_spot_share = 0.25
+
+    def _build_occupancy(self) -> None:
+        """Per class: the share of training images with a part of the class at each pixel (blurred by a gap), and
+        that share at the class's own parts' centroids (its usual spots).
+
+        Why: moving or swapping a part breaks a composition rule only where the part has a place (a slot, an order,
+        a compartment). A part that lies anywhere in normal images is just moved; Low-Density Sampling's coarse
+        position features let such moves through.
+        """
+        s = self.size
+        classes = self.classes()
+        acc = {k: np.zeros((s, s), np.float32) for k in classes}
+        for inst, cs in zip(self.instance_maps, self.components):
+            lut = np.array([-1, *[c.class_id for c in cs]], np.int32)
+            of = lut[inst]
+            for k in {c.class_id for c in cs}:
+                acc[k] += of == k
+        sigma = max(1.0, s / 64)
+        for k in classes:
+            occ = cv2.GaussianBlur(acc[k] / max(len(self), 1), (0, 0), sigma)
+            self.occupancy[k] = occ
+            own = np.array([c.centroid for cs in self.components for c in cs if c.class_id == k], np.float64)
+            if len(own):
+                yx = np.clip(np.rint(own).astype(int), 0, s - 1)
+                self.usual_occupancy[k] = float(np.median(occ[yx[:, 0], yx[:, 1]]))
+
+    def rare_spots(self, class_id: int, centroids: np.ndarray) -> np.ndarray:
+        """bool [n]: parts of ``class_id`` centred at ``centroids`` [n,2] (y, x) would lie where the class rarely
+        does; all True without position evidence (the colour classes), so moves and swaps stay as before."""
+        centroids = np.asarray(centroids, np.float64).reshape(-1, 2)
+        occ = self.occupancy.get(class_id)
+        if occ is None:
+            return np.ones(len(centroids), bool)
+        yx = np.clip(np.rint(centroids).astype(int), 0, self.size - 1)
+        return occ[yx[:, 0], yx[:, 1]] < self.rare_spot_share * self.usual_occupancy.get(class_id, 0.0)
 
     def stable(self, class_id: int) -> bool:
         """The class's instance count is (nearly) the same in every normal image, and not zero."""

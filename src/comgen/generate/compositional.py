@@ -266,7 +266,7 @@ class CompositionalGenerator:
         min_area = max(1, int(round(self.model.cfg.min_area * s * s)))
         self.bank = ComponentBank(images, maps, truths, [t.image_id for t in train], [str(t.path) for t in train],
                                   background=self.model.background, min_area=min_area,
-                                  freeze_surfaces=self.model.instance_stage is not None)
+                                  part_classes=self.model.instance_stage is not None)
         self.reasons = possible_kinds(self.bank)
         self.kinds = [k for k in self.cfg.edit_kinds if self.reasons[k] is None]
         if not self.kinds:

@@ -322,7 +322,9 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     y0, x0 = cut.top_left
 
     def far_enough(p: np.ndarray) -> np.ndarray:
-        return np.hypot(p[:, 0] - y0, p[:, 1] - x0) >= min_shift * bank.size
+        # and, where the bank knows the class's spots, onto a spot where such a part rarely lies
+        shifted = np.asarray(c.centroid, np.float64)[None] + (p - np.array([y0, x0]))
+        return (np.hypot(p[:, 0] - y0, p[:, 1] - x0) >= min_shift * bank.size) & bank.rare_spots(c.class_id, shifted)
 
     pos = free_positions(free, cut.mask, rng=rng, accept=far_enough)
     if len(pos) == 0:
@@ -339,8 +341,11 @@ def plan_swap(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     cs = comp.components
     loose = [j for j, c in enumerate(cs) if bank.movable(c)]
     # two parts of comparable size: a connector swapped with one of its levers is not a mix-up a line makes
+    # and, where the bank knows the classes' spots, at least one of them lands where its class rarely lies
     pairs = [(a, b) for a in loose for b in loose if a < b and cs[a].class_id != cs[b].class_id
-             and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)]
+             and max(cs[a].area, cs[b].area) <= max_swap_ratio * min(cs[a].area, cs[b].area)
+             and (bank.rare_spots(cs[a].class_id, cs[b].centroid)[0]
+                  or bank.rare_spots(cs[b].class_id, cs[a].centroid)[0])]
     if not pairs:
         return None
     a, b = pairs[int(rng.integers(len(pairs)))]
