@@ -38,10 +38,14 @@ def test_encode_matches_the_composition_branch() -> None:
 def test_fusion_and_map_weights_match_the_detector() -> None:
     rng = np.random.default_rng(7)
     z = {b: rng.normal(size=5).astype(np.float32) for b in ("network", "prior", "memory")}
+    z["prior"][2] = 300.0  # far beyond the cap
     for f in (Fusion("weighted", {"network": 1.0, "prior": 1.0}, 0.3, 1.7),
+              Fusion("weighted", {"network": 1.0, "prior": 1.0}, 0.3, 1.7, cap=15.0),
               Fusion("max", {"network": 1.0, "prior": 1.0, "memory": 1.0}, -0.2, 0.9),
               Fusion("weighted", {"prior": 1.0}, 0.0, 1.0)):
         d = f.to_dict()
         np.testing.assert_array_equal(branches.fuse(z, d), f.apply(z))
+        if f.cap:
+            assert abs(f.apply(z)[2] - (z["network"][2] + 15.0 - 0.3) / 1.7) < 1e-5  # the prior entered at 15
         have = ["network", "memory"]
         assert branches.map_weights(d, have) == (f.map_weights() or {b: 0.5 for b in have})

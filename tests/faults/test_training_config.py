@@ -123,7 +123,8 @@ def test_string_for_a_detector_float_is_refused() -> None:
     ("lr", 0.0), ("lr", float("inf")), ("weight_decay", -1e-4), ("weight_decay", float("nan")),
     ("anomaly_ratio", float("nan")), ("threshold_quantile", 0.0), ("threshold_quantile", float("nan")),
     ("augment_strength", float("nan")), ("val_fraction", 1.0), ("epochs", 0), ("batch_size", 0), ("patience", 0),
-    ("seed", -1), ("mixed_precision", "fp8"), ("backend", "../x")])
+    ("seed", -1), ("mixed_precision", "fp8"), ("backend", "../x"), ("fusion_cap", -1.0),
+    ("fusion_cap", float("nan"))])
 def test_out_of_range_detector_options_are_refused(option: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"detector\.{option}"):
         DetectorConfig.from_dict({option: value})
