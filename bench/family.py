@@ -10,6 +10,7 @@ its own. Reruns resume: finished comgen stages and finished peer categories are 
     python bench/family.py --out /tmp/family_dev --seeds dev
     python bench/family.py --out /tmp/family_quick --quick --seeds 1000,1001
     python bench/family.py --out /tmp/family --methods cutpaste    # comgen's detector trained on CutPaste's anomalies
+    python bench/family.py --out /tmp/family_inst --learn '{"instances": true}'    # with the instance stage
 
 ``cutpaste`` is the value-of-the-anomaly-source row: the same pipeline and detector as ``comgen``, with CutPaste's
 anomalies (``generate/baselines``) in place of ComGEN's.
@@ -199,12 +200,24 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--quick", action="store_true", help="a smoke run at 64 px with a few images")
+    ap.add_argument("--learn", default=None,
+                    help='component learner options for the comgen and cutpaste rows, as JSON, e.g. '
+                         '\'{"instances": true}\' (use another --out: the cached rows do not record them)')
     args = ap.parse_args()
     from comgen.data.family import RULE_TYPES
     from comgen.data.synth.config import SynthConfig
     from comgen.data.synth.writer import generate_benchmark
 
+    from comgen.benchmarks.cli import learner_options
+    from comgen.errors import ComgenError
+
+    try:
+        learn = learner_options(args.learn)
+    except ComgenError as exc:
+        sys.exit(f"error: {exc}")
     synth, run_cfg = _settings(args)
+    if learn:
+        run_cfg = run_cfg.replace(learn=run_cfg.learn.replace(**learn))
     data = args.out / "data"
     start = time.perf_counter()
     if not (data / "config.yaml").is_file() or SynthConfig.load(data / "config.yaml").hash() != synth.hash():
