@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run at 64 px with a few images")
     ap.add_argument("--learn", default=None,
                     help='component learner options for the comgen and cutpaste rows, as JSON, e.g. '
-                         '\'{"instances": true}\' (use another --out: the cached rows do not record them)')
+                         '\'{"instances": true}\'; an --out keeps to the options its rows were made with')
     args = ap.parse_args()
     from comgen.data.family import RULE_TYPES
     from comgen.data.synth.config import SynthConfig
@@ -230,6 +230,10 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
+    options = {"learn": learn}
+    if saved.get("_options", {"learn": {}}) != options:  # rows of other options must not be mixed in
+        sys.exit(f"error: {cache} holds rows made with {saved.get('_options', {'learn': {}})}, not {options}; "
+                 "choose another --out")
     for m in methods:
         results[m].update(saved.get(m, {}))
     for cat in synth.categories:
@@ -243,7 +247,7 @@ def main() -> None:
             elif m == "patchcore":
                 row = run_in_child(_patchcore_child, str(data), cat, str(args.out / "patchcore" / cat), args.size)
             results[m][cat] = row
-            cache.write_text(json.dumps({**saved, **results}, indent=1))  # other methods' rows are kept
+            cache.write_text(json.dumps({**saved, **results, "_options": options}, indent=1))  # others' rows kept
             print(f"[family] {cat} {m}: logical {_fmt(row.get('logical_auroc'))} structural "
                   f"{_fmt(row.get('structural_auroc'))} in {time.perf_counter() - t0:.0f} s", flush=True)
     table = markdown(results, list(RULE_TYPES))
