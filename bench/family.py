@@ -204,11 +204,10 @@ def main() -> None:
                     help='component learner options for the comgen and cutpaste rows, as JSON, e.g. '
                          '\'{"instances": true}\'; an --out keeps to the options its rows were made with')
     args = ap.parse_args()
+    from comgen.benchmarks.cli import learner_options
     from comgen.data.family import RULE_TYPES
     from comgen.data.synth.config import SynthConfig
     from comgen.data.synth.writer import generate_benchmark
-
-    from comgen.benchmarks.cli import learner_options
     from comgen.errors import ComgenError
 
     try:
@@ -230,10 +229,9 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
-    options = {"learn": learn}
-    if saved.get("_options", {"learn": {}}) != options:  # rows of other options must not be mixed in
-        sys.exit(f"error: {cache} holds rows made with {saved.get('_options', {'learn': {}})}, not {options}; "
-                 "choose another --out")
+    options, made_with = {"learn": learn}, saved.get("_options", {"learn": {}})
+    if made_with != options:  # rows of other options must not be mixed in
+        sys.exit(f"error: {cache} holds rows made with {made_with}, not {options}; choose another --out")
     for m in methods:
         results[m].update(saved.get(m, {}))
     for cat in synth.categories:

@@ -65,7 +65,7 @@ def global_arrays(entry: Any, arrays: Mapping[str, np.ndarray] | None, where: An
     except ValueError as exc:
         raise ArtifactError(where, f"global branch {exc}; {REEXPORT}") from None
     if (scale_std <= 0).any():
-        raise ArtifactError(where, f"global branch arrays of inconsistent shapes; {REEXPORT}")
+        raise ArtifactError(where, f"global branch scale_std holds a non-positive value; {REEXPORT}")
     return means, precisions, scale_mean, scale_std
 
 

@@ -43,7 +43,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         v = man["calibration"].get(key)
         if not is_number(v) or (key.endswith("std") and v <= 0):
             raise ArtifactError(path, f"calibration.{key} is {v!r}, not a finite number; {REEXPORT}")
-    cap = man["fusion"].get("cap", 0.0) if isinstance(man["fusion"], dict) else None  # older bundles: no cap
+    if not isinstance(man["fusion"], dict):
+        raise ArtifactError(path, f"entry 'fusion' is malformed; {REEXPORT}")
+    cap = man["fusion"].get("cap", 0.0)  # older bundles have none: no cap
     if not is_number(cap) or cap < 0:
         raise ArtifactError(path, f"fusion.cap is {cap!r}, not a number >= 0; {REEXPORT}")
     width = man.get("map_peak_width", 0.5)  # a bundle without it runs the default width

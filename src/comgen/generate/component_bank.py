@@ -86,7 +86,6 @@ class ComponentBank:
         self.hosts: list[list[int]] = []
         # ``part_classes``: each class is one kind of part (the instance stage), so a class can be a surface and a
         # class's spots are a part's spots; the colour classes may merge a surface or several part types in one
-        self.part_classes = part_classes
         self.frozen: set[int] = set()  # surface classes that edits leave alone (_freeze_surfaces)
         self.occupancy: dict[int, np.ndarray] = {}  # per class: share of images with a part at each pixel
         self.usual_occupancy: dict[int, float] = {}  # per class: that share at its own parts' centroids
@@ -220,20 +219,23 @@ class ComponentBank:
         for k in classes:
             occ = cv2.GaussianBlur(acc[k] / max(len(self), 1), (0, 0), sigma)
             self.occupancy[k] = occ
-            own = np.array([c.centroid for cs in self.components for c in cs if c.class_id == k], np.float64)
-            if len(own):
-                yx = np.clip(np.rint(own).astype(int), 0, s - 1)
-                self.usual_occupancy[k] = float(np.median(occ[yx[:, 0], yx[:, 1]]))
+            own = [c.centroid for cs in self.components for c in cs if c.class_id == k]
+            if own:
+                self.usual_occupancy[k] = float(np.median(occ[self._pixels(own)]))
+
+    def _pixels(self, centroids) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column indices of (y, x) centroids [n,2], rounded and kept inside the working size."""
+        yx = np.clip(np.rint(np.asarray(centroids, np.float64).reshape(-1, 2)).astype(int), 0, self.size - 1)
+        return yx[:, 0], yx[:, 1]
 
     def rare_spots(self, class_id: int, centroids: np.ndarray) -> np.ndarray:
         """bool [n]: parts of ``class_id`` centred at ``centroids`` [n,2] (y, x) would lie where the class rarely
         does; all True without position evidence (the colour classes), so moves and swaps stay as before."""
-        centroids = np.asarray(centroids, np.float64).reshape(-1, 2)
+        rows, cols = self._pixels(centroids)
         occ = self.occupancy.get(class_id)
         if occ is None:
-            return np.ones(len(centroids), bool)
-        yx = np.clip(np.rint(centroids).astype(int), 0, self.size - 1)
-        return occ[yx[:, 0], yx[:, 1]] < self.rare_spot_share * self.usual_occupancy.get(class_id, 0.0)
+            return np.ones(len(rows), bool)
+        return occ[rows, cols] < self.rare_spot_share * self.usual_occupancy.get(class_id, 0.0)
 
     def stable(self, class_id: int) -> bool:
         """The class's instance count is (nearly) the same in every normal image, and not zero."""

@@ -321,12 +321,13 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     free = ((bank.class_maps[i] == host) | full) & ~dilate(others, _gap(bank))
     y0, x0 = cut.top_left
 
-    def far_enough(p: np.ndarray) -> np.ndarray:
-        # and, where the bank knows the class's spots, onto a spot where such a part rarely lies
+    def far_and_rare(p: np.ndarray) -> np.ndarray:
+        """Far enough from where the part was and, where the bank knows the class's spots, onto a spot where such a
+        part rarely lies."""
         shifted = np.asarray(c.centroid, np.float64)[None] + (p - np.array([y0, x0]))
         return (np.hypot(p[:, 0] - y0, p[:, 1] - x0) >= min_shift * bank.size) & bank.rare_spots(c.class_id, shifted)
 
-    pos = free_positions(free, cut.mask, rng=rng, accept=far_enough)
+    pos = free_positions(free, cut.mask, rng=rng, accept=far_and_rare)
     if len(pos) == 0:
         return None
     y, x = pos[int(rng.integers(len(pos)))]
