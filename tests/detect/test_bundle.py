@@ -84,7 +84,10 @@ def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, pr
     assert set(man["graphs"]) == {"backbone", "head", "components", "composition"}
     assert man["prior"]["shared_scale"] is None and man["prior"]["covariance_type"] == "full"
     assert man["arrays"]["prior.safetensors"]["gmm_means"][0] >= 1
+    # the run's model has the instance stage, so the prior's counterpart is the colour classes alone
+    assert man["prior"]["partner"]["instance_stage"] is None and "prior_partner.safetensors" in man["arrays"]
     det = Detector.load(prior_run, device="cpu")
+    assert det.prior.partner is not None and det.prior.partner.model.instance_stage is None
     onnx_det = OnnxDetector(prior_bundle)
     assert onnx_det.threshold == pytest.approx(det.threshold)
     _assert_parity(det, onnx_det, _test_images(), {"network", "prior", "composition", "memory", "global"})
@@ -129,7 +132,10 @@ def test_prior_on_the_detector_features_scores_as_predict(tmp_path: Path) -> Non
     learner = LearnerConfig(image_size=SIZE, k=3, backbone_weights="random", pixels_per_image=300,
                             max_fit_pixels=6000, select_pixels=2000)
     model = learn_components(np.stack(_images("good", 12, 10)), learner)
-    prior = CompositionPrior.fit(model, np.stack(_images("good", 16, 11)), np.stack(_images("good", 6, 12)))
+    train, val = np.stack(_images("good", 16, 11)), np.stack(_images("good", 6, 12))
+    prior = CompositionPrior.fit(model, train, val)
+    prior.fit_partner(train, val, np.ones(len(val), bool), prior.z(prior.nll(val)), log=lambda m: None)
+    assert prior.partner.model.instance_stage is not None  # the counterpart of the colour classes
     backbone = build_backbone(cfg.backbone)
     bank = MemoryBank.build(np.stack(_images("good", 6, 13)), [f"n{i}" for i in range(6)], backbone,
                             MemoryBankConfig.from_dict({**cfg.bank, "image_size": SIZE, "k": cfg.head.k}))
@@ -140,6 +146,7 @@ def test_prior_on_the_detector_features_scores_as_predict(tmp_path: Path) -> Non
     out = export_bundle(tmp_path, tmp_path / "b", detector=det, log=lambda m: None)
     man = json.loads((out / "bundle.json").read_text())
     assert man["prior"]["shared_scale"] == 0 and "components" not in man["graphs"]
+    assert man["prior"]["partner"]["instance_stage"] is not None
     _assert_parity(det, OnnxDetector(out), _test_images(), {"network", "prior"})
 
 
@@ -228,7 +235,8 @@ def test_a_damaged_instance_stage_in_the_manifest_is_one_line(prior_bundle: Path
         OnnxDetector(d)
 
 
-def test_a_damaged_map_peak_or_fusion_cap_in_the_manifest_is_one_line(prior_bundle: Path, tmp_path: Path) -> None:
+def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior_bundle: Path, tmp_path: Path
+                                                                            ) -> None:
     import json
     import shutil
 
@@ -251,6 +259,10 @@ def test_a_damaged_map_peak_or_fusion_cap_in_the_manifest_is_one_line(prior_bund
     man["map_peak_width"], man["fusion"]["cap"] = 0.5, "high"
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: fusion.cap is 'high', not a number >= 0"):
+        OnnxDetector(d)
+    man["fusion"]["cap"], man["prior"]["pair"]["std"] = 15.0, 0.0
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior.pair is .*not a finite mean and a positive std"):
         OnnxDetector(d)
 
 

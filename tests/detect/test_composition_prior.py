@@ -10,8 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from comgen.components.features import LearnerConfig
 from comgen.components.learner import learn_components
-from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, PriorConfig
-from comgen.errors import ConfigError
+from comgen.detect.composition_prior import PARTNER_DIR, PRIOR_DIR, CompositionPrior, PriorConfig
+from comgen.errors import ArtifactError, ConfigError
 from comgen.rundir import RunDir
 from tests.detect.conftest import SIZE, tiny_config, toy_image, toy_splits
 
@@ -68,6 +68,7 @@ def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path:
     res = train_detector(run, tiny_config(epochs=1), splits=toy_splits(), log=lambda m: None, cpu=True)
     entry = res.calibration["prior"]
     assert entry["enabled"] and (run.detector / PRIOR_DIR / "components" / "model.json").is_file()
+    assert entry["partner"] and (run.detector / PRIOR_DIR / PARTNER_DIR / "components" / "model.json").is_file()
     assert res.calibration["threshold"] != res.calibration["threshold_network"]
     assert set(res.calibration["val_branch_scores"]) == {"network", "prior", "memory", "global"}  # composition: opt-in
 
@@ -78,6 +79,18 @@ def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path:
     assert np.isfinite(parts["prior"]).all()
     np.testing.assert_allclose(scores, det.fusion.apply(parts), rtol=1e-6)
     assert parts["prior"][4:].min() > parts["prior"][:4].max()
+
+
+def test_a_prior_without_partner_is_one_model(component_model, tmp_path: Path) -> None:
+    from comgen.detect.predict import Detector
+    from comgen.detect.train import train_detector
+
+    run = RunDir(tmp_path / "run")
+    component_model.save(run.components)
+    cfg = tiny_config(epochs=1, prior=PriorConfig(partner=False))
+    res = train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
+    assert res.calibration["prior"]["partner"] is False and not (run.detector / PRIOR_DIR / PARTNER_DIR).exists()
+    assert Detector.load(run.root).prior.partner is None
 
 
 def test_training_without_component_model_leaves_the_prior_off(tmp_path: Path) -> None:
@@ -155,3 +168,60 @@ def test_tiled_mode_keeps_the_prior_on_the_whole_image(component_model, tmp_path
     np.testing.assert_allclose(scores, det.fusion.apply(parts_), rtol=1e-6)
     assert parts_["prior"][3:].min() > parts_["prior"][:3].max()  # the missing part is seen on the whole image
     assert maps.shape == (6, 64, 96)
+
+
+@pytest.fixture(scope="module")
+def paired(component_model) -> tuple[CompositionPrior, np.ndarray]:
+    """A prior with its counterpart model (the instance stage fitted on the same training normals)."""
+    val = _images("good", 10, 2)
+    prior = CompositionPrior.fit(component_model, _images("good", 24, 1), val)
+    z = prior.fit_partner(_images("good", 24, 1), val, np.ones(len(val), bool), prior.z(prior.nll(val)),
+                          log=lambda m: None)
+    return prior, z
+
+
+def test_the_partner_is_the_counterpart_model_and_the_pair_is_calibrated(paired, component_model) -> None:
+    prior, val_z = paired
+    twin = prior.partner.model
+    assert component_model.instance_stage is None and twin.instance_stage is not None
+    np.testing.assert_array_equal(twin.centroids, component_model.centroids)  # one pixel stage, shared
+    assert prior.partner.partner is None and not prior.partner.cfg.partner
+    assert abs(float(val_z.mean())) < 1e-5 and abs(float(val_z.std()) - 1.0) < 1e-4  # standardised again
+
+
+def test_the_pair_scores_the_mean_of_both_models(paired) -> None:
+    prior, _ = paired
+    images = np.concatenate([_images("good", 4, 8), _images("missing", 3, 9), _images("extra", 3, 10)])
+    own = prior.z(prior.nll(images))
+    other = prior.partner.score(images)
+    want = ((own + other) / 2 - prior.pair_mean) / prior.pair_std
+    np.testing.assert_allclose(prior.score(images), want, rtol=1e-5, atol=1e-5)
+    assert prior.score(images)[4:].min() > prior.score(images)[:4].max()  # the pair still sees the counts
+
+
+def test_the_pair_round_trips_and_a_damaged_pair_is_one_line(paired, tmp_path: Path) -> None:
+    import json
+
+    prior, _ = paired
+    images = np.concatenate([_images("good", 3, 6), _images("extra", 3, 7)])
+    d = prior.save(tmp_path / "p")
+    assert (d / PARTNER_DIR / "calibration.json").is_file()
+    np.testing.assert_allclose(CompositionPrior.load(d).score(images), prior.score(images), rtol=1e-5, atol=1e-5)
+    cal = json.loads((d / "calibration.json").read_text())
+    cal["pair"]["std"] = 0.0
+    (d / "calibration.json").write_text(json.dumps(cal))
+    with pytest.raises(ArtifactError, match=r"calibration.json: .*pair.std"):
+        CompositionPrior.load(d)
+    del cal["pair"]  # a prior saved before pairs existed: one model
+    (d / "calibration.json").write_text(json.dumps(cal))
+    assert CompositionPrior.load(d).partner is None
+
+
+def test_the_counterpart_of_an_instance_model_drops_its_stage(component_model) -> None:
+    from comgen.components.learner import counterpart
+
+    twin = counterpart(component_model, _images("good", 24, 1))
+    back = counterpart(twin, _images("good", 24, 1))
+    assert twin.instance_stage is not None and back.instance_stage is None and not back.cfg.instances
+    images = _images("good", 3, 11)
+    np.testing.assert_array_equal(back.segment_working(images), component_model.segment_working(images))

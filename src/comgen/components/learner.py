@@ -20,6 +20,8 @@ screw with its bag). ``k_select="balanced"`` (per-cluster silhouette) is the fal
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from comgen.components.features import (
@@ -277,6 +279,20 @@ def learn_components(images: np.ndarray, cfg: LearnerConfig | None = None, backb
     if len([c for c in counts[1:] if c > 0]) == 0:
         raise InputError(where, "no foreground component found: every pixel falls into the background class")
     return model
+
+
+def counterpart(model: ComponentModel, images: np.ndarray) -> ComponentModel:
+    """The same colour classes with the instance stage toggled: fitted on ``images`` (training normals) when
+    ``model`` has none, dropped when it has one. The pixel stage (centroids, transform, backbone) is shared."""
+    meta = {k: v for k, v in model.meta.items() if k != "instances"}
+    twin = ComponentModel(replace(model.cfg, instances=model.instance_stage is None), model.centroids,
+                          model.transform, model.backbone_source, meta, model._backbone)
+    if model.instance_stage is None:
+        images = resize_square(check_images(images, "training images"), model.cfg.image_size)
+        _fit_instances(twin, images, np.random.default_rng(model.cfg.seed))
+    else:  # the stored shares are the instance classes'
+        twin.meta.pop("class_pixel_share", None)
+    return twin
 
 
 def _fit_instances(model: ComponentModel, images: np.ndarray, rng: np.random.Generator) -> None:

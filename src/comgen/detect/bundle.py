@@ -10,8 +10,8 @@ and maps with ONNX Runtime and NumPy only:
 - ``components.onnx``: the component model's backbone, when it cannot reuse the detector's features;
 - ``composition.onnx``: the composition branch's network (class-map raster -> map and image logits);
 - ``bank.safetensors`` (reference features, retrieval descriptors, projection), ``prior.safetensors`` (centroids,
-  feature transform, the fitted mixture's weights, means and precision factors), ``memory.safetensors`` (the patch
-  memory);
+  feature transform, the fitted mixture's weights, means and precision factors; ``prior_partner.safetensors`` the same
+  for the prior's counterpart model), ``memory.safetensors`` (the patch memory);
 - ``bundle.json``: settings, calibrations, the fusion rule, versions and the shape of every array.
 """
 
@@ -132,10 +132,9 @@ def _bank_arrays(det: Detector, feats: list[torch.Tensor]) -> tuple[dict[str, np
     return arrays, entry
 
 
-def _prior_arrays(det: Detector) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _prior_arrays(prior: Any, shared_scale: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The component model's centroids and feature transform, the density's imputation and standardisation, and
     the fitted Gaussian mixture (exactly the one predict scores with: refitted at load, deterministic)."""
-    prior = det.prior
     model, density = prior.model, prior.density
     tf, gmm = model.transform, density.gmm
     arrays = {"centroids": model.centroids, "mean": tf.mean, "scale": tf.scale,
@@ -151,7 +150,7 @@ def _prior_arrays(det: Detector) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     entry = {"mean": prior.mean, "std": prior.std, "num_classes": model.num_classes, "background": model.background,
              "instance_stage": stage,
              "grid": density.cfg.grid, "covariance_type": gmm.covariance_type,
-             "learner": model.cfg.to_dict(), "shared_scale": det._prior_scale}
+             "learner": model.cfg.to_dict(), "shared_scale": shared_scale}
     return arrays, entry
 
 
@@ -182,8 +181,13 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     _save(out, "bank.safetensors", arrays, man)
     man["prior"] = man["composition"] = man["memory"] = man["global"] = None
     if det.prior is not None:
-        arrays, man["prior"] = _prior_arrays(det)
+        arrays, man["prior"] = _prior_arrays(det.prior, det._prior_scale)
         _save(out, "prior.safetensors", arrays, man)
+        partner = det.prior.partner
+        if partner is not None:  # the counterpart model shares the backbone, so the same scale
+            arrays, man["prior"]["partner"] = _prior_arrays(partner, det._prior_scale)
+            man["prior"]["pair"] = {"mean": det.prior.pair_mean, "std": det.prior.pair_std}
+            _save(out, "prior_partner.safetensors", arrays, man)
         learner = det.prior.model.cfg
         if det._prior_scale is None and learner.use_backbone:
             bb = det.prior.model._featurizer().backbone  # the learner's own backbone, identity-checked

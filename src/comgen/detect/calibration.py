@@ -109,8 +109,13 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
     nll = prior.nll(val_images, maps=seg.val)  # normals calibrate, anomalies rank the fusion candidates
     _check_finite(nll, "composition log-densities")
     prior.calibrate(nll[labels == 0])
+    z = prior.z(nll)
+    if cfg.prior.partner:
+        log("fitting the composition prior's counterpart model (instance stage toggled)")
+        z = prior.fit_partner(bank_images, val_images, labels == 0, z, log)
     prior.save(out)
-    return {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std}, prior.z(nll), seg
+    entry = {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std, "partner": prior.partner is not None}
+    return entry, z, seg
 
 
 def attach_composition(directory: Path, seg: Segmented | None, splits: Splits, cfg: DetectorConfig,

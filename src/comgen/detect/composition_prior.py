@@ -7,11 +7,18 @@ fits a density over normal compositions (counts, areas, positions, colours) for 
 negative log-density of a test image's composition is exactly the evidence the network lacks. It needs no
 anomalies, so it is fitted on the training normals and calibrated (z-score) on the validation normals; ``fusion.py``
 decides how it joins the other branches.
+
+Two component models see different compositions: the colour classes count parts of one colour together, while the
+instance stage (``components/instances.py``) tells same-coloured part types apart but miscounts where it
+confuses them. Neither is better on every category, and their errors are nearly independent, so by default the
+prior also scores with the *counterpart* model (the same colour classes with the instance stage toggled) and
+averages the two calibrated z-scores, standardised again on the validation normals (an ensemble of two density
+models, as CSAD pairs its component histograms with a patch-level score).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,13 +27,15 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from comgen.components.density import CompositionDensity, DensityConfig
+from comgen.components.learner import counterpart
 from comgen.components.model import ComponentModel
 from comgen.config import ConfigBase
 from comgen.detect.artifacts import RETRAIN, finite_number, read_json_object
-from comgen.errors import ArtifactError, ConfigError
+from comgen.errors import ArtifactError, ConfigError, InputError
 from comgen.io import atomic_path, atomic_write_json
 
 PRIOR_DIR = "composition_prior"  # inside the detector directory
+PARTNER_DIR = "partner"  # the counterpart model's prior, inside PRIOR_DIR
 
 
 @dataclass
@@ -37,6 +46,7 @@ class PriorConfig(ConfigBase):
     RETIRED_OPTIONS: ClassVar[dict[str, Any]] = {"fuse": "max"}
 
     enabled: bool = True  # used when the run has a component model (compositional / diffusion back-ends)
+    partner: bool = True  # also score with the counterpart component model and average (see the module docstring)
     batch_size: int = 16  # images segmented at once (bounds memory at the learner's working size)
     density: DensityConfig = field(default_factory=DensityConfig)
 
@@ -49,13 +59,17 @@ class CompositionPrior:
     """Component model + composition density + validation calibration; ``score(images)`` gives z-scores."""
 
     def __init__(self, model: Any, density: CompositionDensity, cfg: PriorConfig, train_vectors: np.ndarray,
-                 mean: float = 0.0, std: float = 1.0) -> None:
+                 mean: float = 0.0, std: float = 1.0, partner: CompositionPrior | None = None,
+                 pair_mean: float = 0.0, pair_std: float = 1.0) -> None:
         self.model = model
         self.density = density
         self.cfg = cfg
         self.train_vectors = train_vectors
         self.mean = mean
         self.std = std
+        self.partner = partner  # the counterpart model's prior, or None (a single model)
+        self.pair_mean = pair_mean  # the averaged z's spread on the validation normals
+        self.pair_std = pair_std
 
     # --- scoring ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -86,8 +100,14 @@ class CompositionPrior:
 
     def score(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None
               ) -> np.ndarray:
-        """Calibrated scores: z of the negative log-density relative to the validation normals."""
-        return self.z(self.nll(images, deep, maps))
+        """Calibrated scores: z of the negative log-density relative to the validation normals, averaged with the
+        partner's when there is one. ``maps`` are this model's class maps; the partner segments for itself."""
+        z = self.z(self.nll(images, deep, maps))
+        return z if self.partner is None else self.pair(z, self.partner.score(images, deep))
+
+    def pair(self, z: np.ndarray, partner_z: np.ndarray) -> np.ndarray:
+        """This model's and the partner's calibrated scores -> the ensemble's calibrated score."""
+        return (((z + partner_z) / 2 - self.pair_mean) / self.pair_std).astype(np.float32)
 
     def z(self, nll: np.ndarray) -> np.ndarray:
         """Negative log-densities -> calibrated scores (for callers that already hold the ``nll``)."""
@@ -108,9 +128,25 @@ class CompositionPrior:
         return prior
 
     def calibrate(self, normal_nll: np.ndarray) -> None:
-        self.mean = float(np.mean(normal_nll))
-        sd = float(np.std(normal_nll)) if len(normal_nll) > 1 else 0.0
-        self.std = sd if sd > 1e-6 else 1.0
+        self.mean, self.std = _spread(normal_nll)
+
+    def fit_partner(self, train_images: np.ndarray, val_images: np.ndarray, normal: np.ndarray,
+                    val_z: np.ndarray, log: Any = print) -> np.ndarray:
+        """Fit and calibrate the counterpart model's prior on the same images, then standardise the average on the
+        validation normals (``normal``: their mask). Returns the ensemble's validation scores; ``val_z`` (this
+        model's) when the counterpart cannot be learnt."""
+        try:
+            twin = counterpart(self.model, train_images)
+        except InputError as exc:
+            log(f"composition prior: no counterpart model ({exc}); one model scores")
+            return val_z
+        partner = CompositionPrior.fit(twin, train_images, cfg=replace(self.cfg, partner=False))
+        nll = partner.nll(val_images)
+        partner.calibrate(nll[normal])
+        partner_z = partner.z(nll)
+        self.partner = partner
+        self.pair_mean, self.pair_std = _spread(((val_z + partner_z) / 2)[normal])
+        return self.pair(val_z, partner_z)
 
     # --- persistence --------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -125,9 +161,12 @@ class CompositionPrior:
         with atomic_path(d / "vectors.safetensors") as tmp:
             save_file({"train": np.ascontiguousarray(self.train_vectors, np.float64)}, str(tmp))
         self.cfg.save(d / "config.yaml")
-        atomic_write_json(d / "calibration.json", {"mean": self.mean, "std": self.std,
-                                                   "num_classes": self.model.num_classes,
-                                                   "background": self.model.background})
+        cal = {"mean": self.mean, "std": self.std, "num_classes": self.model.num_classes,
+               "background": self.model.background}
+        if self.partner is not None:
+            self.partner.save(d / PARTNER_DIR)
+            cal["pair"] = {"mean": self.pair_mean, "std": self.pair_std}
+        atomic_write_json(d / "calibration.json", cal)
         return d
 
     @classmethod
@@ -142,10 +181,19 @@ class CompositionPrior:
         cal = read_json_object(d / "calibration.json")
         mean = finite_number(cal.get("mean"), d / "calibration.json", "mean")
         std = finite_number(cal.get("std"), d / "calibration.json", "std", gt=0.0)
+        pair = cal.get("pair")
+        partner, pair_mean, pair_std = None, 0.0, 1.0
+        if pair is not None:
+            if not isinstance(pair, dict):
+                raise ArtifactError(d / "calibration.json", f"pair must be an object, got {type(pair).__name__}; "
+                                                            f"{RETRAIN}")
+            pair_mean = finite_number(pair.get("mean"), d / "calibration.json", "pair.mean")
+            pair_std = finite_number(pair.get("std"), d / "calibration.json", "pair.std", gt=0.0)
+            partner = cls.load(d / PARTNER_DIR, backbone=backbone)
         vecs = _read_vectors(d / "vectors.safetensors")
         model = ComponentModel.load(d / "components", backbone=backbone)
         density = CompositionDensity(cfg.density, model.num_classes, model.background).fit(vecs)
-        return cls(model, density, cfg, vecs, mean, std)
+        return cls(model, density, cfg, vecs, mean, std, partner, pair_mean, pair_std)
 
 
 def segment_maps(model: Any, images: np.ndarray, deep: np.ndarray | None = None, batch_size: int = 16
@@ -155,6 +203,13 @@ def segment_maps(model: Any, images: np.ndarray, deep: np.ndarray | None = None,
     return np.concatenate([model.segment_working(images[i:i + batch_size],
                                                  None if deep is None else deep[i:i + batch_size])
                            for i in range(0, len(images), batch_size)])
+
+
+def _spread(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of calibration scores (1 where they do not vary)."""
+    mean = float(np.mean(values))
+    sd = float(np.std(values)) if len(values) > 1 else 0.0
+    return mean, sd if sd > 1e-6 else 1.0
 
 
 def _read_vectors(path: Path) -> np.ndarray:

@@ -218,7 +218,7 @@ class Detector:
         if self._prior_scale is not None:
             deep = feats[self._prior_scale].float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
         maps = segment_maps(self.prior.model, images, deep, self.prior.cfg.batch_size)
-        prior = self.prior.score(images, maps=maps)
+        prior = self.prior.score(images, deep=deep, maps=maps)
         if self.composition is None:
             return prior, None, None
         net, ccfg, k, cal = self.composition

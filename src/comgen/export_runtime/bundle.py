@@ -48,6 +48,12 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     cap = man["fusion"].get("cap", 0.0)  # older bundles have none: no cap
     if not is_number(cap) or cap < 0:
         raise ArtifactError(path, f"fusion.cap is {cap!r}, not a number >= 0; {REEXPORT}")
+    prior = man.get("prior")
+    if isinstance(prior, dict) and prior.get("partner") is not None:  # a prior ensemble: its own calibration
+        pair = prior.get("pair")
+        if not isinstance(pair, dict) or not is_number(pair.get("mean")) or not is_number(pair.get("std")) \
+                or pair["std"] <= 0:
+            raise ArtifactError(path, f"prior.pair is {pair!r}, not a finite mean and a positive std; {REEXPORT}")
     width = man.get("map_peak_width", 0.5)  # a bundle without it runs the default width
     if not is_number(width) or width <= 0:
         raise ArtifactError(path, f"map_peak_width is {width!r}, not a positive number; {REEXPORT}")

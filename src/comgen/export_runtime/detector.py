@@ -13,8 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from comgen.components.features import LearnerConfig
-from comgen.components.instances import InstanceStage
 from comgen.components.map_edits import small_maps
 from comgen.errors import ArtifactError, InputError
 from comgen.evaluate.map_score import carry_score, read_peak_stats
@@ -29,7 +27,7 @@ from comgen.export_runtime.branches import (
 )
 from comgen.export_runtime.bundle import MANIFEST, REEXPORT, graph_path, read_arrays, read_manifest
 from comgen.export_runtime.engines import open_graph
-from comgen.export_runtime.prior import composition_vectors, mixture_log_density, prior_z, segment_working
+from comgen.export_runtime.prior import BundlePrior, pair_z
 from comgen.export_runtime.retrieval import align_scale, global_descriptors, nearest_references
 from comgen.features.pooled import pooled_descriptors, standardised_distances
 
@@ -93,14 +91,15 @@ class OnnxDetector:
         self.bank_sq = [np.square(p.astype(np.float32)).sum(1) for p in self.bank_patches]
         self.prior = man.get("prior")
         if self.prior is not None:
-            self.prior_arrays = arrays["prior.safetensors"]
-            self.learner = LearnerConfig.from_dict(self.prior["learner"], where=str(d / "bundle.json"))
-            meta = self.prior.get("instance_stage")
-            try:
-                self.instance_stage = None if meta is None else InstanceStage.from_arrays(self.prior_arrays, meta)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise ArtifactError(d / MANIFEST, f"prior.instance_stage unreadable ({exc.__class__.__name__}); "
-                                                  f"{REEXPORT}") from None
+            self.prior_model = BundlePrior.read(self.prior, arrays["prior.safetensors"], d / MANIFEST, "prior",
+                                                REEXPORT)
+            partner = self.prior.get("partner")
+            self.prior_partner = None
+            if partner is not None:
+                if "prior_partner.safetensors" not in arrays:
+                    raise ArtifactError(d / MANIFEST, f"prior.partner has no prior_partner.safetensors; {REEXPORT}")
+                self.prior_partner = BundlePrior.read(partner, arrays["prior_partner.safetensors"], d / MANIFEST,
+                                                      "prior.partner", REEXPORT)
             comp = graph_path(d, man, "components")
             self.components = open_graph(comp, engine, threads) if comp is not None else None
         self.composition = man.get("composition")
@@ -136,22 +135,27 @@ class OnnxDetector:
         maps, logits = self.head(feeds)
         return logits.astype(np.float32), maps[:, 0].astype(np.float32)
 
-    def class_maps(self, images: np.ndarray, feats: list[np.ndarray]) -> np.ndarray:
-        """``composition_prior.segment_maps``: class maps at the component model's size, from the detector's own
-        features where the backbones match (``shared_feature_index``), else from the components graph."""
+    def class_maps(self, images: np.ndarray, feats: list[np.ndarray], model: BundlePrior | None = None
+                   ) -> np.ndarray:
+        """``composition_prior.segment_maps``: class maps at the component model's size (``model``: the prior's
+        own by default), from the detector's own features where the backbones match (``shared_feature_index``),
+        else from the components graph."""
         scale = self.prior.get("shared_scale")
         deep = None if scale is None else np.ascontiguousarray(feats[scale].transpose(0, 2, 3, 1))
 
         def deep_of(chunk: np.ndarray) -> np.ndarray | None:
             return None if self.components is None else self.components({"image": to_input(chunk)})[0]
 
-        return segment_working(images, self.prior_arrays, self.learner, deep, deep_of, self.instance_stage)
+        return (model or self.prior_model).class_maps(images, deep, deep_of)
 
-    def prior_scores(self, images: np.ndarray, maps: np.ndarray) -> np.ndarray:
-        """``CompositionPrior.score``: z of the composition's negative log-density."""
-        p = self.prior
-        vecs = composition_vectors(images, maps, p["num_classes"], self.learner.min_area, p["grid"])
-        return prior_z(-mixture_log_density(vecs, self.prior_arrays, p["covariance_type"]), p)
+    def prior_scores(self, images: np.ndarray, maps: np.ndarray, feats: list[np.ndarray]) -> np.ndarray:
+        """``CompositionPrior.score``: z of the composition's negative log-density, paired with the partner
+        model's when the bundle has one (``maps``: the prior's own class maps)."""
+        z = self.prior_model.scores(images, maps)
+        if self.prior_partner is None:
+            return z
+        partner = self.prior_partner.scores(images, self.class_maps(images, feats, self.prior_partner))
+        return pair_z(z, partner, self.prior["pair"])
 
     def composition_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``composition_branch.branch_scores`` + its calibration: z-scores [B] and z-maps [B,S,S]."""
@@ -211,7 +215,7 @@ class OnnxDetector:
             zmaps = {"network": mp}
             if self.prior is not None:
                 cmaps = self.class_maps(batch, feats)
-                parts["prior"][sl] = self.prior_scores(batch, cmaps)
+                parts["prior"][sl] = self.prior_scores(batch, cmaps, feats)
                 if self.composition is not None:
                     parts["composition"][sl], zmaps["composition"] = self.composition_scores(cmaps)
             if self.memory is not None:

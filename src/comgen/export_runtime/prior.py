@@ -9,6 +9,8 @@ majority filter, instances and vectors) are the project's own functions, so they
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -18,6 +20,7 @@ from comgen.components.composition import compose, composition_vector
 from comgen.components.features import LearnerConfig, PixelFeaturizer, resize_square
 from comgen.components.instances import InstanceStage
 from comgen.components.model import majority_filter
+from comgen.errors import ArtifactError
 from comgen.export_runtime.ops import resize_bilinear
 
 
@@ -115,3 +118,42 @@ def mixture_log_density(vectors: np.ndarray, arrays: dict[str, np.ndarray], cova
 def prior_z(nll: np.ndarray, cal: dict[str, Any]) -> np.ndarray:
     """``CompositionPrior.z``: negative log-densities as z-scores of the validation normals."""
     return ((nll - cal["mean"]) / cal["std"]).astype(np.float32)
+
+
+@dataclass
+class BundlePrior:
+    """One component model's prior as a bundle holds it: its manifest entry, arrays, learner and instance stage."""
+
+    entry: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    learner: LearnerConfig
+    stage: InstanceStage | None
+
+    @classmethod
+    def read(cls, entry: dict[str, Any], arrays: dict[str, np.ndarray], where: Path, name: str, hint: str
+             ) -> BundlePrior:
+        """From the manifest's entry ``name`` and its arrays; an unreadable instance stage is one ArtifactError."""
+        learner = LearnerConfig.from_dict(entry["learner"], where=str(where))
+        meta = entry.get("instance_stage")
+        try:
+            stage = None if meta is None else InstanceStage.from_arrays(arrays, meta)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(where, f"{name}.instance_stage unreadable ({exc.__class__.__name__}); {hint}"
+                                ) from None
+        return cls(entry, arrays, learner, stage)
+
+    def class_maps(self, images: np.ndarray, deep: np.ndarray | None,
+                   deep_of: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
+        """``composition_prior.segment_maps`` with this model."""
+        return segment_working(images, self.arrays, self.learner, deep, deep_of, self.stage)
+
+    def scores(self, images: np.ndarray, maps: np.ndarray) -> np.ndarray:
+        """``CompositionPrior.z`` of the images' compositions (``maps``: this model's class maps)."""
+        e = self.entry
+        vecs = composition_vectors(images, maps, e["num_classes"], self.learner.min_area, e["grid"])
+        return prior_z(-mixture_log_density(vecs, self.arrays, e["covariance_type"]), e)
+
+
+def pair_z(z: np.ndarray, partner_z: np.ndarray, pair: dict[str, Any]) -> np.ndarray:
+    """``CompositionPrior.pair``: two models' calibrated scores -> the ensemble's."""
+    return (((z + partner_z) / 2 - pair["mean"]) / pair["std"]).astype(np.float32)
