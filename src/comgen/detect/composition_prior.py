@@ -12,12 +12,13 @@ Two component models see different compositions: the colour classes count parts 
 instance stage (``components/instances.py``) tells same-coloured part types apart but miscounts where it
 confuses them. Neither is better on every category, and their errors are nearly independent, so by default the
 prior also scores with the *counterpart* model (the same colour classes with the instance stage toggled) and
-averages the two calibrated z-scores, standardised again on the validation normals (an ensemble of two density
-models, as CSAD pairs its component histograms with a patch-level score).
+averages the two calibrated z-scores, standardised again on the validation normals: an ensemble of two density
+models over two views of the same parts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -131,7 +132,7 @@ class CompositionPrior:
         self.mean, self.std = _spread(normal_nll)
 
     def fit_partner(self, train_images: np.ndarray, val_images: np.ndarray, normal: np.ndarray,
-                    val_z: np.ndarray, log: Any = print) -> np.ndarray:
+                    val_z: np.ndarray, log: Callable[[str], None] = print) -> np.ndarray:
         """Fit and calibrate the counterpart model's prior on the same images, then standardise the average on the
         validation normals (``normal``: their mask). Returns the ensemble's validation scores; ``val_z`` (this
         model's) when the counterpart cannot be learnt."""
