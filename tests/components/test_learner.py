@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from comgen.components.features import LearnerConfig
-from comgen.components.learner import learn_components
+from comgen.components.learner import counterpart, learn_components
 from comgen.components.model import ComponentModel
 from comgen.components.preview import write_preview
 from comgen.errors import ArtifactError, ConfigError, InputError
@@ -175,3 +175,14 @@ def test_split_by_color_keeps_a_part_that_shares_few_of_the_images_showing_eithe
     _, splits = split_by_color(x, np.zeros(1000, int), x.mean(0, keepdims=True), tf,
                                LearnerConfig(k_max=4, split_min_share=0.01), image_of)
     assert splits == 0  # together in 10 of the 50 images showing either: taken for one part
+
+
+def test_the_counterpart_toggles_the_instance_stage_and_shares_the_colour_classes(model, toy):
+    """The composition prior's second model: the stage fitted when the model has none, dropped when it has one."""
+    twin = counterpart(model, toy[0])
+    back = counterpart(twin, toy[0])
+    assert model.instance_stage is None and twin.instance_stage is not None and twin.cfg.instances
+    assert back.instance_stage is None and not back.cfg.instances
+    np.testing.assert_array_equal(twin.centroids, model.centroids)
+    np.testing.assert_array_equal(back.segment_working(toy[0][:3]), model.segment_working(toy[0][:3]))
+    assert model.cfg.instances is False and model.instance_stage is None  # the run's own model is left alone

@@ -215,13 +215,3 @@ def test_the_pair_round_trips_and_a_damaged_pair_is_one_line(paired, tmp_path: P
     del cal["pair"]  # a prior saved before pairs existed: one model
     (d / "calibration.json").write_text(json.dumps(cal))
     assert CompositionPrior.load(d).partner is None
-
-
-def test_the_counterpart_of_an_instance_model_drops_its_stage(component_model) -> None:
-    from comgen.components.learner import counterpart
-
-    twin = counterpart(component_model, _images("good", 24, 1))
-    back = counterpart(twin, _images("good", 24, 1))
-    assert twin.instance_stage is not None and back.instance_stage is None and not back.cfg.instances
-    images = _images("good", 3, 11)
-    np.testing.assert_array_equal(back.segment_working(images), component_model.segment_working(images))

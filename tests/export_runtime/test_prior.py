@@ -10,7 +10,7 @@ import pytest
 from comgen.components.density import CompositionDensity, DensityConfig
 from comgen.components.features import LearnerConfig
 from comgen.components.learner import learn_components
-from comgen.export_runtime.prior import composition_vectors, mixture_log_density, segment_working
+from comgen.export_runtime.prior import composition_vectors, mixture_log_density, pair_z, segment_working
 from tests.detect.conftest import toy_image
 
 
@@ -63,3 +63,13 @@ def test_segmentation_with_the_instance_stage_matches_the_component_model() -> N
     got = segment_working(test, arrays, cfg, None, model._featurizer().deep, model.instance_stage)
     want = model.segment_working(test)
     assert (got != want).mean() < 1e-3
+
+
+def test_the_pair_of_two_priors_is_their_standardised_mean() -> None:
+    """``pair_z`` mirrors ``CompositionPrior.pair``."""
+    from comgen.detect.composition_prior import CompositionPrior
+
+    z, other = np.array([0.0, 1.0, 4.0]), np.array([2.0, -1.0, 6.0])
+    prior = CompositionPrior(None, None, None, np.zeros((1, 1)), pair_mean=0.5, pair_std=2.0)
+    np.testing.assert_allclose(pair_z(z, other, {"mean": 0.5, "std": 2.0}), prior.pair(z, other))
+    np.testing.assert_allclose(pair_z(z, other, {"mean": 0.5, "std": 2.0}), [0.25, -0.25, 2.25])
