@@ -229,7 +229,8 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
-    options, made_with = {"learn": learn}, saved.get("_options", {"learn": {}})
+    options = {"learn": learn}
+    made_with = saved.get("_options", {"learn": {}}) if saved else options  # a new --out takes any options
     if made_with != options:  # rows of other options must not be mixed in
         sys.exit(f"error: {cache} holds rows made with {made_with}, not {options}; choose another --out")
     for m in methods:
