@@ -16,7 +16,7 @@ from comgen.components.learner import learn_components
 from comgen.components.model import ComponentModel
 
 SIZE = 96
-FAST = dict(image_size=SIZE, use_backbone=False, k_min=2, k_max=4, select_pixels=3000)
+FAST = dict(image_size=SIZE, use_backbone=False, k_min=2, k_max=4, select_pixels=3000, instances=False)
 INSTANCES = dict(FAST, instances=True)
 METAL = (170, 170, 176)
 

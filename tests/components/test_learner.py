@@ -177,8 +177,9 @@ def test_split_by_color_keeps_a_part_that_shares_few_of_the_images_showing_eithe
     assert splits == 0  # together in 10 of the 50 images showing either: taken for one part
 
 
-def test_the_counterpart_toggles_the_instance_stage_and_shares_the_colour_classes(model, toy):
+def test_the_counterpart_toggles_the_instance_stage_and_shares_the_colour_classes(toy):
     """The composition prior's second model: the stage fitted when the model has none, dropped when it has one."""
+    model = learn_components(toy[0], LearnerConfig(**dict(FAST, instances=False)))
     twin = counterpart(model, toy[0])
     back = counterpart(twin, toy[0])
     assert model.instance_stage is None and twin.instance_stage is not None and twin.cfg.instances
@@ -186,3 +187,17 @@ def test_the_counterpart_toggles_the_instance_stage_and_shares_the_colour_classe
     np.testing.assert_array_equal(twin.centroids, model.centroids)
     np.testing.assert_array_equal(back.segment_working(toy[0][:3]), model.segment_working(toy[0][:3]))
     assert model.cfg.instances is False and model.instance_stage is None  # the run's own model is left alone
+
+
+def test_one_pixel_pass_segments_a_model_and_its_counterpart(model, toy):
+    """``segment_views`` gives each twin the maps it would segment alone; a model with other colour classes is
+    refused, since its pixels would be assigned differently."""
+    twin = counterpart(model, toy[0])
+    assert model.shares_pixel_stage(twin) and twin.shares_pixel_stage(model)
+    own, other = model.segment_views(toy[0][:5], twins=(twin,))
+    np.testing.assert_array_equal(own, model.segment_working(toy[0][:5]))
+    np.testing.assert_array_equal(other, twin.segment_working(toy[0][:5]))
+    stranger = learn_components(toy[0], LearnerConfig(**dict(FAST, k=2)))
+    assert not model.shares_pixel_stage(stranger)
+    with pytest.raises(ValueError, match="share"):
+        model.segment_views(toy[0][:2], twins=(stranger,))

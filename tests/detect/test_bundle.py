@@ -89,6 +89,7 @@ def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, pr
     det = Detector.load(prior_run, device="cpu")
     assert det.prior.partner is not None and det.prior.partner.model.instance_stage is None
     onnx_det = OnnxDetector(prior_bundle)
+    assert onnx_det.prior_model.shares_pixel_stage(onnx_det.prior_partner)  # one pixel pass serves both models
     assert onnx_det.threshold == pytest.approx(det.threshold)
     _assert_parity(det, onnx_det, _test_images(), {"network", "prior", "composition", "memory", "global"})
     assert onnx_det.last_parts["prior"][2:5].min() > onnx_det.last_parts["prior"][:2].max()  # it sees the counts
@@ -130,7 +131,7 @@ def test_prior_on_the_detector_features_scores_as_predict(tmp_path: Path) -> Non
 
     cfg = tiny_config()
     learner = LearnerConfig(image_size=SIZE, k=3, backbone_weights="random", pixels_per_image=300,
-                            max_fit_pixels=6000, select_pixels=2000)
+                            max_fit_pixels=6000, select_pixels=2000, instances=False)
     model = learn_components(np.stack(_images("good", 12, 10)), learner)
     train, val = np.stack(_images("good", 16, 11)), np.stack(_images("good", 6, 12))
     prior = CompositionPrior.fit(model, train, val)
@@ -147,7 +148,9 @@ def test_prior_on_the_detector_features_scores_as_predict(tmp_path: Path) -> Non
     man = json.loads((out / "bundle.json").read_text())
     assert man["prior"]["shared_scale"] == 0 and "components" not in man["graphs"]
     assert man["prior"]["partner"]["instance_stage"] is not None
-    _assert_parity(det, OnnxDetector(out), _test_images(), {"network", "prior"})
+    onnx_det = OnnxDetector(out)
+    assert onnx_det.prior_model.shares_pixel_stage(onnx_det.prior_partner)
+    _assert_parity(det, onnx_det, _test_images(), {"network", "prior"})
 
 
 def test_tiled_detectors_are_refused_in_one_line(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def _images(kind: str, n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def component_model():
     cfg = LearnerConfig(image_size=SIZE, k=3, use_backbone=False, pixels_per_image=300, max_fit_pixels=6000,
-                        select_pixels=2000)
+                        select_pixels=2000, instances=False)
     return learn_components(_images("good", 16, 0), cfg)
 
 
@@ -199,6 +199,17 @@ def test_the_pair_scores_the_mean_of_both_models(paired) -> None:
     assert prior.score(images)[4:].min() > prior.score(images)[:4].max()  # the pair still sees the counts
 
 
+def test_one_segmentation_serves_both_models(paired) -> None:
+    """The partner shares the pixel stage: ``segment`` gives both models' maps, and scoring with them is scoring
+    from the images."""
+    prior, _ = paired
+    images = np.concatenate([_images("good", 3, 14), _images("extra", 3, 15)])
+    maps, partner_maps = prior.segment(images)
+    np.testing.assert_array_equal(maps, prior.model.segment_working(images))
+    np.testing.assert_array_equal(partner_maps, prior.partner.model.segment_working(images))
+    np.testing.assert_allclose(prior.score(images, maps=maps, partner_maps=partner_maps), prior.score(images))
+
+
 def test_the_pair_round_trips_and_a_damaged_pair_is_one_line(paired, tmp_path: Path) -> None:
     import json
 
@@ -206,7 +217,9 @@ def test_the_pair_round_trips_and_a_damaged_pair_is_one_line(paired, tmp_path: P
     images = np.concatenate([_images("good", 3, 6), _images("extra", 3, 7)])
     d = prior.save(tmp_path / "p")
     assert (d / PARTNER_DIR / "calibration.json").is_file()
-    np.testing.assert_allclose(CompositionPrior.load(d).score(images), prior.score(images), rtol=1e-5, atol=1e-5)
+    loaded = CompositionPrior.load(d)
+    assert loaded.model.shares_pixel_stage(loaded.partner.model)  # still one pixel pass after a reload
+    np.testing.assert_allclose(loaded.score(images), prior.score(images), rtol=1e-5, atol=1e-5)
     cal = json.loads((d / "calibration.json").read_text())
     cal["pair"]["std"] = 0.0
     (d / "calibration.json").write_text(json.dumps(cal))

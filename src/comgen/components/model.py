@@ -9,6 +9,7 @@ Class 0 is always the background; foreground classes 1..K-1 are named by the tok
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -165,20 +166,51 @@ class ComponentModel:
         ``deep``: precomputed backbone features [N,h,w,C] (see ``shared_feature_index``); the images must then
         already be at the working size.
         """
+        return self.segment_views(images, deep)[0]
+
+    def segment_views(self, images: np.ndarray, deep: np.ndarray | None = None,
+                      twins: tuple[ComponentModel, ...] = ()) -> list[np.ndarray]:
+        """``segment_working`` for this model and for each twin, from one pass of the shared pixel stage.
+
+        Why: a twin (``learner.counterpart``) has the same colour classes and differs only in its instance stage,
+        so the colour assignment, the only costly step they share, runs once for all of them.
+        """
         images = check_images(images)
         if deep is not None and (images.shape[1:3] != (self.cfg.image_size,) * 2 or len(deep) != len(images)):
             raise InputError("segment", f"precomputed features need {len(images)} images at the working size "
                                         f"{self.cfg.image_size}, got {images.shape[1:3]} and {len(deep)} feature maps")
+        for twin in twins:
+            if not self.shares_pixel_stage(twin):
+                raise ValueError("segment_views: a twin must share this model's pixel stage")
         images = resize_square(images, self.cfg.image_size)
-        out = np.empty(images.shape[:3], np.uint8)
+        views = (self, *twins)
+        out = [np.empty(images.shape[:3], np.uint8) for _ in views]
         bs = max(1, self.cfg.batch_size)
         for i in range(0, len(images), bs):
             maps, lab, up = self.pixel_stage(images[i:i + bs], None if deep is None else deep[i:i + bs])
-            if self.instance_stage is not None:
-                maps = np.stack([self.instance_stage.refine(m, lab[j], None if up is None else up[j])
-                                 for j, m in enumerate(maps)])
-            out[i:i + bs] = maps
+            for view, dest in zip(views, out):
+                dest[i:i + bs] = view.refine(maps, lab, up)
         return out
+
+    def refine(self, maps: np.ndarray, lab: np.ndarray, up: np.ndarray | None) -> np.ndarray:
+        """The instance step on ``pixel_stage``'s output (the colour-class maps themselves without a stage)."""
+        if self.instance_stage is None:
+            return maps
+        return np.stack([self.instance_stage.refine(m, lab[j], None if up is None else up[j])
+                         for j, m in enumerate(maps)])
+
+    def shares_pixel_stage(self, other: ComponentModel) -> bool:
+        """Whether ``other`` assigns pixels exactly as this model does (same colour classes, features and
+        filter), so that only the instance stage may differ."""
+        if other is self:
+            return True
+        same_cfg = replace(other.cfg, instances=self.cfg.instances) == self.cfg
+        mine, theirs = self.transform, other.transform
+        arrays = [(self.centroids, other.centroids), (mine.mean, theirs.mean), (mine.scale, theirs.scale),
+                  (mine.pca_mean, theirs.pca_mean), (mine.pca_components, theirs.pca_components)]
+        return (same_cfg and self.backbone_source == other.backbone_source
+                and all((a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+                        for a, b in arrays))
 
     def pixel_stage(self, images: np.ndarray, deep: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -99,12 +99,30 @@ class CompositionPrior:
         vecs = self.vectors(self.model, self.density, np.asarray(images), self.cfg.batch_size, deep, maps)
         return -self.density.score(vecs)
 
-    def score(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None
-              ) -> np.ndarray:
+    def segment(self, images: np.ndarray, deep: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class maps at the learner's size of this model and of the partner (None without one, or when the
+        partner has a pixel stage of its own and segments for itself), from one pass of the shared pixel stage."""
+        images = np.asarray(images)
+        twins = (self.partner.model,) if self.partner is not None and \
+            self.model.shares_pixel_stage(self.partner.model) else ()
+        bs = self.cfg.batch_size
+        views = [self.model.segment_views(images[i:i + bs], None if deep is None else deep[i:i + bs], twins)
+                 for i in range(0, len(images), bs)]
+        maps = np.concatenate([v[0] for v in views]) if views else np.zeros((0,) + images.shape[1:3], np.uint8)
+        return maps, (np.concatenate([v[1] for v in views]) if twins and views else None)
+
+    def score(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None,
+              partner_maps: np.ndarray | None = None) -> np.ndarray:
         """Calibrated scores: z of the negative log-density relative to the validation normals, averaged with the
-        partner's when there is one. ``maps`` are this model's class maps; the partner segments for itself."""
+        partner's when there is one. ``maps`` and ``partner_maps`` are the two models' class maps (``segment``);
+        when neither is given, both come from one segmentation, and a partner without maps segments for itself."""
+        if maps is None and partner_maps is None:
+            maps, partner_maps = self.segment(images, deep)
         z = self.z(self.nll(images, deep, maps))
-        return z if self.partner is None else self.pair(z, self.partner.score(images, deep))
+        if self.partner is None:
+            return z
+        return self.pair(z, self.partner.score(images, deep, partner_maps))
 
     def pair(self, z: np.ndarray, partner_z: np.ndarray) -> np.ndarray:
         """This model's and the partner's calibrated scores -> the ensemble's calibrated score."""

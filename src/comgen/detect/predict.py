@@ -30,7 +30,7 @@ from comgen.data.imageio import read_rgb
 from comgen.data.readers import open_dataset
 from comgen.detect.artifacts import BANK, BEST, CALIBRATION, RETRAIN, check_finite, finite_number, read_calibration
 from comgen.detect.composition_branch import BRANCH_DIR, branch_scores, load_branch
-from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, segment_maps
+from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior
 from comgen.detect.config import DetectorConfig
 from comgen.detect.csda import CSDA
 from comgen.detect.fusion import BRANCHES, Fusion
@@ -217,8 +217,8 @@ class Detector:
         deep = None
         if self._prior_scale is not None:
             deep = feats[self._prior_scale].float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        maps = segment_maps(self.prior.model, images, deep, self.prior.cfg.batch_size)
-        prior = self.prior.score(images, deep=deep, maps=maps)
+        maps, partner_maps = self.prior.segment(images, deep)
+        prior = self.prior.score(images, deep=deep, maps=maps, partner_maps=partner_maps)
         if self.composition is None:
             return prior, None, None
         net, ccfg, k, cal = self.composition

@@ -142,20 +142,33 @@ class OnnxDetector:
         else from the components graph."""
         scale = self.prior.get("shared_scale")
         deep = None if scale is None else np.ascontiguousarray(feats[scale].transpose(0, 2, 3, 1))
+        return (model or self.prior_model).class_maps(images, deep, self._components_deep)
 
-        def deep_of(chunk: np.ndarray) -> np.ndarray | None:
-            return None if self.components is None else self.components({"image": to_input(chunk)})[0]
+    def _components_deep(self, chunk: np.ndarray) -> np.ndarray | None:
+        """The component model's backbone features from the components graph (None: the learner has none)."""
+        return None if self.components is None else self.components({"image": to_input(chunk)})[0]
 
-        return (model or self.prior_model).class_maps(images, deep, deep_of)
+    def prior_views(self, images: np.ndarray, feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``CompositionPrior.segment``: the prior's class maps, and the partner's from the same pixel pass (None
+        without a partner, or when it has a pixel stage of its own)."""
+        partner = self.prior_partner
+        if partner is None or not self.prior_model.shares_pixel_stage(partner):
+            return self.class_maps(images, feats), None
+        scale = self.prior.get("shared_scale")
+        deep = None if scale is None else np.ascontiguousarray(feats[scale].transpose(0, 2, 3, 1))
+        return self.prior_model.class_views(images, deep, self._components_deep, partner)
 
-    def prior_scores(self, images: np.ndarray, maps: np.ndarray, feats: list[np.ndarray]) -> np.ndarray:
+    def prior_scores(self, images: np.ndarray, maps: np.ndarray, feats: list[np.ndarray],
+                     partner_maps: np.ndarray | None = None) -> np.ndarray:
         """``CompositionPrior.score``: z of the composition's negative log-density, paired with the partner
-        model's when the bundle has one (``maps``: the prior's own class maps)."""
+        model's when the bundle has one (``maps``: the prior's own class maps; ``partner_maps``: the partner's,
+        segmented here when not given)."""
         z = self.prior_model.scores(images, maps)
         if self.prior_partner is None:
             return z
-        partner = self.prior_partner.scores(images, self.class_maps(images, feats, self.prior_partner))
-        return pair_z(z, partner, self.prior["pair"])
+        if partner_maps is None:
+            partner_maps = self.class_maps(images, feats, self.prior_partner)
+        return pair_z(z, self.prior_partner.scores(images, partner_maps), self.prior["pair"])
 
     def composition_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``composition_branch.branch_scores`` + its calibration: z-scores [B] and z-maps [B,S,S]."""
@@ -214,8 +227,8 @@ class OnnxDetector:
             parts["network"][sl] = sc
             zmaps = {"network": mp}
             if self.prior is not None:
-                cmaps = self.class_maps(batch, feats)
-                parts["prior"][sl] = self.prior_scores(batch, cmaps, feats)
+                cmaps, partner_maps = self.prior_views(batch, feats)
+                parts["prior"][sl] = self.prior_scores(batch, cmaps, feats, partner_maps)
                 if self.composition is not None:
                     parts["composition"][sl], zmaps["composition"] = self.composition_scores(cmaps)
             if self.memory is not None:

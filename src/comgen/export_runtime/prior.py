@@ -9,7 +9,7 @@ majority filter, instances and vectors) are the project's own functions, so they
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,16 @@ def segment_working(images: np.ndarray, arrays: dict[str, np.ndarray], learner: 
     ``deep``: the learner's backbone features [N,h,w,C] of ``images`` when the detector's features serve (see
     ``shared_feature_index``); else ``deep_of(images at the learner's size)`` computes them (None: no backbone).
     """
+    return segment_views(images, arrays, learner, deep, deep_of, (stage,))[0]
+
+
+def segment_views(images: np.ndarray, arrays: dict[str, np.ndarray], learner: LearnerConfig,
+                  deep: np.ndarray | None, deep_of: Callable[[np.ndarray], np.ndarray | None],
+                  stages: tuple[InstanceStage | None, ...]) -> list[np.ndarray]:
+    """``ComponentModel.segment_views``: one pass of the pixel stage, then each instance stage (None: the colour
+    classes themselves) -> one class-map stack per stage."""
     images = resize_square(np.asarray(images), learner.image_size)
-    out = np.empty(images.shape[:3], np.uint8)
+    out = [np.empty(images.shape[:3], np.uint8) for _ in stages]
     kernel = int(round(learner.scaled(learner.smooth))) | 1 if learner.smooth else 0
     k = len(arrays["centroids"])
     bs = max(1, learner.batch_size)
@@ -42,10 +50,12 @@ def segment_working(images: np.ndarray, arrays: dict[str, np.ndarray], learner: 
         chunk = images[i:i + bs]
         labels, lab, proj = assign_images(chunk, arrays, learner, deep_of(chunk) if deep is None else deep[i:i + bs])
         maps = np.stack([majority_filter(m, k, kernel) for m in labels])
-        if stage is not None:  # ``ComponentModel.segment_working``'s instance step
-            up = None if proj is None else np.moveaxis(resize_bilinear(np.moveaxis(proj, -1, 1), (size, size)), 1, -1)
-            maps = np.stack([stage.refine(m, lab[j], None if up is None else up[j]) for j, m in enumerate(maps)])
-        out[i:i + bs] = maps
+        up = None
+        if proj is not None and any(st is not None for st in stages):
+            up = np.moveaxis(resize_bilinear(np.moveaxis(proj, -1, 1), (size, size)), 1, -1)
+        for stage, dest in zip(stages, out):
+            dest[i:i + bs] = maps if stage is None else \
+                np.stack([stage.refine(m, lab[j], None if up is None else up[j]) for j, m in enumerate(maps)])
     return out
 
 
@@ -146,6 +156,20 @@ class BundlePrior:
                    deep_of: Callable[[np.ndarray], np.ndarray | None]) -> np.ndarray:
         """``composition_prior.segment_maps`` with this model."""
         return segment_working(images, self.arrays, self.learner, deep, deep_of, self.stage)
+
+    def class_views(self, images: np.ndarray, deep: np.ndarray | None,
+                    deep_of: Callable[[np.ndarray], np.ndarray | None], twin: BundlePrior
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """``CompositionPrior.segment``: this model's and a twin's class maps from one pixel pass."""
+        own, other = segment_views(images, self.arrays, self.learner, deep, deep_of, (self.stage, twin.stage))
+        return own, other
+
+    def shares_pixel_stage(self, other: BundlePrior) -> bool:
+        """``ComponentModel.shares_pixel_stage``: the same colour classes, features and filter."""
+        keys = ("centroids", "mean", "scale", "pca_mean", "pca_components")
+        return (replace(other.learner, instances=self.learner.instances) == self.learner
+                and all((k in self.arrays) == (k in other.arrays)
+                        and (k not in self.arrays or np.array_equal(self.arrays[k], other.arrays[k])) for k in keys))
 
     def scores(self, images: np.ndarray, maps: np.ndarray) -> np.ndarray:
         """``CompositionPrior.z`` of the images' compositions (``maps``: this model's class maps)."""
