@@ -32,8 +32,8 @@ from comgen.components.features import LearnerConfig  # noqa: E402
 from comgen.components.learner import learn_components, load_images  # noqa: E402
 
 VARIANTS = {
-    "backbone": dict(use_backbone=True),
-    "color": dict(use_backbone=False),
+    "backbone": dict(use_backbone=True, instances=False),
+    "color": dict(use_backbone=False, instances=False),
     "instances": dict(use_backbone=True, instances=True),
 }
 

@@ -47,6 +47,7 @@ def compose(class_map: np.ndarray, image: np.ndarray, image_id: str, background:
     if class_map.shape != image.shape[:2]:
         raise ValueError(f"class map {class_map.shape} does not match image {image.shape[:2]}")
     lab = rgb_to_lab(image) if lab is None else lab
+    channels = [np.ascontiguousarray(lab[..., c]).ravel() for c in range(3)]  # once per image, not per class
     comps: list[Component] = []
     for k in np.unique(class_map):
         k = int(k)
@@ -56,9 +57,10 @@ def compose(class_map: np.ndarray, image: np.ndarray, image_id: str, background:
         if len(stats) == 0:
             continue
         n_lab = int(labels.max()) + 1
-        flat = labels.ravel()
+        inside = np.flatnonzero(labels.ravel())  # the class's own pixels: label 0 (the rest) is never read
+        flat = labels.ravel()[inside]
         counts = np.bincount(flat, minlength=n_lab).astype(np.float64)
-        means = np.stack([np.bincount(flat, weights=lab[..., c].ravel(), minlength=n_lab) for c in range(3)], 1)
+        means = np.stack([np.bincount(flat, weights=ch[inside], minlength=n_lab) for ch in channels], 1)
         means /= np.maximum(counts, 1)[:, None]
         for (lid, x, y, w, h, area), (cx, cy) in zip(stats, cents):
             crop = labels[y:y + h, x:x + w] == lid
