@@ -303,11 +303,12 @@ def shape_descriptor(mask: np.ndarray, image_area: float) -> np.ndarray:
 
 def describe(labels: np.ndarray, n: int, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
     """Descriptors [n, 5 + 4 + d]: shape, colour (mean Lab, std L) and mean deep features of every instance."""
-    flat = labels.ravel()
+    inside = np.flatnonzero(labels.ravel())  # the instances' own pixels: label 0 is never read
+    flat = labels.ravel()[inside]
     counts = np.maximum(np.bincount(flat, minlength=n + 1)[1:].astype(np.float64), 1.0)
 
     def mean_of(values: np.ndarray) -> np.ndarray:
-        v = values.reshape(len(flat), -1).astype(np.float64)
+        v = values.reshape(labels.size, -1)[inside].astype(np.float64)
         return np.stack([np.bincount(flat, weights=v[:, c], minlength=n + 1)[1:] for c in range(v.shape[1])],
                         1) / counts[:, None]
 
