@@ -140,9 +140,12 @@ class OnnxDetector:
         """``composition_prior.segment_maps``: class maps at the component model's size (``model``: the prior's
         own by default), from the detector's own features where the backbones match (``shared_feature_index``),
         else from the components graph."""
+        return (model or self.prior_model).class_maps(images, self._shared_deep(feats), self._components_deep)
+
+    def _shared_deep(self, feats: list[np.ndarray]) -> np.ndarray | None:
+        """The detector's features at the component model's layer [N,h,w,C], when the backbones match."""
         scale = self.prior.get("shared_scale")
-        deep = None if scale is None else np.ascontiguousarray(feats[scale].transpose(0, 2, 3, 1))
-        return (model or self.prior_model).class_maps(images, deep, self._components_deep)
+        return None if scale is None else np.ascontiguousarray(feats[scale].transpose(0, 2, 3, 1))
 
     def _components_deep(self, chunk: np.ndarray) -> np.ndarray | None:
         """The component model's backbone features from the components graph (None: the learner has none)."""
@@ -154,9 +157,7 @@ class OnnxDetector:
         partner = self.prior_partner
         if partner is None or not self.prior_model.shares_pixel_stage(partner):
             return self.class_maps(images, feats), None
-        scale = self.prior.get("shared_scale")
-        deep = None if scale is None else np.ascontiguousarray(feats[scale].transpose(0, 2, 3, 1))
-        return self.prior_model.class_views(images, deep, self._components_deep, partner)
+        return self.prior_model.class_views(images, self._shared_deep(feats), self._components_deep, partner)
 
     def prior_scores(self, images: np.ndarray, maps: np.ndarray, feats: list[np.ndarray],
                      partner_maps: np.ndarray | None = None) -> np.ndarray:
