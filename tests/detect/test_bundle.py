@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from comgen.components.features import LearnerConfig
-from comgen.components.learner import learn_components
+from comgen.components.learner import counterpart, learn_components
 from comgen.detect.composition_branch import CompositionBranchConfig
 from comgen.errors import ComgenError
 from comgen.rundir import RunDir
@@ -135,7 +135,7 @@ def test_prior_on_the_detector_features_scores_as_predict(tmp_path: Path) -> Non
     model = learn_components(np.stack(_images("good", 12, 10)), learner)
     train, val = np.stack(_images("good", 16, 11)), np.stack(_images("good", 6, 12))
     prior = CompositionPrior.fit(model, train, val)
-    prior.fit_partner(train, val, np.ones(len(val), bool), prior.z(prior.nll(val)), log=lambda m: None)
+    prior.fit_partner(counterpart(model, train), train, val, np.ones(len(val), bool), prior.z(prior.nll(val)))
     assert prior.partner.model.instance_stage is not None  # the counterpart of the colour classes
     backbone = build_backbone(cfg.backbone)
     bank = MemoryBank.build(np.stack(_images("good", 6, 13)), [f"n{i}" for i in range(6)], backbone,

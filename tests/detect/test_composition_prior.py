@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from comgen.components.features import LearnerConfig
-from comgen.components.learner import learn_components
+from comgen.components.learner import counterpart, learn_components
 from comgen.detect.composition_prior import PARTNER_DIR, PRIOR_DIR, CompositionPrior, PriorConfig
 from comgen.errors import ArtifactError, ConfigError
 from comgen.rundir import RunDir
@@ -79,6 +79,29 @@ def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path:
     assert np.isfinite(parts["prior"]).all()
     np.testing.assert_allclose(scores, det.fusion.apply(parts), rtol=1e-6)
     assert parts["prior"][4:].min() > parts["prior"][:4].max()
+
+
+def test_training_segments_each_image_once_for_both_models(component_model, tmp_path: Path, monkeypatch) -> None:
+    """The counterpart is learnt first, so that one pixel pass gives both models' class maps of the bank and
+    validation images; only the counterpart's own instance fit reads its sample again."""
+    from comgen.components.model import ComponentModel
+    from comgen.detect.calibration import attach_prior, prior_inputs
+
+    run = RunDir(tmp_path / "run")
+    component_model.save(run.components)
+    cfg, splits = tiny_config(epochs=1), toy_splits()
+    bank, val, _ = prior_inputs(splits, cfg)
+    seen: list[int] = []
+    pixel_stage = ComponentModel.pixel_stage
+
+    def counting(self, images, deep=None):
+        seen.append(len(images))
+        return pixel_stage(self, images, deep)
+
+    monkeypatch.setattr(ComponentModel, "pixel_stage", counting)
+    entry, _, seg = attach_prior(run, splits, cfg, lambda m: None)
+    assert entry["partner"] and len(seg.bank) == len(bank)
+    assert sum(seen) == min(component_model.cfg.instance_fit_images, len(bank)) + len(bank) + len(val)
 
 
 def test_a_prior_without_partner_is_one_model(component_model, tmp_path: Path) -> None:
@@ -175,8 +198,9 @@ def paired(component_model) -> tuple[CompositionPrior, np.ndarray]:
     """A prior with its counterpart model (the instance stage fitted on the same training normals)."""
     val = _images("good", 10, 2)
     prior = CompositionPrior.fit(component_model, _images("good", 24, 1), val)
-    z = prior.fit_partner(_images("good", 24, 1), val, np.ones(len(val), bool), prior.z(prior.nll(val)),
-                          log=lambda m: None)
+    train = _images("good", 24, 1)
+    z = prior.fit_partner(counterpart(component_model, train), train, val, np.ones(len(val), bool),
+                          prior.z(prior.nll(val)))
     return prior, z
 
 

@@ -21,7 +21,13 @@ from sklearn.metrics import roc_auc_score
 from comgen.components.model import ComponentModel
 from comgen.detect.artifacts import CALIBRATION, finite_number, read_calibration
 from comgen.detect.composition_branch import BRANCH_DIR, branch_scores, save_branch, train_branch
-from comgen.detect.composition_prior import PRIOR_DIR, CompositionPrior, segment_maps
+from comgen.detect.composition_prior import (
+    PRIOR_DIR,
+    CompositionPrior,
+    counterpart_or_none,
+    segment_maps,
+    segment_views,
+)
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
 from comgen.detect.fusion import choose_fusion
@@ -102,17 +108,23 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
         return _branch_off(out, "composition prior", why, log), None, None
     model = ComponentModel.load(run.components)
     bank_images, val_images, labels = prior_inputs(splits, cfg)  # whole images when tiled
+    twin = None
+    if cfg.prior.partner:
+        log("learning the composition prior's counterpart model (instance stage toggled)")
+        twin = counterpart_or_none(model, bank_images, log)
+    twins = (twin,) if twin is not None and model.shares_pixel_stage(twin) else ()
     log("fitting the composition prior on the training normals")
-    seg = Segmented(model, segment_maps(model, bank_images, batch_size=cfg.prior.batch_size),
-                    segment_maps(model, val_images, batch_size=cfg.prior.batch_size))
+    bank = segment_views(model, bank_images, twins, cfg.prior.batch_size)  # one pixel pass serves both models
+    val = segment_views(model, val_images, twins, cfg.prior.batch_size)
+    seg = Segmented(model, bank[0], val[0])
     prior = CompositionPrior.fit(model, bank_images, cfg=cfg.prior, train_maps=seg.bank)
     nll = prior.nll(val_images, maps=seg.val)  # normals calibrate, anomalies rank the fusion candidates
     _check_finite(nll, "composition log-densities")
     prior.calibrate(nll[labels == 0])
     z = prior.z(nll)
-    if cfg.prior.partner:
-        log("fitting the composition prior's counterpart model (instance stage toggled)")
-        z = prior.fit_partner(bank_images, val_images, labels == 0, z, log)
+    if twin is not None:
+        z = prior.fit_partner(twin, bank_images, val_images, labels == 0, z,
+                              *((bank[1], val[1]) if twins else (None, None)))
     prior.save(out)
     entry = {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std, "partner": prior.partner is not None}
     return entry, z, seg

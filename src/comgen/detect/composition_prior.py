@@ -103,14 +103,10 @@ class CompositionPrior:
                 ) -> tuple[np.ndarray, np.ndarray | None]:
         """Class maps at the learner's size of this model and of the partner (None without one, or when the
         partner has a pixel stage of its own and segments for itself), from one pass of the shared pixel stage."""
-        images = np.asarray(images)
         twins = (self.partner.model,) if self.partner is not None and \
             self.model.shares_pixel_stage(self.partner.model) else ()
-        bs = self.cfg.batch_size
-        views = [self.model.segment_views(images[i:i + bs], None if deep is None else deep[i:i + bs], twins)
-                 for i in range(0, len(images), bs)]
-        maps = np.concatenate([v[0] for v in views]) if views else np.zeros((0,) + images.shape[1:3], np.uint8)
-        return maps, (np.concatenate([v[1] for v in views]) if twins and views else None)
+        views = segment_views(self.model, images, twins, self.cfg.batch_size, deep)
+        return views[0], (views[1] if twins else None)
 
     def score(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None,
               partner_maps: np.ndarray | None = None) -> np.ndarray:
@@ -149,18 +145,15 @@ class CompositionPrior:
     def calibrate(self, normal_nll: np.ndarray) -> None:
         self.mean, self.std = _spread(normal_nll)
 
-    def fit_partner(self, train_images: np.ndarray, val_images: np.ndarray, normal: np.ndarray,
-                    val_z: np.ndarray, log: Callable[[str], None] = print) -> np.ndarray:
-        """Fit and calibrate the counterpart model's prior on the same images, then standardise the average on the
-        validation normals (``normal``: their mask). Returns the ensemble's validation scores; ``val_z`` (this
-        model's) when the counterpart cannot be learnt."""
-        try:
-            twin = counterpart(self.model, train_images)
-        except InputError as exc:
-            log(f"composition prior: no counterpart model ({exc}); one model scores")
-            return val_z
-        partner = CompositionPrior.fit(twin, train_images, cfg=replace(self.cfg, partner=False))
-        nll = partner.nll(val_images)
+    def fit_partner(self, twin: ComponentModel, train_images: np.ndarray, val_images: np.ndarray,
+                    normal: np.ndarray, val_z: np.ndarray, train_maps: np.ndarray | None = None,
+                    val_maps: np.ndarray | None = None) -> np.ndarray:
+        """Fit and calibrate the counterpart model's (``twin``'s) prior on the same images, then standardise the
+        average on the validation normals (``normal``: their mask). ``train_maps`` and ``val_maps``: the twin's
+        class maps of those images, when the caller segmented them with this model's (``segment_views``).
+        Returns the ensemble's validation scores."""
+        partner = CompositionPrior.fit(twin, train_images, cfg=replace(self.cfg, partner=False), train_maps=train_maps)
+        nll = partner.nll(val_images, maps=val_maps)
         partner.calibrate(nll[normal])
         partner_z = partner.z(nll)
         self.partner = partner
@@ -218,10 +211,30 @@ class CompositionPrior:
 def segment_maps(model: Any, images: np.ndarray, deep: np.ndarray | None = None, batch_size: int = 16
                  ) -> np.ndarray:
     """Class maps [N,S,S] at the component model's working size, in batches (bounded memory)."""
+    return segment_views(model, images, (), batch_size, deep)[0]
+
+
+def segment_views(model: ComponentModel, images: np.ndarray, twins: tuple[ComponentModel, ...] = (),
+                  batch_size: int = 16, deep: np.ndarray | None = None) -> list[np.ndarray]:
+    """``segment_maps`` of ``model`` and of each twin (``ComponentModel.segment_views``: one pass of the shared
+    pixel stage), in batches."""
     images = np.asarray(images)
-    return np.concatenate([model.segment_working(images[i:i + batch_size],
-                                                 None if deep is None else deep[i:i + batch_size])
-                           for i in range(0, len(images), batch_size)])
+    batches = [model.segment_views(images[i:i + batch_size], None if deep is None else deep[i:i + batch_size],
+                                   twins) for i in range(0, len(images), batch_size)]
+    if not batches:
+        return [np.zeros((0,) + images.shape[1:3], np.uint8) for _ in range(1 + len(twins))]
+    return [np.concatenate([b[v] for b in batches]) for v in range(1 + len(twins))]
+
+
+def counterpart_or_none(model: ComponentModel, train_images: np.ndarray, log: Callable[[str], None] = print
+                        ) -> ComponentModel | None:
+    """The prior's second component model (``learner.counterpart``), or None, logged, when it cannot be learnt
+    from these images (then one model scores)."""
+    try:
+        return counterpart(model, train_images)
+    except InputError as exc:
+        log(f"composition prior: no counterpart model ({exc}); one model scores")
+        return None
 
 
 def _spread(values: np.ndarray) -> tuple[float, float]:
