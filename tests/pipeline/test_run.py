@@ -76,6 +76,12 @@ def test_run_all_stages_then_skip_then_cascade(tiny: Path, tmp_path: Path, monke
     assert redone == ["run.learn", "run.generate", "run.mask", "run.train", "run.predict", "run.evaluate"]
     assert any("kept 0 already done" in m for m in logs), logs  # made anew, not resumed
     assert (run.root / "generated/compositional/learned_with.txt").read_text() == run.stage_hash("run.learn")
+    # a newer instance stage: the colour classes stay, the detector (its prior's counterpart model) is trained anew
+    monkeypatch.setattr(learner, "INSTANCE_REVISION", learner.INSTANCE_REVISION + 1)
+    logs.clear()
+    run_category(tiny, "screw_bag", tmp_path / "run", changed, log=logs.append)
+    redone = [m.split("[")[1].split("]")[0] for m in logs if m.endswith("running")]
+    assert redone == ["run.train", "run.predict", "run.evaluate"]
     (run.root / "generated/compositional/generator.json").write_text("{broken")  # the run owns it: made anew
     logs.clear()
     run_category(tiny, "screw_bag", tmp_path / "run", changed, force=True, log=logs.append)

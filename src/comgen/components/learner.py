@@ -40,6 +40,10 @@ MIN_TRAIN_IMAGES = 8
 #: Raise it when the same LearnerConfig learns different classes than before, so that a run's learn stage (and the
 #: stages after it, generation included) is redone after an upgrade instead of keeping the old code's classes.
 LEARNER_REVISION = 2
+#: Raise it when the instance stage (``components/instances.py``) finds other classes under the same config. Only
+#: the stages that fit the stage are redone: learning with ``learn.instances``, and training, whose composition
+#: prior fits the counterpart model.
+INSTANCE_REVISION = 2
 
 
 def _sample_pixels(images: np.ndarray, fz: PixelFeaturizer, cfg: LearnerConfig,

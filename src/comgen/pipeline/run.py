@@ -69,6 +69,11 @@ def _revised(config_hash: str, revision: int) -> str:
     return config_hash + (f"-r{revision}" if revision > 1 else "")
 
 
+def _instance_revised(key: str, fits_instance_stage: bool) -> str:
+    """A stage's key, plus the instance stage's revision when the stage fits one (revision 1 keeps old keys)."""
+    return key + (f"-i{learner.INSTANCE_REVISION}" if fits_instance_stage and learner.INSTANCE_REVISION > 1 else "")
+
+
 def _fresh(run: RunDir, folder: Path) -> None:
     """Empty a stage's output folder; only ever one strictly inside the run directory (a link is unlinked, never
     followed), so no config value or stray link can make a stage delete anything else."""
@@ -140,7 +145,8 @@ def _stages(runner: StageRunner, ds: Dataset, category: str, cfg: RunConfig, log
             model = learner.learn_into_run(run, train, cfg.learn)
             return {"num_classes": model.num_classes}
 
-        runner.stage("run.learn", _revised(cfg.learn.hash(), learner.LEARNER_REVISION), learn, inputs=train_files)
+        learn_key = _instance_revised(_revised(cfg.learn.hash(), learner.LEARNER_REVISION), cfg.learn.instances)
+        runner.stage("run.learn", learn_key, learn, inputs=train_files)
 
     def generate() -> dict[str, Any]:
         folder = run.generated(cfg.backend)
@@ -178,7 +184,9 @@ def _stages(runner: StageRunner, ds: Dataset, category: str, cfg: RunConfig, log
         return {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                 "train_seconds": round(result.seconds, 1), "peak_rss_mb": round(result.peak_rss_mb)}
 
-    runner.stage("run.train", cfg.detector.hash(), train_stage, inputs=train_val_files)
+    prior = cfg.detector.prior
+    train_key = _instance_revised(cfg.detector.hash(), prior.enabled and prior.partner)
+    runner.stage("run.train", train_key, train_stage, inputs=train_val_files)
 
     def predict() -> dict[str, Any]:
         _fresh(run, run.maps)
