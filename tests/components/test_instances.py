@@ -8,7 +8,6 @@ from sklearn.metrics import adjusted_rand_score
 from comgen.components.features import LearnerConfig
 from comgen.components.instances import (
     InstanceOptions,
-    _is_lumpy,
     _split_touching,
     absorb_rims,
     find_instances,
@@ -111,18 +110,6 @@ def test_touching_parts_are_split():
     one = np.zeros((40, 40), np.uint8)
     cv2.circle(one, (20, 20), 12, 1, -1)
     assert _split_touching(one.astype(bool)).max() == 1
-
-
-def test_a_ring_is_one_part_but_touching_discs_are_lumpy():
-    ring = np.zeros((40, 40), np.uint8)
-    cv2.circle(ring, (20, 20), 12, 1, 3)  # a thin ring: its hole does not make it lumpy
-    assert not _is_lumpy(ring.astype(bool))
-    three = np.zeros((70, 70), np.uint8)  # three touching discs in an L
-    for centre in ((20, 20), (44, 20), (20, 44)):
-        cv2.circle(three, centre, 12, 1, -1)
-    assert _is_lumpy(three.astype(bool))
-    labels, groups = find_instances(np.where(ring > 0, 1, 0).astype(np.uint8), None, {0}, InstanceOptions())
-    assert len(groups) == 1 and (labels[ring > 0] == 1).all()  # found whole, not cut into arcs
 
 
 def test_find_instances_skips_surfaces_and_tiny_regions():

@@ -263,7 +263,7 @@ def find_instances(pixel_map: np.ndarray, blobs: np.ndarray | None, surfaces: se
         for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1:
             x, y, w, h = (int(v) for v in stats[i, :4])
             crop = comp[y:y + h, x:x + w] == i
-            parts = _split_touching(crop) if opt.split_touching and _is_lumpy(crop) else crop.astype(
+            parts = _split_touching(crop) if opt.split_touching and _is_lumpy(crop, stats[i, 4]) else crop.astype(
                 np.int32)
             for j in range(1, int(parts.max()) + 1):
                 sub = parts == j
@@ -274,13 +274,11 @@ def find_instances(pixel_map: np.ndarray, blobs: np.ndarray | None, surfaces: se
     return labels, np.asarray(groups, np.int64)
 
 
-def _is_lumpy(crop: np.ndarray) -> bool:
-    """Whether a region may be two touching parts: clearly less convex than one part, its holes filled (a ring
-    or a washer is one convex part, not two to cut apart)."""
+def _is_lumpy(crop: np.ndarray, area: int) -> bool:
+    """Whether a region may be two touching parts: clearly less convex than one part."""
     cnts, _ = cv2.findContours(crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     hull = cv2.contourArea(cv2.convexHull(np.concatenate(cnts)))
-    filled = np.count_nonzero(cv2.drawContours(np.zeros(crop.shape, np.uint8), cnts, -1, 1, -1))
-    return hull > 0 and filled / hull < 0.8
+    return hull > 0 and area / hull < 0.8
 
 
 # -- describing instances ---------------------------------------------------------------------------
