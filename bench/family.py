@@ -11,6 +11,7 @@ its own. Reruns resume: finished comgen stages and finished peer categories are 
     python bench/family.py --out /tmp/family_quick --quick --seeds 1000,1001
     python bench/family.py --out /tmp/family --methods cutpaste    # comgen's detector trained on CutPaste's anomalies
     python bench/family.py --out /tmp/family_inst --learn '{"instances": true}'    # with the instance stage
+    python bench/family.py --out /tmp/family_rm --compositional '{"edit_kinds": ["remove", "transplant"]}'
 
 ``cutpaste`` is the value-of-the-anomaly-source row: the same pipeline and detector as ``comgen``, with CutPaste's
 anomalies (``generate/baselines``) in place of ComGEN's.
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compositional_options  # noqa: E402  # bench/ sibling: the --compositional option
 from child import run_in_child  # noqa: E402
 
 METHODS = ("comgen", "patchcore")
@@ -203,6 +205,7 @@ def main() -> None:
     ap.add_argument("--learn", default=None,
                     help='component learner options for the comgen and cutpaste rows, as JSON, e.g. '
                          '\'{"instances": true}\'; an --out keeps to the options its rows were made with')
+    compositional_options.add_argument(ap)
     args = ap.parse_args()
     from comgen.benchmarks.cli import learner_options
     from comgen.data.family import RULE_TYPES
@@ -217,6 +220,10 @@ def main() -> None:
     synth, run_cfg = _settings(args)
     if learn:
         run_cfg = run_cfg.replace(learn=run_cfg.learn.replace(**learn))
+    compositional = compositional_options.parse(ap, args.compositional)  # the comgen row's generator options
+    if compositional:
+        gen = run_cfg.generate
+        run_cfg = run_cfg.replace(generate=gen.replace(compositional=gen.compositional.replace(**compositional)))
     data = args.out / "data"
     start = time.perf_counter()
     if not (data / "config.yaml").is_file() or SynthConfig.load(data / "config.yaml").hash() != synth.hash():
@@ -229,7 +236,7 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
-    options = {"learn": learn}
+    options = {"learn": learn, **({"compositional": compositional} if compositional else {})}
     made_with = saved.get("_options", {"learn": {}}) if saved else options  # a new --out takes any options
     if made_with != options:  # rows of other options must not be mixed in
         sys.exit(f"error: {cache} holds rows made with {made_with}, not {options}; choose another --out")
