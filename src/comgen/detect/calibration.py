@@ -26,7 +26,7 @@ from comgen.detect.composition_prior import (
     CompositionPrior,
     counterpart_or_none,
     segment_maps,
-    segment_views,
+    segment_pair,
 )
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
@@ -112,19 +112,17 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
     if cfg.prior.partner:
         log("learning the composition prior's counterpart model (instance stage toggled)")
         twin = counterpart_or_none(model, bank_images, log)
-    twins = (twin,) if twin is not None and model.shares_pixel_stage(twin) else ()
     log("fitting the composition prior on the training normals")
-    bank = segment_views(model, bank_images, twins, cfg.prior.batch_size)  # one pixel pass serves both models
-    val = segment_views(model, val_images, twins, cfg.prior.batch_size)
-    seg = Segmented(model, bank[0], val[0])
+    bank, twin_bank = segment_pair(model, twin, bank_images, cfg.prior.batch_size)  # one pass serves both models
+    val, twin_val = segment_pair(model, twin, val_images, cfg.prior.batch_size)
+    seg = Segmented(model, bank, val)
     prior = CompositionPrior.fit(model, bank_images, cfg=cfg.prior, train_maps=seg.bank)
     nll = prior.nll(val_images, maps=seg.val)  # normals calibrate, anomalies rank the fusion candidates
     _check_finite(nll, "composition log-densities")
     prior.calibrate(nll[labels == 0])
     z = prior.z(nll)
     if twin is not None:
-        z = prior.fit_partner(twin, bank_images, val_images, labels == 0, z,
-                              *((bank[1], val[1]) if twins else (None, None)))
+        z = prior.fit_partner(twin, bank_images, val_images, labels == 0, z, twin_bank, twin_val)
     prior.save(out)
     entry = {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std, "partner": prior.partner is not None}
     return entry, z, seg

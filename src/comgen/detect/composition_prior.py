@@ -103,10 +103,8 @@ class CompositionPrior:
                 ) -> tuple[np.ndarray, np.ndarray | None]:
         """Class maps at the learner's size of this model and of the partner (None without one, or when the
         partner has a pixel stage of its own and segments for itself), from one pass of the shared pixel stage."""
-        twins = (self.partner.model,) if self.partner is not None and \
-            self.model.shares_pixel_stage(self.partner.model) else ()
-        views = segment_views(self.model, images, twins, self.cfg.batch_size, deep)
-        return views[0], (views[1] if twins else None)
+        return segment_pair(self.model, None if self.partner is None else self.partner.model, images,
+                            self.cfg.batch_size, deep)
 
     def score(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None,
               partner_maps: np.ndarray | None = None) -> np.ndarray:
@@ -150,7 +148,7 @@ class CompositionPrior:
                     val_maps: np.ndarray | None = None) -> np.ndarray:
         """Fit and calibrate the counterpart model's (``twin``'s) prior on the same images, then standardise the
         average on the validation normals (``normal``: their mask). ``train_maps`` and ``val_maps``: the twin's
-        class maps of those images, when the caller segmented them with this model's (``segment_views``).
+        class maps of those images, when the caller segmented them with this model's (``segment_pair``).
         Returns the ensemble's validation scores."""
         partner = CompositionPrior.fit(twin, train_images, cfg=replace(self.cfg, partner=False), train_maps=train_maps)
         nll = partner.nll(val_images, maps=val_maps)
@@ -224,6 +222,15 @@ def segment_views(model: ComponentModel, images: np.ndarray, twins: tuple[Compon
     if not batches:
         return [np.zeros((0,) + images.shape[1:3], np.uint8) for _ in range(1 + len(twins))]
     return [np.concatenate([b[v] for b in batches]) for v in range(1 + len(twins))]
+
+
+def segment_pair(model: ComponentModel, twin: ComponentModel | None, images: np.ndarray, batch_size: int = 16,
+                 deep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class maps of ``model`` and of ``twin`` from one pass of the shared pixel stage. The twin's are None without
+    a twin, or when its pixel stage differs (it then segments for itself)."""
+    twins = (twin,) if twin is not None and model.shares_pixel_stage(twin) else ()
+    views = segment_views(model, images, twins, batch_size, deep)
+    return views[0], (views[1] if twins else None)
 
 
 def counterpart_or_none(model: ComponentModel, train_images: np.ndarray, log: Callable[[str], None] = print
