@@ -11,6 +11,10 @@ pixels, plus K found vs the true number of part classes + background. On family 
   types land in different classes (each type's class is the most frequent class over its pixels);
 - ``pale``: recall of the instances of low-contrast part types. An instance is found when its most frequent class
   differs from the most frequent class of the ring of pixels around it (the background or the fixture it lies on).
+
+With ``--stability`` a second model is fitted on the next ``--train`` training images, and ``agree`` is the ARI
+between the two models' class maps of the held-out images: how much the classes hang on which normal images the
+learner saw (1.0: the same split from either sample).
 """
 
 from __future__ import annotations
@@ -91,18 +95,20 @@ def instance_recall(truth: np.ndarray, seg: np.ndarray, labels: list[int], k: in
 
 
 def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, variants: list[str], weights: str,
-        extra: dict | None = None) -> None:
+        extra: dict | None = None, stability: bool = False) -> None:
     from comgen.data.readers import open_dataset
     from comgen.data.synth.truth import load_truth
 
     ds = open_dataset(data)
     cats = cats or ds.categories()
-    print(f"{'category':<22}{'variant':<10}{'K':>4}{'parts+bg':>10}{'ARI':>8}{'split':>8}{'pale':>8}{'fit s':>8}")
+    print(f"{'category':<22}{'variant':<10}{'K':>4}{'parts+bg':>10}{'ARI':>8}{'split':>8}{'pale':>8}{'fit s':>8}"
+          + (f"{'agree':>8}" if stability else ""))
     totals: dict[str, list] = {}
     for cat in cats:
-        train = ds.samples(cat, "train")[:n_train]
+        train = ds.samples(cat, "train")
         ev = held_out(ds, cat)[:n_eval]
-        tr_imgs = load_images(train, size)
+        tr_imgs = load_images(train[:n_train], size)
+        other = load_images(train[n_train:2 * n_train], size) if stability else None
         ev_imgs = load_images(ev, size)
         truth = np.stack([cv2.resize(load_truth(s), (size, size), interpolation=cv2.INTER_NEAREST) for s in ev])
         n_parts = len(np.unique(truth))
@@ -119,15 +125,21 @@ def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, varia
             k = model.num_classes
             sp = split_counts(truth, seg, same_colour_pairs(cat), k)
             pr = instance_recall(truth, seg, pale_labels(cat), k)
-            tot = totals.setdefault(v, [[], 0, 0, 0, 0])
+            tot = totals.setdefault(v, [[], 0, 0, 0, 0, []])
             tot[0].append(ari)
             tot[1] += sp[0]; tot[2] += sp[1]; tot[3] += pr[0]; tot[4] += pr[1]  # noqa: E702
+            agree = ""
+            if other is not None and len(other) >= 8:
+                twin = learn_components(other, cfg).segment(ev_imgs)
+                tot[5].append(adjusted_rand_score(seg.ravel(), twin.ravel()))
+                agree = f"{tot[5][-1]:>8.3f}"
             frac = lambda c: f"{c[0]}/{c[1]}" if c[1] else "-"  # noqa: E731
-            print(f"{cat:<22}{v:<10}{k:>4}{n_parts:>10}{ari:>8.3f}{frac(sp):>8}{frac(pr):>8}{fit_s:>8.1f}",
+            print(f"{cat:<22}{v:<10}{k:>4}{n_parts:>10}{ari:>8.3f}{frac(sp):>8}{frac(pr):>8}{fit_s:>8.1f}{agree}",
                   flush=True)
-    for v, (aris, s_ok, s_n, p_ok, p_n) in totals.items():
+    for v, (aris, s_ok, s_n, p_ok, p_n, agrees) in totals.items():
+        agree = f", agree {np.mean(agrees):.3f} (min {min(agrees):.3f})" if agrees else ""
         print(f"{'mean':<22}{v:<10}{'':>4}{'':>10}{np.mean(aris):>8.3f}{s_ok / max(s_n, 1):>8.2f}"
-              f"{p_ok / max(p_n, 1):>8.2f}   (min ARI {min(aris):.3f})", flush=True)
+              f"{p_ok / max(p_n, 1):>8.2f}   (min ARI {min(aris):.3f}{agree})", flush=True)
 
 
 def family_categories(seeds: str) -> list[str]:
@@ -148,6 +160,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=20)
     ap.add_argument("--variants", default="backbone,color")
     ap.add_argument("--weights", default="auto")
+    ap.add_argument("--stability", action="store_true", help="also fit on the next --train images and report "
+                                                                  "the two models' agreement")
     ap.add_argument("--learn", default="", help="learner options for every variant, e.g. instance_k_max=3,smooth=3")
     a = ap.parse_args()
     from comgen.generate.config import parse_options
@@ -166,7 +180,7 @@ def main() -> None:
         generate_benchmark(tmp, SynthConfig(**kw))
         a.data = tmp
     try:
-        run(a.data, cats, a.size, a.train, a.eval, variants, a.weights, extra)
+        run(a.data, cats, a.size, a.train, a.eval, variants, a.weights, extra, a.stability)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
