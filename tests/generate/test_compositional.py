@@ -193,7 +193,7 @@ def test_default_structural_edit_is_transplant_and_the_others_stay_available(sam
     assert {a.edit.kind for a in g.generate(6, np.random.default_rng(0))} == {"transplant"}
 
 
-def test_position_evidence_only_with_the_instance_stage(samples, monkeypatch):
+def test_surfaces_are_frozen_only_with_the_instance_stage(samples, monkeypatch):
     import comgen.generate.compositional as compositional
 
     seen = []

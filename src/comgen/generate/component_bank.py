@@ -84,16 +84,16 @@ class ComponentBank:
         self.components: list[list[Component]] = []  # masks dropped (see composition())
         self.items: list[BankItem] = []
         self.hosts: list[list[int]] = []
-        # ``part_classes``: each class is one kind of part (the instance stage), so a class's spots are a part's
-        # spots (position evidence); a colour class may hold several part types, whose spots differ
+        # ``part_classes``: each class is one kind of part (the instance stage), so a class can be a surface and a
+        # class's spots are a part's spots; the colour classes may merge a surface or several part types in one
         self.frozen: set[int] = set()  # surface classes that edits leave alone (_freeze_surfaces)
         self.occupancy: dict[int, np.ndarray] = {}  # per class: share of images with a part at each pixel
         self.usual_occupancy: dict[int, float] = {}  # per class: that share at its own parts' centroids
         self._build()
         self._build_references()
         self._build_class_stats()
-        self._freeze_surfaces()
         if part_classes:
+            self._freeze_surfaces()
             self._build_occupancy()
 
     def __len__(self) -> int:

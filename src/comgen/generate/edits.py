@@ -102,12 +102,8 @@ def component_from_mask(mask: np.ndarray, class_id: int, color_lab) -> Component
 
 
 def free_positions(free: np.ndarray, mask: np.ndarray, min_frac: float = 0.97,
-                   rng: np.random.Generator | None = None, accept=None, limit: int = 48,
-                   forbidden: np.ndarray | None = None) -> np.ndarray:
+                   rng: np.random.Generator | None = None, accept=None, limit: int = 48) -> np.ndarray:
     """Top-left corners [n,2] where ``mask`` lies (almost) entirely on ``free`` pixels, fully inside the image.
-
-    ``min_frac`` forgives a ragged host edge; no pixel of ``forbidden`` (the gap kept around other parts) is
-    forgiven: it weighs minus the mask's size, so one such pixel under the mask rejects the position.
 
     One correlation (OpenCV filter2D, FFT for large kernels) counts the free pixels under the mask at every
     offset, so no Python loop runs over positions. From 128 px up (and with ``rng``) the correlation runs at half
@@ -121,8 +117,6 @@ def free_positions(free: np.ndarray, mask: np.ndarray, min_frac: float = 0.97,
     coarse = rng is not None and min(H, W) >= 128 and min(h, w) >= 8
     s = 2 if coarse else 1
     f = free.astype(np.float32)
-    if forbidden is not None:
-        f[forbidden] = -float(mask.size)
     k = mask.astype(np.float32)
     if s > 1:
         f = cv2.resize(f, (W // s, H // s), interpolation=cv2.INTER_AREA)
@@ -138,8 +132,7 @@ def free_positions(free: np.ndarray, mask: np.ndarray, min_frac: float = 0.97,
         return pos
     pos = pos[rng.permutation(len(pos))[:limit]]
     area = float(mask.sum())
-    full = free.astype(np.float32) if forbidden is None else np.where(forbidden, -float(mask.size), free)
-    good = [full[y:y + h, x:x + w][mask].sum() >= min_frac * area - 0.5 for y, x in pos]
+    good = [free[y:y + h, x:x + w][mask].sum() >= min_frac * area - 0.5 for y, x in pos]
     return pos[np.array(good, bool)]
 
 
@@ -253,8 +246,8 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     if not items:
         return None
     it: BankItem = items[int(rng.integers(len(items)))]
-    near = dilate(_parts_on(bank, i, it.host), _gap(bank))
-    pos = free_positions((bank.class_maps[i] == it.host) & ~near, it.mask, rng=rng, forbidden=near)
+    free = (bank.class_maps[i] == it.host) & ~dilate(_parts_on(bank, i, it.host), _gap(bank))
+    pos = free_positions(free, it.mask, rng=rng)
     if len(pos) == 0:
         return None
     y, x = pos[int(rng.integers(len(pos)))]
@@ -325,8 +318,7 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     cut = _cut(bank, i, comp, t)
     full = cut.full_mask(comp.image_shape)
     others = _parts_on(bank, i, host) & ~full
-    near = dilate(others, _gap(bank))
-    free = ((bank.class_maps[i] == host) | full) & ~near
+    free = ((bank.class_maps[i] == host) | full) & ~dilate(others, _gap(bank))
     y0, x0 = cut.top_left
 
     def far_and_rare(p: np.ndarray) -> np.ndarray:
@@ -335,7 +327,7 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
         shifted = np.asarray(c.centroid, np.float64)[None] + (p - np.array([y0, x0]))
         return (np.hypot(p[:, 0] - y0, p[:, 1] - x0) >= min_shift * bank.size) & bank.rare_spots(c.class_id, shifted)
 
-    pos = free_positions(free, cut.mask, rng=rng, accept=far_and_rare, forbidden=near)
+    pos = free_positions(free, cut.mask, rng=rng, accept=far_and_rare)
     if len(pos) == 0:
         return None
     y, x = pos[int(rng.integers(len(pos)))]
