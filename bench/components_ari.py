@@ -14,7 +14,7 @@ pixels, plus K found vs the true number of part classes + background. On family 
 
 With ``--stability`` a second model is fitted on the next ``--train`` training images, and ``agree`` is the ARI
 between the two models' class maps of the held-out images: how much the classes hang on which normal images the
-learner saw (1.0: the same split from either sample).
+learner saw (1.0: the same split from either sample); empty where fewer than 8 further training images exist.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main() -> None:
         from comgen.data.synth import SynthConfig, generate_benchmark
 
         tmp = Path(tempfile.mkdtemp(prefix="comgen-ari-"))
-        kw = dict(size=a.size, n_train=a.train, n_validation=a.eval, n_test=8)
+        kw = dict(size=a.size, n_train=a.train * (2 if a.stability else 1), n_validation=a.eval, n_test=8)
         if cats:
             kw["categories"] = cats
         generate_benchmark(tmp, SynthConfig(**kw))
