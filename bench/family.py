@@ -206,6 +206,9 @@ def main() -> None:
                     help='component learner options for the comgen and cutpaste rows, as JSON, e.g. '
                          '\'{"instances": true}\'; an --out keeps to the options its rows were made with')
     compositional_options.add_argument(ap)
+    ap.add_argument("--run-seed", type=int, default=None,
+                    help="the comgen and cutpaste runs' seed (their learner's, generator's and detector's draws), to "
+                         "measure how much one draw moves the figures")
     args = ap.parse_args()
     from comgen.benchmarks.cli import learner_options
     from comgen.data.family import RULE_TYPES
@@ -236,7 +239,10 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
-    options = {"learn": learn, **({"compositional": compositional} if compositional else {})}
+    if args.run_seed is not None:
+        run_cfg = run_cfg.replace(seed=args.run_seed)
+    options = {"learn": learn, **({"compositional": compositional} if compositional else {}),
+               **({"run_seed": args.run_seed} if args.run_seed is not None else {})}
     made_with = saved.get("_options", {"learn": {}}) if saved else options  # a new --out takes any options
     if made_with != options:  # rows of other options must not be mixed in
         sys.exit(f"error: {cache} holds rows made with {made_with}, not {options}; choose another --out")
