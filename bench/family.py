@@ -227,6 +227,8 @@ def main() -> None:
     if compositional:
         gen = run_cfg.generate
         run_cfg = run_cfg.replace(generate=gen.replace(compositional=gen.compositional.replace(**compositional)))
+    if args.run_seed is not None:
+        run_cfg = run_cfg.replace(seed=args.run_seed)
     data = args.out / "data"
     start = time.perf_counter()
     if not (data / "config.yaml").is_file() or SynthConfig.load(data / "config.yaml").hash() != synth.hash():
@@ -239,8 +241,6 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
-    if args.run_seed is not None:
-        run_cfg = run_cfg.replace(seed=args.run_seed)
     options = {"learn": learn, **({"compositional": compositional} if compositional else {}),
                **({"run_seed": args.run_seed} if args.run_seed is not None else {})}
     made_with = saved.get("_options", {"learn": {}}) if saved else options  # a new --out takes any options

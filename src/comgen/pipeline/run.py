@@ -64,14 +64,14 @@ def _read_text(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
 
 
-def _revised(config_hash: str, revision: int) -> str:
+def _revised(config_hash: str, revision: int, mark: str = "r") -> str:
     """A stage's key: its config hash, plus the code's revision once that is raised (revision 1 keeps old keys)."""
-    return config_hash + (f"-r{revision}" if revision > 1 else "")
+    return config_hash + (f"-{mark}{revision}" if revision > 1 else "")
 
 
 def _instance_revised(key: str, fits_instance_stage: bool) -> str:
-    """A stage's key, plus the instance stage's revision when the stage fits one (revision 1 keeps old keys)."""
-    return key + (f"-i{learner.INSTANCE_REVISION}" if fits_instance_stage and learner.INSTANCE_REVISION > 1 else "")
+    """A stage's key, plus the instance stage's revision when the stage fits one."""
+    return _revised(key, learner.INSTANCE_REVISION, "i") if fits_instance_stage else key
 
 
 def _fresh(run: RunDir, folder: Path) -> None:
