@@ -162,11 +162,16 @@ def main() -> None:
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--stability", action="store_true", help="also fit on the next --train images and report "
                                                                   "the two models' agreement")
-    ap.add_argument("--learn", default="", help="learner options for every variant, e.g. instance_k_max=3,smooth=3")
+    ap.add_argument("--learn", default="", help="learner options for every variant as JSON, e.g. "
+                                                 "'{\"instance_k_max\": 3}'")
     a = ap.parse_args()
+    from comgen.errors import ConfigError
     from comgen.generate.config import parse_options
 
-    extra = parse_options(a.learn, "--learn", checked_by=LearnerConfig) if a.learn else {}
+    try:
+        extra = parse_options(a.learn, "--learn", checked_by=LearnerConfig) if a.learn else {}
+    except ConfigError as exc:
+        ap.error(str(exc))
     cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
     variants = [v for v in a.variants.split(",") if v]
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's

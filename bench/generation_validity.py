@@ -27,7 +27,6 @@ os.environ.setdefault("COMGEN_QUIET", "1")
 import compositional_options  # noqa: E402  # bench/ sibling: the --compositional option
 import numpy as np  # noqa: E402
 
-from comgen.components.features import LearnerConfig  # noqa: E402
 from comgen.generate.compositional import CompositionalGenerator  # noqa: E402
 from comgen.generate.config import CompositionalConfig  # noqa: E402
 
@@ -65,9 +64,9 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
         settings = [True, False] if ablation else [True]
         model_dir = Path(tempfile.mkdtemp(prefix="comgen-val-"))
         for ls in settings:
-            cfg = CompositionalConfig.from_dict({**options, "image_size": size, "low_density": ls},
-                                                "--compositional").replace(
-                learner=LearnerConfig(backbone_weights=weights, use_backbone=use_backbone, instances=instances))
+            cfg = CompositionalConfig.from_dict({**options, "image_size": size, "low_density": ls}, "--compositional")
+            cfg = cfg.replace(learner=cfg.learner.replace(backbone_weights=weights, use_backbone=use_backbone,
+                                                          instances=instances))  # keeps --compositional's learner
             gen = CompositionalGenerator(cfg)
             t0 = time.perf_counter()
             from comgen.rundir import RunDir

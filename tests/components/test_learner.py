@@ -201,3 +201,33 @@ def test_one_pixel_pass_segments_a_model_and_its_counterpart(model, toy):
     assert not model.shares_pixel_stage(stranger)
     with pytest.raises(ValueError, match="share"):
         model.segment_views(toy[0][:2], twins=(stranger,))
+
+
+def _two_colours(first_ab, second_ab, n=500, spread=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    parts = [np.c_[rng.normal(50, spread, n), rng.normal(a, spread, n), rng.normal(b, spread, n)]
+             for a, b in (first_ab, second_ab)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def test_split_by_color_splits_two_hues_and_keeps_one_hue_at_two_saturations():
+    """A red cable and a pink rod in one cluster are split; a purple part's saturated highlight is not split off."""
+    from types import SimpleNamespace
+
+    from comgen.components.learner import split_by_color
+
+    tf = SimpleNamespace(scale=np.ones(3, np.float32), mean=np.zeros(3, np.float32))
+    cfg = LearnerConfig(k_max=4, split_min_share=0.01)
+    for ab, ab2, want in (((41, 27), (41, -10), 1), ((30, -33), (52, -55), 0)):
+        x = _two_colours(ab, ab2)
+        _, splits = split_by_color(x, np.zeros(len(x), int), x.mean(0, keepdims=True), tf, cfg)
+        assert splits == want, (ab, ab2)
+
+
+def test_other_hue_compares_hue_angles_unless_a_colour_is_near_grey():
+    from comgen.components.learner import other_hue
+
+    cfg = LearnerConfig()
+    assert other_hue(np.array([[50, 41, 27], [50, 41, -10]], float), cfg)  # red, pink
+    assert not other_hue(np.array([[50, 30, -33], [50, 52, -55]], float), cfg)  # purple, saturated purple
+    assert other_hue(np.array([[50, 1, 2], [50, 30, -33]], float), cfg)  # grey has no hue to compare

@@ -416,3 +416,29 @@ def test_a_part_that_lies_anywhere_is_never_moved():
     assert all(plan_edit("move", b, i, b.composition(i), rng) is None for i in range(0, 64, 7))
     plain = ComponentBank(imgs, maps, [None] * 64, ids, ["p"] * 64, 0, 4)
     assert any(plan_edit("move", plain, i, plain.composition(i), rng) is not None for i in range(0, 64, 7))
+
+
+def test_a_placed_part_never_touches_another_through_the_gap():
+    """free_positions forgives a few pixels off the free area; none of them may lie in the gap around a part."""
+    for b, neighbour_classes in ((make_bank(), None), (_cells_bank(), {2})):  # pins lie on cells, not off them
+        gap = max(1, round(b.size / 64))
+        for kind in ("add", "move"):
+            for seed in range(40):
+                p, _ = _plan(b, kind, seed)
+                placed = p.components[-1].mask
+                others = np.zeros_like(placed)
+                for c in p.components[:-1]:
+                    if neighbour_classes is None or c.class_id in neighbour_classes:
+                        others |= c.mask
+                assert not (dilate(others, gap) & placed).any(), (kind, seed)
+
+
+def test_pick_clear_skips_a_draw_that_touches():
+    from comgen.generate.edits import _pick_clear
+
+    crowded = np.zeros((10, 10), bool)
+    crowded[0, 0] = True
+    mask = np.ones((2, 2), bool)
+    for seed in range(10):
+        assert _pick_clear(np.array([[0, 0], [5, 5]]), mask, crowded, np.random.default_rng(seed)) == (5, 5)
+    assert _pick_clear(np.array([[0, 0]]), mask, crowded, np.random.default_rng(0)) is None

@@ -39,7 +39,7 @@ from comgen.progress import progress
 MIN_TRAIN_IMAGES = 8
 #: Raise it when the same LearnerConfig learns different classes than before, so that a run's learn stage (and the
 #: stages after it, generation included) is redone after an upgrade instead of keeping the old code's classes.
-LEARNER_REVISION = 2
+LEARNER_REVISION = 3
 #: Raise it when the instance stage (``components/instances.py``) finds other classes under the same config. Only
 #: the stages that fit the stage are redone: learning with ``learn.instances``, and training, whose composition
 #: prior fits the counterpart model.
@@ -189,16 +189,33 @@ def choose_k(x: np.ndarray, cfg: LearnerConfig, rng: np.random.Generator, tf=Non
     return best, scores
 
 
+NEAR_GREY_CHROMA = 10.0  # Lab chroma below which a colour has no hue to compare
+
+
+def other_hue(centres: np.ndarray, cfg: LearnerConfig) -> bool:
+    """Whether two Lab colours differ in hue (by ``split_hue_deg``), or one of them is near grey.
+
+    Why: a part's lit and shaded sides share a hue and differ in saturation, and their chroma can lie as far apart
+    as two parts' colours (a purple part's highlight against its body); a red cable and a pink rod differ in hue.
+    """
+    a, b = centres[:, 1], centres[:, 2]
+    if float(np.hypot(a, b).min()) < NEAR_GREY_CHROMA:
+        return True
+    turn = abs(float(np.degrees(np.arctan2(b[0], a[0]) - np.arctan2(b[1], a[1]))))
+    return min(turn, 360.0 - turn) >= cfg.split_hue_deg
+
+
 def split_by_color(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, tf, cfg: LearnerConfig,
                    image_of: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Split clusters that hold two clearly different hues (2-means in Lab), up to ``k_max`` classes.
 
     Why: K-selection scores are ruled by the big classes, so two small parts of different colour (an orange
-    and a lime) can share one cluster. A split is kept only when the two halves' chroma (a, b) differs by at
-    least ``split_delta_e`` *and* they separate cleanly (Lab silhouette >= ``split_silhouette``). Lightness is
-    left out and both thresholds are high because shading on one part, blurred boundary pixels and one part
-    that comes in several colours across images (a cable) all form weaker, lightness-driven pairs; on the built-in
-    benchmark only the orange/lime pair passes.
+    and a lime) can share one cluster. A split is kept only when the two halves' chroma (a, b) lies at least
+    ``split_delta_e`` apart, their hues differ (``other_hue``), and they separate cleanly (Lab silhouette >=
+    ``split_silhouette``). Lightness is left out and the chroma threshold is high because shading on one part and one
+    part that comes in several colours across images (a cable) form weaker, lightness- or saturation-driven pairs.
+    The silhouette threshold is moderate: a thin part's blurred edge pixels lie between its colour and the
+    background's, and pull down the silhouette of two thin parts of different colours (a red cable, a pink rod).
     Two halves that share few of the images showing either of them are one part in two colours and stay together
     (``min_color_distance``).
     """
@@ -219,7 +236,7 @@ def split_by_color(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, tf,
         km = KMeans(2, n_init=2, random_state=cfg.seed).fit(lab[sub])
         d = float(np.linalg.norm(km.cluster_centers_[0, 1:] - km.cluster_centers_[1, 1:]))  # chroma (a, b) only
         share = np.bincount(km.labels_, minlength=2).min() / len(x) * len(idx) / len(sub)
-        if d < cfg.split_delta_e or share < cfg.split_min_share:
+        if d < cfg.split_delta_e or share < cfg.split_min_share or not other_hue(km.cluster_centers_, cfg):
             continue
         if image_of is not None and min_color_distance(lab[sub], km.labels_, 2, 0.0, image_of[sub]) == 0.0:
             continue  # the two colours never share an image: one part in two colours, not two parts

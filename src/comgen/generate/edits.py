@@ -182,6 +182,23 @@ def _gap(bank: ComponentBank) -> int:
     return max(1, int(round(bank.size / 64)))
 
 
+def _pick_clear(pos: np.ndarray, mask: np.ndarray, crowded: np.ndarray,
+                rng: np.random.Generator) -> tuple[int, int] | None:
+    """A random top-left corner from ``pos`` where ``mask`` covers no ``crowded`` pixel (None when there is none).
+
+    Why: ``free_positions`` forgives a few pixels off the free area, which is right at a host's ragged edge but
+    lets a placed part touch another one through the gap (at 64 px the gap is 1 px), and then the two merge into
+    one part. A touching draw is dropped and another one drawn, so the draws where nothing touches stay as they were.
+    """
+    h, w = mask.shape
+    pos = list(map(tuple, pos))
+    while pos:
+        y, x = pos.pop(int(rng.integers(len(pos))))
+        if not (crowded[y:y + h, x:x + w] & mask).any():
+            return int(y), int(x)
+    return None
+
+
 def _centered(mask: np.ndarray, centroid: tuple[float, float]) -> tuple[int, int]:
     ys, xs = np.nonzero(mask)
     return int(round(centroid[0] - ys.mean())), int(round(centroid[1] - xs.mean()))
@@ -246,11 +263,12 @@ def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gene
     if not items:
         return None
     it: BankItem = items[int(rng.integers(len(items)))]
-    free = (bank.class_maps[i] == it.host) & ~dilate(_parts_on(bank, i, it.host), _gap(bank))
-    pos = free_positions(free, it.mask, rng=rng)
-    if len(pos) == 0:
+    crowded = dilate(_parts_on(bank, i, it.host), _gap(bank))
+    pos = free_positions((bank.class_maps[i] == it.host) & ~crowded, it.mask, rng=rng)
+    picked = _pick_clear(pos, it.mask, crowded, rng)
+    if picked is None:
         return None
-    y, x = pos[int(rng.integers(len(pos)))]
+    y, x = picked
     pastes = [_paste(it.rgb, it.mask, it.truth, (y, x), k, it.color_lab, it.source)]
     params = {"position": [int(y), int(x)], "bank_source": bank.ids[it.source]}
     return _finish("add", i, comp, [], [k], params, list(comp.components), pastes, None)
@@ -318,7 +336,8 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
     cut = _cut(bank, i, comp, t)
     full = cut.full_mask(comp.image_shape)
     others = _parts_on(bank, i, host) & ~full
-    free = ((bank.class_maps[i] == host) | full) & ~dilate(others, _gap(bank))
+    crowded = dilate(others, _gap(bank))
+    free = ((bank.class_maps[i] == host) | full) & ~crowded
     y0, x0 = cut.top_left
 
     def far_and_rare(p: np.ndarray) -> np.ndarray:
@@ -328,9 +347,10 @@ def plan_move(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Gen
         return (np.hypot(p[:, 0] - y0, p[:, 1] - x0) >= min_shift * bank.size) & bank.rare_spots(c.class_id, shifted)
 
     pos = free_positions(free, cut.mask, rng=rng, accept=far_and_rare)
-    if len(pos) == 0:
+    picked = _pick_clear(pos, cut.mask, crowded, rng)
+    if picked is None:
         return None
-    y, x = pos[int(rng.integers(len(pos)))]
+    y, x = picked
     pastes = [_paste(cut.rgb, cut.mask, cut.truth, (y, x), c.class_id, c.color_lab)]
     keep = _remaining(comp, cut)
     params = {"shift": [int(y - y0), int(x - x0)]}
