@@ -217,7 +217,7 @@ def test_split_by_color_splits_two_hues_and_keeps_one_hue_at_two_saturations():
     from comgen.components.learner import split_by_color
 
     tf = SimpleNamespace(scale=np.ones(3, np.float32), mean=np.zeros(3, np.float32))
-    cfg = LearnerConfig(k_max=4, split_min_share=0.01)
+    cfg = LearnerConfig(k_max=4, split_min_share=0.01, split_silhouette=0.5, split_hue_deg=20.0)
     for ab, ab2, want in (((41, 27), (41, -10), 1), ((30, -33), (52, -55), 0)):
         x = _two_colours(ab, ab2)
         _, splits = split_by_color(x, np.zeros(len(x), int), x.mean(0, keepdims=True), tf, cfg)
@@ -227,7 +227,7 @@ def test_split_by_color_splits_two_hues_and_keeps_one_hue_at_two_saturations():
 def test_other_hue_compares_hue_angles_unless_a_colour_is_near_grey():
     from comgen.components.learner import other_hue
 
-    cfg = LearnerConfig()
+    cfg = LearnerConfig(split_hue_deg=20.0)
     assert other_hue(np.array([[50, 41, 27], [50, 41, -10]], float), cfg)  # red, pink
     assert not other_hue(np.array([[50, 30, -33], [50, 52, -55]], float), cfg)  # purple, saturated purple
     assert other_hue(np.array([[50, 1, 2], [50, 30, -33]], float), cfg)  # grey has no hue to compare

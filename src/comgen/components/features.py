@@ -42,9 +42,9 @@ class LearnerConfig(ConfigBase):
     color_norm: str = "median"  # none | median: subtract each image's median Lab (removes global lighting shifts)
     flatfield: str = "border"  # none | border: divide out a planar lighting ramp fitted on the image border
     split_delta_e: float = 30.0  # split a cluster whose pixels form two hues this far apart (Lab a,b); 0 = off
-    split_silhouette: float = 0.5  # ... and that separate this cleanly
-    split_hue_deg: float = 20.0  # ... and whose hues differ this much, unless one half is near grey (shading differs
-    # in saturation along one hue)
+    split_silhouette: float = 0.7  # ... and that separate this cleanly
+    split_hue_deg: float = 0.0  # ... and whose hues differ this much, unless one half is near grey (shading differs
+    # in saturation along one hue); 0 = off. With split_silhouette 0.5 it splits thin parts of two hues
     split_min_share: float = 0.002  # ... each holding at least this share of the sampled pixels
     # ... unless the halves share few of the images showing either half: then they are one part in two colours
     scale_mode: str = "block"  # column | block: standardise each feature column, or each block jointly

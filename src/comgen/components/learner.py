@@ -39,7 +39,7 @@ from comgen.progress import progress
 MIN_TRAIN_IMAGES = 8
 #: Raise it when the same LearnerConfig learns different classes than before, so that a run's learn stage (and the
 #: stages after it, generation included) is redone after an upgrade instead of keeping the old code's classes.
-LEARNER_REVISION = 3
+LEARNER_REVISION = 2
 #: Raise it when the instance stage (``components/instances.py``) finds other classes under the same config. Only
 #: the stages that fit the stage are redone: learning with ``learn.instances``, and training, whose composition
 #: prior fits the counterpart model.
@@ -211,11 +211,12 @@ def split_by_color(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, tf,
 
     Why: K-selection scores are ruled by the big classes, so two small parts of different colour (an orange
     and a lime) can share one cluster. A split is kept only when the two halves' chroma (a, b) lies at least
-    ``split_delta_e`` apart, their hues differ (``other_hue``), and they separate cleanly (Lab silhouette >=
-    ``split_silhouette``). Lightness is left out and the chroma threshold is high because shading on one part and one
-    part that comes in several colours across images (a cable) form weaker, lightness- or saturation-driven pairs.
-    The silhouette threshold is moderate: a thin part's blurred edge pixels lie between its colour and the
-    background's, and pull down the silhouette of two thin parts of different colours (a red cable, a pink rod).
+    ``split_delta_e`` apart, their hues differ where ``split_hue_deg`` asks it (``other_hue``), and they separate
+    cleanly (Lab silhouette >= ``split_silhouette``). Lightness is left out and both default thresholds are high
+    because shading on one part, blurred boundary pixels and one part that comes in several colours across images
+    (a cable) all form weaker, lightness-driven pairs. A thin part's blurred edge pixels lie between its colour and
+    the background's and pull down the silhouette of two thin parts of different colours (a red cable, a pink rod);
+    a lower silhouette bar splits them, and the hue rule then keeps a part's saturated highlight with its body.
     Two halves that share few of the images showing either of them are one part in two colours and stay together
     (``min_color_distance``).
     """
