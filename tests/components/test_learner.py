@@ -231,3 +231,5 @@ def test_other_hue_compares_hue_angles_unless_a_colour_is_near_grey():
     assert other_hue(np.array([[50, 41, 27], [50, 41, -10]], float), cfg)  # red, pink
     assert not other_hue(np.array([[50, 30, -33], [50, 52, -55]], float), cfg)  # purple, saturated purple
     assert other_hue(np.array([[50, 1, 2], [50, 30, -33]], float), cfg)  # grey has no hue to compare
+    with pytest.raises(ConfigError, match="split_hue_deg"):
+        LearnerConfig(split_hue_deg=200.0)

@@ -44,7 +44,7 @@ class LearnerConfig(ConfigBase):
     split_delta_e: float = 30.0  # split a cluster whose pixels form two hues this far apart (Lab a,b); 0 = off
     split_silhouette: float = 0.7  # ... and that separate this cleanly
     split_hue_deg: float = 0.0  # ... and whose hues differ this much, unless one half is near grey (shading differs
-    # in saturation along one hue); 0 = off. With split_silhouette 0.5 it splits thin parts of two hues
+    # in saturation along one hue); 0 = off. With a lower split_silhouette it splits thin parts of two hues
     split_min_share: float = 0.002  # ... each holding at least this share of the sampled pixels
     # ... unless the halves share few of the images showing either half: then they are one part in two colours
     scale_mode: str = "block"  # column | block: standardise each feature column, or each block jointly
@@ -83,6 +83,8 @@ class LearnerConfig(ConfigBase):
                               f"must be distinct, silhouette, balanced or bic, got {self.k_select!r}")
         if self.instance_k_max < 1 or not 0 < self.instance_surface_share < 1:
             raise ConfigError("learner.instance_*", "need instance_k_max >= 1 and 0 < instance_surface_share < 1")
+        if not 0 <= self.split_hue_deg <= 180:
+            raise ConfigError("learner.split_hue_deg", f"must be within 0..180 degrees, got {self.split_hue_deg}")
         if self.scale_mode not in ("column", "block"):
             raise ConfigError("learner.scale_mode", f"must be column or block, got {self.scale_mode!r}")
 
