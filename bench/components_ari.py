@@ -165,11 +165,11 @@ def main() -> None:
     ap.add_argument("--learn", default="", help="learner options for every variant as JSON, e.g. "
                                                  "'{\"instance_k_max\": 3}'")
     a = ap.parse_args()
+    from comgen.benchmarks.cli import learner_options
     from comgen.errors import ConfigError
-    from comgen.generate.config import parse_options
 
     try:
-        extra = parse_options(a.learn, "--learn", checked_by=LearnerConfig) if a.learn else {}
+        extra = learner_options(a.learn)
     except ConfigError as exc:
         ap.error(str(exc))
     cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])

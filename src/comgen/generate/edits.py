@@ -187,7 +187,7 @@ def _pick_clear(pos: np.ndarray, mask: np.ndarray, crowded: np.ndarray,
     """A random top-left corner from ``pos`` where ``mask`` covers no ``crowded`` pixel (None when there is none).
 
     Why: ``free_positions`` forgives a few pixels off the free area, which is right at a host's ragged edge but
-    lets a placed part touch another one through the gap (at 64 px the gap is 1 px), and then the two merge into
+    lets a placed part touch another one through the gap (a single pixel at small sizes), and then the two merge into
     one part. A touching draw is dropped and another one drawn, so the draws where nothing touches stay as they were.
     """
     h, w = mask.shape
