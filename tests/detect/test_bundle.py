@@ -59,7 +59,7 @@ def prior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     learner = LearnerConfig(image_size=48, k=3, backbone_weights="random", pixels_per_image=300,
                             max_fit_pixels=6000, select_pixels=2000, instances=True)
     learn_components(np.stack(_images("good", 12, 10)), learner).save(run.components)
-    cfg = tiny_config(epochs=1, fusion="sum", composition=CompositionBranchConfig(enabled=True, epochs=3))
+    cfg = tiny_config(epochs=1, fusion="softplus", composition=CompositionBranchConfig(enabled=True, epochs=3))
     train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
     return run.root
 
@@ -263,7 +263,12 @@ def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: fusion.cap is 'high', not a number >= 0"):
         OnnxDetector(d)
-    man["fusion"]["cap"], man["prior"]["pair"]["std"] = 15.0, 0.0
+    assert man["fusion"]["rule"] == "softplus"  # the rule travels with the bundle too
+    man["fusion"]["cap"], man["fusion"]["rule"] = 15.0, "median"
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: fusion.rule is 'median', not one of weighted, max, soft"):
+        OnnxDetector(d)
+    man["fusion"]["rule"], man["prior"]["pair"]["std"] = "softplus", 0.0
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior.pair is .*not a finite mean and a positive std"):
         OnnxDetector(d)

@@ -38,12 +38,13 @@ def test_auto_keeps_the_informative_branch_and_is_never_below_the_best_single_on
 
 def test_fused_scores_are_standardised_on_the_validation_normals() -> None:
     z, labels = _validation()
-    for how in ("auto", "max", "sum", "prior"):
+    for how in ("auto", "max", "sum", "softplus", "prior"):
         fusion, _ = choose_fusion(z, labels, how)
         fused = fusion.apply(z)[labels == 0]
         assert abs(fused.mean()) < 1e-5 and abs(fused.std() - 1.0) < 1e-4
     assert choose_fusion(z, labels, "max")[0].rule == "max"
     assert choose_fusion(z, labels, "sum")[0].name == "network+prior+memory"
+    assert choose_fusion(z, labels, "softplus")[0].name == "softplus(network,prior,memory)"
 
 
 def test_without_held_out_anomalies_auto_sums_every_branch() -> None:
@@ -63,9 +64,11 @@ def test_bad_choices_are_one_line_errors() -> None:
 
 def test_round_trip_and_malformed_entries() -> None:
     z, labels = _validation()
-    fusion, _ = choose_fusion(z, labels, "sum")
-    back = Fusion.from_dict(fusion.to_dict())
-    np.testing.assert_allclose(back.apply(z), fusion.apply(z))
+    for how in ("sum", "softplus"):
+        fusion, _ = choose_fusion(z, labels, how)
+        back = Fusion.from_dict(fusion.to_dict())
+        assert back.rule == fusion.rule
+        np.testing.assert_allclose(back.apply(z), fusion.apply(z))
     for bad in (None, {"rule": "mean", "weights": {"network": 1}}, {"rule": "max", "weights": {"other": 1}},
                 {"rule": "max", "weights": {"network": float("nan")}}, {"rule": "max", "weights": {"network": 1},
                                                                         "scale": 0.0},
@@ -98,3 +101,26 @@ def test_a_branch_with_a_heavy_tailed_normal_cannot_outvote_the_others() -> None
     assert Fusion.from_dict({k: v for k, v in capped.to_dict().items() if k != "cap"}).cap == 0.0  # older files
     small = {b: np.clip(v, -14.0, 14.0) for b, v in z.items()}  # below the cap, nothing changes
     np.testing.assert_allclose(capped.raw(small), choose_fusion(z, labels, "sum")[0].raw(small))
+
+
+def test_softplus_lets_a_branch_that_sees_nothing_add_about_zero() -> None:
+    """One branch flags an image strongly; another finds it unusually normal. The sum cancels the evidence, the
+    soft positive parts keep it; where no branch is negative, the two rules agree on the order."""
+    z = {"network": np.array([0.0, 0.0, 6.0]), "prior": np.array([0.0, 0.0, -6.0])}
+    total = Fusion("weighted", {"network": 1.0, "prior": 1.0}).raw(z)
+    soft = Fusion("softplus", {"network": 1.0, "prior": 1.0}).raw(z)
+    assert total[2] == total[0]  # the anomaly ties the normals under the sum
+    assert soft[2] > soft[0] + 4.5
+    np.testing.assert_allclose(soft[:2], 2 * np.log(2.0))  # log(1 + e^0) per branch
+    big = {"network": np.array([1.0, 3.0, 8.0]), "prior": np.array([2.0, 4.0, 9.0])}
+    order = np.argsort(Fusion("softplus", {"network": 1.0, "prior": 1.0}).raw(big))
+    np.testing.assert_array_equal(order, np.argsort(Fusion("weighted", {"network": 1.0, "prior": 1.0}).raw(big)))
+
+
+def test_softplus_respects_the_cap_and_is_the_default() -> None:
+    from comgen.detect.config import DetectorConfig
+
+    z = {"network": np.array([0.0, 300.0]), "prior": np.array([0.0, 0.0])}
+    capped = Fusion("softplus", {"network": 1.0, "prior": 1.0}, cap=15.0).raw(z)
+    assert abs(capped[1] - (np.log1p(np.exp(15.0)) + np.log(2.0))) < 1e-9
+    assert DetectorConfig().fusion == "softplus"

@@ -42,10 +42,11 @@ def test_fusion_and_map_weights_match_the_detector() -> None:
     for f in (Fusion("weighted", {"network": 1.0, "prior": 1.0}, 0.3, 1.7),
               Fusion("weighted", {"network": 1.0, "prior": 1.0}, 0.3, 1.7, cap=15.0),
               Fusion("max", {"network": 1.0, "prior": 1.0, "memory": 1.0}, -0.2, 0.9),
+              Fusion("softplus", {"network": 1.0, "prior": 1.0, "memory": 1.0}, 2.1, 1.3, cap=15.0),
               Fusion("weighted", {"prior": 1.0}, 0.0, 1.0)):
         d = f.to_dict()
         np.testing.assert_array_equal(branches.fuse(z, d), f.apply(z))
-        if f.cap:
+        if f.cap and f.rule == "weighted":
             assert abs(f.apply(z)[2] - (z["network"][2] + 15.0 - 0.3) / 1.7) < 1e-5  # the prior entered at 15
         have = ["network", "memory"]
         assert branches.map_weights(d, have) == (f.map_weights() or {b: 0.5 for b in have})

@@ -12,7 +12,8 @@ from safetensors.numpy import save_file
 from comgen.errors import ArtifactError
 from comgen.export_runtime.bundle import read_arrays, read_manifest
 
-GOOD = {"format": 1, "image_size": 64, "tiles": 1, "k": 2, "fusion": {}, "graphs": {}, "bank": {}, "arrays": {},
+GOOD = {"format": 1, "image_size": 64, "tiles": 1, "k": 2, "fusion": {"rule": "weighted"}, "graphs": {}, "bank": {},
+        "arrays": {},
         "calibration": {"score_mean": 0.0, "score_std": 1.0, "map_mean": 0.0, "map_std": 1.0, "threshold": 2.0}}
 
 

@@ -43,9 +43,10 @@ class DetectorConfig(ConfigBase):
     memory: PatchMemoryConfig = field(default_factory=PatchMemoryConfig)  # patch-memory branch (textures)
     # pooled features against a Gaussian of the normals' (relations across the whole image)
     global_branch: GlobalBranchConfig = field(default_factory=GlobalBranchConfig)
-    # how the branches' scores combine: sum (of their validation z-scores) | max | one branch | auto (chosen on the
-    # validation split; it favours the branches trained on generated anomalies, see fusion.py)
-    fusion: str = "sum"
+    # how the branches' validation z-scores combine: softplus (the sum of their soft positive parts, so a branch that
+    # sees nothing adds about zero) | sum | max | one branch | auto (chosen on the validation split; it favours the
+    # branches trained on generated anomalies). See fusion.py
+    fusion: str = "softplus"
     # the largest validation z-score a branch enters the fusion with (0 = no cap); see fusion.py for why
     fusion_cap: float = 15.0
     # Raise each map near its peak (or clip it) so that its maximum ranks images as the score does

@@ -94,10 +94,13 @@ def standardise(raw: np.ndarray, maps: np.ndarray | None, cal: Mapping[str, floa
 
 
 def fuse(parts: Mapping[str, np.ndarray], fusion: Mapping[str, Any]) -> np.ndarray:
-    """``Fusion.apply``: max or weighted sum of the branches' z-scores (each capped at ``cap`` when it is > 0),
+    """``Fusion.apply``: the rule's combination of the branches' z-scores (each capped at ``cap`` when it is > 0),
     re-standardised."""
     cap = float(fusion.get("cap", 0.0)) or np.inf
-    stack = [np.minimum(np.asarray(parts[b], np.float64), cap) * w for b, w in fusion["weights"].items()]
+    stack = [np.minimum(np.asarray(parts[b], np.float64), cap) for b in fusion["weights"]]
+    if fusion["rule"] == "softplus":  # the sum of soft positive parts, log(1 + exp(z))
+        stack = [np.logaddexp(0.0, z) for z in stack]
+    stack = [z * w for z, w in zip(stack, fusion["weights"].values())]
     raw = np.max(stack, axis=0) if fusion["rule"] == "max" else np.sum(stack, axis=0)
     return ((raw - fusion["shift"]) / fusion["scale"]).astype(np.float32)
 

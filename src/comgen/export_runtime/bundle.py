@@ -19,6 +19,7 @@ from comgen.errors import ArtifactError
 MANIFEST = "bundle.json"
 FORMAT = 1
 REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
+FUSION_RULES = ("weighted", "max", "softplus")  # the rules ``branches.fuse`` scores (``detect.fusion.RULES``)
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -45,6 +46,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             raise ArtifactError(path, f"calibration.{key} is {v!r}, not a finite number; {REEXPORT}")
     if not isinstance(man["fusion"], dict):
         raise ArtifactError(path, f"entry 'fusion' is malformed; {REEXPORT}")
+    if man["fusion"].get("rule") not in FUSION_RULES:
+        raise ArtifactError(path, f"fusion.rule is {man['fusion'].get('rule')!r}, not one of "
+                                  f"{', '.join(FUSION_RULES)}; {REEXPORT}")
     cap = man["fusion"].get("cap", 0.0)  # older bundles have none: no cap
     if not is_number(cap) or cap < 0:
         raise ArtifactError(path, f"fusion.cap is {cap!r}, not a number >= 0; {REEXPORT}")
