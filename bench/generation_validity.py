@@ -1,7 +1,8 @@
-"""Logical validity and speed of the compositional back-end (the family's report seeds by default, `--family none` for the built-in benchmark).
+"""Logical validity and speed of the compositional back-end (the family's report seeds; `--family none`: built-ins).
 
 Usage:
     python bench/generation_validity.py [--data DIR] [--size 256] [--train 60] [--n 400] [--ablation]
+                                        [--seeds 0,1,2]
 
 For each category: fit CompositionalGenerator on the train split, generate ``--n`` anomalies, and run the
 benchmark's rule checker (``comgen.data.synth.truth.violates``) on every *logical* anomaly's edited truth label
@@ -10,6 +11,11 @@ colour outside its part's palette", "no-pal" with the category's listed rules on
 images that break a rule (must be 0, palette rule included), per-edit-kind validity, and anomalies/s with masks
 (target >= 20/s at 256 px; fit time excluded and printed separately). ``--ablation`` adds the "without
 Low-Density Sampling" row.
+
+Two summaries: the mean over categories (each category counts once, however few logical anomalies it made; one
+that made none counts as 0) and the pooled share over all logical anomalies. ``--seeds`` draws the anomalies again
+with each seed from the same fitted generator and prints both summaries per draw, then their mean and spread: one
+draw moves a category by several points, more than many changes do.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("COMGEN_QUIET", "1")
@@ -48,7 +55,7 @@ def evaluate(cat, gen, n, seed, violates):
     return out, secs, hits, total, per, hits_no_palette
 
 
-def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, seed, options: dict,
+def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, seeds, options: dict,
         instances: bool = True) -> None:
     from comgen.data.readers import open_dataset
     from comgen.data.synth.truth import load_truth, violates
@@ -56,8 +63,8 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
     ds = open_dataset(data)
     cats = cats or ds.categories()
     rows = []
-    print(f"{'category':<22}{'LS':<5}{'normal viol.':>13}{'logical':>9}{'valid':>8}{'no-pal':>8}{'anom/s':>8}"
-          f"{'fit s':>7}  per kind (with palette rule)")
+    print(f"{'category':<22}{'LS':<5}{'seed':>5}{'normal viol.':>13}{'logical':>9}{'valid':>8}{'no-pal':>8}"
+          f"{'anom/s':>8}{'fit s':>7}  per kind (with palette rule)")
     for cat in cats:
         train = ds.samples(cat, "train")[:n_train]
         normal_bad = np.mean([bool(violates(cat, load_truth(s), s.load_image())) for s in train])
@@ -71,20 +78,59 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
             t0 = time.perf_counter()
             from comgen.rundir import RunDir
 
-            gen.fit(train, RunDir.create(model_dir, data, cat))  # learns once, reused by the ablation row
+            gen.fit(train, RunDir.create(model_dir, data, cat))  # learns once, reused by the ablation row and seeds
             fit_s = time.perf_counter() - t0
-            out, secs, hits, total, per, hits_np = evaluate(cat, gen, n, seed, violates)
-            kinds = " ".join(f"{k}:{v[0]}/{v[1]}" for k, v in sorted(per.items()))
-            valid = hits / max(total, 1)
-            valid_np = hits_np / max(total, 1)
-            rows.append((cat, ls, valid, len(out) / secs, valid_np, total))
-            print(f"{cat:<22}{'on' if ls else 'off':<5}{normal_bad:>13.2f}{total:>9}{valid:>8.2f}{valid_np:>8.2f}"
-                  f"{len(out) / secs:>8.1f}{fit_s:>7.1f}  {kinds}", flush=True)
+            for seed in seeds:
+                out, secs, hits, total, per, hits_np = evaluate(cat, gen, n, seed, violates)
+                kinds = " ".join(f"{k}:{v[0]}/{v[1]}" for k, v in sorted(per.items()))
+                rows.append(Row(cat, ls, seed, hits, hits_np, total, len(out) / secs))
+                print(f"{cat:<22}{'on' if ls else 'off':<5}{seed:>5}{normal_bad:>13.2f}{total:>9}"
+                      f"{hits / max(total, 1):>8.2f}{hits_np / max(total, 1):>8.2f}{len(out) / secs:>8.1f}"
+                      f"{fit_s:>7.1f}  {kinds}", flush=True)
         shutil.rmtree(model_dir, ignore_errors=True)
-    on = [r for r in rows if r[1] and not is_texture(r[0])]  # a texture has no logical rule to break
-    print(f"\nmean validity (LS on, {len(on)} object categories): {np.mean([r[2] for r in on]):.3f} "
-          f"(without the palette rule {np.mean([r[4] for r in on]):.3f}); "
-          f"mean speed: {np.mean([r[3] for r in on]):.1f} anomalies/s at {size} px")
+    summarise([r for r in rows if r.low_density and not is_texture(r.category)], seeds, size)
+
+
+@dataclass
+class Row:
+    category: str
+    low_density: bool
+    seed: int
+    hits: int  # logical anomalies that break a rule (palette rule included)
+    hits_no_palette: int
+    total: int  # logical anomalies made
+    speed: float  # anomalies/s with masks
+
+    @property
+    def valid(self) -> float:
+        return self.hits / max(self.total, 1)
+
+
+def summarise(rows: list[Row], seeds: list[int], size: int) -> None:
+    """Per draw: the mean over object categories and the pooled share; then their mean and spread over draws.
+    Textures are left out: they have no logical rule to break."""
+    cats = sorted({r.category for r in rows})
+    means, pooled = [], []
+    print()
+    for seed in seeds:
+        got = [r for r in rows if r.seed == seed]
+        if not got:
+            continue
+        total = sum(r.total for r in got)
+        means.append(float(np.mean([r.valid for r in got])))
+        pooled.append(sum(r.hits for r in got) / max(total, 1))
+        print(f"seed {seed}: mean validity (LS on, {len(got)} object categories): {means[-1]:.3f} (without the "
+              f"palette rule {np.mean([r.hits_no_palette / max(r.total, 1) for r in got]):.3f}); pooled over "
+              f"{total} logical anomalies: {pooled[-1]:.3f}; categories without a logical anomaly: "
+              f"{sum(r.total == 0 for r in got)}; mean speed: {np.mean([r.speed for r in got]):.1f} anomalies/s "
+              f"at {size} px")
+    if len(means) > 1:
+        print(f"over {len(means)} draws: mean validity {np.mean(means):.3f} (sd {np.std(means, ddof=1):.3f}), "
+              f"pooled {np.mean(pooled):.3f} (sd {np.std(pooled, ddof=1):.3f})")
+        for cat in cats:
+            v = [r.valid for r in rows if r.category == cat]
+            print(f"  {cat:<20} {np.mean(v):.3f} (range {min(v):.3f}-{max(v):.3f}, "
+                  f"{int(np.mean([r.total for r in rows if r.category == cat]))} logical per draw)")
 
 
 def is_texture(cat: str) -> bool:
@@ -111,7 +157,8 @@ def main() -> None:
     # about half of the anomalies are logical; with 100 the mean over the categories was too noisy to tell
     # changes of a few points apart (docs/experiments.md)
     ap.add_argument("--n", type=int, default=400)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the generator's draw (ignored with --seeds)")
+    ap.add_argument("--seeds", default="", help="several draws from the same fitted generator, e.g. 0,1,2")
     ap.add_argument("--weights", default="auto")
     ap.add_argument("--no-backbone", action="store_true")
     ap.add_argument("--ablation", action="store_true")
@@ -119,6 +166,10 @@ def main() -> None:
     compositional_options.add_argument(ap)
     a = ap.parse_args()
     options = compositional_options.parse(ap, a.compositional)
+    try:
+        seeds = [int(v) for v in a.seeds.split(",") if v.strip()] or [a.seed]
+    except ValueError:
+        ap.error(f"--seeds takes whole numbers separated by commas, got {a.seeds!r}")
     cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
     if a.data is None:
@@ -131,7 +182,7 @@ def main() -> None:
         generate_benchmark(tmp, SynthConfig(**kw))
         a.data = tmp
     try:
-        run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, a.seed, options,
+        run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, seeds, options,
             not a.pixel_classes)
     finally:
         if tmp is not None:
