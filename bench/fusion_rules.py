@@ -3,9 +3,10 @@
 Usage:
     python bench/fusion_rules.py ROOT [ROOT ...] [--rules sum,softplus,max] [--per-category]
 
-A ROOT is any folder whose runs hold ``maps/scores.csv`` (``bench/family.py --out``, ``comgen demo --out``). Every
-branch's score there is its z-score on the validation normals, so a rule needs no retraining: each is applied to the
-same numbers (each z capped at ``--cap``, as the detector does). The fused score's final standardisation does not
+A ROOT is a folder of runs that hold ``maps/scores.csv``: ``OUT/comgen`` or ``OUT/cutpaste`` of ``bench/family.py
+--out OUT``, ``OUT/runs`` of ``comgen demo --out OUT``. Every branch's score there is its z-score on the validation
+normals, so a rule needs no retraining: each is applied to the same numbers (each z capped at ``--cap``, as the
+detector does). The fused score's final standardisation does not
 change a ranking and is left out. Printed per root: the mean logical and structural AUROC of each rule over the
 categories where every branch ran, and how many categories each rule ranks better or worse than ``sum`` (by more
 than 0.005).
@@ -48,7 +49,8 @@ def category_scores(path: Path, cap: float) -> tuple[list[np.ndarray], np.ndarra
     return z, np.array([r["label"] for r in rows])
 
 
-def compare(root: Path, rules: list[str], cap: float, per_category: bool) -> None:
+def compare(root: Path, rules: list[str], cap: float, per_category: bool) -> dict[str, dict[str, float]]:
+    """Print one root's comparison; returns each group's mean AUROC per rule."""
     got: dict[str, dict[str, list[float]]] = {g: {r: [] for r in rules} for g in ("logical", "structural")}
     for path in sorted(root.glob("*/maps/scores.csv")):
         loaded = category_scores(path, cap)
@@ -67,15 +69,34 @@ def compare(root: Path, rules: list[str], cap: float, per_category: bool) -> Non
             if per_category:
                 print(f"  {path.parts[-3]:<16} {group:<11}", " ".join(line))
     print(root)
+    means: dict[str, dict[str, float]] = {}
     for group, aurocs in got.items():
         if not aurocs[rules[0]]:
             continue
+        means[group] = {r: float(np.mean(v)) for r, v in aurocs.items()}
         base = np.array(aurocs.get("sum", aurocs[rules[0]]))
         cells = []
         for r in rules:
             a = np.array(aurocs[r])
             cells.append(f"{r} {a.mean():.3f} ({int((a > base + TIE).sum())}+/{int((a < base - TIE).sum())}-)")
         print(f"  {group:<11} {len(base)} categories: " + ", ".join(cells))
+    return means
+
+
+def summarise(per_root: list[dict[str, dict[str, float]]], rules: list[str]) -> None:
+    """Over several roots: the mean of their means per rule, and how many roots each rule beats ``sum`` in."""
+    print(f"over {len(per_root)} roots")
+    for group in ("logical", "structural"):
+        rows = [m[group] for m in per_root if group in m]
+        if not rows:
+            continue
+        ref = rules[0] if "sum" not in rules else "sum"
+        cells = []
+        for r in rules:
+            d = np.array([m[r] - m[ref] for m in rows])
+            better, worse = int((d > 5e-4).sum()), int((d < -5e-4).sum())
+            cells.append(f"{r} {np.mean([m[r] for m in rows]):.3f} ({better}+/{worse}-)")
+        print(f"  {group:<11} {len(rows)} roots: " + ", ".join(cells))
 
 
 def main() -> None:
@@ -92,7 +113,9 @@ def main() -> None:
     for root in a.roots:
         if not root.is_dir():
             ap.error(f"{root}: not a folder")
-        compare(root, rules, a.cap, a.per_category)
+    per_root = [compare(root, rules, a.cap, a.per_category) for root in a.roots]
+    if len(per_root) > 1:
+        summarise(per_root, rules)
 
 
 if __name__ == "__main__":
