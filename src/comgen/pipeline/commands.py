@@ -39,12 +39,14 @@ def register(app: typer.Typer) -> None:
         categories: str = typer.Option("all", "--categories", help="Categories of the built-in benchmark."),
         quick: bool = typer.Option(False, "--quick", help="Tiny settings (a smoke test in a few minutes)."),
         force: bool = typer.Option(False, "--force", help="Redo every stage even when up to date."),
+        seed: int = typer.Option(0, "--seed", min=0, help="The runs' draws (learner, generator, detector); the "
+                                                         "benchmark's images stay the same."),
     ) -> None:
         """Create the built-in benchmark, then run every category end to end (offline, CPU) and report."""
         from comgen.pipeline.demo import run_demo
         from comgen.pipeline.suite import print_table
 
-        print_table(run_demo(out, size=size, categories=categories, quick=quick, force=force))
+        print_table(run_demo(out, size=size, categories=categories, quick=quick, force=force, seed=seed))
 
     bench = typer.Typer(help="Benchmarks that print tables (full-size figures).", no_args_is_help=True)
     app.add_typer(bench, name="bench")

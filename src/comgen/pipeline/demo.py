@@ -4,6 +4,8 @@ Why these settings: the demo must finish all categories in under 30 minutes on a
 EfficientNet-Lite0 backbone. It runs at 256 px (at 128 px screws merge into the bag and small scratches vanish)
 with 120 training images per category and a short training schedule (12 epochs, 240 anomalies). ``--size 128``
 is about three times faster; the component learner then still segments at 256 px. ``--quick`` is a smoke test.
+``--seed`` draws the runs again (learner, generator and detector) on the same benchmark images: one draw moves a
+category's figures by a point or more, so a change is judged on several.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ def demo_settings(size: int, categories: str, quick: bool) -> tuple[SynthConfig,
 
 
 def run_demo(out: str | Path, size: int = 256, categories: str = "all", quick: bool = False,
-             force: bool = False, log: Any = print) -> dict[str, Any]:
+             force: bool = False, log: Any = print, seed: int = 0) -> dict[str, Any]:
+    """Build the benchmark in ``out/data`` (kept while its settings match) and run it into ``out/runs``; ``seed``
+    is the runs' seed, not the benchmark's."""
     out = Path(out)
     synth, cfg = demo_settings(size, categories, quick)
+    cfg = cfg.replace(seed=seed)
     data = out / "data"
     if force or not (data / "config.yaml").is_file() or SynthConfig.load(data / "config.yaml").hash() != synth.hash():
         log(f"building the built-in benchmark in {data}")
