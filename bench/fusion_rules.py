@@ -9,7 +9,9 @@ normals, so a rule needs no retraining: each is applied to the same numbers (eac
 detector does). The fused score's final standardisation does not
 change a ranking and is left out. Printed per root: the mean logical and structural AUROC of each rule over the
 categories where every branch ran, and how many categories each rule ranks better or worse than ``sum`` (by more
-than 0.005).
+than 0.005). ``--shares`` adds where the default rule's score comes from: each branch's term ``log(1 + exp(z))``
+as a share of the fused score, averaged over the anomalous test images of each group (every term is positive, so
+the shares add up to 1; the plain sum has no such split).
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ def category_scores(path: Path, cap: float) -> tuple[list[np.ndarray], np.ndarra
     return z, np.array([r["label"] for r in rows])
 
 
-def compare(root: Path, rules: list[str], cap: float, per_category: bool) -> dict[str, dict[str, float]]:
+def compare(root: Path, rules: list[str], cap: float, per_category: bool, shares: bool = False
+            ) -> dict[str, dict[str, float]]:
     """Print one root's comparison; returns each group's mean AUROC per rule."""
     got: dict[str, dict[str, list[float]]] = {g: {r: [] for r in rules} for g in ("logical", "structural")}
+    parts: dict[str, list[np.ndarray]] = {"logical": [], "structural": []}
     for path in sorted(root.glob("*/maps/scores.csv")):
         loaded = category_scores(path, cap)
         if loaded is None:
@@ -63,6 +67,8 @@ def compare(root: Path, rules: list[str], cap: float, per_category: bool) -> dic
             if not hit.any() or not good.any():
                 continue
             keep = good | hit
+            terms = np.logaddexp(0.0, np.stack(z))[:, hit]  # [branch, anomalous image]
+            parts[group].append((terms / terms.sum(0)).mean(1))
             line = [f"{r}={roc_auc_score(hit[keep], RULES[r](z)[keep]):.3f}" for r in rules]
             for r, cell in zip(rules, line):
                 aurocs[r].append(float(cell.split("=")[1]))
@@ -80,6 +86,10 @@ def compare(root: Path, rules: list[str], cap: float, per_category: bool) -> dic
             a = np.array(aurocs[r])
             cells.append(f"{r} {a.mean():.3f} ({int((a > base + TIE).sum())}+/{int((a < base - TIE).sum())}-)")
         print(f"  {group:<11} {len(base)} categories: " + ", ".join(cells))
+        if shares and parts[group]:
+            mean_share = np.mean(parts[group], 0)
+            print(f"  {'':<11} softplus shares on anomalies: "
+                  + ", ".join(f"{b} {v:.2f}" for b, v in zip(BRANCHES, mean_share)))
     return means
 
 
@@ -105,6 +115,7 @@ def main() -> None:
     ap.add_argument("--rules", default=",".join(RULES), help=f"comma-separated, from {', '.join(RULES)}")
     ap.add_argument("--cap", type=float, default=15.0, help="the largest z-score a branch enters with")
     ap.add_argument("--per-category", action="store_true")
+    ap.add_argument("--shares", action="store_true", help="each branch's share of the softplus score on anomalies")
     a = ap.parse_args()
     rules = [r for r in a.rules.split(",") if r]
     unknown = [r for r in rules if r not in RULES]
@@ -113,7 +124,7 @@ def main() -> None:
     for root in a.roots:
         if not root.is_dir():
             ap.error(f"{root}: not a folder")
-    per_root = [compare(root, rules, a.cap, a.per_category) for root in a.roots]
+    per_root = [compare(root, rules, a.cap, a.per_category, a.shares) for root in a.roots]
     if len(per_root) > 1:
         summarise(per_root, rules)
 
