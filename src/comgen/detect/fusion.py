@@ -133,7 +133,7 @@ def _standardise(f: Fusion, z: Mapping[str, np.ndarray], normal: np.ndarray) -> 
     return Fusion(f.rule, f.weights, float(raw.mean()) if len(raw) else 0.0, sd if sd > 1e-6 else 1.0, f.cap)
 
 
-def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "sum", cap: float = 0.0
+def choose_fusion(z: Mapping[str, np.ndarray], labels: np.ndarray, how: str = "softplus", cap: float = 0.0
                   ) -> tuple[Fusion, dict[str, float | None]]:
     """The fusion rule for branch z-scores ``z`` on the validation split (``labels`` 1 = held-out generated
     anomaly), and each candidate's validation AUROC (None when there are no anomalies to rank).
