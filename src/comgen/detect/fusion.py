@@ -7,15 +7,16 @@ sees. With the plain ``sum``, a branch at chance on a kind of defect subtracts a
 that one branch sees clearly could be pulled back among the normals by another branch's low score. A fixed maximum
 of z-scores let the noisiest branch dominate. The soft positive part is smooth, so images that no branch flags keep
 their order (a hard ``max(z, 0)`` ties them all at zero). The rule was chosen on the development seeds and the
-built-in categories, where it ranked logical and structural anomalies better than the sum in every run
-(docs/experiments.md).
+built-in categories, where it ranked logical anomalies better than the sum in every stored run and structural ones
+in most (docs/experiments.md).
 
 ``auto`` chooses the rule per category on the validation split, that is, the validation normals against the
 held-out generated anomalies. The candidates are every branch alone, the equal-weight sum of every set of branches,
 and the maximum of all. The best validation AUROC wins, and a tie goes to the earlier candidate (single branches
 first). On its calibration data it is never below the best single branch. On real anomalies it was worse than the
 sum (docs/experiments.md): held-out generated anomalies come from the generator the network and the composition
-branch were trained on, so they overrate those branches.
+branch were trained on, so they overrate those branches, and they are edits of the training images that the other
+branches were fitted on, so they underrate those.
 
 Each branch's z-score enters capped at ``cap`` (``detector.fusion_cap``). Why: beyond a few units a z-score says
 "this branch is sure", and its size then reflects the branch's tail model rather than more evidence. A branch
