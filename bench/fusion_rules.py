@@ -24,15 +24,24 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from comgen.detect.fusion import combine
+
 BRANCHES = ("network", "prior", "memory", "global")
 TIE = 0.005
 
 Rule = Callable[[list[np.ndarray]], np.ndarray]
+
+
+def detector_rule(rule: str) -> Rule:
+    """One of the detector's own rules, with every branch at weight 1 (``fusion.combine``)."""
+    return lambda z: combine(z, [1.0] * len(z), rule)
+
+
 RULES: dict[str, Rule] = {
-    "sum": lambda z: np.sum(z, 0),
-    "softplus": lambda z: np.sum([np.logaddexp(0.0, v) for v in z], 0),  # comgen's default
+    "sum": detector_rule("weighted"),
+    "softplus": detector_rule("softplus"),  # comgen's default
     "positive": lambda z: np.sum([np.maximum(v, 0.0) for v in z], 0),  # hard positive parts
-    "max": lambda z: np.max(z, 0),
+    "max": detector_rule("max"),
     "top2": lambda z: np.sort(z, 0)[-2:].sum(0),  # the two largest
     "logsumexp": lambda z: np.logaddexp.reduce(z, 0),  # a soft maximum
 }
@@ -67,13 +76,14 @@ def compare(root: Path, rules: list[str], cap: float, per_category: bool, shares
             if not hit.any() or not good.any():
                 continue
             keep = good | hit
-            terms = np.logaddexp(0.0, np.stack(z))[:, hit]  # [branch, anomalous image]
-            parts[group].append((terms / terms.sum(0)).mean(1))
-            line = [f"{r}={roc_auc_score(hit[keep], RULES[r](z)[keep]):.3f}" for r in rules]
-            for r, cell in zip(rules, line):
-                aurocs[r].append(float(cell.split("=")[1]))
+            if shares:
+                terms = np.logaddexp(0.0, np.stack(z))[:, hit]  # [branch, anomalous image]
+                parts[group].append((terms / terms.sum(0)).mean(1))
+            here = {r: round(float(roc_auc_score(hit[keep], RULES[r](z)[keep])), 3) for r in rules}
+            for r, v in here.items():
+                aurocs[r].append(v)
             if per_category:
-                print(f"  {path.parts[-3]:<16} {group:<11}", " ".join(line))
+                print(f"  {path.parts[-3]:<16} {group:<11}", " ".join(f"{r}={v:.3f}" for r, v in here.items()))
     print(root)
     means: dict[str, dict[str, float]] = {}
     for group, aurocs in got.items():
