@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from comgen.detect.composition_branch import encode as torch_encode
-from comgen.detect.fusion import Fusion
+from comgen.detect.fusion import RULES, Fusion
 from comgen.detect.patch_memory import PatchMemory, PatchMemoryConfig
 from comgen.export_runtime import branches
+from comgen.export_runtime.bundle import FUSION_RULES
 
 
 def test_memory_branch_matches_patch_memory() -> None:
@@ -33,6 +34,10 @@ def test_encode_matches_the_composition_branch() -> None:
     tx, tst = torch_encode(maps, 4, 16)
     np.testing.assert_allclose(x, tx.numpy(), atol=1e-6)
     np.testing.assert_allclose(st, tst.numpy(), atol=1e-6)
+
+
+def test_the_bundle_reader_accepts_exactly_the_detector_fusion_rules() -> None:
+    assert FUSION_RULES == RULES  # a rule added to the detector must be mirrored in ``branches.fuse`` too
 
 
 def test_fusion_and_map_weights_match_the_detector() -> None:
