@@ -51,6 +51,8 @@ def category_scores(path: Path, cap: float) -> tuple[list[np.ndarray], np.ndarra
     """Capped branch z-scores and labels of one run's test images; None where a branch did not run."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    if not rows or "label" not in rows[0]:
+        raise SystemExit(f"{path}: no test images with a 'label' column; not a comgen scores.csv")
     try:
         z = [np.minimum([float(r[f"{b}_score"]) for r in rows], cap) for b in BRANCHES]
     except (KeyError, ValueError):  # an empty cell: the branch was off

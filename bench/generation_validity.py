@@ -14,8 +14,8 @@ Low-Density Sampling" row.
 
 Two summaries: the mean over categories (each category counts once, however few logical anomalies it made; one
 that made none counts as 0) and the pooled share over all logical anomalies. ``--seeds`` draws the anomalies again
-with each seed from the same fitted generator and prints both summaries per draw, then their mean and spread: one
-draw moves a category by several points, more than many changes do.
+with each seed from the same fitted generator and prints both summaries per draw, then their mean and spread, so
+that a change is judged against the spread of one draw.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Why these settings: the demo must finish all categories in under 30 minutes on a
 EfficientNet-Lite0 backbone. It runs at 256 px (at 128 px screws merge into the bag and small scratches vanish)
 with 120 training images per category and a short training schedule (12 epochs, 240 anomalies). ``--size 128``
 is about three times faster; the component learner then still segments at 256 px. ``--quick`` is a smoke test.
-``--seed`` draws the runs again (learner, generator and detector) on the same benchmark images: one draw moves a
-category's figures by a point or more, so a change is judged on several.
+``--seed`` draws the runs again (learner, generator and detector) on the same benchmark images, so that a change
+can be judged on several draws rather than one.
 """
 
 from __future__ import annotations
