@@ -90,6 +90,12 @@ def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, pr
     assert det.prior.partner is not None and det.prior.partner.model.instance_stage is None
     onnx_det = OnnxDetector(prior_bundle)
     assert onnx_det.prior_model.shares_pixel_stage(onnx_det.prior_partner)  # one pixel pass serves both models
+    # the other learner seeds travel too, each with its counterpart and its own pixel stage
+    assert len(det.prior.members) == 2 and len(man["prior"]["members"]) == 2
+    assert {"prior_seed1.safetensors", "prior_seed2_partner.safetensors"} <= set(man["arrays"])
+    seed_model, seed_partner, _ = onnx_det.prior_seeds[1]
+    assert seed_model.learner.seed == 1 and seed_model.shares_pixel_stage(seed_partner)
+    assert not seed_model.shares_pixel_stage(onnx_det.prior_model)
     assert onnx_det.threshold == pytest.approx(det.threshold)
     _assert_parity(det, onnx_det, _test_images(), {"network", "prior", "composition", "memory", "global"})
     assert onnx_det.last_parts["prior"][2:5].min() > onnx_det.last_parts["prior"][:2].max()  # it sees the counts
@@ -271,6 +277,10 @@ def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior
     man["fusion"]["rule"], man["prior"]["pair"]["std"] = "softplus", 0.0
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior.pair is .*not a finite mean and a positive std"):
+        OnnxDetector(d)
+    man["prior"]["pair"]["std"], man["prior"]["ensemble"] = 1.0, {"mean": 0.0}
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior.ensemble is .*not a finite mean and a positive std"):
         OnnxDetector(d)
 
 

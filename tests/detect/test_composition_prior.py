@@ -69,6 +69,7 @@ def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path:
     entry = res.calibration["prior"]
     assert entry["enabled"] and (run.detector / PRIOR_DIR / "components" / "model.json").is_file()
     assert entry["partner"] and (run.detector / PRIOR_DIR / PARTNER_DIR / "components" / "model.json").is_file()
+    assert entry["learner_seeds"] == 3 and (run.detector / PRIOR_DIR / "seed2" / PARTNER_DIR).is_dir()
     assert res.calibration["threshold"] != res.calibration["threshold_network"]
     assert set(res.calibration["val_branch_scores"]) == {"network", "prior", "memory", "global"}  # composition: opt-in
 
@@ -89,7 +90,7 @@ def test_training_segments_each_image_once_for_both_models(component_model, tmp_
 
     run = RunDir(tmp_path / "run")
     component_model.save(run.components)
-    cfg, splits = tiny_config(epochs=1), toy_splits()
+    cfg, splits = tiny_config(epochs=1, prior=PriorConfig(learner_seeds=1)), toy_splits()  # one seed: two models
     bank, val, _ = prior_inputs(splits, cfg)
     seen: list[int] = []
     pixel_stage = ComponentModel.pixel_stage
@@ -252,3 +253,56 @@ def test_the_pair_round_trips_and_a_damaged_pair_is_one_line(paired, tmp_path: P
     del cal["pair"]  # a prior saved before pairs existed: one model
     (d / "calibration.json").write_text(json.dumps(cal))
     assert CompositionPrior.load(d).partner is None
+
+
+@pytest.fixture(scope="module")
+def seeded(component_model) -> tuple[CompositionPrior, np.ndarray]:
+    """A paired prior with two more learner seeds, each learnt with its own counterpart."""
+    train, val = _images("good", 24, 1), _images("good", 10, 2)
+    prior = CompositionPrior.fit(component_model, train, val)
+    normal = np.ones(len(val), bool)
+    z = prior.fit_partner(counterpart(component_model, train), train, val, normal, prior.z(prior.nll(val)))
+    return prior, prior.fit_members([1, 2], train, val, normal, z, log=lambda m: None)
+
+
+def test_the_learner_seeds_each_learn_their_own_pair(seeded, component_model) -> None:
+    prior, val_z = seeded
+    assert [m.model.cfg.seed for m in prior.members] == [1, 2] and component_model.cfg.seed == 0
+    assert all(m.partner is not None and m.model.shares_pixel_stage(m.partner.model) for m in prior.members)
+    assert not any(m.members for m in prior.members)
+    assert abs(float(val_z.mean())) < 1e-5 and abs(float(val_z.std()) - 1.0) < 1e-4  # standardised again
+
+
+def test_the_seed_ensemble_scores_the_mean_of_the_seeds(seeded) -> None:
+    prior, _ = seeded
+    images = np.concatenate([_images("good", 4, 8), _images("missing", 3, 9), _images("extra", 3, 10)])
+    own = prior.pair(prior.z(prior.nll(images)), prior.partner.score(images))
+    seeds = [own, *[m.score(images) for m in prior.members]]
+    expected = (np.mean(seeds, 0) - prior.ensemble_mean) / prior.ensemble_std
+    np.testing.assert_allclose(prior.score(images), expected, rtol=1e-5, atol=1e-5)
+    assert prior.score(images)[4:].min() > prior.score(images)[:4].max()
+
+
+def test_the_seed_ensemble_round_trips_and_a_damaged_one_is_one_line(seeded, tmp_path: Path) -> None:
+    import json
+
+    prior, _ = seeded
+    images = np.concatenate([_images("good", 3, 6), _images("extra", 3, 7)])
+    d = prior.save(tmp_path / "p")
+    loaded = CompositionPrior.load(d)
+    assert len(loaded.members) == 2 and loaded.members[1].model.cfg.seed == 2
+    np.testing.assert_allclose(loaded.score(images), prior.score(images), rtol=1e-5, atol=1e-5)
+    cal = json.loads((d / "calibration.json").read_text())
+    cal["ensemble"]["std"] = float("nan")
+    (d / "calibration.json").write_text(json.dumps(cal))
+    with pytest.raises(ArtifactError, match=r"calibration.json: .*ensemble.std"):
+        CompositionPrior.load(d)
+    cal["ensemble"] = {"mean": 0.0, "std": 1.0, "members": 0}
+    (d / "calibration.json").write_text(json.dumps(cal))
+    with pytest.raises(ArtifactError, match=r"calibration.json: .*member count"):
+        CompositionPrior.load(d)
+
+
+def test_learner_seeds_must_be_a_positive_integer() -> None:
+    with pytest.raises(ConfigError, match="learner_seeds"):
+        PriorConfig(learner_seeds=0)

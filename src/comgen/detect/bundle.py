@@ -11,7 +11,8 @@ and maps with ONNX Runtime and NumPy only:
 - ``composition.onnx``: the composition branch's network (class-map raster -> map and image logits);
 - ``bank.safetensors`` (reference features, retrieval descriptors, projection), ``prior.safetensors`` (centroids,
   feature transform, the fitted mixture's weights, means and precision factors; ``prior_partner.safetensors`` the same
-  for the prior's counterpart model), ``memory.safetensors`` (the patch memory);
+  for the prior's counterpart model, ``prior_seed1.safetensors``... for the models of the other learner seeds),
+  ``memory.safetensors`` (the patch memory);
 - ``bundle.json``: settings, calibrations, the fusion rule, versions and the shape of every array.
 """
 
@@ -154,6 +155,18 @@ def _prior_arrays(prior: Any, shared_scale: int | None) -> tuple[dict[str, np.nd
     return arrays, entry
 
 
+def _prior_entry(prior: Any, shared_scale: int | None, out: Path, man: dict[str, Any], name: str) -> dict[str, Any]:
+    """Write one learner seed's prior (``name``.safetensors) and its counterpart's (``name``_partner.safetensors);
+    return its manifest entry."""
+    arrays, entry = _prior_arrays(prior, shared_scale)
+    _save(out, f"{name}.safetensors", arrays, man)
+    if prior.partner is not None:
+        arrays, entry["partner"] = _prior_arrays(prior.partner, shared_scale)
+        entry["pair"] = {"mean": prior.pair_mean, "std": prior.pair_std}
+        _save(out, f"{name}_partner.safetensors", arrays, man)
+    return entry
+
+
 def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[str], None]) -> None:
     """Every file of the bundle into ``out`` (an empty folder)."""
     cfg, s = det.cfg, det.cfg.image_size
@@ -181,13 +194,13 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     _save(out, "bank.safetensors", arrays, man)
     man["prior"] = man["composition"] = man["memory"] = man["global"] = None
     if det.prior is not None:
-        arrays, man["prior"] = _prior_arrays(det.prior, det._prior_scale)
-        _save(out, "prior.safetensors", arrays, man)
-        partner = det.prior.partner
-        if partner is not None:  # the counterpart model shares the backbone, so the same scale
-            arrays, man["prior"]["partner"] = _prior_arrays(partner, det._prior_scale)
-            man["prior"]["pair"] = {"mean": det.prior.pair_mean, "std": det.prior.pair_std}
-            _save(out, "prior_partner.safetensors", arrays, man)
+        # every model of the prior (the counterparts, the other learner seeds) has the same learner settings, so
+        # the same backbone and feature scale
+        man["prior"] = _prior_entry(det.prior, det._prior_scale, out, man, "prior")
+        if det.prior.members:
+            man["prior"]["members"] = [_prior_entry(m, det._prior_scale, out, man, f"prior_seed{i}")
+                                       for i, m in enumerate(det.prior.members, 1)]
+            man["prior"]["ensemble"] = {"mean": det.prior.ensemble_mean, "std": det.prior.ensemble_std}
         learner = det.prior.model.cfg
         if det._prior_scale is None and learner.use_backbone:
             bb = det.prior.model._featurizer().backbone  # the learner's own backbone, identity-checked

@@ -123,8 +123,12 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
     z = prior.z(nll)
     if twin is not None:
         z = prior.fit_partner(twin, bank_images, val_images, labels == 0, z, twin_bank, twin_val)
+    if cfg.prior.learner_seeds > 1:
+        seeds = [model.cfg.seed + i for i in range(1, cfg.prior.learner_seeds)]
+        z = prior.fit_members(seeds, bank_images, val_images, labels == 0, z, log)
     prior.save(out)
-    entry = {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std, "partner": prior.partner is not None}
+    entry = {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std, "partner": prior.partner is not None,
+             "learner_seeds": 1 + len(prior.members)}
     return entry, z, seg
 
 

@@ -14,6 +14,12 @@ confuses them. Neither is better on every category, and their errors are nearly 
 prior also scores with the *counterpart* model (the same colour classes with the instance stage toggled) and
 averages the two calibrated z-scores, standardised again on the validation normals: an ensemble of two density
 models over two views of the same parts.
+
+The colour learner's k-means depends on its seed: a part of a thousandth of the pixels gets a class of its own in
+one draw and none in the next, and on some categories the prior's ranking of logical anomalies swings from good to
+chance between seeds. So the prior learns ``learner_seeds`` component models, each with its own seed and its
+counterpart, and averages their calibrated scores, standardised again on the validation normals
+(docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from comgen.io import atomic_path, atomic_write_json
 
 PRIOR_DIR = "composition_prior"  # inside the detector directory
 PARTNER_DIR = "partner"  # the counterpart model's prior, inside PRIOR_DIR
+MEMBER_DIR = "seed"  # the priors of the other learner seeds, inside PRIOR_DIR: seed1, seed2, ...
 
 
 @dataclass
@@ -48,12 +55,15 @@ class PriorConfig(ConfigBase):
 
     enabled: bool = True  # used when the run has a component model (compositional / diffusion back-ends)
     partner: bool = True  # also score with the counterpart component model and average (see the module docstring)
+    learner_seeds: int = 3  # component models learnt with different seeds, each with its partner, averaged
     batch_size: int = 16  # images segmented at once (bounds memory at the learner's working size)
     density: DensityConfig = field(default_factory=DensityConfig)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError("detector.prior.batch_size", f"must be >= 1, got {self.batch_size}")
+        for name in ("batch_size", "learner_seeds"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"detector.prior.{name}", f"must be an integer >= 1, got {v!r}")
 
 
 class CompositionPrior:
@@ -61,7 +71,8 @@ class CompositionPrior:
 
     def __init__(self, model: Any, density: CompositionDensity, cfg: PriorConfig, train_vectors: np.ndarray,
                  mean: float = 0.0, std: float = 1.0, partner: CompositionPrior | None = None,
-                 pair_mean: float = 0.0, pair_std: float = 1.0) -> None:
+                 pair_mean: float = 0.0, pair_std: float = 1.0, members: list[CompositionPrior] | None = None,
+                 ensemble_mean: float = 0.0, ensemble_std: float = 1.0) -> None:
         self.model = model
         self.density = density
         self.cfg = cfg
@@ -71,6 +82,9 @@ class CompositionPrior:
         self.partner = partner  # the counterpart model's prior, or None (a single model)
         self.pair_mean = pair_mean  # the averaged z's spread on the validation normals
         self.pair_std = pair_std
+        self.members = members or []  # the priors of the models learnt with the other seeds (each with its partner)
+        self.ensemble_mean = ensemble_mean  # the members' averaged z's spread on the validation normals
+        self.ensemble_std = ensemble_std
 
     # --- scoring ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -109,14 +123,21 @@ class CompositionPrior:
     def score(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None,
               partner_maps: np.ndarray | None = None) -> np.ndarray:
         """Calibrated scores: z of the negative log-density relative to the validation normals, averaged with the
-        partner's when there is one. ``maps`` and ``partner_maps`` are the two models' class maps (``segment``);
-        when neither is given, both come from one segmentation, and a partner without maps segments for itself."""
+        partner's when there is one, then with the members' (each segments for itself). ``maps`` and
+        ``partner_maps`` are this seed's two models' class maps (``segment``); when neither is given, both come from
+        one segmentation, and a partner without maps segments for itself."""
         if maps is None and partner_maps is None:
             maps, partner_maps = self.segment(images, deep)
         z = self.z(self.nll(images, deep, maps))
-        if self.partner is None:
+        if self.partner is not None:
+            z = self.pair(z, self.partner.score(images, deep, partner_maps))
+        if not self.members:
             return z
-        return self.pair(z, self.partner.score(images, deep, partner_maps))
+        return self.ensemble([z, *[m.score(images, deep) for m in self.members]])
+
+    def ensemble(self, zs: list[np.ndarray]) -> np.ndarray:
+        """The seeds' calibrated scores (this model's first) -> the ensemble's calibrated score."""
+        return ((np.mean(zs, 0) - self.ensemble_mean) / self.ensemble_std).astype(np.float32)
 
     def pair(self, z: np.ndarray, partner_z: np.ndarray) -> np.ndarray:
         """This model's and the partner's calibrated scores -> the ensemble's calibrated score."""
@@ -158,6 +179,33 @@ class CompositionPrior:
         self.pair_mean, self.pair_std = _spread(((val_z + partner_z) / 2)[normal])
         return self.pair(val_z, partner_z)
 
+    def fit_members(self, seeds: list[int], train_images: np.ndarray, val_images: np.ndarray, normal: np.ndarray,
+                    val_z: np.ndarray, log: Callable[[str], None] = print) -> np.ndarray:
+        """Learn a component model for each of ``seeds`` on the training normals (this model's learner settings,
+        sharing its backbone), fit its prior (with a counterpart when this prior has one) and calibrate it on the
+        validation normals (``normal``: their mask); standardise the average of all seeds' scores there.
+        ``val_z``: this seed's validation scores. Returns the ensemble's validation scores."""
+        from comgen.components.learner import learn_components
+
+        zs = [val_z]
+        for seed in seeds:
+            log(f"learning the composition prior's component model with seed {seed}")
+            model = learn_components(train_images, replace(self.model.cfg, seed=seed), backbone=self.model._backbone)
+            twin = counterpart_or_none(model, train_images, log) if self.partner is not None else None
+            bank, twin_bank = segment_pair(model, twin, train_images, self.cfg.batch_size)
+            val, twin_val = segment_pair(model, twin, val_images, self.cfg.batch_size)
+            member = CompositionPrior.fit(model, train_images, cfg=replace(self.cfg, learner_seeds=1),
+                                          train_maps=bank)
+            nll = member.nll(val_images, maps=val)
+            member.calibrate(nll[normal])
+            z = member.z(nll)
+            if twin is not None:
+                z = member.fit_partner(twin, train_images, val_images, normal, z, twin_bank, twin_val)
+            self.members.append(member)
+            zs.append(z)
+        self.ensemble_mean, self.ensemble_std = _spread(np.mean(zs, 0)[normal])
+        return self.ensemble(zs)
+
     # --- persistence --------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Self-contained: a copy of the component model, the training vectors, config and calibration.
@@ -176,6 +224,10 @@ class CompositionPrior:
         if self.partner is not None:
             self.partner.save(d / PARTNER_DIR)
             cal["pair"] = {"mean": self.pair_mean, "std": self.pair_std}
+        for i, member in enumerate(self.members, 1):
+            member.save(d / f"{MEMBER_DIR}{i}")
+        if self.members:
+            cal["ensemble"] = {"mean": self.ensemble_mean, "std": self.ensemble_std, "members": len(self.members)}
         atomic_write_json(d / "calibration.json", cal)
         return d
 
@@ -200,10 +252,20 @@ class CompositionPrior:
             pair_mean = finite_number(pair.get("mean"), d / "calibration.json", "pair.mean")
             pair_std = finite_number(pair.get("std"), d / "calibration.json", "pair.std", gt=0.0)
             partner = cls.load(d / PARTNER_DIR, backbone=backbone)
+        members, ens_mean, ens_std = [], 0.0, 1.0
+        ens = cal.get("ensemble")
+        if ens is not None:
+            n = ens.get("members") if isinstance(ens, dict) else None
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ArtifactError(d / "calibration.json", f"ensemble must hold a member count >= 1, got {ens!r}; "
+                                                            f"{RETRAIN}")
+            ens_mean = finite_number(ens.get("mean"), d / "calibration.json", "ensemble.mean")
+            ens_std = finite_number(ens.get("std"), d / "calibration.json", "ensemble.std", gt=0.0)
+            members = [cls.load(d / f"{MEMBER_DIR}{i}", backbone=backbone) for i in range(1, n + 1)]
         vecs = _read_vectors(d / "vectors.safetensors")
         model = ComponentModel.load(d / "components", backbone=backbone)
         density = CompositionDensity(cfg.density, model.num_classes, model.background).fit(vecs)
-        return cls(model, density, cfg, vecs, mean, std, partner, pair_mean, pair_std)
+        return cls(model, density, cfg, vecs, mean, std, partner, pair_mean, pair_std, members, ens_mean, ens_std)
 
 
 def segment_maps(model: Any, images: np.ndarray, deep: np.ndarray | None = None, batch_size: int = 16

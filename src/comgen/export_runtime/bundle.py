@@ -53,15 +53,26 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not is_number(cap) or cap < 0:
         raise ArtifactError(path, f"fusion.cap is {cap!r}, not a number >= 0; {REEXPORT}")
     prior = man.get("prior")
-    if isinstance(prior, dict) and prior.get("partner") is not None:  # a prior ensemble: its own calibration
-        pair = prior.get("pair")
-        if not isinstance(pair, dict) or not is_number(pair.get("mean")) or not is_number(pair.get("std")) \
-                or pair["std"] <= 0:
-            raise ArtifactError(path, f"prior.pair is {pair!r}, not a finite mean and a positive std; {REEXPORT}")
+    if isinstance(prior, dict):
+        members = prior.get("members") or []
+        seeds = [("prior", prior)] + ([(f"prior.members[{i}]", m) for i, m in enumerate(members)]
+                                      if isinstance(members, list) else [])
+        for name, seed in seeds:
+            if isinstance(seed, dict) and seed.get("partner") is not None:  # a model and its counterpart, averaged
+                _check_spread(seed.get("pair"), f"{name}.pair", path)
+        if members:  # the learner seeds, averaged
+            _check_spread(prior.get("ensemble"), "prior.ensemble", path)
     width = man.get("map_peak_width", 0.5)  # a bundle without it runs the default width
     if not is_number(width) or width <= 0:
         raise ArtifactError(path, f"map_peak_width is {width!r}, not a positive number; {REEXPORT}")
     return man
+
+
+def _check_spread(entry: Any, name: str, path: Path) -> None:
+    """An ensemble's calibration: a finite mean and a positive std."""
+    if not isinstance(entry, dict) or not is_number(entry.get("mean")) or not is_number(entry.get("std")) \
+            or entry["std"] <= 0:
+        raise ArtifactError(path, f"{name} is {entry!r}, not a finite mean and a positive std; {REEXPORT}")
 
 
 def is_number(v: Any) -> bool:

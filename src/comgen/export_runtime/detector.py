@@ -27,7 +27,7 @@ from comgen.export_runtime.branches import (
 )
 from comgen.export_runtime.bundle import MANIFEST, REEXPORT, graph_path, read_arrays, read_manifest
 from comgen.export_runtime.engines import open_graph
-from comgen.export_runtime.prior import BundlePrior, pair_z
+from comgen.export_runtime.prior import BundlePrior, ensemble_z, pair_z, read_seed
 from comgen.export_runtime.retrieval import align_scale, global_descriptors, nearest_references
 from comgen.features.pooled import pooled_descriptors, standardised_distances
 
@@ -91,15 +91,13 @@ class OnnxDetector:
         self.bank_sq = [np.square(p.astype(np.float32)).sum(1) for p in self.bank_patches]
         self.prior = man.get("prior")
         if self.prior is not None:
-            self.prior_model = BundlePrior.read(self.prior, arrays["prior.safetensors"], d / MANIFEST, "prior",
-                                                REEXPORT)
-            partner = self.prior.get("partner")
-            self.prior_partner = None
-            if partner is not None:
-                if "prior_partner.safetensors" not in arrays:
-                    raise ArtifactError(d / MANIFEST, f"prior.partner has no prior_partner.safetensors; {REEXPORT}")
-                self.prior_partner = BundlePrior.read(partner, arrays["prior_partner.safetensors"], d / MANIFEST,
-                                                      "prior.partner", REEXPORT)
+            members = self.prior.get("members") or []
+            if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+                raise ArtifactError(d / MANIFEST, f"prior.members is malformed; {REEXPORT}")
+            # one entry per learner seed: (model, counterpart or None, the pair's calibration)
+            self.prior_seeds = [read_seed(self.prior, arrays, d / MANIFEST, "prior")]
+            self.prior_seeds += [read_seed(m, arrays, d / MANIFEST, f"prior_seed{i}") for i, m in enumerate(members, 1)]
+            self.prior_model, self.prior_partner, _ = self.prior_seeds[0]
             comp = graph_path(d, man, "components")
             self.components = open_graph(comp, engine, threads) if comp is not None else None
         self.composition = man.get("composition")
@@ -164,12 +162,28 @@ class OnnxDetector:
         """``CompositionPrior.score``: z of the composition's negative log-density, paired with the partner
         model's when the bundle has one (``maps``: the prior's own class maps; ``partner_maps``: the partner's,
         segmented here when not given)."""
-        z = self.prior_model.scores(images, maps)
-        if self.prior_partner is None:
+        zs = [self._seed_scores(self.prior_seeds[0], images, feats, maps, partner_maps)]
+        zs += [self._seed_scores(seed, images, feats) for seed in self.prior_seeds[1:]]
+        return zs[0] if len(zs) == 1 else ensemble_z(zs, self.prior["ensemble"])
+
+    def _seed_scores(self, seed: tuple[BundlePrior, BundlePrior | None, dict | None], images: np.ndarray,
+                     feats: list[np.ndarray], maps: np.ndarray | None = None,
+                     partner_maps: np.ndarray | None = None) -> np.ndarray:
+        """One learner seed's calibrated prior scores, paired with its counterpart's (maps segmented here when not
+        given; one pixel pass serves both models where they share it)."""
+        model, partner, pair = seed
+        if maps is None:
+            if partner is not None and model.shares_pixel_stage(partner):
+                maps, partner_maps = model.class_views(images, self._shared_deep(feats), self._components_deep,
+                                                       partner)
+            else:
+                maps = self.class_maps(images, feats, model)
+        z = model.scores(images, maps)
+        if partner is None:
             return z
         if partner_maps is None:
-            partner_maps = self.class_maps(images, feats, self.prior_partner)
-        return pair_z(z, self.prior_partner.scores(images, partner_maps), self.prior["pair"])
+            partner_maps = self.class_maps(images, feats, partner)
+        return pair_z(z, partner.scores(images, partner_maps), pair)
 
     def composition_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``composition_branch.branch_scores`` + its calibration: z-scores [B] and z-maps [B,S,S]."""

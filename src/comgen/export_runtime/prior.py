@@ -21,6 +21,7 @@ from comgen.components.features import LearnerConfig, PixelFeaturizer, resize_sq
 from comgen.components.instances import InstanceStage
 from comgen.components.model import majority_filter
 from comgen.errors import ArtifactError
+from comgen.export_runtime.bundle import REEXPORT
 from comgen.export_runtime.ops import resize_bilinear
 
 
@@ -181,3 +182,23 @@ class BundlePrior:
 def pair_z(z: np.ndarray, partner_z: np.ndarray, pair: dict[str, Any]) -> np.ndarray:
     """``CompositionPrior.pair``: two models' calibrated scores -> the ensemble's."""
     return (((z + partner_z) / 2 - pair["mean"]) / pair["std"]).astype(np.float32)
+
+
+def ensemble_z(zs: list[np.ndarray], ensemble: dict[str, Any]) -> np.ndarray:
+    """``CompositionPrior.ensemble``: the learner seeds' calibrated scores -> the ensemble's."""
+    return ((np.mean(zs, 0) - ensemble["mean"]) / ensemble["std"]).astype(np.float32)
+
+
+def read_seed(entry: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]], where: Path, name: str
+              ) -> tuple[BundlePrior, BundlePrior | None, dict[str, Any] | None]:
+    """One learner seed's prior from the manifest's ``entry`` (arrays in ``name``.safetensors) and its counterpart's
+    (``name``_partner.safetensors): (model, counterpart or None, the pair's calibration or None)."""
+    for file in (f"{name}.safetensors",) + ((f"{name}_partner.safetensors",) if entry.get("partner") else ()):
+        if file not in arrays:
+            raise ArtifactError(where, f"{name} has no {file}; {REEXPORT}")
+    model = BundlePrior.read(entry, arrays[f"{name}.safetensors"], where, name, REEXPORT)
+    if entry.get("partner") is None:
+        return model, None, None
+    partner = BundlePrior.read(entry["partner"], arrays[f"{name}_partner.safetensors"], where, f"{name}.partner",
+                               REEXPORT)
+    return model, partner, entry.get("pair")
