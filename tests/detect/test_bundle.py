@@ -278,9 +278,14 @@ def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior.pair is .*not a finite mean and a positive std"):
         OnnxDetector(d)
-    man["prior"]["pair"]["std"], man["prior"]["ensemble"] = 1.0, {"mean": 0.0}
+    ensemble, man["prior"]["pair"]["std"], man["prior"]["ensemble"] = man["prior"]["ensemble"], 1.0, {"mean": 0.0}
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior.ensemble is .*not a finite mean and a positive std"):
+        OnnxDetector(d)
+    man["prior"]["ensemble"] = ensemble
+    del man["arrays"]["prior_seed2_partner.safetensors"]
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed2 has no prior_seed2_partner.safetensors"):
         OnnxDetector(d)
 
 

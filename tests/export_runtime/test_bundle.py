@@ -29,8 +29,10 @@ def test_manifest_problems_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "bundle.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="bundle.json: not valid JSON"):
         read_manifest(tmp_path)
-    with pytest.raises(ArtifactError, match="format 2"):
-        read_manifest(_write(tmp_path, {**GOOD, "format": 2}))
+    with pytest.raises(ArtifactError, match="format 3 is not one of 1, 2"):
+        read_manifest(_write(tmp_path, {**GOOD, "format": 3}))
+    with pytest.raises(ArtifactError, match="format True"):
+        read_manifest(_write(tmp_path, {**GOOD, "format": True}))
     with pytest.raises(ArtifactError, match="'bank' missing"):
         read_manifest(_write(tmp_path, {k: v for k, v in GOOD.items() if k != "bank"}))
     bad = {**GOOD, "calibration": {**GOOD["calibration"], "score_std": 0.0}}
@@ -39,6 +41,7 @@ def test_manifest_problems_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="bundle.json: tiles is 2: tiled detectors cannot run from a bundle"):
         read_manifest(_write(tmp_path, {**GOOD, "tiles": 2}))
     assert read_manifest(_write(tmp_path, GOOD))["k"] == 2
+    assert read_manifest(_write(tmp_path, {**GOOD, "format": 2}))["format"] == 2  # may list more learner seeds
 
 
 def test_array_problems_name_the_file(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from comgen.errors import ConfigError, InputError
 from comgen.features.memory import _projection
 from comgen.io import atomic_write_json
 
-FORMAT = 1  # comgen.export_runtime.bundle.FORMAT reads it
+FORMAT = 2  # comgen.export_runtime.bundle.FORMAT: the format it writes
 
 
 class _Backbone(nn.Module):

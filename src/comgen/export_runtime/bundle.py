@@ -17,7 +17,8 @@ from safetensors.numpy import load_file
 from comgen.errors import ArtifactError
 
 MANIFEST = "bundle.json"
-FORMAT = 1
+FORMAT = 2  # 2: the prior may average several learner seeds (``prior.members``), which format 1 readers would skip
+READABLE = (1, 2)  # a format-1 bundle has one learner seed and reads unchanged
 REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
 FUSION_RULES = ("weighted", "max", "softplus")  # the rules ``branches.fuse`` scores (``detect.fusion.RULES``)
 
@@ -32,9 +33,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         man = json.loads(path.read_text())
     except ValueError:
         raise ArtifactError(path, f"not valid JSON; {REEXPORT}") from None
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        got = man.get("format") if isinstance(man, dict) else None
-        raise ArtifactError(path, f"bundle format {got!r} is not {FORMAT}; {REEXPORT}")
+    got = man.get("format") if isinstance(man, dict) else None
+    if isinstance(got, bool) or got not in READABLE:
+        raise ArtifactError(path, f"bundle format {got!r} is not one of {', '.join(map(str, READABLE))}; {REEXPORT}")
     for key in ("image_size", "tiles", "k", "calibration", "fusion", "graphs", "bank", "arrays"):
         if key not in man:
             raise ArtifactError(path, f"entry {key!r} missing; {REEXPORT}")
