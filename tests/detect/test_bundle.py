@@ -18,6 +18,7 @@ import pytest
 from comgen.components.features import LearnerConfig
 from comgen.components.learner import counterpart, learn_components
 from comgen.detect.composition_branch import CompositionBranchConfig
+from comgen.detect.composition_prior import PriorConfig
 from comgen.errors import ComgenError
 from comgen.rundir import RunDir
 from tests.detect.conftest import SIZE, tiny_config, toy_image, toy_splits
@@ -59,7 +60,8 @@ def prior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     learner = LearnerConfig(image_size=48, k=3, backbone_weights="random", pixels_per_image=300,
                             max_fit_pixels=6000, select_pixels=2000, instances=True)
     learn_components(np.stack(_images("good", 12, 10)), learner).save(run.components)
-    cfg = tiny_config(epochs=1, fusion="softplus", composition=CompositionBranchConfig(enabled=True, epochs=3))
+    cfg = tiny_config(epochs=1, fusion="softplus", composition=CompositionBranchConfig(enabled=True, epochs=3),
+                      prior=PriorConfig(learner_seeds=3))  # the other learner seeds travel in the bundle too
     train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
     return run.root
 

@@ -65,7 +65,8 @@ def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path:
 
     run = RunDir(tmp_path / "run")
     component_model.save(run.components)
-    res = train_detector(run, tiny_config(epochs=1), splits=toy_splits(), log=lambda m: None, cpu=True)
+    cfg = tiny_config(epochs=1, prior=PriorConfig(learner_seeds=3))
+    res = train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
     entry = res.calibration["prior"]
     assert entry["enabled"] and (run.detector / PRIOR_DIR / "components" / "model.json").is_file()
     assert entry["partner"] and (run.detector / PRIOR_DIR / PARTNER_DIR / "components" / "model.json").is_file()
