@@ -93,7 +93,7 @@ def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, pr
     onnx_det = OnnxDetector(prior_bundle)
     assert onnx_det.prior_model.shares_pixel_stage(onnx_det.prior_partner)  # one pixel pass serves both models
     # the other learner seeds travel too, each with its counterpart and its own pixel stage
-    assert len(det.prior.members) == 2 and len(man["prior"]["members"]) == 2
+    assert len(det.prior.members) == 2 and len(man["prior"]["members"]) == 2 and man["format"] == 2
     assert {"prior_seed1.safetensors", "prior_seed2_partner.safetensors"} <= set(man["arrays"])
     seed_model, seed_partner, _ = onnx_det.prior_seeds[1]
     assert seed_model.learner.seed == 1 and seed_model.shares_pixel_stage(seed_partner)
@@ -121,6 +121,7 @@ def test_bundle_without_the_prior_scores_as_predict(trained_run: Path, tmp_path:
     out = export_bundle(trained_run, tmp_path / "b", log=lambda m: None)
     man = json.loads((out / "bundle.json").read_text())
     assert man["prior"] is None and man["composition"] is None and set(man["graphs"]) == {"backbone", "head"}
+    assert man["format"] == 1  # one learner seed (here none): readers of format 1 score it right
     _assert_parity(Detector.load(trained_run, device="cpu"), OnnxDetector(out), _test_images(),
                    {"network", "memory", "global"})
 

@@ -41,7 +41,8 @@ from comgen.errors import ConfigError, InputError
 from comgen.features.memory import _projection
 from comgen.io import atomic_write_json
 
-FORMAT = 2  # comgen.export_runtime.bundle.FORMAT: the format it writes
+FORMAT = 2  # comgen.export_runtime.bundle.FORMAT: bundles whose prior averages several learner seeds
+ONE_SEED_FORMAT = 1  # every other bundle, which runtimes that know only format 1 read correctly
 
 
 class _Backbone(nn.Module):
@@ -193,6 +194,8 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     arrays, man["bank"] = _bank_arrays(det, feats)
     _save(out, "bank.safetensors", arrays, man)
     man["prior"] = man["composition"] = man["memory"] = man["global"] = None
+    if det.prior is None or not det.prior.members:
+        man["format"] = ONE_SEED_FORMAT
     if det.prior is not None:
         # every model of the prior (the counterparts, the other learner seeds) has the same learner settings, so
         # the same backbone and feature scale
