@@ -293,6 +293,11 @@ def test_the_seed_ensemble_round_trips_and_a_damaged_one_is_one_line(seeded, tmp
     loaded = CompositionPrior.load(d)
     assert len(loaded.members) == 2 and loaded.members[1].model.cfg.seed == 2
     np.testing.assert_allclose(loaded.score(images), prior.score(images), rtol=1e-5, atol=1e-5)
+    loaded.members = loaded.members[:1]
+    loaded.save(tmp_path / "fewer")
+    prior.save(tmp_path / "fewer")  # a folder saved with fewer seeds keeps none of the earlier fit's extra ones
+    loaded.save(tmp_path / "fewer")
+    assert (tmp_path / "fewer" / "seed1").is_dir() and not (tmp_path / "fewer" / "seed2").exists()
     cal = json.loads((d / "calibration.json").read_text())
     cal["ensemble"]["std"] = float("nan")
     (d / "calibration.json").write_text(json.dumps(cal))

@@ -26,7 +26,6 @@ from comgen.detect.composition_prior import (
     CompositionPrior,
     counterpart_or_none,
     segment_maps,
-    segment_pair,
 )
 from comgen.detect.config import DetectorConfig
 from comgen.detect.data import Splits
@@ -113,19 +112,13 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
         log("learning the composition prior's counterpart model (instance stage toggled)")
         twin = counterpart_or_none(model, bank_images, log)
     log("fitting the composition prior on the training normals")
-    bank, twin_bank = segment_pair(model, twin, bank_images, cfg.prior.batch_size)  # one pass serves both models
-    val, twin_val = segment_pair(model, twin, val_images, cfg.prior.batch_size)
+    # normals calibrate, anomalies rank the fusion candidates
+    prior, z, bank, val = CompositionPrior.fit_seed(model, twin, bank_images, val_images, labels == 0, cfg.prior)
     seg = Segmented(model, bank, val)
-    prior = CompositionPrior.fit(model, bank_images, cfg=cfg.prior, train_maps=seg.bank)
-    nll = prior.nll(val_images, maps=seg.val)  # normals calibrate, anomalies rank the fusion candidates
-    _check_finite(nll, "composition log-densities")
-    prior.calibrate(nll[labels == 0])
-    z = prior.z(nll)
-    if twin is not None:
-        z = prior.fit_partner(twin, bank_images, val_images, labels == 0, z, twin_bank, twin_val)
     if cfg.prior.learner_seeds > 1:
         seeds = [model.cfg.seed + i for i in range(1, cfg.prior.learner_seeds)]
         z = prior.fit_members(seeds, bank_images, val_images, labels == 0, z, log)
+    _check_finite(z, "composition-prior scores (a non-finite composition log-density)")
     prior.save(out)
     entry = {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std, "partner": prior.partner is not None,
              "learner_seeds": 1 + len(prior.members)}

@@ -24,6 +24,7 @@ It is off by default: it helped the development seeds but not the report seeds (
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -179,12 +180,30 @@ class CompositionPrior:
         self.pair_mean, self.pair_std = _spread(((val_z + partner_z) / 2)[normal])
         return self.pair(val_z, partner_z)
 
+    @classmethod
+    def fit_seed(cls, model: ComponentModel, twin: ComponentModel | None, train_images: np.ndarray,
+                 val_images: np.ndarray, normal: np.ndarray, cfg: PriorConfig
+                 ) -> tuple[CompositionPrior, np.ndarray, np.ndarray, np.ndarray]:
+        """One learner seed's prior: ``model``'s (paired with ``twin``'s, its counterpart, when given; one pixel pass
+        segments each image for both) fitted on the training normals and calibrated on the validation normals
+        (``normal``: their mask). Returns the prior, its validation scores, and ``model``'s class maps of the
+        training and validation images."""
+        bank, twin_bank = segment_pair(model, twin, train_images, cfg.batch_size)
+        val, twin_val = segment_pair(model, twin, val_images, cfg.batch_size)
+        prior = cls.fit(model, train_images, cfg=cfg, train_maps=bank)
+        nll = prior.nll(val_images, maps=val)
+        prior.calibrate(nll[normal])
+        z = prior.z(nll)
+        if twin is not None:
+            z = prior.fit_partner(twin, train_images, val_images, normal, z, twin_bank, twin_val)
+        return prior, z, bank, val
+
     def fit_members(self, seeds: list[int], train_images: np.ndarray, val_images: np.ndarray, normal: np.ndarray,
                     val_z: np.ndarray, log: Callable[[str], None] = print) -> np.ndarray:
         """Learn a component model for each of ``seeds`` on the training normals (this model's learner settings,
-        sharing its backbone), fit its prior (with a counterpart when this prior has one) and calibrate it on the
-        validation normals (``normal``: their mask); standardise the average of all seeds' scores there.
-        ``val_z``: this seed's validation scores. Returns the ensemble's validation scores."""
+        sharing its backbone) and fit its prior (``fit_seed``, with a counterpart when this prior has one);
+        standardise the average of all seeds' scores on the validation normals. ``val_z``: this seed's validation
+        scores. Returns the ensemble's validation scores."""
         from comgen.components.learner import learn_components
 
         zs = [val_z]
@@ -192,15 +211,8 @@ class CompositionPrior:
             log(f"learning the composition prior's component model with seed {seed}")
             model = learn_components(train_images, replace(self.model.cfg, seed=seed), backbone=self.model._backbone)
             twin = counterpart_or_none(model, train_images, log) if self.partner is not None else None
-            bank, twin_bank = segment_pair(model, twin, train_images, self.cfg.batch_size)
-            val, twin_val = segment_pair(model, twin, val_images, self.cfg.batch_size)
-            member = CompositionPrior.fit(model, train_images, cfg=replace(self.cfg, learner_seeds=1),
-                                          train_maps=bank)
-            nll = member.nll(val_images, maps=val)
-            member.calibrate(nll[normal])
-            z = member.z(nll)
-            if twin is not None:
-                z = member.fit_partner(twin, train_images, val_images, normal, z, twin_bank, twin_val)
+            member, z, _, _ = CompositionPrior.fit_seed(model, twin, train_images, val_images, normal,
+                                                        replace(self.cfg, learner_seeds=1))
             self.members.append(member)
             zs.append(z)
         self.ensemble_mean, self.ensemble_std = _spread(np.mean(zs, 0)[normal])
@@ -226,6 +238,10 @@ class CompositionPrior:
             cal["pair"] = {"mean": self.pair_mean, "std": self.pair_std}
         for i, member in enumerate(self.members, 1):
             member.save(d / f"{MEMBER_DIR}{i}")
+        stale = len(self.members) + 1
+        while (d / f"{MEMBER_DIR}{stale}").is_dir():  # the seeds of an earlier fit with more of them
+            shutil.rmtree(d / f"{MEMBER_DIR}{stale}")
+            stale += 1
         if self.members:
             cal["ensemble"] = {"mean": self.ensemble_mean, "std": self.ensemble_std, "members": len(self.members)}
         atomic_write_json(d / "calibration.json", cal)

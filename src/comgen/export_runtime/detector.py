@@ -152,16 +152,22 @@ class OnnxDetector:
     def prior_views(self, images: np.ndarray, feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """``CompositionPrior.segment``: the prior's class maps, and the partner's from the same pixel pass (None
         without a partner, or when it has a pixel stage of its own)."""
-        partner = self.prior_partner
-        if partner is None or not self.prior_model.shares_pixel_stage(partner):
-            return self.class_maps(images, feats), None
-        return self.prior_model.class_views(images, self._shared_deep(feats), self._components_deep, partner)
+        return self._seed_views(self.prior_seeds[0], images, feats)
+
+    def _seed_views(self, seed: tuple[BundlePrior, BundlePrior | None, dict | None], images: np.ndarray,
+                    feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """One learner seed's class maps and its counterpart's from one pixel pass (None when the counterpart is
+        missing or has a pixel stage of its own)."""
+        model, partner, _ = seed
+        if partner is None or not model.shares_pixel_stage(partner):
+            return self.class_maps(images, feats, model), None
+        return model.class_views(images, self._shared_deep(feats), self._components_deep, partner)
 
     def prior_scores(self, images: np.ndarray, maps: np.ndarray, feats: list[np.ndarray],
                      partner_maps: np.ndarray | None = None) -> np.ndarray:
         """``CompositionPrior.score``: z of the composition's negative log-density, paired with the partner
-        model's when the bundle has one (``maps``: the prior's own class maps; ``partner_maps``: the partner's,
-        segmented here when not given)."""
+        model's when the bundle has one, then averaged over the learner seeds when it has several (``maps``: the
+        first seed's own class maps; ``partner_maps``: its partner's, segmented here when not given)."""
         zs = [self._seed_scores(self.prior_seeds[0], images, feats, maps, partner_maps)]
         zs += [self._seed_scores(seed, images, feats) for seed in self.prior_seeds[1:]]
         return zs[0] if len(zs) == 1 else ensemble_z(zs, self.prior["ensemble"])
@@ -173,11 +179,7 @@ class OnnxDetector:
         given; one pixel pass serves both models where they share it)."""
         model, partner, pair = seed
         if maps is None:
-            if partner is not None and model.shares_pixel_stage(partner):
-                maps, partner_maps = model.class_views(images, self._shared_deep(feats), self._components_deep,
-                                                       partner)
-            else:
-                maps = self.class_maps(images, feats, model)
+            maps, partner_maps = self._seed_views(seed, images, feats)
         z = model.scores(images, maps)
         if partner is None:
             return z
