@@ -286,6 +286,16 @@ def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior
     with pytest.raises(ArtifactError, match=r"bundle.json: prior.ensemble is .*not a finite mean and a positive std"):
         OnnxDetector(d)
     man["prior"]["ensemble"] = ensemble
+    learner = man["prior"]["members"][0].pop("learner")
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed1 lacks learner"):
+        OnnxDetector(d)
+    partner = man["prior"]["members"][1]["partner"]
+    man["prior"]["members"][0]["learner"], man["prior"]["members"][1]["partner"] = learner, "x"
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed2.partner is 'x', not an object"):
+        OnnxDetector(d)
+    man["prior"]["members"][1]["partner"] = partner
     del man["arrays"]["prior_seed2_partner.safetensors"]
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed2 has no prior_seed2_partner.safetensors"):

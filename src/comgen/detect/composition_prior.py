@@ -15,9 +15,9 @@ prior also scores with the *counterpart* model (the same colour classes with the
 averages the two calibrated z-scores, standardised again on the validation normals: an ensemble of two density
 models over two views of the same parts.
 
-The colour learner's k-means depends on its seed: a part of a thousandth of the pixels gets a class of its own in
-one draw and none in the next, and on some categories the prior's ranking of logical anomalies swings from good to
-chance between seeds. With ``learner_seeds`` above 1 the prior learns that many component models, each with its
+The colour learner's k-means depends on its seed: a part that covers a tiny share of the pixels gets a class of its
+own in one draw and none in the next, and on some categories the prior's ranking of logical anomalies swings from
+good to chance between seeds. With ``learner_seeds`` above 1 the prior learns that many component models, each with its
 own seed and its counterpart, and averages their calibrated scores, standardised again on the validation normals.
 It is off by default: it helped the development seeds but not the report seeds (docs/experiments.md).
 """

@@ -21,7 +21,7 @@ from comgen.components.features import LearnerConfig, PixelFeaturizer, resize_sq
 from comgen.components.instances import InstanceStage
 from comgen.components.model import majority_filter
 from comgen.errors import ArtifactError
-from comgen.export_runtime.bundle import REEXPORT
+from comgen.export_runtime.bundle import REEXPORT, is_number
 from comgen.export_runtime.ops import resize_bilinear
 
 
@@ -143,7 +143,15 @@ class BundlePrior:
     @classmethod
     def read(cls, entry: dict[str, Any], arrays: dict[str, np.ndarray], where: Path, name: str, hint: str
              ) -> BundlePrior:
-        """From the manifest's entry ``name`` and its arrays; an unreadable instance stage is one ArtifactError."""
+        """From the manifest's entry ``name`` and its arrays; a missing setting, a bad calibration or an unreadable
+        instance stage is one ArtifactError."""
+        if not isinstance(entry, dict):
+            raise ArtifactError(where, f"{name} is {entry!r}, not an object; {hint}")
+        missing = [k for k in ("learner", "num_classes", "grid", "covariance_type") if k not in entry]
+        if missing:
+            raise ArtifactError(where, f"{name} lacks {', '.join(missing)}; {hint}")
+        if not is_number(entry.get("mean")) or not is_number(entry.get("std")) or entry["std"] <= 0:
+            raise ArtifactError(where, f"{name} has no finite mean and positive std; {hint}")
         learner = LearnerConfig.from_dict(entry["learner"], where=str(where))
         meta = entry.get("instance_stage")
         try:
