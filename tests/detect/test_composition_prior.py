@@ -246,6 +246,10 @@ def test_the_pair_round_trips_and_a_damaged_pair_is_one_line(paired, tmp_path: P
     loaded = CompositionPrior.load(d)
     assert loaded.model.shares_pixel_stage(loaded.partner.model)  # still one pixel pass after a reload
     np.testing.assert_allclose(loaded.score(images), prior.score(images), rtol=1e-5, atol=1e-5)
+    loaded.save(tmp_path / "single")
+    loaded.partner = None
+    loaded.save(tmp_path / "single")  # refitted without a counterpart: the earlier one's folder goes
+    assert not (tmp_path / "single" / PARTNER_DIR).exists()
     cal = json.loads((d / "calibration.json").read_text())
     cal["pair"]["std"] = 0.0
     (d / "calibration.json").write_text(json.dumps(cal))

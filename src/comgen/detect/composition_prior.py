@@ -236,6 +236,8 @@ class CompositionPrior:
         if self.partner is not None:
             self.partner.save(d / PARTNER_DIR)
             cal["pair"] = {"mean": self.pair_mean, "std": self.pair_std}
+        elif (d / PARTNER_DIR).is_dir():  # an earlier fit's counterpart: the folder holds only what is used
+            shutil.rmtree(d / PARTNER_DIR)
         for i, member in enumerate(self.members, 1):
             member.save(d / f"{MEMBER_DIR}{i}")
         stale = len(self.members) + 1
