@@ -28,7 +28,7 @@ VARIANTS = {"pixel": dict(instances=False), "instances": dict(instances=True)}
 RULES = ("count", "relation", "attribute", "same_size", "position", "required", "one_of")
 
 
-def run(data: Path, cats: list[str], size: int, variants: list[str]) -> None:
+def run(data: Path, cats: list[str], size: int, variants: list[str], learn: dict | None = None) -> None:
     from comgen.components.features import LearnerConfig
     from comgen.components.learner import learn_components, load_images
     from comgen.data.readers import open_dataset
@@ -51,7 +51,7 @@ def run(data: Path, cats: list[str], size: int, variants: list[str]) -> None:
         good = np.array([s.kind == "good" for s in test_samples])
         for v in variants:
             t0 = time.perf_counter()
-            model = learn_components(train, LearnerConfig(image_size=size, **VARIANTS[v]))
+            model = learn_components(train, LearnerConfig(image_size=size, **{**(learn or {}), **VARIANTS[v]}))
             prior = CompositionPrior.fit(model, train, val)
             scores = prior.score(test)
             secs = time.perf_counter() - t0
@@ -90,8 +90,17 @@ def main() -> None:
                                                       "a range like 1000-1011, or none (every category of --data)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--variants", default="pixel,instances")
+    ap.add_argument("--learn", default="", help="learner options for every variant as JSON, e.g. "
+                                                '\'{"instance_surface_noise": 32}\'')
     a = ap.parse_args()
+    from comgen.benchmarks.cli import learner_options
     from comgen.data.family import family_categories
+    from comgen.errors import ConfigError
+
+    try:
+        learn = learner_options(a.learn)
+    except ConfigError as exc:
+        ap.error(str(exc))
 
     cats = family_categories(a.family) if a.family != "none" else []
     tmp = None
@@ -102,7 +111,7 @@ def main() -> None:
         generate_benchmark(tmp, SynthConfig(size=a.size, categories=cats))
         a.data = tmp
     try:
-        run(a.data, cats, a.size, [v for v in a.variants.split(",") if v])
+        run(a.data, cats, a.size, [v for v in a.variants.split(",") if v], learn)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
