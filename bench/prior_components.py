@@ -1,13 +1,15 @@
-"""The composition prior alone, with the colour classes or with the instance stage (no detector training).
+"""The composition prior alone, with the colour classes, the instance stage or truth part maps (no detector).
 
 Usage:
-    python bench/prior_components.py [--family dev|report] [--data DIR] [--variants pixel,instances]
+    python bench/prior_components.py [--family dev|report] [--data DIR] [--variants pixel,instances,truth]
 
 For each family category: learn the component model on the train split, fit the composition prior (the detector's
 ``CompositionPrior``: composition vectors + Gaussian mixture) on the same normal images, calibrate it on the
 validation normals, and score the test split. Prints logical and structural image AUROC per category and their
-means, then the logical AUROC per rule type. Without ``--data`` the family's categories are generated at the
-default size (200 train / 40 validation / 150 test images) into a temporary folder.
+means, then the logical AUROC per rule type. The ``truth`` variant gives the prior the generator's truth part maps
+instead of a learnt class map: the ceiling that a perfect component model would reach with the same density.
+Without ``--data`` the family's categories are generated at the default size (200 train / 40 validation / 150 test
+images) into a temporary folder.
 """
 
 from __future__ import annotations
@@ -18,14 +20,51 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("COMGEN_QUIET", "1")
 
 import numpy as np  # noqa: E402
 
-VARIANTS = {"pixel": dict(instances=False), "instances": dict(instances=True)}
+VARIANTS = {"pixel": dict(instances=False), "instances": dict(instances=True), "truth": {}}
 RULES = ("count", "relation", "attribute", "same_size", "position", "required", "one_of")
+
+
+@dataclass
+class TruthParts:
+    """Stands in for a component model where the class maps are the generator's truth part maps (0 background)."""
+
+    num_classes: int
+    min_area: float
+    background: int = 0
+
+    def compose(self, image: np.ndarray, image_id: str, class_map: np.ndarray) -> Any:
+        from comgen.components.composition import compose
+
+        h, w = image.shape[:2]
+        return compose(class_map, image, image_id, background=0, min_area=max(1, int(round(self.min_area * h * w))))
+
+
+def truth_maps(samples: list, size: int) -> np.ndarray:
+    """The samples' truth part maps at ``size`` px (nearest neighbour, so labels stay labels)."""
+    import cv2
+
+    from comgen.data.synth.truth import load_truth
+
+    return np.stack([cv2.resize(load_truth(s), (size, size), interpolation=cv2.INTER_NEAREST) for s in samples])
+
+
+def truth_prior_scores(train: np.ndarray, val: np.ndarray, test: np.ndarray, maps: list[np.ndarray]) -> np.ndarray:
+    """The composition prior fitted, calibrated and scored on truth part maps (train, validation, test)."""
+    from comgen.components.features import LearnerConfig
+    from comgen.detect.composition_prior import CompositionPrior
+
+    parts = TruthParts(int(max(m.max() for m in maps)) + 1, LearnerConfig().min_area)
+    prior = CompositionPrior.fit(parts, train, train_maps=maps[0])
+    prior.calibrate(prior.nll(val, maps=maps[1]))
+    return prior.z(prior.nll(test, maps=maps[2]))
 
 
 def run(data: Path, cats: list[str], size: int, variants: list[str], learn: dict | None = None) -> None:
@@ -51,9 +90,14 @@ def run(data: Path, cats: list[str], size: int, variants: list[str], learn: dict
         good = np.array([s.kind == "good" for s in test_samples])
         for v in variants:
             t0 = time.perf_counter()
-            model = learn_components(train, LearnerConfig(image_size=size, **{**(learn or {}), **VARIANTS[v]}))
-            prior = CompositionPrior.fit(model, train, val)
-            scores = prior.score(test)
+            if v == "truth":
+                split_samples = (ds.samples(cat, "train"), ds.samples(cat, "validation"), test_samples)
+                scores = truth_prior_scores(train, val, test, [truth_maps(ss, size) for ss in split_samples])
+                num_classes = "-"
+            else:
+                model = learn_components(train, LearnerConfig(image_size=size, **{**(learn or {}), **VARIANTS[v]}))
+                scores = CompositionPrior.fit(model, train, val).score(test)
+                num_classes = model.num_classes
             secs = time.perf_counter() - t0
             row: dict = {"cat": cat}
             for group in ("logical", "structural"):
@@ -71,7 +115,7 @@ def run(data: Path, cats: list[str], size: int, variants: list[str], learn: dict
                                                       np.array([False] * int(good.sum()) + [True] * len(bad)))
             rows[v].append(row)
             fmt = lambda k: f"{row[k]:.3f}" if k in row else "-"  # noqa: E731
-            print(f"{cat:<16}{v:<11}{model.num_classes:>4}{fmt('logical'):>9}{fmt('structural'):>12}{secs:>7.1f}",
+            print(f"{cat:<16}{v:<11}{num_classes:>4}{fmt('logical'):>9}{fmt('structural'):>12}{secs:>7.1f}",
                   flush=True)
     print("\nmeans (categories that have the group or rule type)")
     print(f"{'variant':<11}{'logical':>9}{'structural':>12}" + "".join(f"{r:>11}" for r in RULES))
@@ -91,7 +135,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--variants", default="pixel,instances")
     ap.add_argument("--learn", default="", help="learner options for every variant as JSON, e.g. "
-                                                '\'{"instance_surface_noise": 32}\'')
+                                                '\'{"instance_k_max": 3}\'')
     a = ap.parse_args()
     from comgen.benchmarks.cli import learner_options
     from comgen.data.family import family_categories

@@ -118,7 +118,7 @@ def test_find_instances_skips_surfaces_and_tiny_regions():
     m[40:50, 40:50] = 1
     m[5:6, 60:61] = 1  # one pixel: below the smallest instance
     m[30:64, 0:30] = 2  # a surface
-    labels, groups = find_instances(m, [], {0, 2}, InstanceOptions(min_area=0.001))
+    labels, groups = find_instances(m, None, {0, 2}, InstanceOptions(min_area=0.001))
     assert groups.tolist() == [1, 1] and labels.max() == 2
 
 

@@ -66,7 +66,6 @@ class LearnerConfig(ConfigBase):
     instance_k_max: int = 4  # most part types per colour class
     instance_min_presence: float = 0.3  # a part type shows in at least this share of the normal images
     instance_fit_images: int = 64  # training images the stage is fitted on (bounds memory)
-    instance_surface_noise: float = 0.0  # low-contrast parts on a tray or fixture too, at this many noise MADs; 0 = off
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -84,8 +83,6 @@ class LearnerConfig(ConfigBase):
                               f"must be distinct, silhouette, balanced or bic, got {self.k_select!r}")
         if self.instance_k_max < 1 or not 0 < self.instance_surface_share < 1:
             raise ConfigError("learner.instance_*", "need instance_k_max >= 1 and 0 < instance_surface_share < 1")
-        if not self.instance_surface_noise >= 0:
-            raise ConfigError("learner.instance_surface_noise", f"must be >= 0 (0 = off), got {self.instance_surface_noise}")
         if not 0 <= self.split_hue_deg <= 180:
             raise ConfigError("learner.split_hue_deg", f"must be within 0..180 degrees, got {self.split_hue_deg}")
         if self.scale_mode not in ("column", "block"):
@@ -99,7 +96,7 @@ class LearnerConfig(ConfigBase):
                                blob_min_de=self.instance_blob_min_de, blob_sigma=self.instance_blob_sigma,
                                min_area=self.min_area,
                                k_max=self.instance_k_max, silhouette=self.instance_silhouette,
-                               min_presence=self.instance_min_presence, surface_noise=self.instance_surface_noise)
+                               min_presence=self.instance_min_presence)
 
     def scaled(self, value: float) -> float:
         """A length given at 256 px, scaled to ``image_size``."""

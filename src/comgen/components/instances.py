@@ -20,29 +20,18 @@ same on top of the pixel classes, with NumPy and OpenCV only (the export runtime
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
-#: group id of the low-contrast blobs found on the background (pixel classes use their own ids); the blobs found on
-#: another surface class ``s`` form group ``blob_group(s)``
+#: group id of the low-contrast blobs found on the background (pixel classes use their own ids)
 BLOBS = -1
 #: natural units of the shape descriptors: log area, log elongation, circularity, solidity, holes
 SHAPE_UNITS = np.array([0.25, 0.15, 0.08, 0.05, 0.5], np.float32)
 SHAPE_DIMS = len(SHAPE_UNITS)
 COLOR_UNIT = 6.0  # Lab units
-
-
-def blob_group(surface: int) -> int:
-    """Group id of the blobs found on one surface class (the background's: ``BLOBS``)."""
-    return -1 - surface
-
-
-def blob_surface(group: int) -> int:
-    """The surface class a blob group was found on (inverse of ``blob_group``)."""
-    return -1 - group
 
 
 @dataclass
@@ -65,7 +54,6 @@ class InstanceOptions:
     min_presence: float = 0.3
     count_slack: float = 0.1
     split_touching: bool = True
-    surface_noise: float = 0.0  # blob threshold on the other surfaces (a tray, a fixture), in noise MADs; 0 = off
 
 
 @dataclass
@@ -94,7 +82,6 @@ class InstanceStage:
     num_classes: int
     surfaces: tuple[int, ...] = (0,)
     options: InstanceOptions = field(default_factory=InstanceOptions)
-    surface_tau: dict[int, float] = field(default_factory=dict)  # blob threshold of each other surface searched
 
     def renumber(self, order: list[int]) -> None:
         """Renumber the final classes: class ``order[i]`` becomes class ``i``."""
@@ -111,8 +98,7 @@ class InstanceStage:
                 arrays[f"instances.{g}.{name}"] = np.ascontiguousarray(getattr(grp, name), dtype=np.float32)
         meta = {"surface_class": {str(k): v for k, v in self.surface_class.items()}, "groups": sorted(self.groups),
                 "blob_tau": self.blob_tau if np.isfinite(self.blob_tau) else None, "num_classes": self.num_classes,
-                "surfaces": list(self.surfaces), "options": self.options.__dict__,
-                "surface_tau": {str(k): v for k, v in self.surface_tau.items()}}
+                "surfaces": list(self.surfaces), "options": self.options.__dict__}
         return arrays, meta
 
     @classmethod
@@ -124,21 +110,18 @@ class InstanceStage:
         tau = meta.get("blob_tau")
         return cls({int(k): int(v) for k, v in meta["surface_class"].items()}, groups,
                    float("inf") if tau is None else float(tau), int(meta["num_classes"]),
-                   tuple(int(c) for c in meta["surfaces"]), InstanceOptions(**meta.get("options", {})),
-                   {int(k): float(v) for k, v in meta.get("surface_tau", {}).items()})
+                   tuple(int(c) for c in meta["surfaces"]), InstanceOptions(**meta.get("options", {})))
 
     def refine(self, pixel_map: np.ndarray, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
         """Final class map of one image from its pixel classes, Lab colour and (upsampled) deep features."""
         pixel_map = absorb_rims(pixel_map, set(self.surfaces), self.options.rim_px * pixel_map.shape[0] / 256)
-        taus = {0: self.blob_tau, **self.surface_tau}
-        blobs = [(g, blob_mask(lab, pixel_map == blob_surface(g), taus[blob_surface(g)], self.options,
-                               islands=g == BLOBS)) for g in sorted(self.groups) if g < 0]
+        blobs = blob_mask(lab, pixel_map == 0, self.blob_tau, self.options) if BLOBS in self.groups else None
         labels, groups = find_instances(pixel_map, blobs, set(self.surface_class), self.options)
         out = np.zeros(pixel_map.shape, np.uint8)
         for c, final in self.surface_class.items():
             out[pixel_map == c] = final
         for g, grp in self.groups.items():  # pixels of a group outside any kept instance: its largest class
-            if g >= 0:
+            if g != BLOBS:
                 out[pixel_map == g] = grp.classes[0]
         if len(groups):
             desc = describe(labels, len(groups), lab, deep)
@@ -187,11 +170,10 @@ def blob_deviation(lab: np.ndarray, bg: np.ndarray, opt: InstanceOptions, tau: f
     return d
 
 
-def blob_mask(lab: np.ndarray, bg: np.ndarray, tau: float, opt: InstanceOptions, islands: bool = True
-              ) -> np.ndarray:
-    """Parts left in a surface class (``bg``: the background, or a tray): pixels that stand out from the surface's
-    model by more than ``tau``, and (``islands``) islands of the surface's class enclosed by other classes (a part
-    of the background's colour lying on a fixture)."""
+def blob_mask(lab: np.ndarray, bg: np.ndarray, tau: float, opt: InstanceOptions) -> np.ndarray:
+    """Parts left in the background class: pixels that stand out from the background model by more than ``tau``,
+    and islands of the background's class enclosed by other classes (a part of the background's colour lying
+    on a fixture)."""
     size = lab.shape[0]
     r = max(1, int(round(size / 128)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -201,7 +183,7 @@ def blob_mask(lab: np.ndarray, bg: np.ndarray, tau: float, opt: InstanceOptions,
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
         m &= cv2.erode(bg.astype(np.uint8), kernel)  # the rims of other classes' regions are not blobs
     n, comp, stats, _ = cv2.connectedComponentsWithStats(bg.astype(np.uint8), connectivity=8)
-    if islands and n > 2:
+    if n > 2:
         border = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
         small = stats[:, cv2.CC_STAT_AREA] < opt.surface_share * size * size
         islands = np.flatnonzero(small & ~np.isin(np.arange(n), border))
@@ -266,16 +248,16 @@ def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float) -> np.
     return out
 
 
-def find_instances(pixel_map: np.ndarray, blobs: list[tuple[int, np.ndarray]], surfaces: set[int],
-                   opt: InstanceOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Instances of one image: a label image (0 = none, i = instance i) and the group of each instance.
-    ``blobs``: (blob group, mask) of the low-contrast parts found on each surface searched."""
+def find_instances(pixel_map: np.ndarray, blobs: np.ndarray | None, surfaces: set[int], opt: InstanceOptions
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Instances of one image: a label image (0 = none, i = instance i) and the group of each instance."""
     size = pixel_map.shape[0]
     min_area = max(4, int(round(opt.min_area * size * size)))
     labels = np.zeros(pixel_map.shape, np.int32)
     groups: list[int] = []
     masks = [(int(c), pixel_map == c) for c in np.unique(pixel_map) if int(c) not in surfaces]
-    masks += [(g, b) for g, b in blobs if b.any()]
+    if blobs is not None and blobs.any():
+        masks.append((BLOBS, blobs))
     for g, mask in masks:
         n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1:
@@ -437,14 +419,9 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     inner = [cv2.erode(b.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0 for b in bgs]  # away from other classes
     tau = fit_blob_threshold([blob_deviation(lab, bg, opt) for lab, bg in zip(labs, bgs)], inner, opt)
     tau = fit_blob_threshold([blob_deviation(lab, bg, opt, tau) for lab, bg in zip(labs, bgs)], inner, opt)
-    taus = {0: tau}
-    if opt.surface_noise > 0:
-        for s in sorted(surfaces - {0}):
-            taus[s] = surface_threshold(pixel_maps == s, labs, opt)
     all_desc, all_groups, image_of = [], [], []
     for i in range(n_img):
-        blobs = [(blob_group(s), blob_mask(labs[i], pixel_maps[i] == s, t, opt, islands=s == 0))
-                 for s, t in taus.items()]
+        blobs = blob_mask(labs[i], bgs[i], tau, opt)
         labels, groups = find_instances(pixel_maps[i], blobs, surfaces, opt)
         if len(groups):
             all_desc.append(describe(labels, len(groups), labs[i], None if deeps is None else deeps[i]))
@@ -456,7 +433,7 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     fitted: dict[int, Group] = {}
     for g in sorted(set(grp.tolist())):
         idx = np.flatnonzero(grp == g)
-        if g < 0 and len(set(img[idx].tolist())) < max(2, 0.2 * n_img):
+        if g == BLOBS and len(set(img[idx].tolist())) < max(2, 0.2 * n_img):
             continue  # blobs in a few images only: noise or stray marks, not a part type
         fitted[g] = cluster_group(desc[idx], img[idx], opt, seed, n_img)
     # final class ids: surfaces keep theirs in order (background 0 first), then every group's clusters
@@ -469,35 +446,23 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     for g in sorted(fitted):
         grp_ = fitted[g]
         rare = grp_.presence < opt.min_presence if grp_.presence is not None else np.zeros(len(grp_.centroids), bool)
-        rare[0] &= g < 0  # a group's largest cluster is its default class
+        rare[0] &= g == BLOBS  # a group's largest cluster is its default class
         classes = np.zeros(len(grp_.centroids), np.int64)
         for j in range(len(classes)):
             if not rare[j]:
                 classes[j] = nxt
                 nxt += 1
-            else:  # seen in few normal images: noise, not a part type; blobs go back to their surface
-                classes[j] = surface_class[blob_surface(g)] if g < 0 else classes[0]
-        if g < 0 and rare.all():
+            else:  # seen in few normal images: noise, not a part type; blobs go back to the background
+                classes[j] = 0 if g == BLOBS else classes[0]
+        if g == BLOBS and rare.all():
             del fitted[g]
             continue
         grp_.classes = classes
     stage = InstanceStage(surface_class, fitted, tau if BLOBS in fitted else float("inf"), nxt,
-                          tuple(sorted(surfaces)), opt,
-                          {s: t for s, t in taus.items() if s != 0 and blob_group(s) in fitted})
+                          tuple(sorted(surfaces)), opt)
     info = {"surfaces": sorted(surfaces), "blob_tau": float(tau),
-            "surface_tau": {str(s): float(t) for s, t in taus.items() if s != 0},
             "instances": int(len(grp)), "group_sizes": {str(g): len(fitted[g].centroids) for g in fitted}}
     return stage, info
-
-
-def surface_threshold(masks: np.ndarray, labs: np.ndarray, opt: InstanceOptions) -> float:
-    """Blob threshold of one surface other than the background, from its training pixels away from its edges
-    (the same two passes as the background's), at ``surface_noise`` MADs: a tray's walls and wells are part of
-    its normal look, so it needs a higher bar than the plain background."""
-    opt = replace(opt, blob_noise=opt.surface_noise)
-    inner = [cv2.erode(m.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0 for m in masks]
-    tau = fit_blob_threshold([blob_deviation(lab, m, opt) for lab, m in zip(labs, masks)], inner, opt)
-    return fit_blob_threshold([blob_deviation(lab, m, opt, tau) for lab, m in zip(labs, masks)], inner, opt)
 
 
 def surface_classes(pixel_maps: np.ndarray, k: int, share: float) -> set[int]:
