@@ -56,15 +56,17 @@ def truth_maps(samples: list, size: int) -> np.ndarray:
     return np.stack([cv2.resize(load_truth(s), (size, size), interpolation=cv2.INTER_NEAREST) for s in samples])
 
 
-def truth_prior_scores(train: np.ndarray, val: np.ndarray, test: np.ndarray, maps: list[np.ndarray]) -> np.ndarray:
-    """The composition prior fitted, calibrated and scored on truth part maps (train, validation, test)."""
+def truth_prior_scores(train: np.ndarray, val: np.ndarray, test: np.ndarray, maps: list[np.ndarray]
+                       ) -> tuple[np.ndarray, int]:
+    """The composition prior fitted, calibrated and scored on truth part maps (train, validation, test); the scores
+    and the number of truth labels (background included)."""
     from comgen.components.features import LearnerConfig
     from comgen.detect.composition_prior import CompositionPrior
 
     parts = TruthParts(int(max(m.max() for m in maps)) + 1, LearnerConfig().min_area)
     prior = CompositionPrior.fit(parts, train, train_maps=maps[0])
     prior.calibrate(prior.nll(val, maps=maps[1]))
-    return prior.z(prior.nll(test, maps=maps[2]))
+    return prior.z(prior.nll(test, maps=maps[2])), parts.num_classes
 
 
 def run(data: Path, cats: list[str], size: int, variants: list[str], learn: dict | None = None) -> None:
@@ -91,9 +93,12 @@ def run(data: Path, cats: list[str], size: int, variants: list[str], learn: dict
         for v in variants:
             t0 = time.perf_counter()
             if v == "truth":
+                if not (cat_dir / "truth").is_dir():
+                    print(f"{cat:<16}{v:<11}   - no truth part maps (not a comgen synth category)", flush=True)
+                    continue
                 split_samples = (ds.samples(cat, "train"), ds.samples(cat, "validation"), test_samples)
-                scores = truth_prior_scores(train, val, test, [truth_maps(ss, size) for ss in split_samples])
-                num_classes = "-"
+                scores, num_classes = truth_prior_scores(train, val, test,
+                                                         [truth_maps(ss, size) for ss in split_samples])
             else:
                 model = learn_components(train, LearnerConfig(image_size=size, **{**(learn or {}), **VARIANTS[v]}))
                 scores = CompositionPrior.fit(model, train, val).score(test)
