@@ -49,6 +49,17 @@ def test_vector_counts_positions_nn_and_grid():
     assert list(c3[len(CLASS_FEATURES):]) == [0, 0, 0, 0]
 
 
+def test_area_spread_is_the_log_ratio_of_a_class_s_largest_to_smallest_instance():
+    cm, img = _scene()
+    cm[30:34, 30:38] = 2  # the second class-2 part is now twice the first's area
+    comp = compose(cm, img, "x", min_area=4)
+    plain = composition_vector(comp.components, (40, 40), num_classes=4, grid=2)
+    v = composition_vector(comp.components, (40, 40), num_classes=4, grid=2, area_spread=True)
+    assert len(v) == len(plain) + 3 == len(vector_names(4, grid=2, area_spread=True))
+    np.testing.assert_array_equal(v[:len(plain)], plain)  # the other features keep their columns
+    assert v[len(plain):] == pytest.approx([0.0, np.log(2.0), 0.0])  # one part, two parts, no part
+
+
 def test_compose_rejects_mismatched_shapes():
     cm, img = _scene()
     with pytest.raises(ValueError):

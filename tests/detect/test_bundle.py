@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comgen.components.density import DensityConfig
 from comgen.components.features import LearnerConfig
 from comgen.components.learner import counterpart, learn_components
 from comgen.detect.composition_branch import CompositionBranchConfig
@@ -61,7 +62,8 @@ def prior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             max_fit_pixels=6000, select_pixels=2000, instances=True)
     learn_components(np.stack(_images("good", 12, 10)), learner).save(run.components)
     cfg = tiny_config(epochs=1, fusion="softplus", composition=CompositionBranchConfig(enabled=True, epochs=3),
-                      prior=PriorConfig(learner_seeds=3))  # the other learner seeds travel in the bundle too
+                      # the other learner seeds travel in the bundle too, and so does the area-spread feature
+                      prior=PriorConfig(learner_seeds=3, density=DensityConfig(area_spread=True)))
     train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
     return run.root
 

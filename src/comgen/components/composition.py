@@ -75,7 +75,7 @@ def compose(class_map: np.ndarray, image: np.ndarray, image_id: str, background:
     return Composition(image_id=image_id, image_shape=tuple(class_map.shape[:2]), components=comps)
 
 
-def vector_names(num_classes: int, background: int = 0, grid: int = 0) -> list[str]:
+def vector_names(num_classes: int, background: int = 0, grid: int = 0, area_spread: bool = False) -> list[str]:
     """Column names of ``composition_vector`` (for reports and debugging)."""
     names = []
     for k in range(num_classes):
@@ -83,17 +83,22 @@ def vector_names(num_classes: int, background: int = 0, grid: int = 0) -> list[s
             continue
         names += [f"c{k}.{f}" for f in CLASS_FEATURES]
         names += [f"c{k}.grid{i}" for i in range(grid * grid)]
+    if area_spread:
+        names += [f"c{k}.area_spread" for k in range(num_classes) if k != background]
     return names
 
 
 def composition_vector(components: Sequence[Component], image_shape: tuple[int, int], num_classes: int,
-                       background: int = 0, grid: int = 0) -> np.ndarray:
+                       background: int = 0, grid: int = 0, area_spread: bool = False) -> np.ndarray:
     """Fixed-length description of a composition: per foreground class, counts, positions, sizes, colours.
 
     Positions are normalised by the image size, areas by its pixel count, Lab by its range. Features that are
     undefined for an absent class (position, colour) are NaN; the density model imputes them. ``grid`` > 0 adds
     the instance count per cell of a grid x grid partition (catches "two parts in one compartment").
     ``nn_min`` is the smallest centroid distance between two instances of the class (1.5 when fewer than two).
+    ``area_spread`` appends, per foreground class, the log ratio of its largest to its smallest instance area (0
+    with fewer than two): the mean and total area cannot tell "both rings have the same size" from one ring grown
+    and the other shrunk.
     """
     h, w = image_shape
     per = len(CLASS_FEATURES) + grid * grid
@@ -128,7 +133,15 @@ def composition_vector(components: Sequence[Component], image_shape: tuple[int, 
         elif grid:
             v[len(CLASS_FEATURES):] = 0
         col += per
+    if area_spread:
+        out = np.concatenate([out, [_area_spread([c.area for c in components if c.class_id == k])
+                                    for k in range(num_classes) if k != background]])
     return out
+
+
+def _area_spread(areas: list[int]) -> float:
+    """log(largest / smallest) of one class's instance areas; 0 with fewer than two instances."""
+    return float(np.log(max(areas) / max(min(areas), 1))) if len(areas) > 1 else 0.0
 
 
 def component_features(c: Component, image_shape: tuple[int, int]) -> np.ndarray:

@@ -79,8 +79,8 @@ def assign_images(images: np.ndarray, arrays: dict[str, np.ndarray], learner: Le
     return d.argmin(-1).astype(np.uint8), lab, proj
 
 
-def composition_vectors(images: np.ndarray, maps: np.ndarray, num_classes: int, min_area: float, grid: int
-                        ) -> np.ndarray:
+def composition_vectors(images: np.ndarray, maps: np.ndarray, num_classes: int, min_area: float, grid: int,
+                        area_spread: bool = False) -> np.ndarray:
     """``CompositionPrior.vectors`` with the class maps given: each image's composition vector [N,D]."""
     out = []
     for cmap, img in zip(maps, images):
@@ -88,7 +88,7 @@ def composition_vectors(images: np.ndarray, maps: np.ndarray, num_classes: int, 
             cmap = cv2.resize(cmap, img.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         h, w = img.shape[:2]
         comps = compose(cmap, img, "", background=0, min_area=max(1, int(round(min_area * h * w)))).components
-        out.append(composition_vector(comps, img.shape[:2], num_classes, 0, grid))
+        out.append(composition_vector(comps, img.shape[:2], num_classes, 0, grid, area_spread))
     return np.stack(out)
 
 
@@ -183,7 +183,8 @@ class BundlePrior:
     def scores(self, images: np.ndarray, maps: np.ndarray) -> np.ndarray:
         """``CompositionPrior.z`` of the images' compositions (``maps``: this model's class maps)."""
         e = self.entry
-        vecs = composition_vectors(images, maps, e["num_classes"], self.learner.min_area, e["grid"])
+        vecs = composition_vectors(images, maps, e["num_classes"], self.learner.min_area, e["grid"],
+                                   bool(e.get("area_spread", False)))  # absent from bundles made before the option
         return prior_z(-mixture_log_density(vecs, self.arrays, e["covariance_type"]), e)
 
 
