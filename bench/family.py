@@ -11,6 +11,7 @@ its own. Reruns resume: finished comgen stages and finished peer categories are 
     python bench/family.py --out /tmp/family_quick --quick --seeds 1000,1001
     python bench/family.py --out /tmp/family --methods cutpaste    # comgen's detector trained on CutPaste's anomalies
     python bench/family.py --out /tmp/family_inst --learn '{"instances": true}'    # with the instance stage
+    python bench/family.py --out /tmp/family_sp --prior '{"density": {"area_spread": true}}'  # prior options
     python bench/family.py --out /tmp/family_rm --compositional '{"edit_kinds": ["remove", "transplant"]}'
 
 ``cutpaste`` is the value-of-the-anomaly-source row: the same pipeline and detector as ``comgen``, with CutPaste's
@@ -206,6 +207,8 @@ def main() -> None:
                     help='component learner options for the comgen and cutpaste rows, as JSON, e.g. '
                          '\'{"instances": true}\'; an --out keeps to the options its rows were made with')
     compositional_options.add_argument(ap)
+    ap.add_argument("--prior", default=None, help="options of the detector's composition prior as JSON (comgen "
+                                                  "and cutpaste rows), e.g. '{\"learner_seeds\": 3}'")
     ap.add_argument("--run-seed", type=int, default=None,
                     help="the comgen and cutpaste runs' seed (their learner's, generator's and detector's draws), to "
                          "measure how much one draw moves the figures")
@@ -216,8 +219,12 @@ def main() -> None:
     from comgen.data.synth.writer import generate_benchmark
     from comgen.errors import ComgenError
 
+    from comgen.detect.composition_prior import PriorConfig
+    from comgen.generate.config import parse_options
+
     try:
         learn = learner_options(args.learn)
+        prior = parse_options(args.prior, "--prior", checked_by=PriorConfig) if args.prior else {}
     except ComgenError as exc:
         sys.exit(f"error: {exc}")
     synth, run_cfg = _settings(args)
@@ -227,6 +234,12 @@ def main() -> None:
     if compositional:
         gen = run_cfg.generate
         run_cfg = run_cfg.replace(generate=gen.replace(compositional=gen.compositional.replace(**compositional)))
+    if prior:
+        det = run_cfg.detector
+        merged = det.prior.to_dict()
+        for key, value in prior.items():  # a nested option ({"density": {...}}) keeps the block's other settings
+            merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+        run_cfg = run_cfg.replace(detector=det.replace(prior=PriorConfig.from_dict(merged, "--prior")))
     if args.run_seed is not None:
         run_cfg = run_cfg.replace(seed=args.run_seed)
     data = args.out / "data"
@@ -242,6 +255,7 @@ def main() -> None:
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
     options = {"learn": learn, **({"compositional": compositional} if compositional else {}),
+               **({"prior": prior} if prior else {}),
                **({"run_seed": args.run_seed} if args.run_seed is not None else {})}
     made_with = saved.get("_options", {"learn": {}}) if saved else options  # a new --out takes any options
     if made_with != options:  # rows of other options must not be mixed in
