@@ -217,9 +217,8 @@ def main() -> None:
     from comgen.data.family import RULE_TYPES
     from comgen.data.synth.config import SynthConfig
     from comgen.data.synth.writer import generate_benchmark
-    from comgen.errors import ComgenError
-
     from comgen.detect.composition_prior import PriorConfig
+    from comgen.errors import ComgenError
     from comgen.generate.config import parse_options
 
     try:

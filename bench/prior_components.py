@@ -41,10 +41,10 @@ class TruthParts:
     background: int = 0
 
     def compose(self, image: np.ndarray, image_id: str, class_map: np.ndarray) -> Any:
-        from comgen.components.composition import compose
+        from comgen.components.composition import compose, min_area_pixels
 
         h, w = image.shape[:2]
-        return compose(class_map, image, image_id, background=0, min_area=max(1, int(round(self.min_area * h * w))))
+        return compose(class_map, image, image_id, background=0, min_area=min_area_pixels(self.min_area, h, w))
 
 
 def truth_maps(samples: list, size: int) -> np.ndarray:

@@ -298,6 +298,12 @@ def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior
     with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed2.partner is 'x', not an object"):
         OnnxDetector(d)
     man["prior"]["members"][1]["partner"] = partner
+    assert man["prior"]["members"][0]["area_spread"] is True  # the composition vector's settings travel too
+    man["prior"]["members"][0]["area_spread"] = "yes"
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed1.area_spread is 'yes', not true or false"):
+        OnnxDetector(d)
+    man["prior"]["members"][0]["area_spread"] = True
     del man["arrays"]["prior_seed2_partner.safetensors"]
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed2 has no prior_seed2_partner.safetensors"):

@@ -26,6 +26,11 @@ def rgb_to_lab(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
 
 
+def min_area_pixels(fraction: float, h: int, w: int) -> int:
+    """The smallest instance kept, in pixels, of an image of h x w given as a share of its area (at least 1)."""
+    return max(1, int(round(fraction * h * w)))
+
+
 def instances_of(class_map: np.ndarray, class_id: int, min_area: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Connected components of one class: (label image, stats [n,5], centroids [n,2] as x,y), small ones dropped.
 
@@ -104,10 +109,12 @@ def composition_vector(components: Sequence[Component], image_shape: tuple[int, 
     per = len(CLASS_FEATURES) + grid * grid
     out = np.full((num_classes - 1 if 0 <= background < num_classes else num_classes) * per, np.nan, np.float64)
     col = 0
+    spreads = []
     for k in range(num_classes):
         if k == background:
             continue
         cs = [c for c in components if c.class_id == k]
+        spreads.append(_area_spread([c.area for c in cs]))
         v = out[col:col + per]
         v[0] = len(cs)
         v[1] = sum(c.area for c in cs) / (h * w)
@@ -133,10 +140,7 @@ def composition_vector(components: Sequence[Component], image_shape: tuple[int, 
         elif grid:
             v[len(CLASS_FEATURES):] = 0
         col += per
-    if area_spread:
-        out = np.concatenate([out, [_area_spread([c.area for c in components if c.class_id == k])
-                                    for k in range(num_classes) if k != background]])
-    return out
+    return np.concatenate([out, spreads]) if area_spread else out
 
 
 def _area_spread(areas: list[int]) -> float:

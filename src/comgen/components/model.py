@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from comgen.components.composition import compose as compose_map
+from comgen.components.composition import min_area_pixels
 from comgen.components.features import (
     FeatureTransform,
     LearnerConfig,
@@ -83,7 +84,7 @@ class ComponentModel:
 
     @property
     def min_area_px(self) -> int:
-        return max(1, int(round(self.cfg.min_area * self.cfg.image_size ** 2)))
+        return min_area_pixels(self.cfg.min_area, self.cfg.image_size, self.cfg.image_size)
 
     # --- inference ------------------------------------------------------------------------
     def _featurizer(self) -> PixelFeaturizer:
@@ -235,8 +236,8 @@ class ComponentModel:
         image = check_images(image)[0]
         cm = self.segment(image[None])[0] if class_map is None else class_map
         h, w = image.shape[:2]
-        min_area = max(1, int(round(self.cfg.min_area * h * w)))
-        return compose_map(cm, image, image_id, background=self.background, min_area=min_area)
+        return compose_map(cm, image, image_id, background=self.background,
+                           min_area=min_area_pixels(self.cfg.min_area, h, w))
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

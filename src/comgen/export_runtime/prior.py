@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from comgen.components.composition import compose, composition_vector
+from comgen.components.composition import compose, composition_vector, min_area_pixels
 from comgen.components.features import LearnerConfig, PixelFeaturizer, resize_square
 from comgen.components.instances import InstanceStage
 from comgen.components.model import majority_filter
@@ -87,7 +87,7 @@ def composition_vectors(images: np.ndarray, maps: np.ndarray, num_classes: int, 
         if cmap.shape != img.shape[:2]:
             cmap = cv2.resize(cmap, img.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         h, w = img.shape[:2]
-        comps = compose(cmap, img, "", background=0, min_area=max(1, int(round(min_area * h * w)))).components
+        comps = compose(cmap, img, "", background=0, min_area=min_area_pixels(min_area, h, w)).components
         out.append(composition_vector(comps, img.shape[:2], num_classes, 0, grid, area_spread))
     return np.stack(out)
 
@@ -152,6 +152,8 @@ class BundlePrior:
             raise ArtifactError(where, f"{name} lacks {', '.join(missing)}; {hint}")
         if not is_number(entry.get("mean")) or not is_number(entry.get("std")) or entry["std"] <= 0:
             raise ArtifactError(where, f"{name} has no finite mean and positive std; {hint}")
+        if not isinstance(entry.get("area_spread", False), bool):
+            raise ArtifactError(where, f"{name}.area_spread is {entry['area_spread']!r}, not true or false; {hint}")
         learner = LearnerConfig.from_dict(entry["learner"], where=str(where))
         meta = entry.get("instance_stage")
         try:
@@ -184,7 +186,7 @@ class BundlePrior:
         """``CompositionPrior.z`` of the images' compositions (``maps``: this model's class maps)."""
         e = self.entry
         vecs = composition_vectors(images, maps, e["num_classes"], self.learner.min_area, e["grid"],
-                                   bool(e.get("area_spread", False)))  # absent from bundles made before the option
+                                   e.get("area_spread", False))  # absent from bundles made before the option
         return prior_z(-mixture_log_density(vecs, self.arrays, e["covariance_type"]), e)
 
 

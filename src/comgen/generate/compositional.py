@@ -17,7 +17,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from comgen.components.composition import rgb_to_lab
+from comgen.components.composition import min_area_pixels, rgb_to_lab
 from comgen.components.density import ComponentRealism, CompositionDensity
 from comgen.components.features import resize_square
 from comgen.components.learner import learn_components
@@ -263,7 +263,7 @@ class CompositionalGenerator:
             truths.append(None if tr is None else cv2.resize(tr, (s, s), interpolation=cv2.INTER_NEAREST))
         self.model = self._component_model(images, run, where)
         maps = self.model.segment(images)
-        min_area = max(1, int(round(self.model.cfg.min_area * s * s)))
+        min_area = min_area_pixels(self.model.cfg.min_area, s, s)
         self.bank = ComponentBank(images, maps, truths, [t.image_id for t in train], [str(t.path) for t in train],
                                   background=self.model.background, min_area=min_area,
                                   part_classes=self.model.instance_stage is not None)
