@@ -144,7 +144,7 @@ def main() -> None:
     a = ap.parse_args()
     from comgen.benchmarks.cli import learner_options
     from comgen.data.family import family_categories
-    from comgen.errors import ConfigError
+    from comgen.errors import ComgenError, ConfigError
 
     try:
         learn = learner_options(a.learn)
@@ -161,6 +161,8 @@ def main() -> None:
         a.data = tmp
     try:
         run(a.data, cats, a.size, [v for v in a.variants.split(",") if v], learn)
+    except ComgenError as exc:  # an unreadable image or a missing truth map: one line naming the file
+        raise SystemExit(f"error: {exc}") from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
