@@ -8,6 +8,7 @@ from sklearn.metrics import adjusted_rand_score
 from comgen.components.features import LearnerConfig
 from comgen.components.instances import (
     InstanceOptions,
+    InstanceStage,
     _split_touching,
     absorb_rims,
     find_instances,
@@ -120,6 +121,16 @@ def test_find_instances_skips_surfaces_and_tiny_regions():
     m[30:64, 0:30] = 2  # a surface
     labels, groups = find_instances(m, None, {0, 2}, InstanceOptions(min_area=0.001))
     assert groups.tolist() == [1, 1] and labels.max() == 2
+
+
+def test_a_region_of_a_class_without_a_fitted_split_keeps_its_class():
+    """A colour class seen only in specks when the stage was fitted has one class and no split; a large region of
+    it later (an extra part of that colour) keeps that class instead of vanishing into the background."""
+    stage = InstanceStage({0: 0, 1: 1}, {}, float("inf"), 2, (0,), InstanceOptions(min_area=0.001))
+    m = np.zeros((64, 64), np.uint8)
+    m[20:30, 20:30] = 1
+    out = stage.refine(m, np.zeros((64, 64, 3), np.float32), None)
+    assert (out[20:30, 20:30] == 1).all() and (out[m == 0] == 0).all()
 
 
 def test_count_stability_prefers_part_types_with_steady_counts():

@@ -12,6 +12,7 @@ from comgen.components.features import LearnerConfig
 from comgen.components.learner import counterpart, learn_components
 from comgen.detect.composition_prior import PARTNER_DIR, PRIOR_DIR, CompositionPrior, PriorConfig
 from comgen.errors import ArtifactError, ConfigError
+from comgen.generate.config import GenerateConfig
 from comgen.rundir import RunDir
 from tests.detect.conftest import SIZE, tiny_config, toy_image, toy_splits
 
@@ -51,6 +52,25 @@ def test_round_trip_gives_identical_scores(prior: CompositionPrior, tmp_path: Pa
 def test_load_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="vectors.safetensors"):
         CompositionPrior.load(tmp_path)
+
+
+def test_the_prior_reads_the_size_spread_and_the_generator_does_not() -> None:
+    assert PriorConfig().density.area_spread
+    assert PriorConfig.from_dict({"density": {"grid": 3}}).density.area_spread  # a partial mapping keeps it on
+    assert not PriorConfig.from_dict({"density": {"area_spread": False}}).density.area_spread
+    assert not GenerateConfig().compositional.density.area_spread
+
+
+def test_vectors_that_do_not_match_the_config_are_one_line(prior: CompositionPrior, tmp_path: Path) -> None:
+    d = prior.save(tmp_path / "p")
+    n_classes = prior.model.num_classes - 1
+    assert prior.train_vectors.shape[1] == len(prior.density.vector([], (8, 8)))  # the spread columns are there
+    cfg = prior.cfg.replace(density=prior.cfg.density.replace(area_spread=False))
+    cfg.save(d / "config.yaml")  # as a prior saved before the feature, whose config read it as absent
+    width = prior.train_vectors.shape[1]
+    with pytest.raises(ArtifactError, match=rf"vectors.safetensors: {width} features per image, where config.yaml "
+                                            rf"asks for {width - n_classes}; retrain"):
+        CompositionPrior.load(d)
 
 
 def test_the_retired_fuse_option_loads_at_its_old_default_only() -> None:

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from comgen.components.composition import vector_names
 from comgen.components.density import CompositionDensity, DensityConfig
 from comgen.components.learner import counterpart
 from comgen.components.model import ComponentModel
@@ -48,6 +49,15 @@ MEMBER_DIR = "seed"  # the priors of the other learner seeds, inside PRIOR_DIR: 
 
 
 @dataclass
+class PriorDensityConfig(DensityConfig):
+    """The prior's density options. Unlike the generator's low-density sampling, the prior also reads each class's
+    size spread: a rule like "both rings have the same size" changes neither a class's count nor its total area when
+    one part grows and the other shrinks (chosen on the development data; docs/experiments.md)."""
+
+    area_spread: bool = True
+
+
+@dataclass
 class PriorConfig(ConfigBase):
     """Whether the composition prior runs, and how it segments and models compositions."""
 
@@ -58,7 +68,7 @@ class PriorConfig(ConfigBase):
     partner: bool = True  # also score with the counterpart component model and average (see the module docstring)
     learner_seeds: int = 1  # component models learnt with different seeds, each with its partner, averaged
     batch_size: int = 16  # images segmented at once (bounds memory at the learner's working size)
-    density: DensityConfig = field(default_factory=DensityConfig)
+    density: PriorDensityConfig = field(default_factory=PriorDensityConfig)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "learner_seeds"):
@@ -282,7 +292,12 @@ class CompositionPrior:
             members = [cls.load(d / f"{MEMBER_DIR}{i}", backbone=backbone) for i in range(1, n + 1)]
         vecs = _read_vectors(d / "vectors.safetensors")
         model = ComponentModel.load(d / "components", backbone=backbone)
-        density = CompositionDensity(cfg.density, model.num_classes, model.background).fit(vecs)
+        density = CompositionDensity(cfg.density, model.num_classes, model.background)
+        width = len(vector_names(model.num_classes, model.background, cfg.density.grid, cfg.density.area_spread))
+        if vecs.shape[1] != width:  # e.g. a prior saved before its config gained a feature that now defaults on
+            raise ArtifactError(d / "vectors.safetensors", f"{vecs.shape[1]} features per image, where config.yaml "
+                                                           f"asks for {width}; {RETRAIN}")
+        density.fit(vecs)
         return cls(model, density, cfg, vecs, mean, std, partner, pair_mean, pair_std, members, ens_mean, ens_std)
 
 
