@@ -60,6 +60,19 @@ def test_area_spread_is_the_log_ratio_of_a_class_s_largest_to_smallest_instance(
     assert v[len(plain):] == pytest.approx([0.0, np.log(2.0), 0.0])  # one part, two parts, no part
 
 
+def test_holes_are_a_class_s_mean_number_of_enclosed_holes():
+    cm, img = _scene()
+    cm[10:20, 2:14] = 1  # a second class-1 part, a connector with two slots
+    cm[13:16, 4:6] = 0
+    cm[13:16, 9:11] = 0
+    comp = compose(cm, img, "x", min_area=4)
+    spread = composition_vector(comp.components, (40, 40), num_classes=4, grid=2, area_spread=True)
+    v = composition_vector(comp.components, (40, 40), num_classes=4, grid=2, area_spread=True, holes=True)
+    assert len(v) == len(spread) + 3 == len(vector_names(4, grid=2, area_spread=True, holes=True))
+    np.testing.assert_array_equal(v[:len(spread)], spread)  # the holes come last
+    assert v[len(spread):] == pytest.approx([1.0, 0.0, 0.0])  # (0 + 2) / 2 slots, no holes, no part
+
+
 def test_compose_rejects_mismatched_shapes():
     cm, img = _scene()
     with pytest.raises(ValueError):

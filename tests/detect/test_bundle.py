@@ -63,7 +63,7 @@ def prior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     learn_components(np.stack(_images("good", 12, 10)), learner).save(run.components)
     cfg = tiny_config(epochs=1, fusion="softplus", composition=CompositionBranchConfig(enabled=True, epochs=3),
                       # the other learner seeds travel in the bundle too, and so does the area-spread feature
-                      prior=PriorConfig(learner_seeds=3, density=DensityConfig(area_spread=True)))
+                      prior=PriorConfig(learner_seeds=3, density=DensityConfig(area_spread=True, holes=True)))
     train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
     return run.root
 
@@ -304,6 +304,12 @@ def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior
     with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed1.area_spread is 'yes', not true or false"):
         OnnxDetector(d)
     man["prior"]["members"][0]["area_spread"] = True
+    assert man["prior"]["members"][0]["holes"] is True
+    man["prior"]["members"][0]["holes"] = 1
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed1.holes is 1, not true or false"):
+        OnnxDetector(d)
+    man["prior"]["members"][0]["holes"] = True
     del man["arrays"]["prior_seed2_partner.safetensors"]
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed2 has no prior_seed2_partner.safetensors"):

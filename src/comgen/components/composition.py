@@ -80,7 +80,8 @@ def compose(class_map: np.ndarray, image: np.ndarray, image_id: str, background:
     return Composition(image_id=image_id, image_shape=tuple(class_map.shape[:2]), components=comps)
 
 
-def vector_names(num_classes: int, background: int = 0, grid: int = 0, area_spread: bool = False) -> list[str]:
+def vector_names(num_classes: int, background: int = 0, grid: int = 0, area_spread: bool = False,
+                 holes: bool = False) -> list[str]:
     """Column names of ``composition_vector`` (for reports and debugging)."""
     names = []
     for k in range(num_classes):
@@ -90,11 +91,14 @@ def vector_names(num_classes: int, background: int = 0, grid: int = 0, area_spre
         names += [f"c{k}.grid{i}" for i in range(grid * grid)]
     if area_spread:
         names += [f"c{k}.area_spread" for k in range(num_classes) if k != background]
+    if holes:
+        names += [f"c{k}.holes" for k in range(num_classes) if k != background]
     return names
 
 
 def composition_vector(components: Sequence[Component], image_shape: tuple[int, int], num_classes: int,
-                       background: int = 0, grid: int = 0, area_spread: bool = False) -> np.ndarray:
+                       background: int = 0, grid: int = 0, area_spread: bool = False, holes: bool = False
+                       ) -> np.ndarray:
     """Fixed-length description of a composition: per foreground class, counts, positions, sizes, colours.
 
     Positions are normalised by the image size, areas by its pixel count, Lab by its range. Features that are
@@ -103,18 +107,21 @@ def composition_vector(components: Sequence[Component], image_shape: tuple[int, 
     ``nn_min`` is the smallest centroid distance between two instances of the class (1.5 when fewer than two).
     ``area_spread`` appends, per foreground class, the log ratio of its largest to its smallest instance area (0
     with fewer than two): the mean and total area cannot tell "both rings have the same size" from one ring grown
-    and the other shrunk.
+    and the other shrunk. ``holes`` appends, per foreground class, the mean number of holes of its instances (0
+    when absent): a part's inner structure, such as a connector's slots, which a rule may read.
     """
     h, w = image_shape
     per = len(CLASS_FEATURES) + grid * grid
     out = np.full((num_classes - 1 if 0 <= background < num_classes else num_classes) * per, np.nan, np.float64)
     col = 0
-    spreads = []
+    spreads, hole_means = [], []
     for k in range(num_classes):
         if k == background:
             continue
         cs = [c for c in components if c.class_id == k]
         spreads.append(_area_spread([c.area for c in cs]))
+        if holes:
+            hole_means.append(float(np.mean([count_holes(c.mask, c.bbox) for c in cs])) if cs else 0.0)
         v = out[col:col + per]
         v[0] = len(cs)
         v[1] = sum(c.area for c in cs) / (h * w)
@@ -140,12 +147,23 @@ def composition_vector(components: Sequence[Component], image_shape: tuple[int, 
         elif grid:
             v[len(CLASS_FEATURES):] = 0
         col += per
-    return np.concatenate([out, spreads]) if area_spread else out
+    return np.concatenate([out] + ([spreads] if area_spread else []) + ([hole_means] if holes else []))
 
 
 def _area_spread(areas: list[int]) -> float:
     """log(largest / smallest) of one class's instance areas; 0 with fewer than two instances."""
     return float(np.log(max(areas) / max(min(areas), 1))) if len(areas) > 1 else 0.0
+
+
+def count_holes(mask: np.ndarray, bbox: tuple[int, int, int, int]) -> int:
+    """Holes of one instance: the regions of other pixels that it encloses completely (degenerate contours of no
+    area left out)."""
+    y0, x0, y1, x1 = bbox
+    crop = np.pad(mask[y0:y1, x0:x1].astype(np.uint8), 1)
+    cnts, hier = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    if hier is None:
+        return 0
+    return sum(1 for c, h in zip(cnts, hier[0]) if h[3] >= 0 and cv2.contourArea(c) >= 1.0)
 
 
 def component_features(c: Component, image_shape: tuple[int, int]) -> np.ndarray:

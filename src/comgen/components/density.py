@@ -36,6 +36,7 @@ class DensityConfig(ConfigBase):
     count_sd_floor: float = 0.15  # smallest std of a count feature (in parts), see CompositionDensity.fit
     grid: int = 2  # grid x grid instance counts per class in the composition vector (0 = off)
     area_spread: bool = False  # per class, log(largest / smallest instance area) in the composition vector
+    holes: bool = False  # per class, the mean number of holes of its instances (a connector's slots)
     area_margin: float = 2.0  # a component is realistic if its area is within [p1 / m, p99 * m] of its class
     color_tolerance: float = 12.0  # Lab distance to the nearest colour seen on any normal component
     seed: int = 0
@@ -60,7 +61,7 @@ class CompositionDensity:
 
     def vector(self, components: list[Component], image_shape: tuple[int, int]) -> np.ndarray:
         return composition_vector(components, image_shape, self.num_classes, self.background, self.cfg.grid,
-                                  self.cfg.area_spread)
+                                  self.cfg.area_spread, self.cfg.holes)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.atleast_2d(np.asarray(x, np.float64))
@@ -87,7 +88,7 @@ class CompositionDensity:
         floor = 0.05 * np.maximum(np.abs(self.mu), 0.1)
         # counts are integers: a class whose count never varies (exactly 9 pins) must make +-1 part very unlikely,
         # which a relative floor (5% of 9) would not; an absolute floor in count units does
-        names = vector_names(self.num_classes, self.background, self.cfg.grid, self.cfg.area_spread)
+        names = vector_names(self.num_classes, self.background, self.cfg.grid, self.cfg.area_spread, self.cfg.holes)
         is_count = np.array([n.endswith(".count") or ".grid" in n for n in names])[: x.shape[1]]
         if len(is_count) == x.shape[1]:
             floor = np.where(is_count, self.cfg.count_sd_floor, floor)

@@ -151,7 +151,8 @@ def _prior_arrays(prior: Any, shared_scale: int | None) -> tuple[dict[str, np.nd
         arrays.update(stage_arrays)
     entry = {"mean": prior.mean, "std": prior.std, "num_classes": model.num_classes, "background": model.background,
              "instance_stage": stage,
-             "grid": density.cfg.grid, "area_spread": density.cfg.area_spread, "covariance_type": gmm.covariance_type,
+             "grid": density.cfg.grid, "area_spread": density.cfg.area_spread, "holes": density.cfg.holes,
+             "covariance_type": gmm.covariance_type,
              "learner": model.cfg.to_dict(), "shared_scale": shared_scale}
     return arrays, entry
 

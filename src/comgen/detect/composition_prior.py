@@ -293,7 +293,8 @@ class CompositionPrior:
         vecs = _read_vectors(d / "vectors.safetensors")
         model = ComponentModel.load(d / "components", backbone=backbone)
         density = CompositionDensity(cfg.density, model.num_classes, model.background)
-        width = len(vector_names(model.num_classes, model.background, cfg.density.grid, cfg.density.area_spread))
+        width = len(vector_names(model.num_classes, model.background, cfg.density.grid, cfg.density.area_spread,
+                                 cfg.density.holes))
         if vecs.shape[1] != width:  # e.g. a prior saved before its config gained a feature that now defaults on
             raise ArtifactError(d / "vectors.safetensors", f"{vecs.shape[1]} features per image, where config.yaml "
                                                            f"asks for {width}; {RETRAIN}")

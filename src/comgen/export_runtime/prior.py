@@ -80,7 +80,7 @@ def assign_images(images: np.ndarray, arrays: dict[str, np.ndarray], learner: Le
 
 
 def composition_vectors(images: np.ndarray, maps: np.ndarray, num_classes: int, min_area: float, grid: int,
-                        area_spread: bool = False) -> np.ndarray:
+                        area_spread: bool = False, holes: bool = False) -> np.ndarray:
     """``CompositionPrior.vectors`` with the class maps given: each image's composition vector [N,D]."""
     out = []
     for cmap, img in zip(maps, images):
@@ -88,7 +88,7 @@ def composition_vectors(images: np.ndarray, maps: np.ndarray, num_classes: int, 
             cmap = cv2.resize(cmap, img.shape[1::-1], interpolation=cv2.INTER_NEAREST)
         h, w = img.shape[:2]
         comps = compose(cmap, img, "", background=0, min_area=min_area_pixels(min_area, h, w)).components
-        out.append(composition_vector(comps, img.shape[:2], num_classes, 0, grid, area_spread))
+        out.append(composition_vector(comps, img.shape[:2], num_classes, 0, grid, area_spread, holes))
     return np.stack(out)
 
 
@@ -152,8 +152,9 @@ class BundlePrior:
             raise ArtifactError(where, f"{name} lacks {', '.join(missing)}; {hint}")
         if not is_number(entry.get("mean")) or not is_number(entry.get("std")) or entry["std"] <= 0:
             raise ArtifactError(where, f"{name} has no finite mean and positive std; {hint}")
-        if not isinstance(entry.get("area_spread", False), bool):
-            raise ArtifactError(where, f"{name}.area_spread is {entry['area_spread']!r}, not true or false; {hint}")
+        for flag in ("area_spread", "holes"):
+            if not isinstance(entry.get(flag, False), bool):
+                raise ArtifactError(where, f"{name}.{flag} is {entry[flag]!r}, not true or false; {hint}")
         learner = LearnerConfig.from_dict(entry["learner"], where=str(where))
         meta = entry.get("instance_stage")
         try:
@@ -186,7 +187,7 @@ class BundlePrior:
         """``CompositionPrior.z`` of the images' compositions (``maps``: this model's class maps)."""
         e = self.entry
         vecs = composition_vectors(images, maps, e["num_classes"], self.learner.min_area, e["grid"],
-                                   e.get("area_spread", False))  # absent from bundles made before the option
+                                   e.get("area_spread", False), e.get("holes", False))  # absent from older bundles
         return prior_z(-mixture_log_density(vecs, self.arrays, e["covariance_type"]), e)
 
 
