@@ -309,6 +309,11 @@ def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed1.holes is 1, not true or false"):
         OnnxDetector(d)
+    man["prior"]["members"][0]["holes"] = False  # a valid flag that no longer matches the stored arrays
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed1 holds \d+ composition features where its "
+                                            r"settings ask for \d+"):
+        OnnxDetector(d)
     man["prior"]["members"][0]["holes"] = True
     del man["arrays"]["prior_seed2_partner.safetensors"]
     (d / "bundle.json").write_text(json.dumps(man))

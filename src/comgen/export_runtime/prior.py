@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from comgen.components.composition import compose, composition_vector, min_area_pixels
+from comgen.components.composition import compose, composition_vector, min_area_pixels, vector_names
 from comgen.components.features import LearnerConfig, PixelFeaturizer, resize_square
 from comgen.components.instances import InstanceStage
 from comgen.components.model import majority_filter
@@ -155,6 +155,14 @@ class BundlePrior:
         for flag in ("area_spread", "holes"):
             if not isinstance(entry.get(flag, False), bool):
                 raise ArtifactError(where, f"{name}.{flag} is {entry[flag]!r}, not true or false; {hint}")
+        if not all(isinstance(entry[k], int) and not isinstance(entry[k], bool) for k in ("num_classes", "grid")):
+            raise ArtifactError(where, f"{name}.num_classes and grid must be integers; {hint}")
+        width = len(vector_names(entry["num_classes"], 0, entry["grid"], entry.get("area_spread", False),
+                                 entry.get("holes", False)))
+        mu = arrays.get("mu")
+        if mu is None or mu.shape != (width,):  # as CompositionPrior.load: the settings decide the vector's width
+            raise ArtifactError(where, f"{name} holds {0 if mu is None else mu.size} composition features where its "
+                                       f"settings ask for {width}; {hint}")
         learner = LearnerConfig.from_dict(entry["learner"], where=str(where))
         meta = entry.get("instance_stage")
         try:
