@@ -161,9 +161,15 @@ def count_holes(mask: np.ndarray, bbox: tuple[int, int, int, int]) -> int:
     y0, x0, y1, x1 = bbox
     crop = np.pad(mask[y0:y1, x0:x1].astype(np.uint8), 1)
     cnts, hier = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-    if hier is None:
+    return enclosed_holes(cnts, hier, 1.0)
+
+
+def enclosed_holes(contours: Sequence[np.ndarray], hierarchy: np.ndarray | None, min_area: float) -> int:
+    """How many of ``cv2.findContours(..., RETR_CCOMP, ...)``'s inner contours enclose at least ``min_area``
+    pixels: the holes of a mask."""
+    if hierarchy is None:
         return 0
-    return sum(1 for c, h in zip(cnts, hier[0]) if h[3] >= 0 and cv2.contourArea(c) >= 1.0)
+    return sum(1 for c, h in zip(contours, hierarchy[0]) if h[3] >= 0 and cv2.contourArea(c) >= min_area)
 
 
 def component_features(c: Component, image_shape: tuple[int, int]) -> np.ndarray:

@@ -14,8 +14,9 @@ same on top of the pixel classes, with NumPy and OpenCV only (the export runtime
 - Each instance is described by its shape (area, elongation, circularity, solidity, holes), colour and pooled
   backbone features. Within each group (one pixel class, or the background's blobs) the instances are clustered
   with k-means; a split is kept only when it is clean (silhouette), each cluster is a real share of the
-  instances, and the clusters' per-image counts are about as steady as the group's total. A split that is driven by colour alone is kept only when the clusters appear together in images;
-  otherwise it is one part that comes in several colours.
+  instances, and the clusters' per-image counts are about as steady as the group's total. A split that is driven
+  by colour alone is kept only when the clusters appear together in images; otherwise it is one part that comes
+  in several colours.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from comgen.components.composition import enclosed_holes
 
 #: group id of the low-contrast blobs found on the background (pixel classes use their own ids)
 BLOBS = -1
@@ -295,8 +298,7 @@ def shape_descriptor(mask: np.ndarray, image_area: float) -> np.ndarray:
     outer = [c for c, h in zip(cnts, hier[0]) if h[3] < 0] if hier is not None else []
     perim = sum(cv2.arcLength(c, True) for c in outer) or 1.0
     hull = cv2.contourArea(cv2.convexHull(np.concatenate(outer))) if outer else area
-    holes = sum(1 for c, h in zip(cnts, hier[0]) if h[3] >= 0 and cv2.contourArea(c) >= 0.01 * area) \
-        if hier is not None else 0
+    holes = enclosed_holes(cnts, hier, 0.01 * area)
     return np.array([np.log(area / image_area), elong, min(4 * np.pi * area / perim ** 2, 1.2),
                      min(area / max(hull, 1.0), 1.0), holes], np.float32)
 
@@ -393,8 +395,8 @@ def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, 
         sil = float(silhouette_score(z, lab, sample_size=min(2000, n), random_state=seed))
         if sil <= best_sil:
             continue
-        shape_gap = np.linalg.norm(km.cluster_centers_[:, None, :SHAPE_DIMS] - km.cluster_centers_[None, :, :SHAPE_DIMS],
-                                   axis=-1)
+        shapes = km.cluster_centers_[:, :SHAPE_DIMS]
+        shape_gap = np.linalg.norm(shapes[:, None] - shapes[None], axis=-1)
         colour_only = [(a, b) for a in range(k) for b in range(a + 1, k) if shape_gap[a, b] < 2.0]
         if any(_together(lab, image_of, a, b) < opt.together for a, b in colour_only):
             continue  # one part type in several colours (a colour code), not several types
