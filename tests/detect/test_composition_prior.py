@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from comgen.components.features import LearnerConfig
@@ -54,22 +55,36 @@ def test_load_names_the_missing_file(tmp_path: Path) -> None:
         CompositionPrior.load(tmp_path)
 
 
-def test_the_prior_reads_the_size_spread_and_the_generator_does_not() -> None:
-    assert PriorConfig().density.area_spread
-    assert PriorConfig.from_dict({"density": {"grid": 3}}).density.area_spread  # a partial mapping keeps it on
-    assert not PriorConfig.from_dict({"density": {"area_spread": False}}).density.area_spread
-    assert not GenerateConfig().compositional.density.area_spread
+def test_the_prior_reads_the_size_spread_and_the_holes_and_the_generator_does_not() -> None:
+    for option in ("area_spread", "holes"):
+        assert getattr(PriorConfig().density, option)
+        assert getattr(PriorConfig.from_dict({"density": {"grid": 3}}).density, option)  # a partial mapping keeps it
+        assert not getattr(PriorConfig.from_dict({"density": {option: False}}).density, option)
+        assert not getattr(GenerateConfig().compositional.density, option)
 
 
-def test_vectors_that_do_not_match_the_config_are_one_line(prior: CompositionPrior, tmp_path: Path) -> None:
+@pytest.mark.parametrize("option", ["area_spread", "holes"])
+def test_vectors_that_do_not_match_the_config_are_one_line(prior: CompositionPrior, tmp_path: Path,
+                                                           option: str) -> None:
     d = prior.save(tmp_path / "p")
     n_classes = prior.model.num_classes - 1
-    assert prior.train_vectors.shape[1] == len(prior.density.vector([], (8, 8)))  # the spread columns are there
-    cfg = prior.cfg.replace(density=prior.cfg.density.replace(area_spread=False))
+    assert prior.train_vectors.shape[1] == len(prior.density.vector([], (8, 8)))  # the option's columns are there
+    cfg = prior.cfg.replace(density=prior.cfg.density.replace(**{option: False}))
     cfg.save(d / "config.yaml")  # as a prior saved before the feature, whose config read it as absent
     width = prior.train_vectors.shape[1]
     with pytest.raises(ArtifactError, match=rf"vectors.safetensors: {width} features per image, where config.yaml "
                                             rf"asks for {width - n_classes}; retrain"):
+        CompositionPrior.load(d)
+
+
+def test_a_prior_saved_before_the_holes_asks_for_a_retrain(component_model, tmp_path: Path) -> None:
+    cfg = PriorConfig.from_dict({"density": {"holes": False}})
+    d = CompositionPrior.fit(component_model, _images("good", 24, 1), _images("good", 8, 2), cfg=cfg).save(
+        tmp_path / "p")
+    saved = yaml.safe_load((d / "config.yaml").read_text())
+    del saved["density"]["holes"]  # as written before the option existed
+    (d / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ArtifactError, match="features per image, where config.yaml asks for .*; retrain"):
         CompositionPrior.load(d)
 
 
