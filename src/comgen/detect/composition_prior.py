@@ -52,9 +52,9 @@ MEMBER_DIR = "seed"  # the priors of the other learner seeds, inside PRIOR_DIR: 
 class PriorDensityConfig(DensityConfig):
     """The prior's density options. Unlike the generator's low-density sampling, the prior also reads each class's
     size spread and the holes of its parts. A rule like "both rings have the same size" changes neither a class's
-    count nor its total area when one part grows and the other shrinks; a rule that ties a cable's colour to a
-    connector's number of slots changes only the connector's holes (both chosen on the development data;
-    docs/experiments.md)."""
+    count nor its total area when one part grows and the other shrinks. A rule that ties a cable's colour to a
+    connector's number of slots is broken by a connector with other slots, which may change nothing but its class's
+    holes (both chosen on the development data; docs/experiments.md)."""
 
     area_spread: bool = True
     holes: bool = True
