@@ -10,12 +10,14 @@ its own. Reruns resume: finished comgen stages and finished peer categories are 
     python bench/family.py --out /tmp/family_dev --seeds dev
     python bench/family.py --out /tmp/family_quick --quick --seeds 1000,1001
     python bench/family.py --out /tmp/family --methods cutpaste    # comgen's detector trained on CutPaste's anomalies
+    python bench/family.py --out /tmp/family --methods nsa,draem    # ... on NSA-style or DRAEM-style anomalies
     python bench/family.py --out /tmp/family_inst --learn '{"instances": true}'    # with the instance stage
     python bench/family.py --out /tmp/family_sp --prior '{"density": {"area_spread": true}}'  # prior options
     python bench/family.py --out /tmp/family_rm --compositional '{"edit_kinds": ["remove", "transplant"]}'
 
 ``cutpaste`` is the value-of-the-anomaly-source row: the same pipeline and detector as ``comgen``, with CutPaste's
-anomalies (``generate/baselines``) in place of ComGEN's.
+anomalies (``generate/baselines``) in place of ComGEN's; ``nsa`` and ``draem`` are the same with NSA-style and
+DRAEM-style anomalies.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import compositional_options  # noqa: E402  # bench/ sibling: the --compositiona
 from child import run_in_child  # noqa: E402
 
 METHODS = ("comgen", "patchcore")
-SOURCES = {"comgen": "compositional", "cutpaste": "cutpaste"}  # comgen pipeline rows: anomaly source of each
+# the comgen pipeline's rows, and the anomaly source of each
+SOURCES = {"comgen": "compositional", "cutpaste": "cutpaste", "nsa": "nsa", "draem": "draem"}
 BRANCHES = ("network", "prior", "composition", "memory", "global")  # comgen's detector branches, each also scored alone
 TABLE = [("logical_auroc", "logical AUROC"), ("structural_auroc", "structural AUROC"),
          ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
@@ -204,13 +207,13 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--quick", action="store_true", help="a smoke run at 64 px with a few images")
     ap.add_argument("--learn", default=None,
-                    help='component learner options for the comgen and cutpaste rows, as JSON, e.g. '
+                    help='component learner options for the comgen pipeline rows, as JSON, e.g. '
                          '\'{"instances": true}\'; an --out keeps to the options its rows were made with')
     compositional_options.add_argument(ap)
-    ap.add_argument("--prior", default=None, help="options of the detector's composition prior as JSON (comgen "
-                                                  "and cutpaste rows), e.g. '{\"learner_seeds\": 3}'")
+    ap.add_argument("--prior", default=None, help="options of the detector's composition prior as JSON (the comgen "
+                                                  "pipeline rows), e.g. '{\"learner_seeds\": 3}'")
     ap.add_argument("--run-seed", type=int, default=None,
-                    help="the comgen and cutpaste runs' seed (their learner's, generator's and detector's draws), to "
+                    help="the comgen pipeline runs' seed (their learner's, generator's and detector's draws), to "
                          "measure how much one draw moves the figures")
     args = ap.parse_args()
     from comgen.benchmarks.cli import learner_options
@@ -249,7 +252,7 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - {*METHODS, *SOURCES})
     if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join([*METHODS, 'cutpaste'])}")
+        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(dict.fromkeys([*METHODS, *SOURCES]))}")
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}
