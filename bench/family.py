@@ -252,7 +252,8 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - {*METHODS, *SOURCES})
     if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(dict.fromkeys([*METHODS, *SOURCES]))}")
+        known = ", ".join(dict.fromkeys([*METHODS, *SOURCES]))  # comgen is in both
+        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {known}")
     results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     cache = args.out / "results.json"
     saved: dict[str, Any] = json.loads(cache.read_text()) if cache.is_file() else {}

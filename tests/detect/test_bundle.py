@@ -62,7 +62,7 @@ def prior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             max_fit_pixels=6000, select_pixels=2000, instances=True)
     learn_components(np.stack(_images("good", 12, 10)), learner).save(run.components)
     cfg = tiny_config(epochs=1, fusion="softplus", composition=CompositionBranchConfig(enabled=True, epochs=3),
-                      # the other learner seeds travel in the bundle too, and so does the area-spread feature
+                      # the other learner seeds travel in the bundle too, and so do the size-spread and hole features
                       prior=PriorConfig(learner_seeds=3, density=DensityConfig(area_spread=True, holes=True)))
     train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
     return run.root
