@@ -156,3 +156,51 @@ def test_a_damaged_instance_stage_is_one_line(metal, tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="instance stage missing or inconsistent"):
         ComponentModel.load(tmp_path)
+
+
+def test_a_usually_absent_cluster_is_not_steady():
+    from comgen.components.instances import steady_counts
+
+    image_of = np.repeat(np.arange(10), 3)
+    labels = np.tile([0, 0, 0], 10)
+    labels[[0, 3]] = 1  # a stray instance in two images: steadily absent, not a part type
+    st = steady_counts(labels, image_of, 2, 10)
+    assert st[0] == pytest.approx(0.8) and st[1] == 0.0
+
+
+def _group(rng: np.random.Generator, n_img: int, types: list[tuple[int, float, float]]) -> tuple[np.ndarray, ...]:
+    """Descriptors [n, 5 + 4] of instances of several part types: (count per image, log area, circularity) each;
+    the colour varies as much within a type as it does between them."""
+    from comgen.components.instances import SHAPE_DIMS
+
+    desc, image_of, truth = [], [], []
+    for t, (count, log_area, circ) in enumerate(types):
+        for i in range(n_img):
+            for _ in range(count):
+                shape = [log_area + rng.normal(0, 0.04), 0.05, circ + rng.normal(0, 0.015), 0.95, 0.0]
+                colour = [60 + rng.normal(0, 8), 10 + rng.normal(0, 8), 20 + rng.normal(0, 8), 5.0]
+                desc.append(shape[:SHAPE_DIMS] + colour)
+                image_of.append(i)
+                truth.append(t)
+    return np.asarray(desc, np.float32), np.asarray(image_of), np.asarray(truth)
+
+
+def test_two_close_part_types_are_split_beneath_a_distinct_third():
+    """Discs and hexagons (close in area and circularity) and long bars: the first split takes the bars off, the
+    nested one separates discs from hexagons, because both halves keep a steady count in every image."""
+    from comgen.components.instances import cluster_group
+
+    rng = np.random.default_rng(0)
+    desc, image_of, truth = _group(rng, 40, [(3, -6.0, 1.0), (3, -5.8, 0.91), (2, -4.0, 0.4)])
+    group = cluster_group(desc, image_of, InstanceOptions(), 0, 40)
+    assert adjusted_rand_score(truth, group.assign(desc)) > 0.95
+    flat = cluster_group(desc, image_of, InstanceOptions(split_depth=1), 0, 40)
+    assert len(flat.centroids) == 2  # one level of splits alone leaves discs and hexagons together
+
+
+def test_one_part_type_with_noisy_colour_stays_one_class():
+    from comgen.components.instances import cluster_group
+
+    rng = np.random.default_rng(1)
+    desc, image_of, _ = _group(rng, 40, [(3, -6.0, 1.0)])
+    assert len(cluster_group(desc, image_of, InstanceOptions(), 0, 40).centroids) == 1

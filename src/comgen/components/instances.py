@@ -16,7 +16,8 @@ same on top of the pixel classes, with NumPy and OpenCV only (the export runtime
   with k-means; a split is kept only when it is clean (silhouette), each cluster is a real share of the
   instances, and the clusters' per-image counts are about as steady as the group's total. A split that is driven
   by colour alone is kept only when the clusters appear together in images; otherwise it is one part that comes
-  in several colours.
+  in several colours. Each cluster is then tried again (divisive), where a split needs every cluster's count per
+  image to be steady: two close part types are otherwise hidden by a third, more distinct one.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ class InstanceOptions:
     min_presence: float = 0.3
     count_slack: float = 0.1
     split_touching: bool = True
+    split_depth: int = 2  # levels of splits: 2 tries each cluster of the first split again
+    steady: float = 0.8  # a steady split: every cluster's usual count per image holds in this share of the images
+    steady_silhouette: float = 0.3  # ... and its silhouette is at least this
+    trim: float = 0.1  # share of a group's instances a steady split may set aside as outliers
+    metric_floor: float = 0.25  # adaptive metric: smallest within-cluster spread, in natural units
+    metric_clip: float = 5.0  # ... and the largest weight against the median column's
 
 
 @dataclass
@@ -375,40 +382,150 @@ def count_stability(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int
     return float(np.mean([np.bincount(c).max() / len(c) for c in counts]))
 
 
-def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed: int, n_img: int) -> Group:
-    """Cluster one group's instances into sub-classes (one cluster unless a split is clean and real)."""
+def steady_counts(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int) -> np.ndarray:
+    """Per cluster, the share of images in which its instance count takes its most common value; 0 where that
+    value is zero (a thing that is usually absent is steadily absent, which says nothing about a part type)."""
+    counts = np.zeros((k, max(n_img, 1)), np.int64)
+    np.add.at(counts, (labels, image_of), 1)
+    out = np.zeros(k)
+    for j, c in enumerate(counts):
+        hist = np.bincount(c)
+        out[j] = hist.max() / len(c) if hist.argmax() > 0 else 0.0
+    return out
+
+
+def adaptive_metric(z: np.ndarray, labels: np.ndarray, k: int, opt: InstanceOptions) -> np.ndarray:
+    """Per-column weights from the clusters' pooled spread: columns along which the clusters are tight count more.
+
+    Why: two part types of one colour differ in a few columns (circularity, area) while colour and texture vary
+    as much within each type; a plain Euclidean k-means then cuts along the noisy columns instead.
+    """
+    within = np.sqrt(sum(((z[labels == j] - z[labels == j].mean(0)) ** 2).sum(0) for j in range(k)) / len(z))
+    w = 1.0 / np.maximum(within, opt.metric_floor)
+    return np.clip(w / np.median(w), 1.0 / opt.metric_clip, opt.metric_clip)
+
+
+def _kmeans(z: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
+
+    return KMeans(k, n_init=4, random_state=seed).fit(z).labels_
+
+
+def _trimmed_kmeans(z: np.ndarray, k: int, opt: InstanceOptions, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """k-means whose too-small clusters are set aside as outliers (up to ``opt.trim`` of the points) and refit.
+
+    Why: a few odd instances (fragments, rims) far from the rest win a cluster of their own and so hide the split
+    between two real part types.
+    """
+    keep = np.ones(len(z), bool)
+    for _ in range(3):
+        lab = _kmeans(z[keep], k, seed)
+        small = np.bincount(lab, minlength=k) < max(2, opt.min_share * keep.sum())
+        if not small.any():
+            return keep, lab
+        drop = np.flatnonzero(keep)[small[lab]]
+        if (~keep).sum() + len(drop) > opt.trim * len(z):
+            return None
+        keep[drop] = False
+    return None
+
+
+def _judge(z: np.ndarray, lab: np.ndarray, k: int, image_of: np.ndarray, opt: InstanceOptions, seed: int,
+           n_img: int, adapt: bool, strict: bool, bar: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Weights, weighted centres and silhouette of a split of ``z`` into ``lab``, or None when it is not real.
+
+    A clean split (silhouette above ``opt.silhouette``) needs only counts about as steady as the group's; a less
+    clean one, and any split inside a cluster (``strict``) need every cluster's count to be steady in the normal
+    images, as a real part type's is. With ``adapt`` the split is redone in the metric of ``adaptive_metric``.
+    """
     from sklearn.metrics import silhouette_score
 
-    mean, scale = descriptor_scale(desc, opt)
-    z = (desc - mean) * scale
-    best = (1, z.mean(0, keepdims=True), np.zeros(len(z), int))
-    best_sil = opt.silhouette
+    w = np.ones(z.shape[1], np.float32)
+    if adapt:
+        for _ in range(2):
+            w = adaptive_metric(z, lab, k, opt)
+            lab = _kmeans(z * w, k, seed)
+            if np.bincount(lab, minlength=k).min() < max(2, opt.min_share * len(z)):
+                return None
+    zw = z * w
+    sil = float(silhouette_score(zw, lab, sample_size=min(2000, len(z)), random_state=seed))
+    if sil <= bar:
+        return None
+    if (strict or sil <= opt.silhouette) and steady_counts(lab, image_of, k, n_img).min() < opt.steady:
+        return None
+    centres = np.stack([z[lab == j].mean(0) for j in range(k)])
+    shape_gap = np.linalg.norm(centres[:, None, :SHAPE_DIMS] - centres[None, :, :SHAPE_DIMS], axis=-1)
+    colour_only = [(a, b) for a in range(k) for b in range(a + 1, k) if shape_gap[a, b] < 2.0]
+    if any(_together(lab, image_of, a, b) < opt.together for a, b in colour_only):
+        return None  # one part type in several colours (a colour code), not several types
+    if count_stability(lab, image_of, k, n_img) < count_stability(np.zeros_like(lab), image_of, 1, n_img) \
+            - opt.count_slack:
+        return None  # the clusters' counts per image vary where the group's total does not: an unstable split
+    return w, centres * w, sil
+
+
+def _best_split(z: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed: int, n_img: int, nested: bool
+                ) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """The best real split of ``z`` (weights, weighted centres, whether the steady path found it), or None."""
     n = len(z)
+    best, best_sil = None, -1.0
     for k in range(2, opt.k_max + 1):
         if n < 2 * k or n < 8:
             break
-        km = KMeans(k, n_init=4, random_state=seed).fit(z)
-        lab = km.labels_
-        if np.bincount(lab, minlength=k).min() < max(2, opt.min_share * n):
-            continue
-        sil = float(silhouette_score(z, lab, sample_size=min(2000, n), random_state=seed))
-        if sil <= best_sil:
-            continue
-        shapes = km.cluster_centers_[:, :SHAPE_DIMS]
-        shape_gap = np.linalg.norm(shapes[:, None] - shapes[None], axis=-1)
-        colour_only = [(a, b) for a in range(k) for b in range(a + 1, k) if shape_gap[a, b] < 2.0]
-        if any(_together(lab, image_of, a, b) < opt.together for a, b in colour_only):
-            continue  # one part type in several colours (a colour code), not several types
-        if count_stability(lab, image_of, k, n_img) < count_stability(np.zeros_like(lab), image_of, 1, n_img) \
-                - opt.count_slack:
-            continue  # the clusters' counts per image vary where the group's total does not: an unstable split
-        best, best_sil = (k, km.cluster_centers_.astype(np.float32), lab), sil
-    k, cents, lab = best
+        bar = max(best_sil, opt.steady_silhouette)
+        lab = _kmeans(z, k, seed)
+        r, steady_path = None, False
+        if np.bincount(lab, minlength=k).min() >= max(2, opt.min_share * n):
+            r = _judge(z, lab, k, image_of, opt, seed, n_img, False, nested, bar)
+        if r is None:  # the steady path: outliers set aside, the metric adapted, every count steady
+            found = _trimmed_kmeans(z, k, opt, seed)
+            if found is not None:
+                keep, lab = found
+                r = _judge(z[keep], lab, k, image_of[keep], opt, seed, n_img, True, True, bar)
+                steady_path = True
+        if r is not None:
+            best, best_sil = (r[0], r[1], steady_path), r[2]
+    return best
+
+
+def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed: int, n_img: int) -> Group:
+    """Cluster one group's instances into sub-classes (one cluster unless a split is clean and real).
+
+    The split is divisive: each cluster is tried again, down to ``opt.split_depth`` levels, so that two close part
+    types are not hidden by a third, more distinct one. The leaves are then assigned by their nearest centre in
+    one metric for the whole group, so the fitted stage stays a flat nearest-centre rule; that metric is the plain
+    one unless a split of the steady path was kept, so a group that path leaves alone is clustered as before.
+    """
+    mean, scale = descriptor_scale(desc, opt)
+    z = (desc - mean) * scale
+    leaf = np.zeros(len(z), np.int64)
+    n_leaves, adapted = 0, False
+
+    def divide(idx: np.ndarray, depth: int) -> None:
+        nonlocal n_leaves, adapted
+        split = _best_split(z[idx], image_of[idx], opt, seed, n_img, depth > 0) \
+            if depth < opt.split_depth else None
+        if split is None:
+            leaf[idx] = n_leaves
+            n_leaves += 1
+            return
+        w, centres, steady_path = split
+        adapted |= steady_path
+        lab = ((z[idx][:, None] * w - centres[None]) ** 2).sum(-1).argmin(1)
+        for j in range(len(centres)):
+            if (lab == j).any():
+                divide(idx[lab == j], depth + 1)
+
+    divide(np.arange(len(z)), 0)
+    k = n_leaves
+    w = adaptive_metric(z, leaf, k, opt) if adapted else np.ones(z.shape[1], np.float32)
+    cents = np.stack([(z[leaf == j] * w).mean(0) for j in range(k)])
+    lab = ((z[:, None] * w - cents[None]) ** 2).sum(-1).argmin(1)
     order = np.argsort(-np.bincount(lab, minlength=k))  # largest cluster first: the group's default class
     presence = np.array([len(set(image_of[lab == j].tolist())) for j in order], np.float64) / max(n_img, 1)
-    return Group(mean, scale.astype(np.float32), cents[order].astype(np.float32), np.zeros(k, np.int64) + order,
-                 presence)
+    return Group(mean, (scale * w).astype(np.float32), cents[order].astype(np.float32),
+                 np.zeros(k, np.int64) + order, presence)
 
 
 def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None, num_pixel_classes: int,
