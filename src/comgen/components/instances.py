@@ -371,27 +371,28 @@ def _together(labels: np.ndarray, image_of: np.ndarray, a: int, b: int) -> float
     return len(ia & ib) / either if either else 0.0
 
 
+def _modal_counts(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster, its most common instance count per image and the share of images in which it takes that value."""
+    counts = np.zeros((k, max(n_img, 1)), np.int64)
+    np.add.at(counts, (labels, image_of), 1)
+    hists = [np.bincount(c) for c in counts]
+    return np.array([h.argmax() for h in hists]), np.array([h.max() / counts.shape[1] for h in hists])
+
+
 def count_stability(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int) -> float:
     """Mean over clusters of the share of images in which the cluster's instance count takes its most common value.
 
     Why: a real part type has a steady count in normal images (two screws, one nut); a split that cuts one part
     type in two by an accident of shape or colour makes both halves' counts vary from image to image.
     """
-    counts = np.zeros((k, max(n_img, 1)), np.int64)
-    np.add.at(counts, (labels, image_of), 1)
-    return float(np.mean([np.bincount(c).max() / len(c) for c in counts]))
+    return float(np.mean(_modal_counts(labels, image_of, k, n_img)[1]))
 
 
 def steady_counts(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int) -> np.ndarray:
     """Per cluster, the share of images in which its instance count takes its most common value; 0 where that
     value is zero (a thing that is usually absent is steadily absent, which says nothing about a part type)."""
-    counts = np.zeros((k, max(n_img, 1)), np.int64)
-    np.add.at(counts, (labels, image_of), 1)
-    out = np.zeros(k)
-    for j, c in enumerate(counts):
-        hist = np.bincount(c)
-        out[j] = hist.max() / len(c) if hist.argmax() > 0 else 0.0
-    return out
+    mode, share = _modal_counts(labels, image_of, k, n_img)
+    return np.where(mode > 0, share, 0.0)
 
 
 def adaptive_metric(z: np.ndarray, labels: np.ndarray, k: int, opt: InstanceOptions) -> np.ndarray:
@@ -411,16 +412,18 @@ def _kmeans(z: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(k, n_init=4, random_state=seed).fit(z).labels_
 
 
-def _trimmed_kmeans(z: np.ndarray, k: int, opt: InstanceOptions, seed: int
+def _trimmed_kmeans(z: np.ndarray, lab: np.ndarray, k: int, opt: InstanceOptions, seed: int
                     ) -> tuple[np.ndarray, np.ndarray] | None:
-    """k-means whose too-small clusters are set aside as outliers (up to ``opt.trim`` of the points) and refit.
+    """k-means whose too-small clusters are set aside as outliers (up to ``opt.trim`` of the points) and refit;
+    ``lab`` is the k-means of all of ``z``.
 
     Why: a few odd instances (fragments, rims) far from the rest win a cluster of their own and so hide the split
     between two real part types.
     """
     keep = np.ones(len(z), bool)
-    for _ in range(3):
-        lab = _kmeans(z[keep], k, seed)
+    for attempt in range(3):
+        if attempt:
+            lab = _kmeans(z[keep], k, seed)
         small = np.bincount(lab, minlength=k) < max(2, opt.min_share * keep.sum())
         if not small.any():
             return keep, lab
@@ -479,7 +482,7 @@ def _best_split(z: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed:
         if np.bincount(lab, minlength=k).min() >= max(2, opt.min_share * n):
             r = _judge(z, lab, k, image_of, opt, seed, n_img, False, nested, bar)
         if r is None:  # the steady path: outliers set aside, the metric adapted, every count steady
-            found = _trimmed_kmeans(z, k, opt, seed)
+            found = _trimmed_kmeans(z, lab, k, opt, seed)
             if found is not None:
                 keep, lab = found
                 r = _judge(z[keep], lab, k, image_of[keep], opt, seed, n_img, True, True, bar)
