@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from comgen.components.density import ComponentRealism, CompositionDensity, DensityConfig
+from comgen.components.density import ComponentRealism, CompositionDensity, DensityConfig, low_density_threshold
 from comgen.errors import ConfigError, InputError
 from comgen.records import Component
 
@@ -14,6 +14,28 @@ def test_threshold_and_scores_separate_outliers():
     far = np.array([[6.0, 0, 0, 0], [0, -7.0, 0, 0]])
     assert d.is_low(far).all()
     assert d.score(np.zeros((1, 4)))[0] > d.threshold
+
+
+def test_one_far_normal_image_does_not_set_the_low_density_bar():
+    scores = np.random.default_rng(0).normal(-30.0, 3.0, 60)
+    bulk = float(np.percentile(scores, 1.0))
+    with_outlier = np.append(scores, -250.0)  # one badly segmented normal image
+    assert np.percentile(with_outlier, 1.0) < -100.0  # the plain percentile is the outlier's
+    assert low_density_threshold(with_outlier, 1.0, 3.0) == pytest.approx(bulk, abs=1.0)
+    assert low_density_threshold(with_outlier, 1.0, 0.0) == pytest.approx(np.percentile(with_outlier, 1.0))
+    assert low_density_threshold(scores, 1.0, 3.0) == pytest.approx(bulk)  # no far-out score: unchanged
+
+
+def test_an_edit_rarer_than_the_bulk_of_normals_is_low_density_despite_an_outlier_image():
+    rng = np.random.default_rng(2)
+    x = np.zeros((60, 2))
+    x[:, 0] = 2.0  # two parts in every image ...
+    x[:, 1] = rng.normal(0.5, 0.05, 60)
+    x[0] = [9.0, 0.5]  # ... but one image was segmented into nine
+    d = CompositionDensity(DensityConfig(), num_classes=2).fit(x)
+    assert d.is_low(np.array([[1.0, 0.5]]))[0]  # a missing part
+    plain = CompositionDensity(DensityConfig(outlier_fence=0.0), num_classes=2).fit(x)
+    assert not plain.is_low(np.array([[1.0, 0.5]]))[0]
 
 
 def test_nan_features_are_imputed_and_constant_columns_scored():
@@ -36,6 +58,8 @@ def test_density_needs_data_and_valid_config():
         DensityConfig(percentile=0)
     with pytest.raises(ConfigError):
         DensityConfig(covariance_type="weird")
+    with pytest.raises(ConfigError, match="outlier_fence"):
+        DensityConfig(outlier_fence=-1.0)
 
 
 def _comp(k, area, lab, side=None):

@@ -1,11 +1,12 @@
 """A density model of normal compositions, and a realism check for single components.
 
 Why: Low-Density Sampling (Stage I) and the composition prior (Stage III) both ask how rare a composition is among
-normal images, so the model of compositions lives with the components, below both stages. An edit is a useful logical anomaly when the *composition* it produces
-is rare among normal images (log-density below a low percentile of normal data) while every single component
-still looks like a real part (its own size and colour lie in the range seen in training). The threshold is
-taken from cross-validated normal scores, because in-sample scores of a full-covariance mixture are optimistic
-and would let near-normal edits through.
+normal images, so the model of compositions lives with the components, below both stages. An edit is a useful
+logical anomaly when the *composition* it produces is rare among normal images (log-density below a low percentile
+of normal data) while every single component still looks like a real part (its own size and colour lie in the
+range seen in training). The threshold is taken from cross-validated normal scores, because in-sample scores of a
+full-covariance mixture are optimistic and would let near-normal edits through; far-out normal scores are left
+out of it (``low_density_threshold``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class DensityConfig(ConfigBase):
     n_components: int = 2  # Gaussian mixture components (capped by the number of images / 8)
     covariance_type: str = "full"  # full | diag | tied | spherical
     reg_covar: float = 0.1  # on standardised features; keeps full covariances well-conditioned
-    percentile: float = 1.0  # threshold = this percentile of cross-validated normal log-densities
+    percentile: float = 1.0  # threshold = this percentile of cross-validated normal log-densities ...
+    outlier_fence: float = 3.0  # ... of those above Q1 - fence * IQR (Tukey's far-out fence; 0 keeps them all)
     cv_folds: int = 5
     count_sd_floor: float = 0.15  # smallest std of a count feature (in parts), see CompositionDensity.fit
     grid: int = 2  # grid x grid instance counts per class in the composition vector (0 = off)
@@ -44,6 +46,8 @@ class DensityConfig(ConfigBase):
     def __post_init__(self) -> None:
         if not 0.0 < self.percentile < 100.0:
             raise ConfigError("density.percentile", f"must be in (0, 100), got {self.percentile}")
+        if self.outlier_fence < 0:
+            raise ConfigError("density.outlier_fence", f"must be >= 0, got {self.outlier_fence}")
         if self.covariance_type not in ("full", "diag", "tied", "spherical"):
             raise ConfigError("density.covariance_type", f"unknown {self.covariance_type!r}")
 
@@ -107,7 +111,7 @@ class CompositionDensity:
         if scores is None:
             scores = self.gmm.score_samples(z)
         self.normal_scores = scores
-        self.threshold = float(np.percentile(scores, self.cfg.percentile))
+        self.threshold = low_density_threshold(scores, self.cfg.percentile, self.cfg.outlier_fence)
         return self
 
     def score(self, vectors: np.ndarray) -> np.ndarray:
@@ -118,6 +122,21 @@ class CompositionDensity:
 
     def is_low(self, vectors: np.ndarray) -> np.ndarray:
         return self.score(vectors) < self.threshold
+
+
+def low_density_threshold(normal_scores: np.ndarray, percentile: float, fence: float) -> float:
+    """The log-density below which a composition counts as rare: a low percentile of the normal scores.
+
+    Why: with a few dozen training images the percentile is about the lowest normal score. One normal image that
+    the component model segments badly can sit far below all others and would set the bar alone, refusing every
+    edit less rare than itself, so that a category gets hardly any logical anomaly. Scores below Tukey's far-out
+    fence (Q1 - fence * IQR) are left out of the percentile.
+    """
+    s = np.asarray(normal_scores, np.float64)
+    if fence > 0 and len(s) >= 4:
+        q1, q3 = np.percentile(s, [25, 75])
+        s = s[s >= q1 - fence * (q3 - q1)]  # never empty: Q1 itself is above the fence
+    return float(np.percentile(s, percentile))
 
 
 class ComponentRealism:
