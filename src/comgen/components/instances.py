@@ -406,6 +406,11 @@ def adaptive_metric(z: np.ndarray, labels: np.ndarray, k: int, opt: InstanceOpti
     return np.clip(w / np.median(w), 1.0 / opt.metric_clip, opt.metric_clip)
 
 
+def _small_clusters(lab: np.ndarray, k: int, opt: InstanceOptions) -> np.ndarray:
+    """Per cluster of ``lab``, whether it is too small to be a part type (under 2 instances or ``opt.min_share``)."""
+    return np.bincount(lab, minlength=k) < max(2, opt.min_share * len(lab))
+
+
 def _kmeans(z: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
@@ -424,7 +429,7 @@ def _trimmed_kmeans(z: np.ndarray, lab: np.ndarray, k: int, opt: InstanceOptions
     for attempt in range(3):
         if attempt:
             lab = _kmeans(z[keep], k, seed)
-        small = np.bincount(lab, minlength=k) < max(2, opt.min_share * keep.sum())
+        small = _small_clusters(lab, k, opt)
         if not small.any():
             return keep, lab
         drop = np.flatnonzero(keep)[small[lab]]
@@ -449,7 +454,7 @@ def _judge(z: np.ndarray, lab: np.ndarray, k: int, image_of: np.ndarray, opt: In
         for _ in range(2):
             w = adaptive_metric(z, lab, k, opt)
             lab = _kmeans(z * w, k, seed)
-            if np.bincount(lab, minlength=k).min() < max(2, opt.min_share * len(z)):
+            if _small_clusters(lab, k, opt).any():
                 return None
     zw = z * w
     sil = float(silhouette_score(zw, lab, sample_size=min(2000, len(z)), random_state=seed))
@@ -479,7 +484,7 @@ def _best_split(z: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, seed:
         bar = max(best_sil, opt.steady_silhouette)
         lab = _kmeans(z, k, seed)
         r, steady_path = None, False
-        if np.bincount(lab, minlength=k).min() >= max(2, opt.min_share * n):
+        if not _small_clusters(lab, k, opt).any():
             r = _judge(z, lab, k, image_of, opt, seed, n_img, False, nested, bar)
         if r is None:  # the steady path: outliers set aside, the metric adapted, every count steady
             found = _trimmed_kmeans(z, lab, k, opt, seed)
