@@ -38,7 +38,8 @@ from child import run_in_child  # noqa: E402
 METHODS = ("comgen", "patchcore")
 # the comgen pipeline's rows, and the anomaly source of each
 SOURCES = {"comgen": "compositional", "cutpaste": "cutpaste", "nsa": "nsa", "draem": "draem"}
-BRANCHES = ("network", "prior", "composition", "memory", "global")  # comgen's detector branches, each also scored alone
+# comgen's detector branches, each also scored alone
+BRANCHES = ("network", "prior", "composition", "memory", "global", "counts")
 TABLE = [("logical_auroc", "logical AUROC"), ("structural_auroc", "structural AUROC"),
          ("logical_spro", "logical sPRO@0.05"), ("structural_spro", "structural sPRO@0.05"),
          ("logical_auroc_mapmax", "logical AUROC (map max)"), ("fit_s", "fit s"),

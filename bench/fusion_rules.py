@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 from comgen.detect.fusion import combine
 
 BRANCHES = ("network", "prior", "memory", "global")
+OPTIONAL = ("counts",)  # fused where the run scored it (detectors trained before it lack the column)
 TIE = 0.005
 
 Rule = Callable[[list[np.ndarray]], np.ndarray]
@@ -47,19 +48,21 @@ RULES: dict[str, Rule] = {
 }
 
 
-def category_scores(path: Path, cap: float) -> tuple[list[np.ndarray], np.ndarray] | None:
-    """Capped branch z-scores and labels of one run's test images; None where a branch did not run."""
+def category_scores(path: Path, cap: float) -> tuple[list[np.ndarray], np.ndarray, list[str]] | None:
+    """Capped branch z-scores, labels and branch names of one run's test images; None where a branch did not
+    run."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "label" not in rows[0]:
         raise SystemExit(f"{path}: no test images with a 'label' column; not a comgen scores.csv")
+    names = list(BRANCHES) + [b for b in OPTIONAL if all((r.get(f"{b}_score") or "nan") != "nan" for r in rows)]
     try:
-        z = [np.minimum([float(r[f"{b}_score"]) for r in rows], cap) for b in BRANCHES]
+        z = [np.minimum([float(r[f"{b}_score"]) for r in rows], cap) for b in names]
     except (KeyError, ValueError):  # an empty cell: the branch was off
         return None
     if any(np.isnan(v).any() for v in z):
         return None
-    return z, np.array([r["label"] for r in rows])
+    return z, np.array([r["label"] for r in rows]), names
 
 
 def compare(root: Path, rules: list[str], cap: float, per_category: bool, shares: bool = False
@@ -67,11 +70,12 @@ def compare(root: Path, rules: list[str], cap: float, per_category: bool, shares
     """Print one root's comparison; returns each group's mean AUROC per rule."""
     got: dict[str, dict[str, list[float]]] = {g: {r: [] for r in rules} for g in ("logical", "structural")}
     parts: dict[str, list[np.ndarray]] = {"logical": [], "structural": []}
+    names: list[str] = list(BRANCHES)
     for path in sorted(root.glob("*/maps/scores.csv")):
         loaded = category_scores(path, cap)
         if loaded is None:
             continue
-        z, labels = loaded
+        z, labels, names = loaded
         good = labels == "good"
         for group, aurocs in got.items():
             hit = np.char.find(labels.astype(str), group) >= 0
@@ -101,7 +105,7 @@ def compare(root: Path, rules: list[str], cap: float, per_category: bool, shares
         if shares and parts[group]:
             mean_share = np.mean(parts[group], 0)
             print(f"  {'':<11} softplus shares on anomalies: "
-                  + ", ".join(f"{b} {v:.2f}" for b, v in zip(BRANCHES, mean_share)))
+                  + ", ".join(f"{b} {v:.2f}" for b, v in zip(names, mean_share)))
     return means
 
 

@@ -95,13 +95,14 @@ def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, pr
     onnx_det = OnnxDetector(prior_bundle)
     assert onnx_det.prior_model.shares_pixel_stage(onnx_det.prior_partner)  # one pixel pass serves both models
     # the other learner seeds travel too, each with its counterpart and its own pixel stage
-    assert len(det.prior.members) == 2 and len(man["prior"]["members"]) == 2 and man["format"] == 2
+    assert len(det.prior.members) == 2 and len(man["prior"]["members"]) == 2
+    assert man["format"] == 3 and man["prior"]["counts"]["std"] > 0  # the fusion reads the count patterns
     assert {"prior_seed1.safetensors", "prior_seed2_partner.safetensors"} <= set(man["arrays"])
     seed_model, seed_partner, _ = onnx_det.prior_seeds[1]
     assert seed_model.learner.seed == 1 and seed_model.shares_pixel_stage(seed_partner)
     assert not seed_model.shares_pixel_stage(onnx_det.prior_model)
     assert onnx_det.threshold == pytest.approx(det.threshold)
-    _assert_parity(det, onnx_det, _test_images(), {"network", "prior", "composition", "memory", "global"})
+    _assert_parity(det, onnx_det, _test_images(), {"network", "prior", "composition", "memory", "global", "counts"})
     assert onnx_det.last_parts["prior"][2:5].min() > onnx_det.last_parts["prior"][:2].max()  # it sees the counts
 
 
@@ -112,7 +113,7 @@ def test_openvino_ir_scores_as_predict(prior_run: Path, prior_bundle: Path) -> N
 
     assert (prior_bundle / "head.xml").is_file() and (prior_bundle / "components.xml").is_file()
     _assert_parity(Detector.load(prior_run, device="cpu"), OnnxDetector(prior_bundle, engine="openvino"),
-                   _test_images(), {"network", "prior", "composition", "memory", "global"})
+                   _test_images(), {"network", "prior", "composition", "memory", "global", "counts"})
 
 
 def test_bundle_without_the_prior_scores_as_predict(trained_run: Path, tmp_path: Path) -> None:
@@ -315,6 +316,11 @@ def test_a_damaged_map_peak_fusion_cap_or_pair_in_the_manifest_is_one_line(prior
                                             r"settings ask for \d+"):
         OnnxDetector(d)
     man["prior"]["members"][0]["holes"] = True
+    man["prior"]["counts"]["pairs"] = "yes"
+    (d / "bundle.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match=r"bundle.json: prior.counts needs a finite mean, a positive std and pairs"):
+        OnnxDetector(d)
+    man["prior"]["counts"]["pairs"] = True
     del man["arrays"]["prior_seed2_partner.safetensors"]
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"bundle.json: prior_seed2 has no prior_seed2_partner.safetensors"):

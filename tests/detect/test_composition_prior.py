@@ -107,13 +107,14 @@ def test_training_fits_the_prior_and_predict_fuses_it(component_model, tmp_path:
     assert entry["partner"] and (run.detector / PRIOR_DIR / PARTNER_DIR / "components" / "model.json").is_file()
     assert entry["learner_seeds"] == 3 and (run.detector / PRIOR_DIR / "seed2" / PARTNER_DIR).is_dir()
     assert res.calibration["threshold"] != res.calibration["threshold_network"]
-    assert set(res.calibration["val_branch_scores"]) == {"network", "prior", "memory", "global"}  # composition: opt-in
+    assert set(res.calibration["val_branch_scores"]) == {"network", "prior", "memory", "global", "counts"}
+    assert entry["counts"] and "counts" in res.calibration["fusion"]["weights"]  # composition: opt-in
 
     det = Detector.load(run.root)
     images = np.concatenate([_images("good", 4, 8), _images("missing", 4, 9)])
     scores, _ = det.predict(images, notice=None)
     parts = det.last_parts
-    assert np.isfinite(parts["prior"]).all()
+    assert np.isfinite(parts["prior"]).all() and np.isfinite(parts["counts"]).all()
     np.testing.assert_allclose(scores, det.fusion.apply(parts), rtol=1e-6)
     assert parts["prior"][4:].min() > parts["prior"][:4].max()
 
@@ -136,7 +137,8 @@ def test_training_segments_each_image_once_for_both_models(component_model, tmp_
         return pixel_stage(self, images, deep)
 
     monkeypatch.setattr(ComponentModel, "pixel_stage", counting)
-    entry, _, seg = attach_prior(run, splits, cfg, lambda m: None)
+    entry, _, counts, seg = attach_prior(run, splits, cfg, lambda m: None)
+    assert counts is not None and len(counts) == len(val)
     assert entry["partner"] and len(seg.bank) == len(bank)
     assert sum(seen) == min(component_model.cfg.instance_fit_images, len(bank)) + len(bank) + len(val)
 
@@ -293,6 +295,44 @@ def test_the_pair_round_trips_and_a_damaged_pair_is_one_line(paired, tmp_path: P
     del cal["pair"]  # a prior saved before pairs existed: one model
     (d / "calibration.json").write_text(json.dumps(cal))
     assert CompositionPrior.load(d).partner is None
+
+
+def test_the_count_patterns_see_a_missing_part_and_round_trip(paired, tmp_path: Path) -> None:
+    """The count patterns read both models' counts from the vectors the density scores, are calibrated on the held-out
+    training normals and the validation normals, and reload from the saved training vectors."""
+    import json
+
+    prior, _ = paired
+    val = _images("good", 10, 2)
+    val_z = prior.fit_counts(val, np.ones(len(val), bool))
+    assert prior.counts is not None and prior.counts.train.shape[1] == 2 * (prior.model.num_classes - 1)
+    assert np.isfinite(val_z).all() and prior.counts_std > 0
+    images = np.concatenate([_images("good", 4, 8), _images("missing", 3, 9), _images("extra", 3, 10)])
+    z, counts = prior.score_branches(images)
+    np.testing.assert_allclose(z, prior.score(images))  # the density's scores are unchanged
+    assert counts[4:].min() > counts[:4].max()  # a part count that no training image showed
+    d = prior.save(tmp_path / "p")
+    loaded = CompositionPrior.load(d)
+    np.testing.assert_allclose(loaded.score_branches(images)[1], counts, rtol=1e-6)
+    cal = json.loads((d / "calibration.json").read_text())
+    cal["counts"]["std"] = float("nan")
+    (d / "calibration.json").write_text(json.dumps(cal))
+    with pytest.raises(ArtifactError, match=r"calibration.json: .*counts.std"):
+        CompositionPrior.load(d)
+    del cal["counts"]  # a prior saved before the count patterns: the detector fuses without them
+    (d / "calibration.json").write_text(json.dumps(cal))
+    assert CompositionPrior.load(d).score_branches(images)[1] is None
+    prior.counts = None
+
+
+def test_training_without_count_patterns_leaves_the_branch_out(component_model, tmp_path: Path) -> None:
+    from comgen.detect.train import train_detector
+
+    run = RunDir(tmp_path / "run")
+    component_model.save(run.components)
+    cfg = tiny_config(epochs=1, prior=PriorConfig(counts=False))
+    res = train_detector(run, cfg, splits=toy_splits(), log=lambda m: None, cpu=True)
+    assert not res.calibration["prior"]["counts"] and "counts" not in res.calibration["val_branch_scores"]
 
 
 @pytest.fixture(scope="module")

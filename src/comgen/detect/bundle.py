@@ -11,7 +11,8 @@ and maps with ONNX Runtime and NumPy only:
 - ``composition.onnx``: the composition branch's network (class-map raster -> map and image logits);
 - ``bank.safetensors`` (reference features, retrieval descriptors, projection), ``prior.safetensors`` (centroids,
   feature transform, the fitted mixture's weights, means and precision factors; ``prior_partner.safetensors`` the same
-  for the prior's counterpart model, ``prior_seed1.safetensors``... for the models of the other learner seeds),
+  for the prior's counterpart model, ``prior_seed1.safetensors``... for the models of the other learner seeds; the
+  training images' per-class counts, ``counts_train``, when the detector scores count patterns),
   ``memory.safetensors`` (the patch memory);
 - ``bundle.json``: settings, calibrations, the fusion rule, versions and the shape of every array.
 """
@@ -41,7 +42,8 @@ from comgen.errors import ConfigError, InputError
 from comgen.features.memory import _projection
 from comgen.io import atomic_write_json
 
-FORMAT = 2  # comgen.export_runtime.bundle.FORMAT: bundles whose prior averages several learner seeds
+COUNTS_FORMAT = 3  # comgen.export_runtime.bundle.FORMAT: bundles whose fusion may use the count patterns
+SEEDS_FORMAT = 2  # bundles whose prior averages several learner seeds
 ONE_SEED_FORMAT = 1  # every other bundle, which runtimes that know only format 1 read correctly
 
 
@@ -161,6 +163,9 @@ def _prior_entry(prior: Any, shared_scale: int | None, out: Path, man: dict[str,
     """Write one learner seed's prior (``name``.safetensors) and its counterpart's (``name``_partner.safetensors);
     return its manifest entry."""
     arrays, entry = _prior_arrays(prior, shared_scale)
+    if prior.counts is not None:
+        arrays["counts_train"] = prior.counts.train
+        entry["counts"] = {"mean": prior.counts_mean, "std": prior.counts_std, "pairs": prior.counts.pairs}
     _save(out, f"{name}.safetensors", arrays, man)
     if prior.partner is not None:
         arrays, entry["partner"] = _prior_arrays(prior.partner, shared_scale)
@@ -177,7 +182,7 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     with torch.no_grad():
         feats = model.features(image)
     n = len(feats)
-    man: dict[str, Any] = {"format": FORMAT, "kind": "comgen detector bundle", "comgen": comgen.__version__,
+    man: dict[str, Any] = {"format": ONE_SEED_FORMAT, "kind": "comgen detector bundle", "comgen": comgen.__version__,
                            "torch": torch.__version__, "onnx": importlib.metadata.version("onnx"), "opset": opset,
                            "image_size": s, "tiles": cfg.tiles, "k": cfg.head.k, "batch_size": cfg.batch_size,
                            "map_carries_score": bool(cfg.map_carries_score),
@@ -195,9 +200,9 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     arrays, man["bank"] = _bank_arrays(det, feats)
     _save(out, "bank.safetensors", arrays, man)
     man["prior"] = man["composition"] = man["memory"] = man["global"] = None
-    if det.prior is None or not det.prior.members:
-        man["format"] = ONE_SEED_FORMAT
     if det.prior is not None:
+        man["format"] = COUNTS_FORMAT if det.prior.counts is not None else \
+            SEEDS_FORMAT if det.prior.members else ONE_SEED_FORMAT
         # every model of the prior (the counterparts, the other learner seeds) has the same learner settings, so
         # the same backbone and feature scale
         man["prior"] = _prior_entry(det.prior, det._prior_scale, out, man, "prior")

@@ -91,11 +91,11 @@ class Segmented:
 
 
 def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable[[str], None]
-                 ) -> tuple[dict[str, Any], np.ndarray | None, Segmented | None]:
+                 ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None, Segmented | None]:
     """Fit the composition prior (``composition_prior.py``) and standardise it on the validation normals.
 
-    Returns the calibration's ``prior`` entry, the prior's validation z-scores and the class maps it segmented
-    (both None when it is off).
+    Returns the calibration's ``prior`` entry, the prior's validation z-scores, its count patterns' validation
+    z-scores (the ``counts`` branch; None when off) and the class maps it segmented (None when the prior is off).
     """
     out = run.detector / PRIOR_DIR
     why = None
@@ -104,7 +104,7 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
     elif not (run.components / "model.json").is_file():
         why = "the run has no component model (`comgen learn`)"
     if why is not None:
-        return _branch_off(out, "composition prior", why, log), None, None
+        return _branch_off(out, "composition prior", why, log), None, None, None
     model = ComponentModel.load(run.components)
     bank_images, val_images, labels = prior_inputs(splits, cfg)  # whole images when tiled
     twin = None
@@ -113,7 +113,8 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
         twin = counterpart_or_none(model, bank_images, log)
     log("fitting the composition prior on the training normals")
     # normals calibrate, anomalies rank the fusion candidates
-    prior, z, bank, val = CompositionPrior.fit_seed(model, twin, bank_images, val_images, labels == 0, cfg.prior)
+    prior, z, counts, bank, val = CompositionPrior.fit_seed(model, twin, bank_images, val_images, labels == 0,
+                                                            cfg.prior)
     seg = Segmented(model, bank, val)
     if cfg.prior.learner_seeds > 1:
         seeds = [model.cfg.seed + i for i in range(1, cfg.prior.learner_seeds)]
@@ -121,8 +122,8 @@ def attach_prior(run: RunDir, splits: Splits, cfg: DetectorConfig, log: Callable
     _check_finite(z, "composition-prior scores (a non-finite composition log-density)")
     prior.save(out)
     entry = {"enabled": True, "nll_mean": prior.mean, "nll_std": prior.std, "partner": prior.partner is not None,
-             "learner_seeds": 1 + len(prior.members)}
-    return entry, z, seg
+             "learner_seeds": 1 + len(prior.members), "counts": counts is not None}
+    return entry, z, counts, seg
 
 
 def attach_composition(directory: Path, seg: Segmented | None, splits: Splits, cfg: DetectorConfig,

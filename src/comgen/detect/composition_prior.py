@@ -20,6 +20,10 @@ own in one draw and none in the next, and on some categories the prior's ranking
 good to chance between seeds. With ``learner_seeds`` above 1 the prior learns that many component models, each with its
 own seed and its counterpart, and averages their calibrated scores, standardised again on the validation normals.
 It is off by default: it helped the development seeds but not the report seeds (docs/experiments.md).
+
+The same composition vectors also give the fusion a second branch, ``counts``: the count patterns (per class and
+per pair of classes, over both models) that no training normal showed (``components/count_patterns.py``). It is
+calibrated on the training normals, each held out in turn, and the validation normals.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from comgen.components.composition import vector_names
+from comgen.components.count_patterns import CountPatterns, as_counts, count_columns
 from comgen.components.density import CompositionDensity, DensityConfig
 from comgen.components.learner import counterpart
 from comgen.components.model import ComponentModel
@@ -70,6 +75,7 @@ class PriorConfig(ConfigBase):
     enabled: bool = True  # used when the run has a component model (compositional / diffusion back-ends)
     partner: bool = True  # also score with the counterpart component model and average (see the module docstring)
     learner_seeds: int = 1  # component models learnt with different seeds, each with its partner, averaged
+    counts: bool = True  # also score the count patterns no training normal showed (the fusion's ``counts`` branch)
     batch_size: int = 16  # images segmented at once (bounds memory at the learner's working size)
     density: PriorDensityConfig = field(default_factory=PriorDensityConfig)
 
@@ -86,7 +92,8 @@ class CompositionPrior:
     def __init__(self, model: Any, density: CompositionDensity, cfg: PriorConfig, train_vectors: np.ndarray,
                  mean: float = 0.0, std: float = 1.0, partner: CompositionPrior | None = None,
                  pair_mean: float = 0.0, pair_std: float = 1.0, members: list[CompositionPrior] | None = None,
-                 ensemble_mean: float = 0.0, ensemble_std: float = 1.0) -> None:
+                 ensemble_mean: float = 0.0, ensemble_std: float = 1.0, counts: CountPatterns | None = None,
+                 counts_mean: float = 0.0, counts_std: float = 1.0) -> None:
         self.model = model
         self.density = density
         self.cfg = cfg
@@ -99,6 +106,9 @@ class CompositionPrior:
         self.members = members or []  # the priors of the models learnt with the other seeds (each with its partner)
         self.ensemble_mean = ensemble_mean  # the members' averaged z's spread on the validation normals
         self.ensemble_std = ensemble_std
+        self.counts = counts  # the count patterns of this model's and the partner's training vectors, or None
+        self.counts_mean = counts_mean  # their raw scores' spread on the held-out training and validation normals
+        self.counts_std = counts_std
 
     # --- scoring ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -121,11 +131,15 @@ class CompositionPrior:
                 out.append(density.vector(model.compose(img, "", class_map=cmap).components, shape))
         return np.stack(out) if out else np.zeros((0, 0))
 
+    def vectors_of(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None
+                   ) -> np.ndarray:
+        """``vectors`` with this prior's model and density."""
+        return self.vectors(self.model, self.density, np.asarray(images), self.cfg.batch_size, deep, maps)
+
     def nll(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None
             ) -> np.ndarray:
         """Negative composition log-density of each image (higher = rarer composition)."""
-        vecs = self.vectors(self.model, self.density, np.asarray(images), self.cfg.batch_size, deep, maps)
-        return -self.density.score(vecs)
+        return -self.density.score(self.vectors_of(images, deep, maps))
 
     def segment(self, images: np.ndarray, deep: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -140,14 +154,40 @@ class CompositionPrior:
         partner's when there is one, then with the members' (each segments for itself). ``maps`` and
         ``partner_maps`` are this seed's two models' class maps (``segment``); when neither is given, both come from
         one segmentation, and a partner without maps segments for itself."""
+        return self.score_branches(images, deep, maps, partner_maps)[0]
+
+    def score_branches(self, images: np.ndarray, deep: np.ndarray | None = None, maps: np.ndarray | None = None,
+                       partner_maps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``score``, and the count patterns' calibrated scores (None without them), from one set of composition
+        vectors."""
         if maps is None and partner_maps is None:
             maps, partner_maps = self.segment(images, deep)
-        z = self.z(self.nll(images, deep, maps))
+        vecs = self.vectors_of(images, deep, maps)
+        z = self.z(-self.density.score(vecs))
+        partner_vecs = None
         if self.partner is not None:
-            z = self.pair(z, self.partner.score(images, deep, partner_maps))
-        if not self.members:
-            return z
-        return self.ensemble([z, *[m.score(images, deep) for m in self.members]])
+            partner_vecs = self.partner.vectors_of(images, deep, partner_maps)
+            z = self.pair(z, self.partner.z(-self.partner.density.score(partner_vecs)))
+        if self.members:
+            z = self.ensemble([z, *[m.score(images, deep) for m in self.members]])
+        counts = None if self.counts is None else self.counts_z(self.counts.raw(self.count_matrix(vecs, partner_vecs)))
+        return z, counts
+
+    def count_matrix(self, vectors: np.ndarray, partner_vectors: np.ndarray | None) -> np.ndarray:
+        """The per-class counts [N, K] of this model's composition vectors, then of the partner's."""
+        blocks = [as_counts(vectors, count_columns(self.names()))]
+        if self.partner is not None and partner_vectors is not None:
+            blocks.append(as_counts(partner_vectors, count_columns(self.partner.names())))
+        return np.hstack(blocks)
+
+    def names(self) -> list[str]:
+        """The column names of this prior's composition vectors."""
+        d = self.cfg.density
+        return vector_names(self.model.num_classes, self.model.background, d.grid, d.area_spread, d.holes)
+
+    def counts_z(self, raw: np.ndarray) -> np.ndarray:
+        """The count patterns' raw scores -> calibrated scores."""
+        return ((raw - self.counts_mean) / self.counts_std).astype(np.float32)
 
     def ensemble(self, zs: list[np.ndarray]) -> np.ndarray:
         """The seeds' calibrated scores (this model's first) -> the ensemble's calibrated score."""
@@ -193,14 +233,28 @@ class CompositionPrior:
         self.pair_mean, self.pair_std = _spread(((val_z + partner_z) / 2)[normal])
         return self.pair(val_z, partner_z)
 
+    def fit_counts(self, val_images: np.ndarray, normal: np.ndarray, maps: np.ndarray | None = None,
+                   partner_maps: np.ndarray | None = None) -> np.ndarray:
+        """Fit the count patterns on the training vectors of this model and of the partner (fitted first), and
+        calibrate them on the training normals, each held out in turn, and the validation normals (``normal``: their
+        mask). ``maps`` and ``partner_maps``: the two models' class maps of the validation images, when the caller has
+        them. Returns the validation scores."""
+        partner_train = None if self.partner is None else self.partner.train_vectors
+        table = CountPatterns(self.count_matrix(self.train_vectors, partner_train))
+        partner_val = None if self.partner is None else self.partner.vectors_of(val_images, maps=partner_maps)
+        raw = table.raw(self.count_matrix(self.vectors_of(val_images, maps=maps), partner_val))
+        self.counts = table
+        self.counts_mean, self.counts_std = _spread(np.concatenate([table.leave_one_out(), raw[normal]]))
+        return self.counts_z(raw)
+
     @classmethod
     def fit_seed(cls, model: ComponentModel, twin: ComponentModel | None, train_images: np.ndarray,
                  val_images: np.ndarray, normal: np.ndarray, cfg: PriorConfig
-                 ) -> tuple[CompositionPrior, np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[CompositionPrior, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """One learner seed's prior: ``model``'s (paired with ``twin``'s, its counterpart, when given; one pixel pass
         segments each image for both) fitted on the training normals and calibrated on the validation normals
-        (``normal``: their mask). Returns the prior, its validation scores, and ``model``'s class maps of the
-        training and validation images."""
+        (``normal``: their mask). Returns the prior, its validation scores, its count patterns' validation scores
+        (None when ``cfg.counts`` is off), and ``model``'s class maps of the training and validation images."""
         bank, twin_bank = segment_pair(model, twin, train_images, cfg.batch_size)
         val, twin_val = segment_pair(model, twin, val_images, cfg.batch_size)
         prior = cls.fit(model, train_images, cfg=cfg, train_maps=bank)
@@ -209,7 +263,8 @@ class CompositionPrior:
         z = prior.z(nll)
         if twin is not None:
             z = prior.fit_partner(twin, train_images, val_images, normal, z, twin_bank, twin_val)
-        return prior, z, bank, val
+        counts = prior.fit_counts(val_images, normal, val, twin_val) if cfg.counts else None
+        return prior, z, counts, bank, val
 
     def fit_members(self, seeds: list[int], train_images: np.ndarray, val_images: np.ndarray, normal: np.ndarray,
                     val_z: np.ndarray, log: Callable[[str], None] = print) -> np.ndarray:
@@ -224,8 +279,8 @@ class CompositionPrior:
             log(f"learning the composition prior's component model with seed {seed}")
             model = learn_components(train_images, replace(self.model.cfg, seed=seed), backbone=self.model._backbone)
             twin = counterpart_or_none(model, train_images, log) if self.partner is not None else None
-            member, z, _, _ = CompositionPrior.fit_seed(model, twin, train_images, val_images, normal,
-                                                        replace(self.cfg, learner_seeds=1))
+            member, z, _, _, _ = CompositionPrior.fit_seed(model, twin, train_images, val_images, normal,
+                                                           replace(self.cfg, learner_seeds=1, counts=False))
             self.members.append(member)
             zs.append(z)
         self.ensemble_mean, self.ensemble_std = _spread(np.mean(zs, 0)[normal])
@@ -259,6 +314,8 @@ class CompositionPrior:
             stale += 1
         if self.members:
             cal["ensemble"] = {"mean": self.ensemble_mean, "std": self.ensemble_std, "members": len(self.members)}
+        if self.counts is not None:  # the table is rebuilt from the saved training vectors at load
+            cal["counts"] = {"mean": self.counts_mean, "std": self.counts_std, "pairs": self.counts.pairs}
         atomic_write_json(d / "calibration.json", cal)
         return d
 
@@ -302,7 +359,17 @@ class CompositionPrior:
             raise ArtifactError(d / "vectors.safetensors", f"{vecs.shape[1]} features per image, where config.yaml "
                                                            f"asks for {width}; {RETRAIN}")
         density.fit(vecs)
-        return cls(model, density, cfg, vecs, mean, std, partner, pair_mean, pair_std, members, ens_mean, ens_std)
+        prior = cls(model, density, cfg, vecs, mean, std, partner, pair_mean, pair_std, members, ens_mean, ens_std)
+        counts = cal.get("counts")
+        if counts is not None:
+            if not isinstance(counts, dict) or not isinstance(counts.get("pairs"), bool):
+                raise ArtifactError(d / "calibration.json", f"counts must be an object with pairs true or false, got "
+                                                            f"{counts!r}; {RETRAIN}")
+            prior.counts_mean = finite_number(counts.get("mean"), d / "calibration.json", "counts.mean")
+            prior.counts_std = finite_number(counts.get("std"), d / "calibration.json", "counts.std", gt=0.0)
+            partner_train = None if partner is None else partner.train_vectors
+            prior.counts = CountPatterns(prior.count_matrix(vecs, partner_train), counts["pairs"])
+        return prior
 
 
 def segment_maps(model: Any, images: np.ndarray, deep: np.ndarray | None = None, batch_size: int = 16

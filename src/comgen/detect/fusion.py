@@ -42,7 +42,7 @@ from sklearn.metrics import roc_auc_score
 
 from comgen.errors import ArtifactError, ConfigError
 
-BRANCHES = ("network", "prior", "composition", "memory", "global")  # every branch, in candidate order
+BRANCHES = ("network", "prior", "composition", "memory", "global", "counts")  # every branch, in candidate order
 MAP_BRANCHES = ("network", "composition", "memory")  # branches that give a map
 FUSION_CHOICES = ("auto", "max", "sum", "softplus", *BRANCHES)
 RULES = ("weighted", "max", "softplus")  # how a Fusion combines its branches' weighted z-scores

@@ -211,18 +211,19 @@ class Detector:
         return g.float().cpu().numpy(), m[:, 0].float().cpu().numpy(), feats
 
     def _composition_scores(self, images: np.ndarray, feats: list[torch.Tensor]
-                            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Calibrated composition-prior scores of a working-size batch, and the composition branch's scores and maps
-        (None without it), from one segmentation that reuses the detector's features where they match."""
+                            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Calibrated composition-prior scores of a working-size batch, its count patterns' scores, and the
+        composition branch's scores and maps (each None where the detector has not got it), from one segmentation
+        that reuses the detector's features where they match."""
         deep = None
         if self._prior_scale is not None:
             deep = feats[self._prior_scale].float().permute(0, 2, 3, 1).contiguous().cpu().numpy()
         maps, partner_maps = self.prior.segment(images, deep)
-        prior = self.prior.score(images, deep=deep, maps=maps, partner_maps=partner_maps)
+        prior, counts = self.prior.score_branches(images, deep=deep, maps=maps, partner_maps=partner_maps)
         if self.composition is None:
-            return prior, None, None
+            return prior, counts, None, None
         net, ccfg, k, cal = self.composition
-        return (prior, *standardise(*branch_scores(net, maps, k, ccfg, self.cfg.image_size), cal))
+        return (prior, counts, *standardise(*branch_scores(net, maps, k, ccfg, self.cfg.image_size), cal))
 
     def _memory_scores(self, feats: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated patch-memory image scores [B] and maps [B,S,S] of a working-size batch's features (float32,
@@ -282,7 +283,8 @@ class Detector:
             sl = slice(i, i + len(chunk))
             with eager() if (job_size or len(images)) < COMPILE_MIN_IMAGES else nullcontext():
                 if tiled:  # each image on the tile grid of its own size, maps blended back (tiling.py)
-                    parts["network"][sl], parts["prior"][sl], tiled_maps = predict_tiled(self, chunk, bs)
+                    parts["network"][sl], parts["prior"][sl], parts["counts"][sl], tiled_maps = \
+                        predict_tiled(self, chunk, bs)
                     maps += tiled_maps
                     continue
                 logits, mlog, feats = self._forward(np.stack(chunk))
@@ -290,7 +292,9 @@ class Detector:
             parts["network"][sl] = sc
             zmaps = {"network": mp}
             if self.prior is not None:
-                parts["prior"][sl], comp, comp_maps = self._composition_scores(np.stack(chunk), feats)
+                parts["prior"][sl], counts, comp, comp_maps = self._composition_scores(np.stack(chunk), feats)
+                if counts is not None:
+                    parts["counts"][sl] = counts
                 if comp is not None:
                     parts["composition"][sl], zmaps["composition"] = comp, comp_maps
             host = [f.float().cpu() for f in feats] \

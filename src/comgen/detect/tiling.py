@@ -152,11 +152,11 @@ def prior_inputs(splits: Any, cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndar
     return splits.whole_bank, splits.whole_val, image_max(val.labels.astype(np.float64), val.group)
 
 
-def predict_tiled(det: Any, images: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                 list[np.ndarray]]:
+def predict_tiled(det: Any, images: list[np.ndarray], batch_size: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """Tiled prediction of RGB uint8 images at their own sizes with a loaded ``Detector``: calibrated network
-    scores [N] (max over each image's tiles), composition-prior scores [N] (NaN without a prior) and maps at each
-    image's original size."""
+    scores [N] (max over each image's tiles), composition-prior and count-pattern scores [N] of the whole images
+    (NaN without them) and maps at each image's original size."""
     scores = np.zeros(len(images), np.float32)
     maps = []
     for j, img in enumerate(images):
@@ -171,6 +171,9 @@ def predict_tiled(det: Any, images: list[np.ndarray], batch_size: int) -> tuple[
         scores[j] = sc.max()
         maps.append(to_original(blend(mp, grid), grid))
     prior = np.full(len(images), np.nan, np.float32)
+    counts = np.full(len(images), np.nan, np.float32)
     if det.prior is not None:
-        prior[:] = det.prior.score(np.stack([whole(img, det.cfg.image_size) for img in images]))
-    return scores, prior, maps
+        prior[:], z_counts = det.prior.score_branches(np.stack([whole(img, det.cfg.image_size) for img in images]))
+        if z_counts is not None:
+            counts[:] = z_counts
+    return scores, prior, counts, maps

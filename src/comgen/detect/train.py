@@ -445,11 +445,12 @@ def _calibrate_best(tr: _Training, run: RunDir, log: Callable[[str], None]) -> d
         return cal
     labels = image_max(tr.splits.val.labels.astype(np.float64), group)
     z = {"network": image_max((val["logits"] - cal["score_mean"]) / cal["score_std"], group)}
-    cal["prior"], z_prior, segmented = attach_prior(run, tr.splits, cfg, log)
+    cal["prior"], z_prior, z_counts, segmented = attach_prior(run, tr.splits, cfg, log)
     cal["composition"], z_comp = attach_composition(det, segmented, tr.splits, cfg, log)
     cal["memory"], z_memory = attach_memory(det, tr.bank.patches, tr.vfeats, tr.splits.val.labels, cfg, log)
     cal["global"], z_global = attach_global(det, tr.bank.patches, tr.vfeats, tr.splits.val.labels, cfg, log)
-    for name, scores in (("prior", z_prior), ("composition", z_comp), ("memory", z_memory), ("global", z_global)):
+    for name, scores in (("prior", z_prior), ("composition", z_comp), ("memory", z_memory), ("global", z_global),
+                         ("counts", z_counts)):
         if scores is not None:
             z[name] = scores
     fuse_branches(cal, z, labels, cfg)

@@ -25,7 +25,8 @@ from comgen.records import Sample
 TIFF_SUFFIXES = (".tiff", ".tif", ".TIFF", ".TIF")
 SCORE_COLUMNS = ("category", "split", "label", "image_id", "path", "score")
 #: optional columns: the detector's per-branch calibrated scores (network, composition prior) behind "score"
-BRANCH_COLUMNS = ("network_score", "prior_score", "composition_score", "memory_score", "global_score")
+BRANCH_COLUMNS = ("network_score", "prior_score", "composition_score", "memory_score", "global_score",
+                  "counts_score")
 OPTIONAL_COLUMNS = ("decision",)
 
 

@@ -17,8 +17,10 @@ from safetensors.numpy import load_file
 from comgen.errors import ArtifactError
 
 MANIFEST = "bundle.json"
-FORMAT = 2  # 2: the prior may average several learner seeds (``prior.members``), which format 1 readers would skip
-READABLE = (1, 2)  # a format-1 bundle has one learner seed and reads unchanged
+# 2: the prior may average several learner seeds (``prior.members``), which format 1 readers would skip;
+# 3: the fusion may use the count patterns (``prior.counts``), which earlier readers cannot score
+FORMAT = 3
+READABLE = (1, 2, 3)  # a format-1 bundle has one learner seed and reads unchanged
 REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
 FUSION_RULES = ("weighted", "max", "softplus")  # the rules ``branches.fuse`` scores (``detect.fusion.RULES``)
 

@@ -27,11 +27,11 @@ from comgen.export_runtime.branches import (
 )
 from comgen.export_runtime.bundle import MANIFEST, REEXPORT, graph_path, read_arrays, read_manifest
 from comgen.export_runtime.engines import open_graph
-from comgen.export_runtime.prior import BundlePrior, ensemble_z, pair_z, read_seed
+from comgen.export_runtime.prior import BundleCounts, BundlePrior, ensemble_z, pair_z, read_seed
 from comgen.export_runtime.retrieval import align_scale, global_descriptors, nearest_references
 from comgen.features.pooled import pooled_descriptors, standardised_distances
 
-BRANCHES = ("network", "prior", "composition", "memory", "global")  # ``detect.fusion.BRANCHES``
+BRANCHES = ("network", "prior", "composition", "memory", "global", "counts")  # ``detect.fusion.BRANCHES``
 
 
 def to_rgb_uint8(img: np.ndarray, where: str = "image") -> np.ndarray:
@@ -90,6 +90,7 @@ class OnnxDetector:
         # ``MemoryBank.squared_norms``: from the stored (float16) features in float32
         self.bank_sq = [np.square(p.astype(np.float32)).sum(1) for p in self.bank_patches]
         self.prior = man.get("prior")
+        self.counts: BundleCounts | None = None
         if self.prior is not None:
             members = self.prior.get("members") or []
             if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
@@ -98,6 +99,8 @@ class OnnxDetector:
             self.prior_seeds = [read_seed(self.prior, arrays, d / MANIFEST, "prior")]
             self.prior_seeds += [read_seed(m, arrays, d / MANIFEST, f"prior_seed{i}") for i, m in enumerate(members, 1)]
             self.prior_model, self.prior_partner, _ = self.prior_seeds[0]
+            width = sum(len(m.count_columns()) for m in (self.prior_model, self.prior_partner) if m is not None)
+            self.counts = BundleCounts.read(self.prior, arrays["prior.safetensors"], width, d / MANIFEST)
             comp = graph_path(d, man, "components")
             self.components = open_graph(comp, engine, threads) if comp is not None else None
         self.composition = man.get("composition")
@@ -164,28 +167,32 @@ class OnnxDetector:
         return model.class_views(images, self._shared_deep(feats), self._components_deep, partner)
 
     def prior_scores(self, images: np.ndarray, maps: np.ndarray, feats: list[np.ndarray],
-                     partner_maps: np.ndarray | None = None) -> np.ndarray:
-        """``CompositionPrior.score``: z of the composition's negative log-density, paired with the partner
-        model's when the bundle has one, then averaged over the learner seeds when it has several (``maps``: the
-        first seed's own class maps; ``partner_maps``: its partner's, segmented here when not given)."""
-        zs = [self._seed_scores(self.prior_seeds[0], images, feats, maps, partner_maps)]
-        zs += [self._seed_scores(seed, images, feats) for seed in self.prior_seeds[1:]]
-        return zs[0] if len(zs) == 1 else ensemble_z(zs, self.prior["ensemble"])
+                     partner_maps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``CompositionPrior.score_branches``: z of the composition's negative log-density, paired with the partner
+        model's when the bundle has one, then averaged over the learner seeds when it has several, and the count
+        patterns' z (None without them) (``maps``: the first seed's own class maps; ``partner_maps``: its
+        partner's, segmented here when not given)."""
+        z, counts = self._seed_scores(self.prior_seeds[0], images, feats, maps, partner_maps)
+        zs = [z] + [self._seed_scores(seed, images, feats)[0] for seed in self.prior_seeds[1:]]
+        z = zs[0] if len(zs) == 1 else ensemble_z(zs, self.prior["ensemble"])
+        return z, None if self.counts is None else self.counts.z(counts)
 
     def _seed_scores(self, seed: tuple[BundlePrior, BundlePrior | None, dict | None], images: np.ndarray,
                      feats: list[np.ndarray], maps: np.ndarray | None = None,
-                     partner_maps: np.ndarray | None = None) -> np.ndarray:
+                     partner_maps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One learner seed's calibrated prior scores, paired with its counterpart's (maps segmented here when not
-        given; one pixel pass serves both models where they share it)."""
+        given; one pixel pass serves both models where they share it), and the two models' per-class counts."""
         model, partner, pair = seed
         if maps is None:
             maps, partner_maps = self._seed_views(seed, images, feats)
-        z = model.scores(images, maps)
+        vecs = model.vectors(images, maps)
+        z, counts = model.scores(vecs), model.counts(vecs)
         if partner is None:
-            return z
+            return z, counts
         if partner_maps is None:
             partner_maps = self.class_maps(images, feats, partner)
-        return pair_z(z, partner.scores(images, partner_maps), pair)
+        partner_vecs = partner.vectors(images, partner_maps)
+        return pair_z(z, partner.scores(partner_vecs), pair), np.hstack([counts, partner.counts(partner_vecs)])
 
     def composition_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``composition_branch.branch_scores`` + its calibration: z-scores [B] and z-maps [B,S,S]."""
@@ -245,7 +252,9 @@ class OnnxDetector:
             zmaps = {"network": mp}
             if self.prior is not None:
                 cmaps, partner_maps = self.prior_views(batch, feats)
-                parts["prior"][sl] = self.prior_scores(batch, cmaps, feats, partner_maps)
+                parts["prior"][sl], counts = self.prior_scores(batch, cmaps, feats, partner_maps)
+                if counts is not None:
+                    parts["counts"][sl] = counts
                 if self.composition is not None:
                     parts["composition"][sl], zmaps["composition"] = self.composition_scores(cmaps)
             if self.memory is not None:

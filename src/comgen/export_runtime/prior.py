@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from comgen.components.composition import compose, composition_vector, min_area_pixels, vector_names
+from comgen.components.count_patterns import CountPatterns, as_counts, count_columns
 from comgen.components.features import LearnerConfig, PixelFeaturizer, resize_square
 from comgen.components.instances import InstanceStage
 from comgen.components.model import majority_filter
@@ -191,12 +192,56 @@ class BundlePrior:
                 and all((k in self.arrays) == (k in other.arrays)
                         and (k not in self.arrays or np.array_equal(self.arrays[k], other.arrays[k])) for k in keys))
 
-    def scores(self, images: np.ndarray, maps: np.ndarray) -> np.ndarray:
-        """``CompositionPrior.z`` of the images' compositions (``maps``: this model's class maps)."""
+    def vectors(self, images: np.ndarray, maps: np.ndarray) -> np.ndarray:
+        """``CompositionPrior.vectors_of``: the images' composition vectors (``maps``: this model's class maps)."""
         e = self.entry
-        vecs = composition_vectors(images, maps, e["num_classes"], self.learner.min_area, e["grid"],
+        return composition_vectors(images, maps, e["num_classes"], self.learner.min_area, e["grid"],
                                    e.get("area_spread", False), e.get("holes", False))  # absent from older bundles
-        return prior_z(-mixture_log_density(vecs, self.arrays, e["covariance_type"]), e)
+
+    def scores(self, vectors: np.ndarray) -> np.ndarray:
+        """``CompositionPrior.z`` of composition vectors."""
+        return prior_z(-mixture_log_density(vectors, self.arrays, self.entry["covariance_type"]), self.entry)
+
+    def count_columns(self) -> np.ndarray:
+        """Where the per-class counts lie in this model's composition vectors."""
+        e = self.entry
+        return count_columns(vector_names(e["num_classes"], 0, e["grid"], e.get("area_spread", False),
+                                          e.get("holes", False)))
+
+    def counts(self, vectors: np.ndarray) -> np.ndarray:
+        """The per-class counts of composition vectors (``CompositionPrior.count_matrix``'s block of this model)."""
+        return as_counts(vectors, self.count_columns())
+
+
+@dataclass
+class BundleCounts:
+    """The count patterns of a bundle's prior (``CompositionPrior.counts``) and their calibration."""
+
+    table: CountPatterns
+    mean: float
+    std: float
+
+    @classmethod
+    def read(cls, entry: dict[str, Any], arrays: dict[str, np.ndarray], width: int, where: Path
+             ) -> BundleCounts | None:
+        """From the prior's manifest entry and arrays (None when the bundle scores no count patterns); ``width``:
+        the number of count columns of the prior's models together."""
+        counts = entry.get("counts")
+        if counts is None:
+            return None
+        if not isinstance(counts, dict) or not isinstance(counts.get("pairs"), bool) \
+                or not is_number(counts.get("mean")) or not is_number(counts.get("std")) or counts["std"] <= 0:
+            raise ArtifactError(where, f"prior.counts needs a finite mean, a positive std and pairs true or false; "
+                                       f"{REEXPORT}")
+        train = arrays.get("counts_train")
+        if train is None or train.ndim != 2 or train.shape[1] != width or not len(train) or (train < 0).any():
+            raise ArtifactError(where, f"prior.counts_train must be a non-negative [N, {width}] array of counts; "
+                                       f"{REEXPORT}")
+        return cls(CountPatterns(train, counts["pairs"]), float(counts["mean"]), float(counts["std"]))
+
+    def z(self, counts: np.ndarray) -> np.ndarray:
+        """``CompositionPrior.counts_z`` of count matrices."""
+        return ((self.table.raw(counts) - self.mean) / self.std).astype(np.float32)
 
 
 def pair_z(z: np.ndarray, partner_z: np.ndarray, pair: dict[str, Any]) -> np.ndarray:
