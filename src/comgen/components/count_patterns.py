@@ -6,7 +6,7 @@ into a continuous density, so a pair of counts that no normal image shows (both 
 has one or the other) can still lie inside its ellipsoids. A table of the patterns that the training normals
 showed finds such a pair directly. This follows CSAD's component histograms (Hsieh and Lai, BMVC 2024): a test
 image's composition is compared with a memory of normal compositions. Here the memory is kept per class and per
-pair of classes, so that a hundred images cover it.
+pair of classes, so that the few normal images of a category cover it.
 
 The score of an image is the largest surprise among the patterns that no training image showed, 0 when every
 pattern was seen. The surprise is Witten-Bell's escape probability, log((N + T) / T), where N is the number of
@@ -74,8 +74,8 @@ class CountPatterns:
     def leave_one_out(self) -> np.ndarray:
         """Each training image's score against the table of the other training images.
 
-        Why: the validation normals are few (30), and a pattern that one normal image in a hundred shows decides
-        how often normal images score at all; the training images' own rates, each held out in turn, measure it.
+        Why: the validation normals are few, and the rare patterns that single normal images show decide how often
+        normal images score at all; the training images' own rates, each held out in turn, measure it.
         """
         n = len(self.train)
         out = np.zeros(n)

@@ -182,8 +182,7 @@ class CompositionPrior:
 
     def names(self) -> list[str]:
         """The column names of this prior's composition vectors."""
-        d = self.cfg.density
-        return vector_names(self.model.num_classes, self.model.background, d.grid, d.area_spread, d.holes)
+        return _vector_names(self.model, self.cfg.density)
 
     def counts_z(self, raw: np.ndarray) -> np.ndarray:
         """The count patterns' raw scores -> calibrated scores."""
@@ -353,8 +352,7 @@ class CompositionPrior:
         vecs = _read_vectors(d / "vectors.safetensors")
         model = ComponentModel.load(d / "components", backbone=backbone)
         density = CompositionDensity(cfg.density, model.num_classes, model.background)
-        width = len(vector_names(model.num_classes, model.background, cfg.density.grid, cfg.density.area_spread,
-                                 cfg.density.holes))
+        width = len(_vector_names(model, cfg.density))
         if vecs.shape[1] != width:  # e.g. a prior saved before its config gained a feature that now defaults on
             raise ArtifactError(d / "vectors.safetensors", f"{vecs.shape[1]} features per image, where config.yaml "
                                                            f"asks for {width}; {RETRAIN}")
@@ -408,6 +406,11 @@ def counterpart_or_none(model: ComponentModel, train_images: np.ndarray, log: Ca
     except InputError as exc:
         log(f"composition prior: no counterpart model ({exc}); one model scores")
         return None
+
+
+def _vector_names(model: Any, density: DensityConfig) -> list[str]:
+    """The column names of the composition vectors that ``model`` and the density settings give."""
+    return vector_names(model.num_classes, model.background, density.grid, density.area_spread, density.holes)
 
 
 def _spread(values: np.ndarray) -> tuple[float, float]:
