@@ -369,7 +369,24 @@ def test_a_surface_stays_editable_when_no_other_part_has_a_steady_count():
     alone = _tray_bank(lambda i: i % 4, washer=False)
     assert alone.frozen == set()
     assert any(comp.components[p.edit.target[0]].class_id == 1
-               for p, comp in (_plan(alone, "remove", seed) for seed in range(8)))
+               for p, comp in (_plan(alone, "recolor", seed) for seed in range(8)))
+
+
+def test_a_carrier_is_never_removed_or_added():
+    """The tray carries the pins: taking it away or pasting a second one leaves no scene a rule is about."""
+    varying = _tray_bank(lambda i: i % 4, washer=False)  # the tray is the only class of steady count
+    reasons = possible_kinds(varying)
+    assert varying.carriers == {1} and "carrier" in reasons["remove"] and "carrier" in reasons["add"]
+    steady = _tray_bank(lambda i: 3)
+    plain = ComponentBank(steady.images, steady.class_maps, [None] * len(steady), steady.ids, steady.paths, 0, 4)
+    assert plain.carriers == {1} and plain.frozen == set()  # the colour classes: the tray stays recolourable
+    for kind in ("remove", "add"):
+        for seed in range(8):
+            p, comp = _plan(plain, kind, seed)
+            touched = {comp.components[t].class_id for t in p.edit.target} | set(p.edit.classes)
+            assert 1 not in touched, (kind, seed)
+    assert any(comp.components[p.edit.target[0]].class_id == 1
+               for p, comp in (_plan(plain, "recolor", seed) for seed in range(8)))
 
 
 def test_a_ring_carries_its_hole_but_is_no_surface():

@@ -92,6 +92,7 @@ class ComponentBank:
         self._build()
         self._build_references()
         self._build_class_stats()
+        self.carriers = self._carrier_classes()
         if part_classes:
             self._freeze_surfaces()
             self._build_occupancy()
@@ -185,15 +186,24 @@ class ComponentBank:
         the surface. Where the surfaces are the only classes of steady count (free parts come one or two at a
         time), they stay editable, so the category still gets removes, adds and recolours.
         """
+        if any(self.stable(k) for k in self.classes() if k not in self.carriers):
+            self.frozen = set(self.carriers)
+
+    def _carrier_classes(self) -> set[int]:
+        """Classes whose large instances carry other parts in most images (a tray, a board, a fixture).
+
+        Why: the parts lie on a carrier, so it cannot be taken away or doubled while they stay where they are. With
+        the instance stage the carriers are the surfaces that ``_freeze_surfaces`` keeps still; with the colour
+        classes only remove and add leave them alone, since recolouring or replacing a fixture's colour class also
+        edits the parts of that colour.
+        """
         carried: dict[int, int] = {}
         for hosts in self.hosts:
             for k in {h for h in hosts if h != self.background}:
                 carried[k] = carried.get(k, 0) + 1
         big = self.surface_area * self.size * self.size
-        surfaces = {k for k, n in carried.items()
-                    if n >= self.surface_share * max(len(self), 1) and self.median_area.get(k, 0.0) >= big}
-        if any(self.stable(k) for k in self.classes() if k not in surfaces):
-            self.frozen = surfaces
+        return {k for k, n in carried.items()
+                if n >= self.surface_share * max(len(self), 1) and self.median_area.get(k, 0.0) >= big}
 
     #: a spot is rare for a class when its parts lie there in fewer than this share of the images that they lie at
     #: their own usual spots
@@ -252,9 +262,15 @@ class ComponentBank:
         return self.stable(c.class_id) and self.typical(c.class_id, c.area)
 
     def removable(self, c: Component) -> bool:
-        """What a remove edit may take out. Why: removing a fragment of an unreliable class leaves a normal
-        scene."""
-        return self.confident(c)
+        """What a remove edit may take out: a whole part of a reliable class that carries no other parts. Why:
+        removing a fragment of an unreliable class leaves a normal scene; removing a carrier (``carriers``) leaves
+        its parts lying on an inpainted smear."""
+        return self.confident(c) and c.class_id not in self.carriers
+
+    def addable(self, class_id: int) -> bool:
+        """Whether an add edit may put one more part of the class in: a reliable class that is no carrier (a second
+        tray pasted over the parts covers them, and breaks a count only by accident)."""
+        return self.stable(class_id) and class_id not in self.carriers
 
     def movable(self, c: Component | BankItem) -> bool:
         """A whole part that can be taken out, put elsewhere, resized or swapped: not a fragment, not a merged

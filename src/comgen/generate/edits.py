@@ -255,7 +255,7 @@ def plan_remove(bank: ComponentBank, i: int, comp: Composition, rng: np.random.G
 
 def plan_add(bank: ComponentBank, i: int, comp: Composition, rng: np.random.Generator) -> EditPlan | None:
     # an extra part only breaks a fixed count
-    classes = [k for k in bank.classes() if bank.stable(k)]
+    classes = [k for k in bank.classes() if bank.addable(k)]
     if not classes:
         return None
     k = int(rng.choice(classes))
@@ -459,11 +459,13 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
                 "no part class has the same instance count in most training images"
         elif k == "remove":
             reasons[k] = None if any(bank.removable(c) for cs in bank.components for c in cs) else \
-                "no part class has the same instance count in most training images"
+                "no part class but a carrier (the tray or fixture the parts lie on) has the same instance count in " \
+                "most training images"
         elif k == "add":
-            reasons[k] = None if any(bank.stable(c) and any(bank.movable(it) for it in bank.items_of(c))
+            reasons[k] = None if any(bank.addable(c) and any(bank.movable(it) for it in bank.items_of(c))
                                      for c in bank.classes()) \
-                else "no part class has the same instance count in most training images"
+                else "no part class but a carrier (the tray or fixture the parts lie on) has the same instance count " \
+                "in most training images"
         elif k in ("move", "resize"):
             reasons[k] = None if any(loose) else untypical
         else:

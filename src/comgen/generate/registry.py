@@ -19,7 +19,7 @@ BACKENDS: tuple[str, ...] = ("compositional", "cutpaste", "draem", "nsa", "diffu
 #: a generated folder (and a run's generate stage) is reused while its config matches, so without it a rerun
 #: after an upgrade kept the old code's anomalies. Back-ends not listed are at revision 1.
 #: What each revision changed is in CHANGELOG.md.
-REVISIONS: dict[str, int] = {"compositional": 7}
+REVISIONS: dict[str, int] = {"compositional": 8}
 
 
 def generator_revision(name: str) -> int:
