@@ -184,7 +184,7 @@ class ComponentBank:
         Why: a surface is the frame the parts lie on. Recolouring, removing or replacing it changes the frame,
         which a composition rule is rarely about; such edits broke a rule only through the parts painted over with
         the surface. Where the surfaces are the only classes of steady count (free parts come one or two at a
-        time), they stay editable, so the category still gets removes, adds and recolours.
+        time), they stay editable, so the category still gets recolours (removes and adds never act on a carrier).
         """
         if any(self.stable(k) for k in self.classes() if k not in self.carriers):
             self.frozen = set(self.carriers)
