@@ -448,6 +448,8 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
     loose_classes = {c.class_id for cs in loose for c in cs}
     multi = any(len({c.class_id for c in cs}) >= 2 for cs in loose)
     untypical = "no part of its class's typical size"
+    only_carriers = "no part class but a carrier (the tray or fixture the parts lie on) has the same instance count " \
+        "in most training images"
     reasons: dict[str, str | None] = {}
     for k in ALL_EDITS:
         if k == "swap":
@@ -458,14 +460,10 @@ def possible_kinds(bank: ComponentBank) -> dict[str, str | None]:
             reasons[k] = None if any(bank.confident(c) for cs in bank.components for c in cs) else \
                 "no part class has the same instance count in most training images"
         elif k == "remove":
-            reasons[k] = None if any(bank.removable(c) for cs in bank.components for c in cs) else \
-                "no part class but a carrier (the tray or fixture the parts lie on) has the same instance count in " \
-                "most training images"
+            reasons[k] = None if any(bank.removable(c) for cs in bank.components for c in cs) else only_carriers
         elif k == "add":
             reasons[k] = None if any(bank.addable(c) and any(bank.movable(it) for it in bank.items_of(c))
-                                     for c in bank.classes()) \
-                else "no part class but a carrier (the tray or fixture the parts lie on) has the same instance count " \
-                "in most training images"
+                                     for c in bank.classes()) else only_carriers
         elif k in ("move", "resize"):
             reasons[k] = None if any(loose) else untypical
         else:
