@@ -102,6 +102,27 @@ def test_rims_go_to_the_part_they_surround_but_a_wire_on_the_background_stays():
     assert (out[50:52, 5:60] == 2).all()
 
 
+def test_the_rim_of_a_background_coloured_part_on_a_fixture_joins_the_part():
+    m = np.zeros((64, 64), np.uint8)
+    m[8:56, 8:56] = 1  # a fixture (surface 1) on the background
+    cv2.circle(m, (32, 32), 10, 2, -1)  # the blurred edge (class 2) ...
+    cv2.circle(m, (32, 32), 7, 0, -1)  # ... of a part of the background's colour lying on the fixture
+    part = m == 0
+    part[:8], part[56:], part[:, :8], part[:, 56:] = False, False, False, False
+    out = absorb_rims(m, {0, 1}, rim_px=3.0, island_area=0.05 * m.size)
+    edge = m == 2
+    inner = edge & (cv2.dilate(part.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    assert inner.any() and (out[inner] == 0).all()  # the edge next to the part goes with it
+    assert (out[edge & ~inner] == 1).all()  # the rest of the blur stays with the fixture
+    assert (absorb_rims(m, {0, 1}, rim_px=3.0)[edge] == 1).all()  # without islands: the fixture takes it all
+    washer = np.zeros((64, 64), np.uint8)
+    cv2.circle(washer, (32, 32), 12, 3, -1)  # a washer (class 3, no surface) around the same edge and hole
+    cv2.circle(washer, (32, 32), 10, 2, -1)
+    cv2.circle(washer, (32, 32), 7, 0, -1)
+    out = absorb_rims(washer, {0}, rim_px=3.0, island_area=0.05 * m.size)
+    assert (out[washer == 2] == 3).all()  # a part's own rim stays the part's
+
+
 def test_touching_parts_are_split():
     m = np.zeros((40, 70), np.uint8)
     cv2.circle(m, (20, 20), 12, 1, -1)

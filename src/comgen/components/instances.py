@@ -124,7 +124,8 @@ class InstanceStage:
 
     def refine(self, pixel_map: np.ndarray, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
         """Final class map of one image from its pixel classes, Lab colour and (upsampled) deep features."""
-        pixel_map = absorb_rims(pixel_map, set(self.surfaces), self.options.rim_px * pixel_map.shape[0] / 256)
+        pixel_map = absorb_rims(pixel_map, set(self.surfaces), self.options.rim_px * pixel_map.shape[0] / 256,
+                                self.options.surface_share * pixel_map.size)
         blobs = blob_mask(lab, pixel_map == 0, self.blob_tau, self.options) if BLOBS in self.groups else None
         labels, groups = find_instances(pixel_map, blobs, set(self.surface_class), self.options)
         out = np.zeros(pixel_map.shape, np.uint8)
@@ -192,15 +193,20 @@ def blob_mask(lab: np.ndarray, bg: np.ndarray, tau: float, opt: InstanceOptions)
         m = (blob_deviation(lab, bg, opt, tau) > tau).astype(np.uint8)
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
         m &= cv2.erode(bg.astype(np.uint8), kernel)  # the rims of other classes' regions are not blobs
+    return m.astype(bool) | background_islands(bg, opt.surface_share * size * size)
+
+
+def background_islands(bg: np.ndarray, max_area: float) -> np.ndarray:
+    """bool mask: regions of the background's class enclosed by other classes (clear of the image border) and
+    smaller than ``max_area`` pixels: a part of the background's colour lying on a fixture, not the background."""
     n, comp, stats, _ = cv2.connectedComponentsWithStats(bg.astype(np.uint8), connectivity=8)
-    if n > 2:
-        border = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
-        small = stats[:, cv2.CC_STAT_AREA] < opt.surface_share * size * size
-        islands = np.flatnonzero(small & ~np.isin(np.arange(n), border))
-        islands = islands[islands > 0]
-        if len(islands):
-            m |= np.isin(comp, islands).astype(np.uint8)
-    return m.astype(bool)
+    if n <= 2:
+        return np.zeros(bg.shape, bool)
+    border = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
+    small = stats[:, cv2.CC_STAT_AREA] < max_area
+    islands = np.flatnonzero(small & ~np.isin(np.arange(n), border))
+    islands = islands[islands > 0]
+    return np.isin(comp, islands) if len(islands) else np.zeros(bg.shape, bool)
 
 
 def fit_blob_threshold(devs: list[np.ndarray], bgs: list[np.ndarray], opt: InstanceOptions) -> float:
@@ -228,15 +234,23 @@ def _split_touching(region: np.ndarray) -> np.ndarray:
     return markers
 
 
-def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float) -> np.ndarray:
+def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float, island_area: float = 0.0) -> np.ndarray:
     """Give thin regions of the non-surface classes to the class they border (other than the background).
 
     Why: blurred edges between two colours form their own colour, so the pixel classes hold rims (a yellow-grey
     halo around every yellow part, a band along a tray's edge). A rim is at most ``rim_px`` thick and belongs
-    to the part or the surface it surrounds; a thin part lying on the background alone (a wire) is kept.
+    to the part or the surface it surrounds; a thin part lying on the background alone (a wire) is kept. Where
+    a rim lies between a surface and an island of the background's class (``background_islands`` below
+    ``island_area`` pixels: a part of the background's colour lying on a fixture), its pixels next to the island
+    are that part's edge and join it; the rest stays with the surface, as the blur between them is shared.
     """
     out = pixel_map.copy()
     ring_kernel = np.ones((3, 3), np.uint8)
+    near_island = None  # the rim's pixels next to an island of the background's class: a third of its width
+    if island_area > 0:
+        r = max(1, int(round(rim_px / 3)))
+        near_island = cv2.dilate(background_islands(pixel_map == 0, island_area).astype(np.uint8),
+                                 np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
     for c in np.unique(pixel_map):
         c = int(c)
         if c in surfaces:
@@ -254,7 +268,9 @@ def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float) -> np.
             around = pixel_map[ring]
             around = around[(around != c) & (around != 0)]
             if around.size:
-                out[region] = np.bincount(around).argmax()
+                out[region] = host = int(np.bincount(around).argmax())
+                if near_island is not None and host in surfaces:
+                    out[region & near_island] = 0
     return out
 
 
@@ -541,7 +557,8 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     """Fit the stage on the training images' pixel maps [N,S,S], Lab [N,S,S,3] and deep features [N,S,S,d]."""
     n_img = len(pixel_maps)
     surfaces = surface_classes(pixel_maps, num_pixel_classes, opt.surface_share)
-    pixel_maps = np.stack([absorb_rims(m, surfaces, opt.rim_px * m.shape[0] / 256) for m in pixel_maps])
+    pixel_maps = np.stack([absorb_rims(m, surfaces, opt.rim_px * m.shape[0] / 256, opt.surface_share * m.size)
+                           for m in pixel_maps])
     bgs = [m == 0 for m in pixel_maps]
     inner = [cv2.erode(b.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0 for b in bgs]  # away from other classes
     tau = fit_blob_threshold([blob_deviation(lab, bg, opt) for lab, bg in zip(labs, bgs)], inner, opt)
