@@ -109,7 +109,7 @@ def test_the_rim_of_a_background_coloured_part_on_a_fixture_joins_the_part():
     cv2.circle(m, (32, 32), 7, 0, -1)  # ... of a part of the background's colour lying on the fixture
     part = m == 0
     part[:8], part[56:], part[:, :8], part[:, 56:] = False, False, False, False
-    out = absorb_rims(m, {0, 1}, rim_px=3.0, island_area=0.05 * m.size)
+    out = absorb_rims(m, {0, 1}, rim_px=3.0, island_share=0.05)
     edge = m == 2
     inner = edge & (cv2.dilate(part.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
     assert inner.any() and (out[inner] == 0).all()  # the edge next to the part goes with it
@@ -119,7 +119,7 @@ def test_the_rim_of_a_background_coloured_part_on_a_fixture_joins_the_part():
     cv2.circle(washer, (32, 32), 12, 3, -1)  # a washer (class 3, no surface) around the same edge and hole
     cv2.circle(washer, (32, 32), 10, 2, -1)
     cv2.circle(washer, (32, 32), 7, 0, -1)
-    out = absorb_rims(washer, {0}, rim_px=3.0, island_area=0.05 * m.size)
+    out = absorb_rims(washer, {0}, rim_px=3.0, island_share=0.05)
     assert (out[washer == 2] == 3).all()  # a part's own rim stays the part's
 
 

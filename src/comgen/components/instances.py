@@ -125,7 +125,7 @@ class InstanceStage:
     def refine(self, pixel_map: np.ndarray, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
         """Final class map of one image from its pixel classes, Lab colour and (upsampled) deep features."""
         pixel_map = absorb_rims(pixel_map, set(self.surfaces), self.options.rim_px * pixel_map.shape[0] / 256,
-                                self.options.surface_share * pixel_map.size)
+                                self.options.surface_share)
         blobs = blob_mask(lab, pixel_map == 0, self.blob_tau, self.options) if BLOBS in self.groups else None
         labels, groups = find_instances(pixel_map, blobs, set(self.surface_class), self.options)
         out = np.zeros(pixel_map.shape, np.uint8)
@@ -193,17 +193,18 @@ def blob_mask(lab: np.ndarray, bg: np.ndarray, tau: float, opt: InstanceOptions)
         m = (blob_deviation(lab, bg, opt, tau) > tau).astype(np.uint8)
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
         m &= cv2.erode(bg.astype(np.uint8), kernel)  # the rims of other classes' regions are not blobs
-    return m.astype(bool) | background_islands(bg, opt.surface_share * size * size)
+    return m.astype(bool) | background_islands(bg, opt.surface_share)
 
 
-def background_islands(bg: np.ndarray, max_area: float) -> np.ndarray:
+def background_islands(bg: np.ndarray, max_share: float) -> np.ndarray:
     """bool mask: regions of the background's class enclosed by other classes (clear of the image border) and
-    smaller than ``max_area`` pixels: a part of the background's colour lying on a fixture, not the background."""
+    smaller than ``max_share`` of the image: a part of the background's colour lying on a fixture, not the
+    background."""
     n, comp, stats, _ = cv2.connectedComponentsWithStats(bg.astype(np.uint8), connectivity=8)
     if n <= 2:
         return np.zeros(bg.shape, bool)
     border = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
-    small = stats[:, cv2.CC_STAT_AREA] < max_area
+    small = stats[:, cv2.CC_STAT_AREA] < max_share * bg.size
     islands = np.flatnonzero(small & ~np.isin(np.arange(n), border))
     islands = islands[islands > 0]
     return np.isin(comp, islands) if len(islands) else np.zeros(bg.shape, bool)
@@ -234,22 +235,22 @@ def _split_touching(region: np.ndarray) -> np.ndarray:
     return markers
 
 
-def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float, island_area: float = 0.0) -> np.ndarray:
+def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float, island_share: float = 0.0) -> np.ndarray:
     """Give thin regions of the non-surface classes to the class they border (other than the background).
 
     Why: blurred edges between two colours form their own colour, so the pixel classes hold rims (a yellow-grey
     halo around every yellow part, a band along a tray's edge). A rim is at most ``rim_px`` thick and belongs
     to the part or the surface it surrounds; a thin part lying on the background alone (a wire) is kept. Where
     a rim lies between a surface and an island of the background's class (``background_islands`` below
-    ``island_area`` pixels: a part of the background's colour lying on a fixture), its pixels next to the island
+    ``island_share`` of the image: a part of the background's colour lying on a fixture), its pixels next to the island
     are that part's edge and join it; the rest stays with the surface, as the blur between them is shared.
     """
     out = pixel_map.copy()
     ring_kernel = np.ones((3, 3), np.uint8)
     near_island = None  # the rim's pixels next to an island of the background's class: a third of its width
-    if island_area > 0:
+    if island_share > 0:
         r = max(1, int(round(rim_px / 3)))
-        near_island = cv2.dilate(background_islands(pixel_map == 0, island_area).astype(np.uint8),
+        near_island = cv2.dilate(background_islands(pixel_map == 0, island_share).astype(np.uint8),
                                  np.ones((2 * r + 1, 2 * r + 1), np.uint8)) > 0
     for c in np.unique(pixel_map):
         c = int(c)
@@ -557,7 +558,7 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     """Fit the stage on the training images' pixel maps [N,S,S], Lab [N,S,S,3] and deep features [N,S,S,d]."""
     n_img = len(pixel_maps)
     surfaces = surface_classes(pixel_maps, num_pixel_classes, opt.surface_share)
-    pixel_maps = np.stack([absorb_rims(m, surfaces, opt.rim_px * m.shape[0] / 256, opt.surface_share * m.size)
+    pixel_maps = np.stack([absorb_rims(m, surfaces, opt.rim_px * m.shape[0] / 256, opt.surface_share)
                            for m in pixel_maps])
     bgs = [m == 0 for m in pixel_maps]
     inner = [cv2.erode(b.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0 for b in bgs]  # away from other classes
