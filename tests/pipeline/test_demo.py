@@ -16,7 +16,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Calls of the demo's two steps, without building or running anything."""
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(demo, "generate_benchmark", lambda data, synth: calls.append({"synth": synth}))
-    monkeypatch.setattr(demo, "run_suite", lambda data, cats, runs, cfg, force, log: calls.append({"cfg": cfg}))
+    monkeypatch.setattr(demo, "run_suite", lambda data, cats, runs, cfg, force, log: calls.append({"cfg": cfg, "runs": runs}))
     return calls
 
 
@@ -43,3 +43,11 @@ def test_the_cli_passes_the_seed_and_refuses_a_negative_one(captured: list[dict[
     assert captured[-1]["cfg"].seed == 2
     refused = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--seed", "-1"])
     assert refused.exit_code != 0 and "greater than or equal to 0" in refused.output
+
+
+def test_one_category_runs_in_its_own_folder_under_runs(captured: list[dict[str, Any]], tmp_path: Path) -> None:
+    demo.run_demo(tmp_path, quick=True, categories="screw_bag", log=lambda m: None)
+    demo.run_demo(tmp_path, quick=True, categories="screw_bag,cable_pair", log=lambda m: None)
+    demo.run_demo(tmp_path, quick=True, log=lambda m: None)
+    runs = [c["runs"] for c in captured if "runs" in c]
+    assert runs == [tmp_path / "runs" / "screw_bag", tmp_path / "runs", tmp_path / "runs"]
