@@ -12,6 +12,8 @@ from comgen.components.instances import (
     _split_touching,
     absorb_rims,
     find_instances,
+    fit_stage,
+    shading_classes,
 )
 from comgen.components.learner import learn_components
 from comgen.components.model import ComponentModel
@@ -225,3 +227,43 @@ def test_one_part_type_with_noisy_colour_stays_one_class():
     rng = np.random.default_rng(1)
     desc, image_of, _ = _group(rng, 40, [(3, -6.0, 1.0)])
     assert len(cluster_group(desc, image_of, InstanceOptions(), 0, 40).centroids) == 1
+
+
+def _lit_scenes(n: int, tray: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel maps and Lab images of a background lit from one side (L drifts from 35 to 65 across the image),
+    which colour clustering cuts into a dark band (class 0) and a light one (class 1), and, with ``tray``, a
+    bright tray with a sharp edge on the dark band (class 2)."""
+    rng = np.random.default_rng(0)
+    ramp = np.repeat(np.linspace(35.0, 65.0, 64)[None, :], 64, 0)
+    maps, labs = [], []
+    for _ in range(n):
+        lab = np.stack([ramp, np.zeros_like(ramp), np.zeros_like(ramp)], -1) + rng.normal(0, 0.5, (64, 64, 3))
+        m = (ramp >= 50).astype(np.uint8)
+        if tray:
+            lab[20:44, 6:26, 0] = 85.0
+            m[20:44, 6:26] = 2
+        maps.append(m)
+        labs.append(lab)
+    return np.stack(maps), np.stack(labs).astype(np.float32)
+
+
+def test_a_band_of_uneven_light_is_background_and_a_tray_is_not():
+    maps, labs = _lit_scenes(4)
+    assert shading_classes(maps, labs, {0, 1, 2}, ratio=3.0) == {1}
+    assert shading_classes(maps, labs, {0, 1, 2}, ratio=0.0) == set()  # off
+    stage, info = fit_stage(maps, labs, None, 3, InstanceOptions())
+    assert stage.shading == (1,) and info["shading"] == [1] and 1 not in stage.surfaces
+    out = stage.refine(maps[0], labs[0], None)
+    assert (out[maps[0] == 1] == 0).all()  # the light band is read as the background
+    assert (out[maps[0] == 2] == stage.surface_class[2]).all() and stage.surface_class[2] != 0
+    arrays, meta = stage.to_arrays()
+    assert InstanceStage.from_arrays(arrays, meta).shading == (1,)
+    meta.pop("shading")  # a stage saved before the rule reads as having no bands
+    assert InstanceStage.from_arrays(arrays, meta).shading == ()
+
+
+def test_a_texture_of_bands_alone_keeps_its_bands():
+    maps, labs = _lit_scenes(4, tray=False)
+    assert shading_classes(maps, labs, {0, 1}, ratio=3.0) == {1}
+    stage, _ = fit_stage(maps, labs, None, 2, InstanceOptions())
+    assert stage.shading == () and stage.num_classes == 2

@@ -346,3 +346,17 @@ def test_a_damaged_global_branch_in_the_bundle_is_one_line(prior_bundle: Path, t
     (d / "bundle.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match=r"global branch array 'mean\d' missing"):
         OnnxDetector(d)
+
+
+def test_a_prior_whose_instance_stage_reads_bands_needs_format_4() -> None:
+    from types import SimpleNamespace
+
+    from comgen.detect.bundle import _reads_bands
+
+    def prior(shading: tuple[int, ...] | None, partner=None, members=()):
+        stage = None if shading is None else SimpleNamespace(shading=shading)
+        return SimpleNamespace(model=SimpleNamespace(instance_stage=stage), partner=partner, members=list(members))
+
+    assert not _reads_bands(prior(None, partner=prior(())))
+    assert _reads_bands(prior(None, partner=prior((2,))))  # the counterpart's stage
+    assert _reads_bands(prior(None, members=[prior((1,))]))  # another learner seed's

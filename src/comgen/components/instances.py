@@ -6,7 +6,8 @@ background. CSAD (BMVC 2024) and ComAD describe each part instance rather than e
 same on top of the pixel classes, with NumPy and OpenCV only (the export runtime runs it unchanged):
 
 - *Surfaces* are the pixel classes whose connected regions are large (the background, a tray, a box). They keep
-  their pixel class; their internal structure (wells, walls) stays part of them.
+  their pixel class; their internal structure (wells, walls) stays part of them. A surface that meets the
+  background without a real edge is a band of uneven light and joins the background (``shading_classes``).
 - *Low-contrast parts* are found as blobs that stand out from a smooth model of the background's own colour (a
   normalised convolution of the background pixels), with a threshold set from the training images' noise.
 - *Instances* are the connected regions of every other class, and the blobs; touching parts are split by a
@@ -47,6 +48,8 @@ class InstanceOptions:
     blob_noise: float = 8.0
     blob_smooth: float = 1.5
     rim_px: float = 3.0
+    shading_ratio: float = 3.0  # a surface whose edge with the background is at most this times the background's
+    # own texture (median Lab gradient) is the background under uneven light, not a surface of its own
     blob_min_de: float = 2.0
     min_area: float = 0.0005
     k_max: int = 4
@@ -92,6 +95,7 @@ class InstanceStage:
     num_classes: int
     surfaces: tuple[int, ...] = (0,)
     options: InstanceOptions = field(default_factory=InstanceOptions)
+    shading: tuple[int, ...] = ()  # pixel classes read as the background (see ``shading_classes``)
 
     def renumber(self, order: list[int]) -> None:
         """Renumber the final classes: class ``order[i]`` becomes class ``i``."""
@@ -108,7 +112,7 @@ class InstanceStage:
                 arrays[f"instances.{g}.{name}"] = np.ascontiguousarray(getattr(grp, name), dtype=np.float32)
         meta = {"surface_class": {str(k): v for k, v in self.surface_class.items()}, "groups": sorted(self.groups),
                 "blob_tau": self.blob_tau if np.isfinite(self.blob_tau) else None, "num_classes": self.num_classes,
-                "surfaces": list(self.surfaces), "options": self.options.__dict__}
+                "surfaces": list(self.surfaces), "options": self.options.__dict__, "shading": list(self.shading)}
         return arrays, meta
 
     @classmethod
@@ -120,10 +124,12 @@ class InstanceStage:
         tau = meta.get("blob_tau")
         return cls({int(k): int(v) for k, v in meta["surface_class"].items()}, groups,
                    float("inf") if tau is None else float(tau), int(meta["num_classes"]),
-                   tuple(int(c) for c in meta["surfaces"]), InstanceOptions(**meta.get("options", {})))
+                   tuple(int(c) for c in meta["surfaces"]), InstanceOptions(**meta.get("options", {})),
+                   tuple(int(c) for c in meta.get("shading", ())))
 
     def refine(self, pixel_map: np.ndarray, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
         """Final class map of one image from its pixel classes, Lab colour and (upsampled) deep features."""
+        pixel_map = as_background(pixel_map, self.shading)
         pixel_map = absorb_rims(pixel_map, set(self.surfaces), self.options.rim_px * pixel_map.shape[0] / 256,
                                 self.options.surface_share)
         blobs = blob_mask(lab, pixel_map == 0, self.blob_tau, self.options) if BLOBS in self.groups else None
@@ -558,6 +564,11 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     """Fit the stage on the training images' pixel maps [N,S,S], Lab [N,S,S,3] and deep features [N,S,S,d]."""
     n_img = len(pixel_maps)
     surfaces = surface_classes(pixel_maps, num_pixel_classes, opt.surface_share)
+    shading = shading_classes(pixel_maps, labs, surfaces, opt.shading_ratio)
+    if len(shading) >= num_pixel_classes - 1:
+        shading = set()  # a texture of light and dark bands and nothing else: keep its bands as classes
+    surfaces -= shading
+    pixel_maps = np.stack([as_background(m, shading) for m in pixel_maps])
     pixel_maps = np.stack([absorb_rims(m, surfaces, opt.rim_px * m.shape[0] / 256, opt.surface_share)
                            for m in pixel_maps])
     bgs = [m == 0 for m in pixel_maps]
@@ -585,7 +596,7 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     surface_class = {c: i for i, c in enumerate(sorted(surfaces))}
     nxt = len(surface_class)
     for c in range(num_pixel_classes):  # a non-surface pixel class without any instance keeps one class
-        if c not in surfaces and c not in fitted:
+        if c not in surfaces and c not in fitted and c not in shading:
             surface_class[c] = nxt
             nxt += 1
     for g in sorted(fitted):
@@ -604,10 +615,65 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
             continue
         grp_.classes = classes
     stage = InstanceStage(surface_class, fitted, tau if BLOBS in fitted else float("inf"), nxt,
-                          tuple(sorted(surfaces)), opt)
-    info = {"surfaces": sorted(surfaces), "blob_tau": float(tau),
+                          tuple(sorted(surfaces)), opt, tuple(sorted(shading)))
+    info = {"surfaces": sorted(surfaces), "shading": sorted(shading), "blob_tau": float(tau),
             "instances": int(len(grp)), "group_sizes": {str(g): len(fitted[g].centroids) for g in fitted}}
     return stage, info
+
+
+def as_background(pixel_map: np.ndarray, shading: tuple[int, ...] | set[int]) -> np.ndarray:
+    """``pixel_map`` with the pixel classes of ``shading`` set to the background's class 0."""
+    if not shading:
+        return pixel_map
+    return np.where(np.isin(pixel_map, list(shading)), 0, pixel_map).astype(pixel_map.dtype)
+
+
+def _lab_gradient(lab: np.ndarray) -> np.ndarray:
+    """Magnitude of the Lab colour gradient (Sobel on a lightly blurred image)."""
+    smooth = cv2.GaussianBlur(lab.astype(np.float32), (0, 0), 1.0)
+    sq = np.zeros(lab.shape[:2], np.float32)
+    for ch in range(3):
+        sq += cv2.Sobel(smooth[..., ch], cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(smooth[..., ch], cv2.CV_32F, 0, 1) ** 2
+    return np.sqrt(sq)
+
+
+def shading_classes(pixel_maps: np.ndarray, labs: np.ndarray, surfaces: set[int], ratio: float) -> set[int]:
+    """Surfaces other than the background whose edge with it is hardly stronger than its own texture.
+
+    Why: under uneven light (a vignette, a shadow across the table) colour clustering cuts one background into
+    bands of light and dark, and each band is large enough to count as a surface. A real surface (a tray, a
+    fixture) meets the background at a sharp edge; a band meets it where the colour only drifts. A band kept as a
+    surface of its own puts the parts lying on it into another class and hides faint parts from the blob search,
+    which looks on the background only. The edge strength is the median Lab gradient on the pixels within two
+    pixels of both classes, against the median gradient inside the background, over the images showing both.
+    """
+    if ratio <= 0:
+        return set()
+    near = np.ones((5, 5), np.uint8)
+    inside = np.ones((11, 11), np.uint8)
+    edge: dict[int, list[float]] = {c: [] for c in surfaces - {0}}
+    texture: list[float] = []
+    for m, lab in zip(pixel_maps, labs):
+        bg = m == 0
+        inner = cv2.erode(bg.astype(np.uint8), inside) > 0
+        if inner.sum() < 20:
+            continue
+        grad = None
+        for c in edge:
+            other = m == c
+            if not other.any():
+                continue
+            band = (cv2.dilate(bg.astype(np.uint8), near) > 0) & (cv2.dilate(other.astype(np.uint8), near) > 0)
+            if band.sum() < 20:
+                continue
+            grad = _lab_gradient(lab) if grad is None else grad
+            edge[c].append(float(np.median(grad[band])))
+        if grad is not None:
+            texture.append(float(np.median(grad[inner])))
+    if not texture:
+        return set()
+    floor = max(float(np.median(texture)), 1e-6)
+    return {c for c, v in edge.items() if v and float(np.median(v)) <= ratio * floor}
 
 
 def surface_classes(pixel_maps: np.ndarray, k: int, share: float) -> set[int]:

@@ -18,9 +18,11 @@ from comgen.errors import ArtifactError
 
 MANIFEST = "bundle.json"
 # 2: the prior may average several learner seeds (``prior.members``), which format 1 readers would skip;
-# 3: the fusion may use the count patterns (``prior.counts``), which earlier readers cannot score
-FORMAT = 3
-READABLE = (1, 2, 3)  # a format-1 bundle has one learner seed and reads unchanged
+# 3: the fusion may use the count patterns (``prior.counts``), which earlier readers cannot score;
+# 4: an instance stage may read bands of uneven light as background (``instance_stage.shading``), which earlier
+# readers would ignore and so segment otherwise
+FORMAT = 4
+READABLE = (1, 2, 3, 4)  # a format-1 bundle has one learner seed and reads unchanged
 REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
 FUSION_RULES = ("weighted", "max", "softplus")  # the rules ``branches.fuse`` scores (``detect.fusion.RULES``)
 
