@@ -16,7 +16,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Calls of the demo's two steps, without building or running anything."""
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(demo, "generate_benchmark", lambda data, synth: calls.append({"synth": synth}))
-    monkeypatch.setattr(demo, "run_suite", lambda data, cats, runs, cfg, force, log: calls.append({"cfg": cfg, "runs": runs}))
+    monkeypatch.setattr(demo, "run_suite",
+                        lambda data, cats, runs, cfg, force, log: calls.append({"cfg": cfg, "runs": runs}))
     return calls
 
 
