@@ -16,8 +16,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Calls of the demo's two steps, without building or running anything."""
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(demo, "generate_benchmark", lambda data, synth: calls.append({"synth": synth}))
-    monkeypatch.setattr(demo, "run_suite",
-                        lambda data, cats, runs, cfg, force, log: calls.append({"cfg": cfg, "runs": runs}))
+    monkeypatch.setattr(demo, "run_suite", lambda data, cats, runs, cfg, force, log, nested:
+                        calls.append({"cfg": cfg, "runs": runs, "nested": nested}))
     return calls
 
 
@@ -50,5 +50,5 @@ def test_one_category_runs_in_its_own_folder_under_runs(captured: list[dict[str,
     demo.run_demo(tmp_path, quick=True, categories="screw_bag", log=lambda m: None)
     demo.run_demo(tmp_path, quick=True, categories="screw_bag,cable_pair", log=lambda m: None)
     demo.run_demo(tmp_path, quick=True, log=lambda m: None)
-    runs = [c["runs"] for c in captured if "runs" in c]
-    assert runs == [tmp_path / "runs" / "screw_bag", tmp_path / "runs", tmp_path / "runs"]
+    runs = [(c["runs"], c["nested"]) for c in captured if "runs" in c]
+    assert runs == [(tmp_path / "runs", True)] * 3  # run_suite puts even a lone category in runs/<category>

@@ -45,7 +45,4 @@ def run_demo(out: str | Path, size: int = 256, categories: str = "all", quick: b
     if force or not (data / "config.yaml").is_file() or SynthConfig.load(data / "config.yaml").hash() != synth.hash():
         log(f"building the built-in benchmark in {data}")
         generate_benchmark(data, synth)
-    picked = [] if categories == "all" else [c.strip() for c in categories.split(",") if c.strip()]
-    # one category still runs in runs/<category>: run_suite takes a lone category's folder as its run directory
-    runs = out / "runs" / picked[0] if len(picked) == 1 else out / "runs"
-    return run_suite(data, "all" if categories == "all" else categories, runs, cfg, force=force, log=log)
+    return run_suite(data, categories, out / "runs", cfg, force=force, log=log, nested=True)

@@ -32,10 +32,11 @@ def selected_config(config: Path | None = None, **overrides: Any) -> RunConfig:
 
 
 def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: RunConfig,
-              force: bool = False, log: Any = print) -> dict[str, Any]:
+              force: bool = False, log: Any = print, nested: bool = False) -> dict[str, Any]:
     """Run each selected category into its own run directory and write one combined report.
 
-    One category: ``out`` is the run directory (default ``runs/<category>``), the report is ``out/eval``.
+    One category: ``out`` is the run directory (default ``runs/<category>``), the report is ``out/eval``; with
+    ``nested`` it runs in ``out/<category>`` all the same (the demo's layout, whatever it was asked for).
     Several: each category runs in ``out/<category>`` (default ``runs/``), the combined report is ``out/report``.
     """
     check_backend(cfg.backend)  # an anomaly source whose extra is missing fails before any stage runs
@@ -43,7 +44,8 @@ def run_suite(dataset: str | Path, category: str, out: str | Path | None, cfg: R
     cats = ds.select_categories(category)
     single = len(cats) == 1 and category != "all"
     parent = Path(out) if out is not None else Path("runs")
-    roots = {cat: (Path(out) if out is not None else parent / cat) if single else parent / cat for cat in cats}
+    alone = single and not nested and out is not None
+    roots = {cat: Path(out) if alone else parent / cat for cat in cats}
     for cat in cats:  # every category's set-up problem shows before the first one runs for an hour
         open_for_run(dataset, cat)
         check_out_of_dataset(roots[cat], ds.root)
