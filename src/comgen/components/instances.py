@@ -659,11 +659,12 @@ def shading_classes(pixel_maps: np.ndarray, labs: np.ndarray, surfaces: set[int]
         if inner.sum() < 20:
             continue
         grad = None
+        near_bg = cv2.dilate(bg.astype(np.uint8), near) > 0
         for c in edge:
             other = m == c
             if not other.any():
                 continue
-            band = (cv2.dilate(bg.astype(np.uint8), near) > 0) & (cv2.dilate(other.astype(np.uint8), near) > 0)
+            band = near_bg & (cv2.dilate(other.astype(np.uint8), near) > 0)
             if band.sum() < 20:
                 continue
             grad = _lab_gradient(lab) if grad is None else grad
