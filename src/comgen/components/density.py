@@ -67,6 +67,10 @@ class CompositionDensity:
         return composition_vector(components, image_shape, self.num_classes, self.background, self.cfg.grid,
                                   self.cfg.area_spread, self.cfg.holes)
 
+    def column_names(self) -> list[str]:
+        """The names of the columns this density reads (``composition_vector``'s, by default)."""
+        return vector_names(self.num_classes, self.background, self.cfg.grid, self.cfg.area_spread, self.cfg.holes)
+
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.atleast_2d(np.asarray(x, np.float64))
         x = np.where(np.isnan(x), self.fill, x)
@@ -92,7 +96,7 @@ class CompositionDensity:
         floor = 0.05 * np.maximum(np.abs(self.mu), 0.1)
         # counts are integers: a class whose count never varies (exactly 9 pins) must make +-1 part very unlikely,
         # which a relative floor (5% of 9) would not; an absolute floor in count units does
-        names = vector_names(self.num_classes, self.background, self.cfg.grid, self.cfg.area_spread, self.cfg.holes)
+        names = self.column_names()
         is_count = np.array([n.endswith(".count") or ".grid" in n for n in names])[: x.shape[1]]
         if len(is_count) == x.shape[1]:
             floor = np.where(is_count, self.cfg.count_sd_floor, floor)
