@@ -25,6 +25,7 @@ os.environ.setdefault("COMGEN_QUIET", "1")
 import numpy as np  # noqa: E402
 
 from comgen.components.density import CompositionDensity, DensityConfig  # noqa: E402
+from comgen.detect.composition_prior import _spread  # noqa: E402  # the prior's own calibration spread
 
 FEATURES = ("count", "area_sum", "area_mean", "cy", "cx", "cy_std", "cx_std", "nn_min", "L", "a", "b", "grid",
             "area_spread", "holes")
@@ -67,7 +68,9 @@ class View:
 
 
 def _z(values: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    return (values - normal.mean()) / max(float(normal.std()), 1e-6)
+    """``values`` standardised on the normal scores, as the detector's prior calibrates."""
+    mean, std = _spread(normal)
+    return (values - mean) / std
 
 
 def view_scores(view: View, columns: list[int], cfg: DensityConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -98,14 +101,13 @@ def category_views(data: Path, cat: str, size: int, learn: dict) -> tuple[list[V
     model = learn_components(images[0], LearnerConfig(image_size=size, **learn))
     twin = counterpart(model, images[0])
     cfg = PriorConfig()
-    vectors: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    models = (model, twin)
+    densities = [CompositionDensity(cfg.density, m.num_classes, m.background) for m in models]
+    vectors: list[list[np.ndarray]] = [[], []]
     for imgs in images:
         for m, maps in enumerate(segment_pair(model, twin, imgs, cfg.batch_size)):
-            mdl = (model, twin)[m]
-            dens = CompositionDensity(cfg.density, mdl.num_classes, mdl.background)
-            vectors[m].append(CompositionPrior.vectors(mdl, dens, imgs, cfg.batch_size, maps=maps))
-    views = [View(CompositionDensity(cfg.density, mdl.num_classes, mdl.background).column_names(), *vectors[m])
-             for m, mdl in enumerate((model, twin))]
+            vectors[m].append(CompositionPrior.vectors(models[m], densities[m], imgs, cfg.batch_size, maps=maps))
+    views = [View(d.column_names(), *v) for d, v in zip(densities, vectors)]
     return views, [s.kind for s in splits[2]]
 
 
