@@ -143,10 +143,11 @@ def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, varia
 
 
 def family_categories(seeds: str) -> list[str]:
-    """The family's categories of ``seeds`` ([] for "none": the built-in categories)."""
-    from comgen.data.family import family_categories as names
+    """The family's categories of ``seeds`` ([] for "none": the built-in categories); a ConfigError names
+    ``--family``."""
+    from comgen.benchmarks.cli import family_option
 
-    return [] if seeds == "none" else names(seeds)
+    return [] if seeds == "none" else family_option(seeds)
 
 
 def main() -> None:
@@ -166,13 +167,13 @@ def main() -> None:
                                                  "'{\"instance_k_max\": 3}'")
     a = ap.parse_args()
     from comgen.benchmarks.cli import learner_options
-    from comgen.errors import ConfigError
+    from comgen.errors import ComgenError, ConfigError
 
     try:
         extra = learner_options(a.learn)
+        cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
     except ConfigError as exc:
         ap.error(str(exc))
-    cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
     variants = [v for v in a.variants.split(",") if v]
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
     if a.data is None:
@@ -186,6 +187,8 @@ def main() -> None:
         a.data = tmp
     try:
         run(a.data, cats, a.size, a.train, a.eval, variants, a.weights, extra, a.stability)
+    except ComgenError as exc:  # an unreadable dataset or image: one line naming the file
+        raise SystemExit(f"error: {exc}") from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

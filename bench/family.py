@@ -48,13 +48,12 @@ TABLE = [("logical_auroc", "logical AUROC"), ("structural_auroc", "structural AU
 
 
 def _settings(args: argparse.Namespace):
+    from comgen.benchmarks.cli import family_option
     from comgen.data.synth.config import SynthConfig
     from comgen.pipeline.demo import demo_settings
 
     synth, run = demo_settings(args.size, "all", args.quick)
-    from comgen.data.family import family_categories
-
-    cats = family_categories(args.seeds)
+    cats = family_option(args.seeds, "--seeds")
     synth = SynthConfig(size=synth.size, n_train=synth.n_train, n_validation=synth.n_validation,
                         n_test=synth.n_test, categories=cats)
     return synth, run.replace(mask=False)
@@ -228,9 +227,9 @@ def main() -> None:
     try:
         learn = learner_options(args.learn)
         prior = parse_options(args.prior, "--prior", checked_by=PriorConfig) if args.prior else {}
+        synth, run_cfg = _settings(args)
     except ComgenError as exc:
         sys.exit(f"error: {exc}")
-    synth, run_cfg = _settings(args)
     if learn:
         run_cfg = run_cfg.replace(learn=run_cfg.learn.replace(**learn))
     compositional = compositional_options.parse(ap, args.compositional)  # the comgen row's generator options

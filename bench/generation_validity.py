@@ -140,10 +140,11 @@ def is_texture(cat: str) -> bool:
 
 
 def family_categories(seeds: str) -> list[str]:
-    """The family's categories of ``seeds`` ([] for "none": the built-in categories)."""
-    from comgen.data.family import family_categories as names
+    """The family's categories of ``seeds`` ([] for "none": the built-in categories); a ConfigError names
+    ``--family``."""
+    from comgen.benchmarks.cli import family_option
 
-    return [] if seeds == "none" else names(seeds)
+    return [] if seeds == "none" else family_option(seeds)
 
 
 def main() -> None:
@@ -170,7 +171,12 @@ def main() -> None:
         seeds = [int(v) for v in a.seeds.split(",") if v.strip()] or [a.seed]
     except ValueError:
         ap.error(f"--seeds takes whole numbers separated by commas, got {a.seeds!r}")
-    cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
+    from comgen.errors import ComgenError, ConfigError
+
+    try:
+        cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
+    except ConfigError as exc:
+        ap.error(str(exc))
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's
     if a.data is None:
         from comgen.data.synth import SynthConfig, generate_benchmark
@@ -184,6 +190,8 @@ def main() -> None:
     try:
         run(a.data, cats, a.size, a.train, a.n, a.ablation, a.weights, not a.no_backbone, seeds, options,
             not a.pixel_classes)
+    except ComgenError as exc:  # an unreadable dataset or image: one line naming the file
+        raise SystemExit(f"error: {exc}") from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

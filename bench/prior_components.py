@@ -142,16 +142,14 @@ def main() -> None:
     ap.add_argument("--learn", default="", help="learner options for every variant as JSON, e.g. "
                                                 '\'{"instance_k_max": 3}\'')
     a = ap.parse_args()
-    from comgen.benchmarks.cli import learner_options
-    from comgen.data.family import family_categories
+    from comgen.benchmarks.cli import family_option, learner_options
     from comgen.errors import ComgenError, ConfigError
 
     try:
         learn = learner_options(a.learn)
+        cats = family_option(a.family) if a.family != "none" else []
     except ConfigError as exc:
         ap.error(str(exc))
-
-    cats = family_categories(a.family) if a.family != "none" else []
     tmp = None
     if a.data is None:
         from comgen.data.synth import SynthConfig, generate_benchmark

@@ -145,21 +145,21 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--learn", default="", help="learner options as JSON, e.g. '{\"seed\": 1}'")
     a = ap.parse_args()
-    from comgen.benchmarks.cli import learner_options
-    from comgen.data.family import family_categories
+    from comgen.benchmarks.cli import family_option, learner_options
     from comgen.detect.composition_prior import PriorConfig
     from comgen.errors import ComgenError, ConfigError
     from comgen.evaluate.metrics import image_auroc
 
     try:
         learn = learner_options(a.learn)
+        wanted = family_option(a.family)
     except ConfigError as exc:
         ap.error(str(exc))
     cfg = PriorConfig().density
     table: dict[str, list[float]] = {}
     cats = []
     try:
-        for cat in family_categories(a.family):
+        for cat in wanted:
             views, kinds = category_views(a.data, cat, a.size, learn)
             kinds = np.array(kinds)
             if not (kinds == "logical").any():

@@ -38,10 +38,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="keep the benchmark here (default: temp folder)")
     args = ap.parse_args()
 
-    from comgen.data.family import family_categories
+    from comgen.benchmarks.cli import family_option
     from comgen.data.synth import SynthConfig, generate_benchmark, generate_category
+    from comgen.errors import ConfigError
 
-    cats = ",".join(family_categories(args.family)) if args.family else args.categories
+    try:
+        cats = ",".join(family_option(args.family)) if args.family else args.categories
+    except ConfigError as exc:
+        ap.error(str(exc))
     cfg = SynthConfig(size=args.size, n_train=args.train, n_validation=args.validation, n_test=args.test,
                       seed=args.seed, categories=cats)  # type: ignore[arg-type]
     n_img = cfg.n_train + cfg.n_validation + cfg.n_test

@@ -10,7 +10,7 @@ import pytest
 
 from comgen.errors import ConfigError
 from comgen.benchmarks.generators import ROWS, Row, _slug, benchmark_markdown, row_config, run_generator_benchmark
-from comgen.benchmarks.cli import compositional_rows, main_generators, parse_seeds, select_rows
+from comgen.benchmarks.cli import compositional_rows, family_option, main_generators, parse_seeds, select_rows
 from comgen.pipeline.demo import demo_settings
 
 
@@ -58,6 +58,12 @@ def test_parse_seeds() -> None:
     for bad in ("a", "0,0", "-1", ""):
         with pytest.raises(ConfigError):
             parse_seeds(bad)
+
+
+def test_family_option() -> None:
+    assert family_option("0-2") == ["family_0", "family_1", "family_2"] and len(family_option("report")) == 12
+    with pytest.raises(ConfigError, match="^--seeds: 'xyz' is not a seed"):
+        family_option("xyz", "--seeds")
 
 
 def test_select_rows() -> None:

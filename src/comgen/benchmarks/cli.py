@@ -63,6 +63,17 @@ def compositional_rows(options: Sequence[str]) -> tuple[Row, ...]:
     return tuple(rows)
 
 
+def family_option(text: str, flag: str = "--family") -> list[str]:
+    """The procedural family's categories of a seeds option (``dev``, ``report``, ``1000-1011``), or a
+    ConfigError naming the option, so that a benchmark script refuses a bad one in one line."""
+    from comgen.data.family import family_categories
+
+    try:
+        return family_categories(text)
+    except ValueError as exc:
+        raise ConfigError(flag, str(exc)) from None
+
+
 def learner_options(text: str | None) -> dict:
     """The component learner's options for every row (``'{"k_max": 8}'``), checked against
     ``LearnerConfig`` before any work. Why: the learner feeds both the compositional back-end and the composition
