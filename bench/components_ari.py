@@ -4,9 +4,10 @@ default, ``--family none`` for the built-in benchmark).
 Usage:
     python bench/components_ari.py [--data DIR] [--size 256] [--train 60] [--eval 20] [--variants backbone,color]
 
-Without ``--data`` a fresh benchmark is generated into a temporary folder (comgen.data.synth). The learner is
-fitted on the train split and scored on held-out good images (validation, else test/good): ARI over all
-pixels, plus K found vs the true number of part classes + background. On family categories two more columns:
+Without ``--data`` a fresh benchmark is generated into a temporary folder (comgen.data.synth). With ``--data``,
+``--family`` picks among the folder's categories (every one without it). The learner is fitted on the train split
+and scored on held-out good images (validation, else test/good): ARI over all pixels, plus K found vs the true
+number of part classes + background. On family categories two more columns:
 - ``split``: of the part types that share a colour with another type (and differ in shape), the pairs whose
   types land in different classes (each type's class is the most frequent class over its pixels);
 - ``pale``: recall of the instances of low-contrast part types. An instance is found when its most frequent class
@@ -100,7 +101,7 @@ def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, varia
     from comgen.data.synth.truth import load_truth
 
     ds = open_dataset(data)
-    cats = cats or ds.categories()
+    cats = ds.select_categories(cats) if cats else ds.categories()  # a ConfigError names an absent one
     print(f"{'category':<22}{'variant':<10}{'K':>4}{'parts+bg':>10}{'ARI':>8}{'split':>8}{'pale':>8}{'fit s':>8}"
           + (f"{'agree':>8}" if stability else ""))
     totals: dict[str, list] = {}
@@ -138,24 +139,18 @@ def run(data: Path, cats: list[str], size: int, n_train: int, n_eval: int, varia
                   flush=True)
     for v, (aris, s_ok, s_n, p_ok, p_n, agrees) in totals.items():
         agree = f", agree {np.mean(agrees):.3f} (min {min(agrees):.3f})" if agrees else ""
-        print(f"{'mean':<22}{v:<10}{'':>4}{'':>10}{np.mean(aris):>8.3f}{s_ok / max(s_n, 1):>8.2f}"
-              f"{p_ok / max(p_n, 1):>8.2f}   (min ARI {min(aris):.3f}{agree})", flush=True)
-
-
-def family_categories(seeds: str) -> list[str]:
-    """The family's categories of ``seeds`` ([] for "none": the built-in categories); a ConfigError names
-    ``--family``."""
-    from comgen.benchmarks.cli import family_option
-
-    return [] if seeds == "none" else family_option(seeds)
+        share = lambda ok, n: f"{ok / n:.2f}" if n else "-"  # noqa: E731  # no pair or pale part to find
+        print(f"{'mean':<22}{v:<10}{'':>4}{'':>10}{np.mean(aris):>8.3f}{share(s_ok, s_n):>8}"
+              f"{share(p_ok, p_n):>8}   (min ARI {min(aris):.3f}{agree})", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--categories", default="", help="comma-separated categories (overrides --family)")
-    ap.add_argument("--family", default="report", help="seeds of the procedural family: report (default), dev, "
-                                                      "a range like 1000-1011, or none for the built-in categories")
+    ap.add_argument("--family", default=None, help="seeds of the procedural family: report (default without "
+                                                   "--data; with --data every category of it), dev, a range "
+                                                   "like 1000-1011, or none for the built-in categories")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--train", type=int, default=60)
     ap.add_argument("--eval", type=int, default=20)
@@ -166,12 +161,12 @@ def main() -> None:
     ap.add_argument("--learn", default="", help="learner options for every variant as JSON, e.g. "
                                                  "'{\"instance_k_max\": 3}'")
     a = ap.parse_args()
-    from comgen.benchmarks.cli import learner_options
+    from comgen.benchmarks.cli import bench_categories, learner_options
     from comgen.errors import ComgenError, ConfigError
 
     try:
         extra = learner_options(a.learn)
-        cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
+        cats = bench_categories(a.categories, a.family, a.data)
     except ConfigError as exc:
         ap.error(str(exc))
     variants = [v for v in a.variants.split(",") if v]

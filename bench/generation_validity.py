@@ -15,7 +15,8 @@ Low-Density Sampling" row.
 Two summaries: the mean over categories (each category counts once, however few logical anomalies it made; one
 that made none counts as 0) and the pooled share over all logical anomalies. ``--seeds`` draws the anomalies again
 with each seed from the same fitted generator and prints both summaries per draw, then their mean and spread, so
-that a change is judged against the spread of one draw.
+that a change is judged against the spread of one draw. A last line pools every draw's logical anomalies per
+edit kind. With ``--data``, ``--family`` picks among the folder's categories (every one without it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("COMGEN_QUIET", "1")
@@ -61,7 +62,7 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
     from comgen.data.synth.truth import load_truth, violates
 
     ds = open_dataset(data)
-    cats = cats or ds.categories()
+    cats = ds.select_categories(cats) if cats else ds.categories()  # a ConfigError names an absent one
     rows = []
     print(f"{'category':<22}{'LS':<5}{'seed':>5}{'normal viol.':>13}{'logical':>9}{'valid':>8}{'no-pal':>8}"
           f"{'anom/s':>8}{'fit s':>7}  per kind (with palette rule)")
@@ -83,7 +84,8 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
             for seed in seeds:
                 out, secs, hits, total, per, hits_np = evaluate(cat, gen, n, seed, violates)
                 kinds = " ".join(f"{k}:{v[0]}/{v[1]}" for k, v in sorted(per.items()))
-                rows.append(Row(cat, ls, seed, hits, hits_np, total, len(out) / secs))
+                rows.append(Row(cat, ls, seed, hits, hits_np, total, len(out) / secs,
+                                {k: (v[0], v[1]) for k, v in per.items()}))
                 print(f"{cat:<22}{'on' if ls else 'off':<5}{seed:>5}{normal_bad:>13.2f}{total:>9}"
                       f"{hits / max(total, 1):>8.2f}{hits_np / max(total, 1):>8.2f}{len(out) / secs:>8.1f}"
                       f"{fit_s:>7.1f}  {kinds}", flush=True)
@@ -100,6 +102,7 @@ class Row:
     hits_no_palette: int
     total: int  # logical anomalies made
     speed: float  # anomalies/s with masks
+    per_kind: dict[str, tuple[int, int]] = field(default_factory=dict)  # edit kind -> (breaks a rule, made)
 
     @property
     def valid(self) -> float:
@@ -124,6 +127,14 @@ def summarise(rows: list[Row], seeds: list[int], size: int) -> None:
               f"{total} logical anomalies: {pooled[-1]:.3f}; categories without a logical anomaly: "
               f"{sum(r.total == 0 for r in got)}; mean speed: {np.mean([r.speed for r in got]):.1f} anomalies/s "
               f"at {size} px")
+    kinds: dict[str, list[int]] = {}
+    for r in rows:
+        for k, (hits, made) in r.per_kind.items():
+            kinds.setdefault(k, [0, 0])
+            kinds[k][0] += hits
+            kinds[k][1] += made
+    if kinds:  # which edit kinds break no rule (pooled over the categories and draws)
+        print("pooled per edit kind: " + ", ".join(f"{k} {h}/{m} ({h / m:.2f})" for k, (h, m) in sorted(kinds.items())))
     if len(means) > 1:
         print(f"over {len(means)} draws: mean validity {np.mean(means):.3f} (sd {np.std(means, ddof=1):.3f}), "
               f"pooled {np.mean(pooled):.3f} (sd {np.std(pooled, ddof=1):.3f})")
@@ -139,20 +150,13 @@ def is_texture(cat: str) -> bool:
     return is_family(cat) and draw_spec(family_seed(cat)).kind == "texture"
 
 
-def family_categories(seeds: str) -> list[str]:
-    """The family's categories of ``seeds`` ([] for "none": the built-in categories); a ConfigError names
-    ``--family``."""
-    from comgen.benchmarks.cli import family_option
-
-    return [] if seeds == "none" else family_option(seeds)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--categories", default="", help="comma-separated categories (overrides --family)")
-    ap.add_argument("--family", default="report", help="seeds of the procedural family: report (default), dev, "
-                                                      "a range like 1000-1011, or none for the built-in categories")
+    ap.add_argument("--family", default=None, help="seeds of the procedural family: report (default without "
+                                                   "--data; with --data every category of it), dev, a range "
+                                                   "like 1000-1011, or none for the built-in categories")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--train", type=int, default=60)
     # about half of the anomalies are logical; with 100 the mean over the categories was too noisy to tell
@@ -171,10 +175,11 @@ def main() -> None:
         seeds = [int(v) for v in a.seeds.split(",") if v.strip()] or [a.seed]
     except ValueError:
         ap.error(f"--seeds takes whole numbers separated by commas, got {a.seeds!r}")
+    from comgen.benchmarks.cli import bench_categories
     from comgen.errors import ComgenError, ConfigError
 
     try:
-        cats = [c for c in a.categories.split(",") if c] or (family_categories(a.family) if a.data is None else [])
+        cats = bench_categories(a.categories, a.family, a.data)
     except ConfigError as exc:
         ap.error(str(exc))
     tmp = None  # a benchmark made here is deleted at the end; one passed with --data is the user's

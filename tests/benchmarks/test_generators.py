@@ -10,7 +10,8 @@ import pytest
 
 from comgen.errors import ConfigError
 from comgen.benchmarks.generators import ROWS, Row, _slug, benchmark_markdown, row_config, run_generator_benchmark
-from comgen.benchmarks.cli import compositional_rows, family_option, main_generators, parse_seeds, select_rows
+from comgen.benchmarks.cli import (bench_categories, compositional_rows, family_option, main_generators, parse_seeds,
+                                  select_rows)
 from comgen.pipeline.demo import demo_settings
 
 
@@ -64,6 +65,15 @@ def test_family_option() -> None:
     assert family_option("0-2") == ["family_0", "family_1", "family_2"] and len(family_option("report")) == 12
     with pytest.raises(ConfigError, match="^--seeds: 'xyz' is not a seed"):
         family_option("xyz", "--seeds")
+
+
+def test_bench_categories_follow_the_family_option_with_or_without_data(tmp_path: Path) -> None:
+    assert bench_categories("", None, None) == family_option("report")  # no data: the report seeds
+    assert bench_categories("", None, tmp_path) == []  # a folder without --family: every category of it
+    assert bench_categories("", "0-1", tmp_path) == ["family_0", "family_1"]  # --family narrows the folder
+    assert bench_categories("", "none", None) == [] and bench_categories("a, b", "0-1", tmp_path) == ["a", "b"]
+    with pytest.raises(ConfigError, match="--family"):
+        bench_categories("", "xyz", tmp_path)
 
 
 def test_select_rows() -> None:
