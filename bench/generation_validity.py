@@ -50,10 +50,7 @@ def evaluate(cat, gen, n, seed, violates):
         per[a.edit.kind][0] += bool(violates(cat, a.extra["truth_labels"], a.image))
         per[a.edit.kind][1] += 1
         per[a.edit.kind][2] += bool(violates(cat, a.extra["truth_labels"], a.image, palette=False))
-    hits = sum(v[0] for v in per.values())
-    total = sum(v[1] for v in per.values())
-    hits_no_palette = sum(v[2] for v in per.values())
-    return out, secs, hits, total, per, hits_no_palette
+    return out, secs, {k: (v[0], v[1], v[2]) for k, v in per.items()}
 
 
 def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, seeds, options: dict,
@@ -82,12 +79,12 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
             gen.fit(train, RunDir.create(model_dir, data, cat))  # learns once, reused by the ablation row and seeds
             fit_s = time.perf_counter() - t0
             for seed in seeds:
-                out, secs, hits, total, per, hits_np = evaluate(cat, gen, n, seed, violates)
+                out, secs, per = evaluate(cat, gen, n, seed, violates)
                 kinds = " ".join(f"{k}:{v[0]}/{v[1]}" for k, v in sorted(per.items()))
-                rows.append(Row(cat, ls, seed, hits, hits_np, total, len(out) / secs,
-                                {k: (v[0], v[1]) for k, v in per.items()}))
-                print(f"{cat:<22}{'on' if ls else 'off':<5}{seed:>5}{normal_bad:>13.2f}{total:>9}"
-                      f"{hits / max(total, 1):>8.2f}{hits_np / max(total, 1):>8.2f}{len(out) / secs:>8.1f}"
+                r = Row(cat, ls, seed, len(out) / secs, per)
+                rows.append(r)
+                print(f"{cat:<22}{'on' if ls else 'off':<5}{seed:>5}{normal_bad:>13.2f}{r.total:>9}"
+                      f"{r.valid:>8.2f}{r.hits_no_palette / max(r.total, 1):>8.2f}{r.speed:>8.1f}"
                       f"{fit_s:>7.1f}  {kinds}", flush=True)
         shutil.rmtree(model_dir, ignore_errors=True)
     summarise([r for r in rows if r.low_density and not is_texture(r.category)], seeds, size)
@@ -98,11 +95,21 @@ class Row:
     category: str
     low_density: bool
     seed: int
-    hits: int  # logical anomalies that break a rule (palette rule included)
-    hits_no_palette: int
-    total: int  # logical anomalies made
     speed: float  # anomalies/s with masks
-    per_kind: dict[str, tuple[int, int]] = field(default_factory=dict)  # edit kind -> (breaks a rule, made)
+    # edit kind -> logical anomalies that break a rule (palette rule included), made, break a listed rule
+    per_kind: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    @property
+    def hits(self) -> int:
+        return sum(v[0] for v in self.per_kind.values())
+
+    @property
+    def total(self) -> int:
+        return sum(v[1] for v in self.per_kind.values())
+
+    @property
+    def hits_no_palette(self) -> int:
+        return sum(v[2] for v in self.per_kind.values())
 
     @property
     def valid(self) -> float:
@@ -129,7 +136,7 @@ def summarise(rows: list[Row], seeds: list[int], size: int) -> None:
               f"at {size} px")
     kinds: dict[str, list[int]] = {}
     for r in rows:
-        for k, (hits, made) in r.per_kind.items():
+        for k, (hits, made, _) in r.per_kind.items():
             kinds.setdefault(k, [0, 0])
             kinds[k][0] += hits
             kinds[k][1] += made

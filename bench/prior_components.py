@@ -142,12 +142,12 @@ def main() -> None:
     ap.add_argument("--learn", default="", help="learner options for every variant as JSON, e.g. "
                                                 '\'{"instance_k_max": 3}\'')
     a = ap.parse_args()
-    from comgen.benchmarks.cli import family_option, learner_options
+    from comgen.benchmarks.cli import bench_categories, learner_options
     from comgen.errors import ComgenError, ConfigError
 
     try:
         learn = learner_options(a.learn)
-        cats = family_option(a.family) if a.family != "none" else []
+        cats = bench_categories("", a.family, a.data)  # --family always set: it narrows --data too
     except ConfigError as exc:
         ap.error(str(exc))
     tmp = None
