@@ -84,7 +84,7 @@ def run(data: Path, cats, size, n_train, n, ablation, weights, use_backbone, see
                 r = Row(cat, ls, seed, len(out) / secs, per)
                 rows.append(r)
                 print(f"{cat:<22}{'on' if ls else 'off':<5}{seed:>5}{normal_bad:>13.2f}{r.total:>9}"
-                      f"{r.valid:>8.2f}{r.hits_no_palette / max(r.total, 1):>8.2f}{r.speed:>8.1f}"
+                      f"{r.valid:>8.2f}{r.valid_no_palette:>8.2f}{r.speed:>8.1f}"
                       f"{fit_s:>7.1f}  {kinds}", flush=True)
         shutil.rmtree(model_dir, ignore_errors=True)
     summarise([r for r in rows if r.low_density and not is_texture(r.category)], seeds, size)
@@ -115,6 +115,10 @@ class Row:
     def valid(self) -> float:
         return self.hits / max(self.total, 1)
 
+    @property
+    def valid_no_palette(self) -> float:
+        return self.hits_no_palette / max(self.total, 1)
+
 
 def summarise(rows: list[Row], seeds: list[int], size: int) -> None:
     """Per draw: the mean over object categories and the pooled share; then their mean and spread over draws.
@@ -130,7 +134,7 @@ def summarise(rows: list[Row], seeds: list[int], size: int) -> None:
         means.append(float(np.mean([r.valid for r in got])))
         pooled.append(sum(r.hits for r in got) / max(total, 1))
         print(f"seed {seed}: mean validity (LS on, {len(got)} object categories): {means[-1]:.3f} (without the "
-              f"palette rule {np.mean([r.hits_no_palette / max(r.total, 1) for r in got]):.3f}); pooled over "
+              f"palette rule {np.mean([r.valid_no_palette for r in got]):.3f}); pooled over "
               f"{total} logical anomalies: {pooled[-1]:.3f}; categories without a logical anomaly: "
               f"{sum(r.total == 0 for r in got)}; mean speed: {np.mean([r.speed for r in got]):.1f} anomalies/s "
               f"at {size} px")

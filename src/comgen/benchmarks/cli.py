@@ -74,16 +74,16 @@ def family_option(text: str, flag: str = "--family") -> list[str]:
         raise ConfigError(flag, str(exc)) from None
 
 
-def bench_categories(categories: str, family: str | None, data: Path | None, default: str = "report") -> list[str]:
+def bench_categories(categories: str, family: str | None, data: Path | None) -> list[str]:
     """The categories a benchmark script scores: ``--categories`` when given, else ``--family``'s seeds; [] means
-    every category of ``--data`` (or the built-in ones). ``family`` None takes ``default`` without ``--data``, and
-    every category of the data with it; ``none`` is []. Why: with ``--data`` a seeds option was ignored, so a run
-    meant for a few seeds scored every category of the folder without a word."""
+    every category of ``--data`` (or the built-in ones). ``family`` None takes the report seeds without ``--data``,
+    and every category of the data with it; ``none`` is []. Why: with ``--data`` a seeds option was ignored, so a
+    run meant for a few seeds scored every category of the folder without a word."""
     listed = [c.strip() for c in categories.split(",") if c.strip()]
     if listed:
         return listed
     if family is None and data is None:
-        family = default
+        family = "report"
     return [] if family is None or family == "none" else family_option(family)
 
 
