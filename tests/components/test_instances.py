@@ -267,3 +267,74 @@ def test_a_texture_of_bands_alone_keeps_its_bands():
     assert shading_classes(maps, labs, {0, 1}, ratio=3.0) == {1}
     stage, _ = fit_stage(maps, labs, None, 2, InstanceOptions())
     assert stage.shading == () and stage.num_classes == 2
+
+
+def _varying_group(rng: np.random.Generator, n_img: int, looks: list[tuple[float, float]], counts,
+                   fragments: float = 0.0) -> tuple[np.ndarray, ...]:
+    """Descriptors of instances whose shape is one of ``looks`` (log area, circularity); ``counts(rng)`` gives one
+    image's count of each look. With ``fragments``, that many thin scraps of any size per image on average."""
+    from comgen.components.instances import SHAPE_DIMS
+
+    desc, image_of, truth = [], [], []
+    for i in range(n_img):
+        for t, count in enumerate(counts(rng)):
+            log_area, circ = looks[t]
+            for _ in range(count):
+                desc.append([log_area + rng.normal(0, 0.03), 0.05, circ + rng.normal(0, 0.01), 0.95, 0.0][:SHAPE_DIMS]
+                            + [60 + rng.normal(0, 8), 10 + rng.normal(0, 8), 20 + rng.normal(0, 8), 5.0])
+                image_of.append(i)
+                truth.append(t)
+        for _ in range(rng.poisson(fragments)):
+            desc.append([rng.uniform(-8, -6), rng.uniform(1, 4), rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.9), 0.0]
+                        + [60 + rng.normal(0, 8), 10 + rng.normal(0, 8), 20 + rng.normal(0, 8), 5.0])
+            image_of.append(i)
+            truth.append(len(looks))
+    return np.asarray(desc, np.float32), np.asarray(image_of), np.asarray(truth)
+
+
+def test_part_types_whose_counts_vary_are_split_by_their_shape_modes():
+    """Three squares per image beside one or two discs, of one colour, and scraps: the discs' count varies, so the
+    steady-count rule keeps the types together, but each type is a tight mode of its shape."""
+    from comgen.components.instances import cluster_group
+
+    rng = np.random.default_rng(0)
+    desc, image_of, truth = _varying_group(rng, 40, [(-5.3, 0.78), (-5.7, 0.9)],
+                                           lambda r: (3, int(r.integers(1, 3))), fragments=0.5)
+    parts = truth < 2
+    without = cluster_group(desc, image_of, InstanceOptions(shape_modes=False), 0, 40)
+    assert len(set(without.assign(desc[parts]).tolist())) == 1
+    group = cluster_group(desc, image_of, InstanceOptions(), 0, 40)
+    assert adjusted_rand_score(truth[parts], group.assign(desc[parts])) > 0.95
+    assert len(set(group.assign(desc[parts]).tolist())) == 2 and len(group.presence) == len(group.classes)
+
+
+def test_two_looks_of_one_part_type_stay_one_class():
+    """A part drawn in two shapes that trade counts (three per image, each in either look), and a part drawn in
+    two shapes a pixel apart (pins on a grid, each spot always the same): one type each."""
+    from comgen.components.instances import cluster_group
+
+    def trade(r: np.random.Generator) -> tuple[int, int]:
+        a = int(r.integers(0, 4))
+        return a, 3 - a
+
+    desc, image_of, _ = _varying_group(np.random.default_rng(1), 40, [(-5.3, 0.78), (-5.9, 0.95)], trade)
+    assert len(cluster_group(desc, image_of, InstanceOptions(), 0, 40).classes) == 1
+    assert len(cluster_group(desc, image_of, InstanceOptions(mode_trade=-2.0), 0, 40).classes) == 2
+    desc, image_of, _ = _varying_group(np.random.default_rng(1), 40, [(-5.3, 0.9), (-5.05, 0.93)], lambda r: (2, 1))
+    assert len(cluster_group(desc, image_of, InstanceOptions(), 0, 40).classes) == 1
+    assert len(cluster_group(desc, image_of, InstanceOptions(mode_gap=0.0), 0, 40).classes) == 2
+
+
+def test_a_stage_with_shape_modes_round_trips_and_assigns_the_same():
+    from comgen.components.instances import MODE_DIMS, Group, cluster_group
+
+    rng = np.random.default_rng(2)
+    desc, image_of, _ = _varying_group(rng, 40, [(-5.3, 0.78), (-5.7, 0.9)], lambda r: (3, int(r.integers(1, 3))))
+    group = cluster_group(desc, image_of, InstanceOptions(), 0, 40)
+    assert group.mode_centroids.shape[1] == MODE_DIMS and len(group.mode_parent) >= 2
+    stage = InstanceStage({0: 0}, {1: group}, float("inf"), 1 + len(group.classes))
+    arrays, meta = stage.to_arrays()
+    again = InstanceStage.from_arrays(arrays, meta).groups[1]
+    np.testing.assert_array_equal(again.assign(desc), group.assign(desc))
+    plain = InstanceStage({0: 0}, {1: Group(group.mean, group.scale, group.centroids, group.classes[:1])}, 0.0, 2)
+    assert "instances.1.mode_parent" not in plain.to_arrays()[0]  # a stage without modes saves as before

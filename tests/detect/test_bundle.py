@@ -348,15 +348,19 @@ def test_a_damaged_global_branch_in_the_bundle_is_one_line(prior_bundle: Path, t
         OnnxDetector(d)
 
 
-def test_a_prior_whose_instance_stage_reads_bands_needs_format_4() -> None:
+def test_a_prior_whose_instance_stage_reads_bands_needs_format_4_and_splits_by_modes_format_5() -> None:
     from types import SimpleNamespace
 
-    from comgen.detect.bundle import _reads_bands
+    from comgen.detect.bundle import _reads_bands, _splits_by_modes
 
-    def prior(shading: tuple[int, ...] | None, partner=None, members=()):
-        stage = None if shading is None else SimpleNamespace(shading=shading)
+    def prior(shading: tuple[int, ...] | None, partner=None, members=(), modes: int = 0):
+        group = SimpleNamespace(mode_parent=np.zeros(modes, np.int64))
+        stage = None if shading is None else SimpleNamespace(shading=shading, groups={1: group})
         return SimpleNamespace(model=SimpleNamespace(instance_stage=stage), partner=partner, members=list(members))
 
     assert not _reads_bands(prior(None, partner=prior(())))
     assert _reads_bands(prior(None, partner=prior((2,))))  # the counterpart's stage
     assert _reads_bands(prior(None, members=[prior((1,))]))  # another learner seed's
+    assert not _splits_by_modes(prior(None, partner=prior(())))
+    assert _splits_by_modes(prior(None, partner=prior((), modes=2)))
+    assert _splits_by_modes(prior(None, members=[prior(None, partner=prior((), modes=3))]))

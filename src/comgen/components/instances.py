@@ -19,6 +19,9 @@ same on top of the pixel classes, with NumPy and OpenCV only (the export runtime
   by colour alone is kept only when the clusters appear together in images; otherwise it is one part that comes
   in several colours. Each cluster is then tried again (divisive), where a split needs every cluster's count per
   image to be steady: two close part types are otherwise hidden by a third, more distinct one.
+- Each final cluster is last searched for *shape modes* (``shape_modes``): part types of one colour whose counts
+  vary from image to image fail the steady-count rule, but every instance of a manufactured part has nearly the
+  same shape, so the types stand out as tight, dense modes of the shape descriptors.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ BLOBS = -1
 #: natural units of the shape descriptors: log area, log elongation, circularity, solidity, holes
 SHAPE_UNITS = np.array([0.25, 0.15, 0.08, 0.05, 0.5], np.float32)
 SHAPE_DIMS = len(SHAPE_UNITS)
+#: shape columns the mode search reads: all but the holes, whose count varies within a type (a connector's slots
+#: are found whole in one image and merged in the next)
+MODE_DIMS = 4
 COLOR_UNIT = 6.0  # Lab units
 
 
@@ -67,6 +73,11 @@ class InstanceOptions:
     trim: float = 0.1  # share of a group's instances a steady split may set aside as outliers
     metric_floor: float = 0.25  # adaptive metric: smallest within-cluster spread, in natural units
     metric_clip: float = 5.0  # ... and the largest weight against the median column's
+    shape_modes: bool = True  # split a final cluster into its tight shape modes (``shape_modes``)
+    mode_spread: float = 1.5  # a mode's largest standard deviation over the shape columns, in natural units
+    mode_share: float = 0.1  # a mode's smallest size, as a share of its cluster's instances (at least 5)
+    mode_trade: float = -0.3  # two modes whose counts per image correlate below this are one type's halves
+    mode_gap: float = 1.5  # ... as are two modes whose centres are closer than this, in natural units
 
 
 @dataclass
@@ -77,12 +88,34 @@ class Group:
     scale: np.ndarray
     centroids: np.ndarray
     classes: np.ndarray
-    presence: np.ndarray | None = None  # share of the fit images showing each cluster (fitting only)
+    presence: np.ndarray | None = None  # share of the fit images showing each class slot (fitting only)
+    #: shape modes that refine a cluster (``shape_modes``): the cluster each refines, its centre on the first
+    #: ``MODE_DIMS`` shape columns in natural units, and its slot in ``classes``
+    mode_parent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    mode_centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, MODE_DIMS), np.float32))
+    mode_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def assign(self, desc: np.ndarray) -> np.ndarray:
+        """Class of each instance: its nearest centre, then, in a cluster refined by shape modes, its nearest mode."""
         z = (desc - self.mean) * self.scale
         d = ((z[:, None, :] - self.centroids[None]) ** 2).sum(-1)
-        return self.classes[d.argmin(1)]
+        return self.classes[self.refine_slots(desc, d.argmin(1))]
+
+    def refine_slots(self, desc: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+        """The class slot of each instance given its cluster: the slot of its nearest shape mode where the cluster
+        has modes, the cluster's own slot elsewhere."""
+        if not len(self.mode_parent):
+            return cluster
+        s = desc[:, :MODE_DIMS] / SHAPE_UNITS[:MODE_DIMS]
+        d = ((s[:, None, :] - self.mode_centroids[None]) ** 2).sum(-1)
+        d[self.mode_parent[None, :] != cluster[:, None]] = np.inf
+        refined = np.isfinite(d).any(1)
+        out = cluster.copy()
+        out[refined] = self.mode_slot[d[refined].argmin(1)]
+        return out
+
+
+MODE_ARRAYS = ("mode_parent", "mode_centroids", "mode_slot")
 
 
 @dataclass
@@ -108,7 +141,7 @@ class InstanceStage:
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays: dict[str, np.ndarray] = {}
         for g, grp in self.groups.items():
-            for name in ("mean", "scale", "centroids", "classes"):
+            for name in ("mean", "scale", "centroids", "classes") + (MODE_ARRAYS if len(grp.mode_parent) else ()):
                 arrays[f"instances.{g}.{name}"] = np.ascontiguousarray(getattr(grp, name), dtype=np.float32)
         meta = {"surface_class": {str(k): v for k, v in self.surface_class.items()}, "groups": sorted(self.groups),
                 "blob_tau": self.blob_tau if np.isfinite(self.blob_tau) else None, "num_classes": self.num_classes,
@@ -120,7 +153,13 @@ class InstanceStage:
         groups = {}
         for g in meta["groups"]:
             a = {n: arrays[f"instances.{g}.{n}"] for n in ("mean", "scale", "centroids", "classes")}
-            groups[int(g)] = Group(a["mean"], a["scale"], a["centroids"], a["classes"].astype(np.int64))
+            grp = Group(a["mean"], a["scale"], a["centroids"], a["classes"].astype(np.int64))
+            if f"instances.{g}.mode_parent" in arrays:  # a stage without shape modes saves none
+                grp.mode_parent, grp.mode_centroids, grp.mode_slot = (
+                    arrays[f"instances.{g}.{n}"] for n in MODE_ARRAYS)
+                grp.mode_parent = grp.mode_parent.astype(np.int64)
+                grp.mode_slot = grp.mode_slot.astype(np.int64)
+            groups[int(g)] = grp
         tau = meta.get("blob_tau")
         return cls({int(k): int(v) for k, v in meta["surface_class"].items()}, groups,
                    float("inf") if tau is None else float(tau), int(meta["num_classes"]),
@@ -554,9 +593,98 @@ def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, 
     cents = np.stack([(z[leaf == j] * w).mean(0) for j in range(k)])
     lab = ((z[:, None] * w - cents[None]) ** 2).sum(-1).argmin(1)
     order = np.argsort(-np.bincount(lab, minlength=k))  # largest cluster first: the group's default class
-    presence = np.array([len(set(image_of[lab == j].tolist())) for j in order], np.float64) / max(n_img, 1)
-    return Group(mean, (scale * w).astype(np.float32), cents[order].astype(np.float32),
-                 np.zeros(k, np.int64) + order, presence)
+    rank = np.empty(k, np.int64)
+    rank[order] = np.arange(k)
+    group = Group(mean, (scale * w).astype(np.float32), cents[order].astype(np.float32), np.arange(k))
+    slot = rank[lab]
+    if opt.shape_modes:
+        refine_by_modes(group, desc, image_of, slot, opt, n_img)
+        slot = group.refine_slots(desc, rank[lab])
+    group.presence = np.array([len(set(image_of[slot == j].tolist())) for j in range(len(group.classes))],
+                              np.float64) / max(n_img, 1)
+    return group
+
+
+def shape_modes(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, n_img: int
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The part types of one cluster found as tight modes of its shape columns: each mode's centre [M, MODE_DIMS]
+    (natural units) and its type, or None when fewer than two types stand out.
+
+    Why: the steady-count rule of ``_judge`` keeps false splits out, but it also keeps together part types of one
+    colour whose counts vary (one or two discs per image beside three squares). Every instance of a manufactured
+    part has nearly the same area and outline, so such types are dense, tight modes of the shape columns, found by
+    HDBSCAN; fragments and rims of other regions spread widely, or are absent from most images. A mode counts
+    when its spread is at most ``opt.mode_spread`` in every column and it usually shows at least once per image.
+    Two modes are two looks of one type, and share it, when their counts per image trade off (correlation below
+    ``opt.mode_trade``: a part seen in two orientations) or when their centres lie closer than ``opt.mode_gap``
+    (small parts drawn on the pixel grid differ by a pixel or two with their position).
+    """
+    from sklearn.cluster import HDBSCAN
+
+    n = len(desc)
+    size = max(5, int(opt.mode_share * n))
+    if n < 2 * size:
+        return None
+    s = desc[:, :MODE_DIMS] / SHAPE_UNITS[:MODE_DIMS]
+    lab = HDBSCAN(min_cluster_size=size, min_samples=5, copy=True).fit(s).labels_
+    modes = [j for j in range(lab.max() + 1) if s[lab == j].std(0).max() <= opt.mode_spread]
+    if len(modes) < 2:
+        return None
+    usual, _ = _modal_counts(lab[np.isin(lab, modes)], image_of[np.isin(lab, modes)], lab.max() + 1, n_img)
+    modes = [j for j in modes if usual[j] >= 1]
+    counts = np.zeros((len(modes), max(n_img, 1)))
+    for i, j in enumerate(modes):
+        np.add.at(counts[i], image_of[lab == j], 1)
+    root = list(range(len(modes)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            i = root[i]
+        return i
+
+    cents = np.stack([s[lab == j].mean(0) for j in modes]) if modes else np.zeros((0, MODE_DIMS))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.corrcoef(counts) if len(modes) > 1 else np.ones((1, 1))
+    for a in range(len(modes)):
+        for b in range(a + 1, len(modes)):
+            if corr[a, b] < opt.mode_trade or np.linalg.norm(cents[a] - cents[b]) < opt.mode_gap:
+                root[find(a)] = find(b)
+    types = np.array([find(i) for i in range(len(modes))])
+    if len(set(types.tolist())) < 2:
+        return None
+    _, types = np.unique(types, return_inverse=True)
+    return cents.astype(np.float32), types
+
+
+def refine_by_modes(group: Group, desc: np.ndarray, image_of: np.ndarray, slot: np.ndarray, opt: InstanceOptions,
+                    n_img: int) -> None:
+    """Split each of ``group``'s clusters (``slot``: each instance's) into its shape modes' types, in place.
+
+    A refined cluster's largest type keeps the cluster's slot (so the group's largest cluster stays its default
+    class) and each other type gets a new slot; instances outside every mode go to the nearest mode.
+    """
+    parents, centres, slots = [], [], []
+    nxt = len(group.classes)
+    for j in range(len(group.classes)):
+        idx = np.flatnonzero(slot == j)
+        found = shape_modes(desc[idx], image_of[idx], opt, n_img)
+        if found is None:
+            continue
+        cents, types = found
+        near = types[((desc[idx, None, :MODE_DIMS] / SHAPE_UNITS[:MODE_DIMS] - cents[None]) ** 2).sum(-1).argmin(1)]
+        by_size = np.argsort(-np.bincount(near, minlength=types.max() + 1))
+        type_slot = np.empty(len(by_size), np.int64)
+        type_slot[by_size[0]] = j
+        type_slot[by_size[1:]] = np.arange(nxt, nxt + len(by_size) - 1)
+        nxt += len(by_size) - 1
+        parents += [j] * len(cents)
+        centres.append(cents)
+        slots += type_slot[types].tolist()
+    if parents:
+        group.mode_parent = np.array(parents, np.int64)
+        group.mode_centroids = np.concatenate(centres).astype(np.float32)
+        group.mode_slot = np.array(slots, np.int64)
+        group.classes = np.arange(nxt)
 
 
 def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None, num_pixel_classes: int,
@@ -601,9 +729,9 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
             nxt += 1
     for g in sorted(fitted):
         grp_ = fitted[g]
-        rare = grp_.presence < opt.min_presence if grp_.presence is not None else np.zeros(len(grp_.centroids), bool)
+        rare = grp_.presence < opt.min_presence if grp_.presence is not None else np.zeros(len(grp_.classes), bool)
         rare[0] &= g == BLOBS  # a group's largest cluster is its default class
-        classes = np.zeros(len(grp_.centroids), np.int64)
+        classes = np.zeros(len(grp_.classes), np.int64)
         for j in range(len(classes)):
             if not rare[j]:
                 classes[j] = nxt
@@ -617,7 +745,7 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     stage = InstanceStage(surface_class, fitted, tau if BLOBS in fitted else float("inf"), nxt,
                           tuple(sorted(surfaces)), opt, tuple(sorted(shading)))
     info = {"surfaces": sorted(surfaces), "shading": sorted(shading), "blob_tau": float(tau),
-            "instances": int(len(grp)), "group_sizes": {str(g): len(fitted[g].centroids) for g in fitted}}
+            "instances": int(len(grp)), "group_sizes": {str(g): len(fitted[g].classes) for g in fitted}}
     return stage, info
 
 

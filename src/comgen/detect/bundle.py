@@ -42,7 +42,8 @@ from comgen.errors import ConfigError, InputError
 from comgen.features.memory import _projection
 from comgen.io import atomic_write_json
 
-BANDS_FORMAT = 4  # comgen.export_runtime.bundle.FORMAT: bundles whose instance stage reads bands as background
+MODES_FORMAT = 5  # comgen.export_runtime.bundle.FORMAT: bundles whose instance stage splits classes by shape modes
+BANDS_FORMAT = 4  # bundles whose instance stage reads bands as background
 COUNTS_FORMAT = 3  # bundles whose fusion may use the count patterns
 SEEDS_FORMAT = 2  # bundles whose prior averages several learner seeds
 ONE_SEED_FORMAT = 1  # every other bundle, which runtimes that know only format 1 read correctly
@@ -160,12 +161,23 @@ def _prior_arrays(prior: Any, shared_scale: int | None) -> tuple[dict[str, np.nd
     return arrays, entry
 
 
-def _reads_bands(prior: Any) -> bool:
-    """Whether an instance stage of the prior (any learner seed, either model) reads bands of light as background,
-    which runtimes before format 4 would not do."""
+def _instance_stages(prior: Any) -> list[Any]:
+    """The instance stages of the prior's models (every learner seed, either model)."""
     priors = [prior, *getattr(prior, "members", [])]
     models = [p.model for p in priors] + [p.partner.model for p in priors if p.partner is not None]
-    return any(m.instance_stage is not None and m.instance_stage.shading for m in models)
+    return [m.instance_stage for m in models if m.instance_stage is not None]
+
+
+def _reads_bands(prior: Any) -> bool:
+    """Whether an instance stage of the prior reads bands of light as background, which runtimes before format 4
+    would not do."""
+    return any(stage.shading for stage in _instance_stages(prior))
+
+
+def _splits_by_modes(prior: Any) -> bool:
+    """Whether an instance stage of the prior splits a class by shape modes, which runtimes before format 5 would
+    ignore, and so give every mode of a class the class's first type."""
+    return any(len(g.mode_parent) for stage in _instance_stages(prior) for g in stage.groups.values())
 
 
 def _prior_entry(prior: Any, shared_scale: int | None, out: Path, man: dict[str, Any], name: str) -> dict[str, Any]:
@@ -210,7 +222,8 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     _save(out, "bank.safetensors", arrays, man)
     man["prior"] = man["composition"] = man["memory"] = man["global"] = None
     if det.prior is not None:
-        man["format"] = BANDS_FORMAT if _reads_bands(det.prior) else \
+        man["format"] = MODES_FORMAT if _splits_by_modes(det.prior) else \
+            BANDS_FORMAT if _reads_bands(det.prior) else \
             COUNTS_FORMAT if det.prior.counts is not None else \
             SEEDS_FORMAT if det.prior.members else ONE_SEED_FORMAT
         # every model of the prior (the counterparts, the other learner seeds) has the same learner settings, so

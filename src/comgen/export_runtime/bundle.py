@@ -20,9 +20,11 @@ MANIFEST = "bundle.json"
 # 2: the prior may average several learner seeds (``prior.members``), which format 1 readers would skip;
 # 3: the fusion may use the count patterns (``prior.counts``), which earlier readers cannot score;
 # 4: an instance stage may read bands of uneven light as background (``instance_stage.shading``), which earlier
-# readers would ignore and so segment otherwise
-FORMAT = 4
-READABLE = (1, 2, 3, 4)  # a format-1 bundle has one learner seed and reads unchanged
+# readers would ignore and so segment otherwise;
+# 5: an instance stage may split a class into part types by shape modes (``mode_parent`` and its arrays), which
+# earlier readers would ignore
+FORMAT = 5
+READABLE = (1, 2, 3, 4, 5)  # a format-1 bundle has one learner seed and reads unchanged
 REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
 FUSION_RULES = ("weighted", "max", "softplus")  # the rules ``branches.fuse`` scores (``detect.fusion.RULES``)
 
