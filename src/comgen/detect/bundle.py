@@ -176,7 +176,7 @@ def _reads_bands(prior: Any) -> bool:
 
 def _splits_by_modes(prior: Any) -> bool:
     """Whether an instance stage of the prior splits a class by shape modes, which runtimes before format 5 would
-    ignore, and so give every mode of a class the class's first type."""
+    ignore, and so give every part of a split class the class of its largest type."""
     return any(len(g.mode_parent) for stage in _instance_stages(prior) for g in stage.groups.values())
 
 
