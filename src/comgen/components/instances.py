@@ -599,7 +599,7 @@ def cluster_group(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, 
     slot = rank[lab]
     if opt.shape_modes:
         refine_by_modes(group, desc, image_of, slot, opt, n_img)
-        slot = group.refine_slots(desc, rank[lab])
+        slot = group.refine_slots(desc, slot)
     group.presence = np.array([len(set(image_of[slot == j].tolist())) for j in range(len(group.classes))],
                               np.float64) / max(n_img, 1)
     return group
@@ -619,6 +619,7 @@ def shape_modes(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, n_
     ``opt.mode_trade``: a part seen in two orientations) or when their centres lie closer than ``opt.mode_gap``
     (small parts drawn on the pixel grid differ by a pixel or two with their position).
     """
+    from scipy.sparse.csgraph import connected_components
     from sklearn.cluster import HDBSCAN
 
     n = len(desc)
@@ -630,30 +631,20 @@ def shape_modes(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, n_
     modes = [j for j in range(lab.max() + 1) if s[lab == j].std(0).max() <= opt.mode_spread]
     if len(modes) < 2:
         return None
-    usual, _ = _modal_counts(lab[np.isin(lab, modes)], image_of[np.isin(lab, modes)], lab.max() + 1, n_img)
+    found = lab >= 0
+    usual, _ = _modal_counts(lab[found], image_of[found], lab.max() + 1, n_img)
     modes = [j for j in modes if usual[j] >= 1]
+    if len(modes) < 2:
+        return None
     counts = np.zeros((len(modes), max(n_img, 1)))
     for i, j in enumerate(modes):
         np.add.at(counts[i], image_of[lab == j], 1)
-    root = list(range(len(modes)))
-
-    def find(i: int) -> int:
-        while root[i] != i:
-            i = root[i]
-        return i
-
-    cents = np.stack([s[lab == j].mean(0) for j in modes]) if modes else np.zeros((0, MODE_DIMS))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.corrcoef(counts) if len(modes) > 1 else np.ones((1, 1))
-    for a in range(len(modes)):
-        for b in range(a + 1, len(modes)):
-            if corr[a, b] < opt.mode_trade or np.linalg.norm(cents[a] - cents[b]) < opt.mode_gap:
-                root[find(a)] = find(b)
-    types = np.array([find(i) for i in range(len(modes))])
-    if len(set(types.tolist())) < 2:
-        return None
-    _, types = np.unique(types, return_inverse=True)
-    return cents.astype(np.float32), types
+    cents = np.stack([s[lab == j].mean(0) for j in modes])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a mode whose count never varies has no correlation
+        same = np.corrcoef(counts) < opt.mode_trade
+    same |= np.linalg.norm(cents[:, None] - cents[None], axis=-1) < opt.mode_gap
+    n_types, types = connected_components(same, directed=False)
+    return (cents.astype(np.float32), types) if n_types >= 2 else None
 
 
 def refine_by_modes(group: Group, desc: np.ndarray, image_of: np.ndarray, slot: np.ndarray, opt: InstanceOptions,
