@@ -338,3 +338,7 @@ def test_a_stage_with_shape_modes_round_trips_and_assigns_the_same():
     np.testing.assert_array_equal(again.assign(desc), group.assign(desc))
     plain = InstanceStage({0: 0}, {1: Group(group.mean, group.scale, group.centroids, group.classes[:1])}, 0.0, 2)
     assert "instances.1.mode_parent" not in plain.to_arrays()[0]  # a stage without modes saves as before
+    for name, bad in (("mode_slot", arrays["instances.1.mode_slot"] + len(group.classes)),
+                      ("mode_centroids", arrays["instances.1.mode_centroids"][:, :2])):
+        with pytest.raises(ValueError, match="group 1's shape modes do not match"):
+            InstanceStage.from_arrays({**arrays, f"instances.1.{name}": bad}, meta)

@@ -155,10 +155,14 @@ class InstanceStage:
             a = {n: arrays[f"instances.{g}.{n}"] for n in ("mean", "scale", "centroids", "classes")}
             grp = Group(a["mean"], a["scale"], a["centroids"], a["classes"].astype(np.int64))
             if f"instances.{g}.mode_parent" in arrays:  # a stage without shape modes saves none
-                grp.mode_parent, grp.mode_centroids, grp.mode_slot = (
-                    arrays[f"instances.{g}.{n}"] for n in MODE_ARRAYS)
-                grp.mode_parent = grp.mode_parent.astype(np.int64)
-                grp.mode_slot = grp.mode_slot.astype(np.int64)
+                parent, centres, slot = (arrays[f"instances.{g}.{n}"] for n in MODE_ARRAYS)
+                grp.mode_parent, grp.mode_slot = parent.astype(np.int64), slot.astype(np.int64)
+                grp.mode_centroids = centres
+                m = len(parent)
+                if not m or centres.shape != (m, MODE_DIMS) or slot.shape != (m,) \
+                        or not 0 <= grp.mode_parent.min() <= grp.mode_parent.max() < len(grp.centroids) \
+                        or not 0 <= grp.mode_slot.min() <= grp.mode_slot.max() < len(grp.classes):
+                    raise ValueError(f"group {g}'s shape modes do not match its clusters and classes")
             groups[int(g)] = grp
         tau = meta.get("blob_tau")
         return cls({int(k): int(v) for k, v in meta["surface_class"].items()}, groups,
