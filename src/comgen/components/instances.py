@@ -437,10 +437,20 @@ def _together(labels: np.ndarray, image_of: np.ndarray, a: int, b: int) -> float
     return len(ia & ib) / either if either else 0.0
 
 
-def _modal_counts(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per cluster, its most common instance count per image and the share of images in which it takes that value."""
+def _count_matrix(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int) -> np.ndarray:
+    """[k, images]: each cluster's instance count in each image."""
     counts = np.zeros((k, max(n_img, 1)), np.int64)
     np.add.at(counts, (labels, image_of), 1)
+    return counts
+
+
+def _modal_counts(labels: np.ndarray, image_of: np.ndarray, k: int, n_img: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster, its most common instance count per image and the share of images in which it takes that value."""
+    return _modal(_count_matrix(labels, image_of, k, n_img))
+
+
+def _modal(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_modal_counts`` of a count matrix [k, images]."""
     hists = [np.bincount(c) for c in counts]
     return np.array([h.argmax() for h in hists]), np.array([h.max() / counts.shape[1] for h in hists])
 
@@ -636,16 +646,14 @@ def shape_modes(desc: np.ndarray, image_of: np.ndarray, opt: InstanceOptions, n_
     if len(modes) < 2:
         return None
     found = lab >= 0
-    usual, _ = _modal_counts(lab[found], image_of[found], lab.max() + 1, n_img)
+    counts = _count_matrix(lab[found], image_of[found], lab.max() + 1, n_img)
+    usual, _ = _modal(counts)
     modes = [j for j in modes if usual[j] >= 1]
     if len(modes) < 2:
         return None
-    counts = np.zeros((len(modes), max(n_img, 1)))
-    for i, j in enumerate(modes):
-        np.add.at(counts[i], image_of[lab == j], 1)
     cents = np.stack([s[lab == j].mean(0) for j in modes])
     with np.errstate(invalid="ignore", divide="ignore"):  # a mode whose count never varies has no correlation
-        same = np.corrcoef(counts) < opt.mode_trade
+        same = np.corrcoef(counts[modes]) < opt.mode_trade
     same |= np.linalg.norm(cents[:, None] - cents[None], axis=-1) < opt.mode_gap
     n_types, types = connected_components(same, directed=False)
     return (cents.astype(np.float32), types) if n_types >= 2 else None
