@@ -5,9 +5,10 @@ from comgen.components.features import LearnerConfig
 from comgen.errors import ConfigError, InputError
 from comgen.generate.component_bank import dilate
 from comgen.generate.compositional import CompositionalGenerator, render
-from comgen.generate.config import CompositionalConfig
+from comgen.generate.config import CompositionalConfig, GenerateConfig
 from comgen.generate.edits import plan_edit
 from comgen.generate.protocol import AnomalyGenerator
+from comgen.generate.writer import write_generated
 from comgen.records import LOGICAL_EDITS, STRUCTURAL_EDITS
 from comgen.rundir import RunDir
 from tests.components.toy import toy_samples
@@ -209,3 +210,59 @@ def test_surfaces_are_frozen_only_with_the_instance_stage(samples, monkeypatch):
         g.fit(samples)
         assert (g.model.instance_stage is not None) == instances
     assert seen == [False, True]
+
+
+def test_kept_logical_reads_the_low_density_bar(samples):
+    g = CompositionalGenerator(cfg())
+    g.fit(samples)
+    assert g._kept_logical() > 0 and g.classes_of != "instance stage"
+    assert g._kept_logical() == g._kept_logical()  # a fixed probe: a resumed run weighs alike
+    g.density.threshold = -np.inf  # no composition is rare enough
+    assert g._kept_logical() == 0
+    with pytest.raises(ConfigError, match="instance_fallback_share"):
+        cfg(instance_fallback_share=1.5)
+
+
+def _weighed(monkeypatch, colour: int, instance: int, **kw) -> tuple[CompositionalGenerator, list[bool]]:
+    """A generator fitted while the probe counts ``colour`` kept edits for the colour classes and ``instance``
+    for the instance stage's; also which models were probed."""
+    asked = []
+
+    def kept(self):
+        asked.append(self.model.instance_stage is not None)
+        return instance if asked[-1] else colour
+
+    monkeypatch.setattr(CompositionalGenerator, "_kept_logical", kept)
+    g = CompositionalGenerator(cfg(**{"carriers_stay": True, **kw}))
+    return g, asked
+
+
+def test_edits_act_on_the_instance_stage_where_the_colour_classes_keep_far_fewer(samples, monkeypatch, tmp_path):
+    """A fixture of the parts' colour takes them into its colour class, so few logical edits of the colour classes
+    pass Low-Density Sampling: the edits act on the instance stage's classes, and say so in their records."""
+    g, asked = _weighed(monkeypatch, 3, 100)
+    g.fit(samples)
+    assert asked == [False, True] and g.classes_of == "instance stage" and g.model.instance_stage is not None
+    assert "3 logical edits" in g.fit_note and "100" in g.fit_note
+    out = list(g.generate(6, np.random.default_rng(0)))
+    assert out and all(a.edit.params["classes_of"] == "instance stage" for a in out)
+    said = []
+    write_generated(g, tmp_path / "generated", GenerateConfig(backend="compositional", n=2, image_size=64),
+                    log=said.append)
+    assert any("instance stage's classes" in line for line in said)
+
+
+@pytest.mark.parametrize("colour, instance, probed", [(30, 100, [False, True]),  # not far fewer
+                                                      (0, 0, [False, True]),  # neither keeps one
+                                                      (200, 0, [False])])  # no count could outweigh 200
+def test_the_colour_classes_stay_unless_they_keep_far_fewer(samples, monkeypatch, colour, instance, probed):
+    g, asked = _weighed(monkeypatch, colour, instance)
+    g.fit(samples)
+    assert asked == probed and g.model.instance_stage is None and g.classes_of != "instance stage"
+    assert not g.fit_note and all("classes_of" not in a.edit.params for a in g.generate(4, np.random.default_rng(0)))
+
+
+def test_without_carriers_stay_nothing_is_weighed(samples, monkeypatch):
+    g, asked = _weighed(monkeypatch, 0, 100, carriers_stay=False)
+    g.fit(samples)
+    assert asked == [] and g.model.instance_stage is None and not g.bank.carriers_stay

@@ -372,21 +372,26 @@ def test_a_surface_stays_editable_when_no_other_part_has_a_steady_count():
                for p, comp in (_plan(alone, "recolor", seed) for seed in range(8)))
 
 
-def test_a_carrier_is_never_removed_or_added():
-    """The tray carries the pins: taking it away or pasting a second one leaves no scene a rule is about."""
+def test_a_carrier_is_never_removed_or_added_and_with_carriers_stay_only_recoloured():
+    """The tray carries the pins: taking it away or pasting a second one leaves no scene a rule is about; nor, with
+    ``carriers_stay``, does moving, resizing, swapping or pasting it in for a part, which buries pins under tray."""
     varying = _tray_bank(lambda i: i % 4, washer=False)  # the tray is the only class of steady count
     reasons = possible_kinds(varying)
     assert varying.carriers == {1} and "carrier" in reasons["remove"] and "carrier" in reasons["add"]
     steady = _tray_bank(lambda i: 3)
-    plain = ComponentBank(steady.images, steady.class_maps, [None] * len(steady), steady.ids, steady.paths, 0, 4)
-    assert plain.carriers == {1} and plain.frozen == set()  # the colour classes: the tray stays recolourable
-    for kind in ("remove", "add"):
-        for seed in range(8):
-            p, comp = _plan(plain, kind, seed)
-            touched = {comp.components[t].class_id for t in p.edit.target} | set(p.edit.classes)
-            assert 1 not in touched, (kind, seed)
-    assert any(comp.components[p.edit.target[0]].class_id == 1
-               for p, comp in (_plan(plain, "recolor", seed) for seed in range(8)))
+    args = (steady.images, steady.class_maps, [None] * len(steady), steady.ids, steady.paths, 0, 4)
+    plain, still = ComponentBank(*args), ComponentBank(*args, carriers_stay=True)
+    assert plain.carriers == still.carriers == {1} and plain.frozen == set()  # the colour classes
+    tray = next(c for c in plain.components[0] if c.class_id == 1)
+    assert plain.movable(tray) and not still.movable(tray)
+    for bank, kinds in ((plain, ("remove", "add")), (still, ("remove", "add", "replace", "move", "swap", "resize"))):
+        for kind in kinds:
+            for seed in range(8):
+                p, comp = _plan(bank, kind, seed)
+                touched = {comp.components[t].class_id for t in p.edit.target} | set(p.edit.classes)
+                assert 1 not in touched, (kind, seed)
+        assert any(comp.components[p.edit.target[0]].class_id == 1  # the tray stays recolourable
+                   for p, comp in (_plan(bank, "recolor", seed) for seed in range(8)))
 
 
 def test_a_ring_carries_its_hole_but_is_no_surface():

@@ -71,8 +71,9 @@ class ComponentBank:
 
     def __init__(self, images: np.ndarray, class_maps: np.ndarray, truths: list[np.ndarray | None],
                  ids: list[str], paths: list[str], background: int, min_area: int,
-                 part_classes: bool = False) -> None:
+                 part_classes: bool = False, carriers_stay: bool = False) -> None:
         self.images = images
+        self.carriers_stay = carriers_stay  # carriers are never moved, resized, swapped or pasted in (``movable``)
         self.class_maps = class_maps
         self.truths = truths
         self.ids = ids
@@ -194,8 +195,8 @@ class ComponentBank:
 
         Why: the parts lie on a carrier, so it cannot be taken away or doubled while they stay where they are. With
         the instance stage the carriers are the surfaces that ``_freeze_surfaces`` keeps still; with the colour
-        classes only remove and add leave them alone, since recolouring or replacing a fixture's colour class also
-        edits the parts of that colour.
+        classes only remove and add leave them alone (and, with ``carriers_stay``, every edit but recolour), since
+        recolouring or replacing a fixture's colour class also edits the parts of that colour.
         """
         carried: dict[int, int] = {}
         for hosts in self.hosts:
@@ -274,8 +275,10 @@ class ComponentBank:
 
     def movable(self, c: Component | BankItem) -> bool:
         """A whole part that can be taken out, put elsewhere, resized or swapped: not a fragment, not a merged
-        blob."""
-        return self.typical(c.class_id, c.area)
+        blob, and with ``carriers_stay`` no carrier: its parts stay where they were, so a tray moved, resized,
+        swapped or pasted in for a part covers them with a slab of the surface, which no composition rule is
+        about."""
+        return self.typical(c.class_id, c.area) and not (self.carriers_stay and c.class_id in self.carriers)
 
     def _build_references(self) -> None:
         """Global colour descriptors (16x16 Lab thumbnails) and each image's nearest other normal image."""

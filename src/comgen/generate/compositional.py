@@ -20,7 +20,7 @@ import numpy as np
 from comgen.components.composition import min_area_pixels, rgb_to_lab
 from comgen.components.density import ComponentRealism, CompositionDensity
 from comgen.components.features import resize_square
-from comgen.components.learner import learn_components
+from comgen.components.learner import counterpart, learn_components
 from comgen.components.model import ComponentModel
 from comgen.data.synth.truth import load_truth, truth_path
 from comgen.errors import ArtifactError, InputError
@@ -226,6 +226,10 @@ def _load_truth(sample: Sample) -> np.ndarray | None:
     return load_truth(sample) if truth_path(sample).exists() else None
 
 
+INSTANCE_CLASSES = "instance stage"  # ``classes_of`` when the edits act on the instance stage's classes
+PROBE_ROUNDS = 12  # rounds of candidates per logical edit kind when two component models' kept edits are weighed
+
+
 class CompositionalGenerator:
     """ComGEN's CPU back-end: component bank + Prompt Modifications + Low-Density Sampling."""
 
@@ -234,6 +238,8 @@ class CompositionalGenerator:
     def __init__(self, cfg: CompositionalConfig | None = None) -> None:
         self.cfg = cfg or CompositionalConfig()
         self.model = None
+        self.classes_of = "the run's component model"  # whose classes the edits act on (see ``fit``)
+        self.fit_note = ""  # logged by the writer when fitting fell back on the instance stage's classes
         self.bank: ComponentBank | None = None
         self.density: CompositionDensity | None = None
         self.realism: ComponentRealism | None = None
@@ -251,6 +257,51 @@ class CompositionalGenerator:
             model.save(run.components)
         return model
 
+    def _bank(self, model: ComponentModel, images: np.ndarray, truths: list, train: list[Sample]) -> ComponentBank:
+        s = self.cfg.image_size
+        return ComponentBank(images, model.segment(images), truths, [t.image_id for t in train],
+                             [str(t.path) for t in train], background=model.background,
+                             min_area=min_area_pixels(model.cfg.min_area, s, s),
+                             part_classes=model.instance_stage is not None, carriers_stay=self.cfg.carriers_stay)
+
+    def _instance_classes(self, images: np.ndarray, truths: list, train: list[Sample]
+                          ) -> tuple[ComponentModel, ComponentBank] | None:
+        """The instance stage's model and bank (None when it cannot be learnt from these images)."""
+        try:
+            twin = counterpart(self.model, images)
+        except InputError:
+            return None
+        return twin, self._bank(twin, images, truths, train)
+
+    def _prepare(self, where: str) -> None:
+        """Edit kinds, composition density and realism check of the current bank."""
+        s = self.cfg.image_size
+        self.reasons = possible_kinds(self.bank)
+        self.kinds = [k for k in self.cfg.edit_kinds if self.reasons[k] is None]
+        if not self.kinds:
+            why = "; ".join(f"{k}: {self.reasons[k]}" for k in self.cfg.edit_kinds)
+            raise InputError(where, f"no requested edit kind is possible ({why})")
+        comps = [c for cs in self.bank.components for c in cs]
+        self.density = CompositionDensity(self.cfg.density, self.model.num_classes, self.model.background)
+        vecs = np.stack([self.density.vector(cs, (s, s)) for cs in self.bank.components])
+        self.density.fit(vecs)
+        self.realism = ComponentRealism(self.cfg.density).fit(comps, (s, s))
+
+    def _kept_logical(self) -> int:
+        """How many distinct logical candidate edits of the current bank Low-Density Sampling and the realism check
+        keep out of a fixed probe: ``PROBE_ROUNDS`` rounds of candidates per logical edit kind, with a fixed seed so
+        that a resumed run decides alike."""
+        rng = np.random.default_rng(0)
+        kept: set = set()
+        for kind in (k for k in self.kinds if k in LOGICAL_EDITS):
+            for _ in range(PROBE_ROUNDS):
+                picks = [int(i) for i in rng.integers(len(self.bank), size=self.cfg.candidates)]
+                plans = [p for p in (plan_edit(kind, self.bank, i, self.bank.composition(i), rng) for i in picks)
+                         if p is not None]
+                if plans:
+                    kept.update(plans[j].key() for j in self._passes(plans, logical=True)[0])
+        return len(kept)
+
     def fit(self, train: list[Sample], run: RunDir | None = None) -> None:
         if not train:
             raise InputError("train", "no training samples")
@@ -262,34 +313,51 @@ class CompositionalGenerator:
             tr = _load_truth(t)
             truths.append(None if tr is None else cv2.resize(tr, (s, s), interpolation=cv2.INTER_NEAREST))
         self.model = self._component_model(images, run, where)
-        maps = self.model.segment(images)
-        min_area = min_area_pixels(self.model.cfg.min_area, s, s)
-        self.bank = ComponentBank(images, maps, truths, [t.image_id for t in train], [str(t.path) for t in train],
-                                  background=self.model.background, min_area=min_area,
-                                  part_classes=self.model.instance_stage is not None)
-        self.reasons = possible_kinds(self.bank)
-        self.kinds = [k for k in self.cfg.edit_kinds if self.reasons[k] is None]
-        if not self.kinds:
-            why = "; ".join(f"{k}: {self.reasons[k]}" for k in self.cfg.edit_kinds)
-            raise InputError(where, f"no requested edit kind is possible ({why})")
-        comps = [c for cs in self.bank.components for c in cs]
-        self.density = CompositionDensity(self.cfg.density, self.model.num_classes, self.model.background)
-        vecs = np.stack([self.density.vector(cs, (s, s)) for cs in self.bank.components])
-        self.density.fit(vecs)
-        self.realism = ComponentRealism(self.cfg.density).fit(comps, (s, s))
+        self.bank = self._bank(self.model, images, truths, train)
+        self.classes_of, self.fit_note = "the run's component model", ""
+        self._prepare(where)
+        if self.cfg.carriers_stay and self.model.instance_stage is None and self.cfg.low_density:
+            self._weigh_instance_classes(images, truths, train, where)
         self._seen, self._consulted = set(), set()
 
-    # --- generate -------------------------------------------------------------------------------
-    def _accept(self, plans: list[EditPlan], logical: bool) -> tuple[list[int], np.ndarray]:
+    def _weigh_instance_classes(self, images: np.ndarray, truths: list, train: list[Sample], where: str) -> None:
+        """Let the edits act on the instance stage's classes where the colour classes keep far fewer logical edits.
+
+        Why: a fixture of the parts' colour takes them into its colour class, which leaves no part to edit; the
+        few edits still kept move slabs of the fixture. The instance stage finds those parts. Both models' kept
+        candidates are counted on the same probe; the run's component model stays as it is.
+        """
+        share = self.cfg.instance_fallback_share
+        colour = self._kept_logical()
+        most = PROBE_ROUNDS * self.cfg.candidates * sum(k in LOGICAL_EDITS for k in self.cfg.edit_kinds)
+        if colour >= share * most:  # no count of the instance stage's could outweigh it
+            return
+        found = self._instance_classes(images, truths, train)
+        if found is None:
+            return
+        kept = (self.model, self.bank, self.reasons, self.kinds, self.density, self.realism)
+        self.model, self.bank = found
+        try:
+            self._prepare(where)
+            instance = self._kept_logical()
+        except InputError:
+            instance = 0
+        if colour < share * instance:
+            self.classes_of = INSTANCE_CLASSES
+            self.fit_note = (f"the colour classes keep {colour} logical edits of a probe and the instance stage's "
+                             f"{instance} (a fixture took parts into its colour class); the edits act on the "
+                             "instance stage's classes")
+        else:
+            self.model, self.bank, self.reasons, self.kinds, self.density, self.realism = kept
+
+    def _passes(self, plans: list[EditPlan], logical: bool) -> tuple[list[int], np.ndarray]:
+        """Indices of ``plans`` that Low-Density Sampling and the realism check keep (logical edits only), and
+        every plan's density score."""
         shape = (self.bank.size, self.bank.size)
         vecs = np.stack([self.density.vector(p.components, shape) for p in plans])
         scores = self.density.score(vecs)
         ok = []
         for j, p in enumerate(plans):
-            key = p.key()
-            self._consulted.add(key)
-            if key in self._seen:
-                continue
             if logical and self.cfg.low_density and scores[j] >= self.density.threshold:
                 continue
             edited = p.components[-len(p.pastes):] if p.pastes else []
@@ -299,6 +367,13 @@ class CompositionalGenerator:
                 continue
             ok.append(j)
         return ok, scores
+
+    # --- generate -------------------------------------------------------------------------------
+    def _accept(self, plans: list[EditPlan], logical: bool) -> tuple[list[int], np.ndarray]:
+        ok, scores = self._passes(plans, logical)
+        keys = [p.key() for p in plans]
+        self._consulted.update(keys)
+        return [j for j in ok if keys[j] not in self._seen], scores
 
     def generate(self, n: int, rng: np.random.Generator) -> Iterator[Anomaly]:
         if self.bank is None:
@@ -365,6 +440,8 @@ class CompositionalGenerator:
         if "donor" in edit.params:  # which normal image a transplant took its patch from
             edit.params["donor_id"] = self.bank.ids[edit.params["donor"]]
         edit.params["density_threshold"] = round(self.density.threshold, 4)
+        if self.classes_of == INSTANCE_CLASSES:  # the prompt's tokens name the instance stage's classes
+            edit.params["classes_of"] = INSTANCE_CLASSES
         extra = {"gate": gate, "prompt": edit.params["prompt"], "source_prompt": edit.params["source_prompt"],
                  "reference": self.bank.paths[ref]}
         if truth is not None:

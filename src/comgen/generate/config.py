@@ -73,6 +73,11 @@ class CompositionalConfig(ConfigBase):
     feather: float = 1.2  # alpha feather sigma at 256 px
     min_mask_area: float = 0.0005  # smallest anomaly mask kept, as a fraction of the image area
     reuse_components: bool = True  # use RUN/components when present instead of re-learning
+    # fixtures kept out of part edits: carriers are only recoloured, and the edits act on the instance stage's
+    # classes where the colour classes keep fewer low-density logical edits than this share of the instance stage's
+    # (a fixture of the parts' colour took them into its class); off by default (docs/experiments.md)
+    carriers_stay: bool = False
+    instance_fallback_share: float = 0.25
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
 
@@ -87,6 +92,9 @@ class CompositionalConfig(ConfigBase):
             raise ConfigError("compositional.blend", f"must be alpha or poisson, got {self.blend!r}")
         if self.candidates < 1:
             raise ConfigError("compositional.candidates", "must be >= 1")
+        if not 0.0 <= self.instance_fallback_share <= 1.0:
+            raise ConfigError("compositional.instance_fallback_share",
+                              f"must be in [0, 1], got {self.instance_fallback_share}")
 
 
 @dataclass

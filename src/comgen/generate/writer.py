@@ -128,6 +128,8 @@ def write_generated(generator: AnomalyGenerator, out: str | Path, cfg: GenerateC
     todo = [idx for blk in blocks for idx in blk if item_id(idx) not in done]
     skipped = sum(len(blk) for blk in blocks) - len(todo)
     backend = getattr(generator, "name", cfg.backend)
+    if log is not None and getattr(generator, "fit_note", ""):  # what fitting chose that a user should know
+        log(f"{backend}: {generator.fit_note}")
     stateful = callable(getattr(generator, "resume_state", None))
     guess = speculative(generator, shard[1])  # a shard has not got the lower blocks; the merge checks its guess
 
