@@ -226,6 +226,7 @@ def _load_truth(sample: Sample) -> np.ndarray | None:
     return load_truth(sample) if truth_path(sample).exists() else None
 
 
+RUN_CLASSES = "the run's component model"  # ``classes_of`` as a run's edits usually are
 INSTANCE_CLASSES = "instance stage"  # ``classes_of`` when the edits act on the instance stage's classes
 PROBE_ROUNDS = 12  # rounds of candidates per logical edit kind when two component models' kept edits are weighed
 
@@ -238,7 +239,7 @@ class CompositionalGenerator:
     def __init__(self, cfg: CompositionalConfig | None = None) -> None:
         self.cfg = cfg or CompositionalConfig()
         self.model = None
-        self.classes_of = "the run's component model"  # whose classes the edits act on (see ``fit``)
+        self.classes_of = RUN_CLASSES  # whose classes the edits act on (see ``fit``)
         self.fit_note = ""  # logged by the writer when fitting fell back on the instance stage's classes
         self.bank: ComponentBank | None = None
         self.density: CompositionDensity | None = None
@@ -314,7 +315,7 @@ class CompositionalGenerator:
             truths.append(None if tr is None else cv2.resize(tr, (s, s), interpolation=cv2.INTER_NEAREST))
         self.model = self._component_model(images, run, where)
         self.bank = self._bank(self.model, images, truths, train)
-        self.classes_of, self.fit_note = "the run's component model", ""
+        self.classes_of, self.fit_note = RUN_CLASSES, ""
         self._prepare(where)
         if self.cfg.carriers_stay and self.model.instance_stage is None and self.cfg.low_density:
             self._weigh_instance_classes(images, truths, train, where)
