@@ -342,3 +342,80 @@ def test_a_stage_with_shape_modes_round_trips_and_assigns_the_same():
                       ("mode_centroids", arrays["instances.1.mode_centroids"][:, :2])):
         with pytest.raises(ValueError, match="group 1's shape modes do not match"):
             InstanceStage.from_arrays({**arrays, f"instances.1.{name}": bad}, meta)
+
+
+def test_a_small_region_of_a_surface_class_lying_on_the_background_is_a_part():
+    """A bolt of the fixture's colour beside it is a piece; a ring's hole, a blur between two parts and the blur
+    between two surfaces are not."""
+    from comgen.components.instances import surface_pieces
+
+    m = np.zeros((64, 64), np.uint8)
+    m[2:30, 2:62] = 1  # the fixture (surface 1)
+    m[40:44, 4:20] = 1  # a bolt of its colour on the background
+    cv2.circle(m, (40, 52), 6, 2, -1)  # a ring (class 2) whose hole took the fixture's colour
+    cv2.circle(m, (40, 52), 2, 1, -1)
+    m[52:60, 20:28], m[52:60, 30:38] = 3, 3  # two parts with the fixture's colour between them
+    m[54:58, 28:30] = 1
+    m[32:36, 44:64] = 4  # a second surface, and a blur of the fixture's colour between it and the background
+    m[36:38, 44:64] = 1
+    out = surface_pieces(m, 1, {0, 1, 4}, InstanceOptions())
+    assert out[40:44, 4:20].all()
+    assert not out[m != 1].any() and not out[2:30, 2:62].any()
+    assert not out[38:43, 50:55].any() and not out[54:58, 28:30].any() and not out[36:38, 44:64].any()
+
+
+def test_only_a_surface_of_large_regions_is_searched_for_pieces():
+    from comgen.components.instances import compact_surfaces
+
+    maps = np.zeros((3, 64, 64), np.uint8)
+    maps[:, 4:40, 4:60] = 1  # a fixture
+    maps[:, 48:60, 8:20] = 1  # and a part of its colour
+    for y in range(44, 64, 4):
+        maps[:, y:y + 2, 24::4] = 2  # the grains of a texture
+    assert compact_surfaces(maps, {0, 1, 2}, 0.05) == {1}
+
+
+def _fixture_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A light fixture holding two blue discs, and a bolt of the fixture's colour on the dark background beside it
+    (truth: 1 fixture, 2 disc, 3 bolt)."""
+    img = np.full((SIZE, SIZE, 3), 50, np.uint8)
+    truth = np.zeros((SIZE, SIZE), np.uint8)
+    img[6:56, 6:90], truth[6:56, 6:90] = (200, 200, 196), 1
+    for cx in (28, 68):
+        cx += int(rng.integers(-4, 5))
+        cv2.circle(truth, (cx, 31), 8, 2, -1)
+    y, x = int(rng.integers(68, 84)), int(rng.integers(10, 60))
+    box = cv2.boxPoints(((float(x + 12), float(y)), (24.0, 7.0), float(rng.uniform(-20, 20))))
+    cv2.fillPoly(truth, [box.astype(np.int32)], 3)
+    img[truth == 2] = (40, 80, 200)
+    img[truth == 3] = (200, 200, 196)
+    noise = rng.normal(0, 1.5, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8), truth
+
+
+def test_a_part_of_a_fixture_colour_beside_it_gets_a_class_of_its_own(tmp_path):
+    rng = np.random.default_rng(4)
+    scenes = [_fixture_scene(rng) for _ in range(20)]
+    train = np.stack([s[0] for s in scenes[:16]])
+    test, truth = np.stack([s[0] for s in scenes[16:]]), np.stack([s[1] for s in scenes[16:]])
+    plain = learn_components(train, LearnerConfig(**INSTANCES, instance_surface_pieces=False)).segment(test)
+    assert _class_of(plain, truth, 3) == _class_of(plain, truth, 1)  # the bolt reads as the fixture
+    model = learn_components(train, LearnerConfig(**INSTANCES, instance_surface_pieces=True))
+    seg = model.segment(test)
+    bolt, fixture = _class_of(seg, truth, 3), _class_of(seg, truth, 1)
+    assert bolt not in (0, fixture, _class_of(seg, truth, 2))
+    assert (seg[truth == 3] == bolt).mean() > 0.9 and (seg[truth == 1] == fixture).mean() > 0.95
+    model.save(tmp_path)
+    assert np.array_equal(ComponentModel.load(tmp_path).segment(test), seg)
+
+
+def test_the_hole_of_a_ring_of_the_background_colour_on_a_fixture_is_no_part():
+    from comgen.components.instances import surface_pieces
+
+    m = np.zeros((64, 64), np.uint8)
+    m[2:50, 2:62] = 1  # the fixture
+    cv2.circle(m, (30, 25), 8, 0, -1)  # a dark ring of the background's class ...
+    cv2.circle(m, (30, 25), 4, 1, -1)  # ... whose hole shows the fixture
+    m[54:60, 10:30] = 1  # a part of the fixture's colour on the background
+    out = surface_pieces(m, 1, {0, 1}, InstanceOptions())
+    assert not out[20:31, 25:36].any() and out[54:60, 10:30].all()

@@ -348,14 +348,16 @@ def test_a_damaged_global_branch_in_the_bundle_is_one_line(prior_bundle: Path, t
         OnnxDetector(d)
 
 
-def test_a_prior_whose_instance_stage_reads_bands_needs_format_4_and_splits_by_modes_format_5() -> None:
+def test_a_prior_whose_instance_stage_reads_bands_needs_format_4_splits_by_modes_5_and_finds_pieces_6() -> None:
     from types import SimpleNamespace
 
-    from comgen.detect.bundle import _reads_bands, _splits_by_modes
+    from comgen.components.instances import BLOBS, piece_group
+    from comgen.detect.bundle import _finds_pieces, _reads_bands, _splits_by_modes
 
-    def prior(shading: tuple[int, ...] | None, partner=None, members=(), modes: int = 0):
+    def prior(shading: tuple[int, ...] | None, partner=None, members=(), modes: int = 0, pieces: bool = False):
         group = SimpleNamespace(mode_parent=np.zeros(modes, np.int64))
-        stage = None if shading is None else SimpleNamespace(shading=shading, groups={1: group})
+        groups = {1: group, BLOBS: group, **({piece_group(2): group} if pieces else {})}
+        stage = None if shading is None else SimpleNamespace(shading=shading, groups=groups)
         return SimpleNamespace(model=SimpleNamespace(instance_stage=stage), partner=partner, members=list(members))
 
     assert not _reads_bands(prior(None, partner=prior(())))
@@ -364,3 +366,6 @@ def test_a_prior_whose_instance_stage_reads_bands_needs_format_4_and_splits_by_m
     assert not _splits_by_modes(prior(None, partner=prior(())))
     assert _splits_by_modes(prior(None, partner=prior((), modes=2)))
     assert _splits_by_modes(prior(None, members=[prior(None, partner=prior((), modes=3))]))
+    assert not _finds_pieces(prior(None, partner=prior((), modes=2)))  # the blobs' group (-1) is no surface's
+    assert _finds_pieces(prior(None, partner=prior((), pieces=True)))
+    assert _finds_pieces(prior(None, members=[prior(None, partner=prior((), pieces=True))]))

@@ -67,6 +67,7 @@ class LearnerConfig(ConfigBase):
     instance_min_presence: float = 0.3  # a part type shows in at least this share of the normal images
     instance_fit_images: int = 64  # training images the stage is fitted on (bounds memory)
     instance_shape_modes: bool = True  # split a class into part types that stand out as tight modes of their shape
+    instance_surface_pieces: bool = True  # small regions of a surface's class lying apart from it are parts
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -97,7 +98,8 @@ class LearnerConfig(ConfigBase):
                                blob_min_de=self.instance_blob_min_de, blob_sigma=self.instance_blob_sigma,
                                min_area=self.min_area,
                                k_max=self.instance_k_max, silhouette=self.instance_silhouette,
-                               min_presence=self.instance_min_presence, shape_modes=self.instance_shape_modes)
+                               min_presence=self.instance_min_presence, shape_modes=self.instance_shape_modes,
+                               surface_pieces=self.instance_surface_pieces)
 
     def scaled(self, value: float) -> float:
         """A length given at 256 px, scaled to ``image_size``."""

@@ -7,7 +7,9 @@ same on top of the pixel classes, with NumPy and OpenCV only (the export runtime
 
 - *Surfaces* are the pixel classes whose connected regions are large (the background, a tray, a box). They keep
   their pixel class; their internal structure (wells, walls) stays part of them. A surface that meets the
-  background without a real edge is a band of uneven light and joins the background (``shading_classes``).
+  background without a real edge is a band of uneven light and joins the background (``shading_classes``). A
+  small region of a surface's class lying apart from it on another surface is a part of the surface's colour
+  (``surface_pieces``: a steel bolt beside a light grey fixture), and its instances form a group of their own.
 - *Low-contrast parts* are found as blobs that stand out from a smooth model of the background's own colour (a
   normalised convolution of the background pixels), with a threshold set from the training images' noise.
 - *Instances* are the connected regions of every other class, and the blobs; touching parts are split by a
@@ -36,6 +38,7 @@ from comgen.components.composition import enclosed_holes
 
 #: group id of the low-contrast blobs found on the background (pixel classes use their own ids)
 BLOBS = -1
+
 #: natural units of the shape descriptors: log area, log elongation, circularity, solidity, holes
 SHAPE_UNITS = np.array([0.25, 0.15, 0.08, 0.05, 0.5], np.float32)
 SHAPE_DIMS = len(SHAPE_UNITS)
@@ -43,6 +46,19 @@ SHAPE_DIMS = len(SHAPE_UNITS)
 #: are found whole in one image and merged in the next)
 MODE_DIMS = 4
 COLOR_UNIT = 6.0  # Lab units
+PIECE_ON = 0.75  # a surface's piece is a part when this share of the pixels around it is one other surface's
+COMPACT = 0.8  # a surface whose pixels lie at least this much in large regions may have pieces
+
+
+def piece_group(surface: int) -> int:
+    """Group id of the pieces of surface class ``surface`` (``surface_pieces``): below ``BLOBS``, apart from the
+    pixel classes' own ids."""
+    return -2 - surface
+
+
+def piece_host(group: int) -> int | None:
+    """The surface class whose pieces ``group`` holds, or None for a pixel class's group or the blobs."""
+    return -2 - group if group <= -2 else None
 
 
 @dataclass
@@ -78,6 +94,7 @@ class InstanceOptions:
     mode_share: float = 0.1  # a mode's smallest size, as a share of its cluster's instances (at least 5)
     mode_trade: float = -0.3  # two modes whose counts per image correlate below this are one type's halves
     mode_gap: float = 1.5  # ... as are two modes whose centres are closer than this, in natural units
+    surface_pieces: bool = True  # small regions of a surface's class lying apart from it are parts (``surface_pieces``)
 
 
 @dataclass
@@ -176,12 +193,14 @@ class InstanceStage:
         pixel_map = absorb_rims(pixel_map, set(self.surfaces), self.options.rim_px * pixel_map.shape[0] / 256,
                                 self.options.surface_share)
         blobs = blob_mask(lab, pixel_map == 0, self.blob_tau, self.options) if BLOBS in self.groups else None
-        labels, groups = find_instances(pixel_map, blobs, set(self.surface_class), self.options)
+        pieces = [h for h in map(piece_host, self.groups) if h is not None]
+        labels, groups = find_instances(pixel_map, blobs, set(self.surface_class), self.options, pieces,
+                                        set(self.surfaces))
         out = np.zeros(pixel_map.shape, np.uint8)
         for c, final in self.surface_class.items():
             out[pixel_map == c] = final
         for g, grp in self.groups.items():  # pixels of a group outside any kept instance: its largest class
-            if g != BLOBS:
+            if g >= 0:
                 out[pixel_map == g] = grp.classes[0]
         if len(groups):
             desc = describe(labels, len(groups), lab, deep)
@@ -324,9 +343,71 @@ def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float, island
     return out
 
 
-def find_instances(pixel_map: np.ndarray, blobs: np.ndarray | None, surfaces: set[int], opt: InstanceOptions
+def surface_pieces(pixel_map: np.ndarray, surface: int, surfaces: set[int], opt: InstanceOptions) -> np.ndarray:
+    """bool mask: the regions of a surface's class that are small (under ``opt.surface_share`` of the image) and
+    lie on another surface (at least ``PIECE_ON`` of the pixels around them are one large region of another
+    surface's class).
+
+    Why: the pixel stage gives a part whose colour lies near a fixture's (a steel bolt beside a light grey tray)
+    the fixture's class, and a surface's class is never split into instances, so the part would read as a piece
+    of the fixture. A surface is large; a part of its colour lying apart from it, on the background or on another
+    surface, is small. A small region enclosed by a part (a ring's hole, also where the ring has the background's
+    colour) or lying between parts or between two surfaces (a blurred edge that took the surface's colour) is no
+    part.
+    """
+    big = opt.surface_share * pixel_map.size
+    mask = (pixel_map == surface).astype(np.uint8)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < big) + 1
+    out = np.zeros(pixel_map.shape, bool)
+    if not len(small):
+        return out
+    host = np.full(pixel_map.shape, -1, np.int64)  # each host surface's large regions (not a dark ring's island)
+    for c in surfaces - {surface}:
+        _, hc, hs, _ = cv2.connectedComponentsWithStats((pixel_map == c).astype(np.uint8), connectivity=8)
+        large = np.flatnonzero(hs[1:, cv2.CC_STAT_AREA] >= big) + 1
+        host[np.isin(hc, large)] = c
+    ring_kernel = np.ones((3, 3), np.uint8)
+    for i in small:
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        sl = (slice(max(0, y - 1), y + h + 1), slice(max(0, x - 1), x + w + 1))
+        region = comp[sl] == i
+        ring = (cv2.dilate(region.astype(np.uint8), ring_kernel) > 0) & ~region
+        on = host[sl][ring]
+        on = on[on >= 0]
+        if on.size and np.bincount(on).max() >= PIECE_ON * ring.sum():
+            out[sl] |= region
+    return out
+
+
+def compact_surfaces(pixel_maps: np.ndarray, surfaces: set[int], share: float) -> set[int]:
+    """The surfaces other than the background whose pixels lie, in the median image showing them, mostly
+    (``COMPACT``) in regions of at least ``share`` of the image: a fixture or a tray, which may have parts of its
+    colour lying apart (``surface_pieces``), and not the grains of a texture, which are all pieces."""
+    size = pixel_maps.shape[1] * pixel_maps.shape[2]
+    out = set()
+    for c in surfaces - {0}:
+        shares = []
+        for m in pixel_maps:
+            mask = (m == c).astype(np.uint8)
+            total = int(mask.sum())
+            if not total:
+                continue
+            _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            area = stats[1:, cv2.CC_STAT_AREA]
+            shares.append(float(area[area >= share * size].sum()) / total)
+        if shares and float(np.median(shares)) >= COMPACT:
+            out.add(c)
+    return out
+
+
+def find_instances(pixel_map: np.ndarray, blobs: np.ndarray | None, surfaces: set[int], opt: InstanceOptions,
+                   pieces: list[int] | tuple[int, ...] = (), hosts: set[int] | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Instances of one image: a label image (0 = none, i = instance i) and the group of each instance."""
+    """Instances of one image: a label image (0 = none, i = instance i) and the group of each instance.
+
+    ``surfaces``: the classes that hold no instances. The surfaces of ``pieces`` are searched for parts of their
+    colour lying on one of ``hosts`` (``surface_pieces``; the stage's surfaces, by default ``surfaces``)."""
     size = pixel_map.shape[0]
     min_area = max(4, int(round(opt.min_area * size * size)))
     labels = np.zeros(pixel_map.shape, np.int32)
@@ -334,6 +415,8 @@ def find_instances(pixel_map: np.ndarray, blobs: np.ndarray | None, surfaces: se
     masks = [(int(c), pixel_map == c) for c in np.unique(pixel_map) if int(c) not in surfaces]
     if blobs is not None and blobs.any():
         masks.append((BLOBS, blobs))
+    masks += [(piece_group(c), surface_pieces(pixel_map, c, surfaces if hosts is None else hosts, opt))
+              for c in pieces]
     for g, mask in masks:
         n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1:
@@ -707,9 +790,10 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     tau = fit_blob_threshold([blob_deviation(lab, bg, opt) for lab, bg in zip(labs, bgs)], inner, opt)
     tau = fit_blob_threshold([blob_deviation(lab, bg, opt, tau) for lab, bg in zip(labs, bgs)], inner, opt)
     all_desc, all_groups, image_of = [], [], []
+    pieces = sorted(compact_surfaces(pixel_maps, surfaces, opt.surface_share)) if opt.surface_pieces else []
     for i in range(n_img):
         blobs = blob_mask(labs[i], bgs[i], tau, opt)
-        labels, groups = find_instances(pixel_maps[i], blobs, surfaces, opt)
+        labels, groups = find_instances(pixel_maps[i], blobs, surfaces, opt, pieces)
         if len(groups):
             all_desc.append(describe(labels, len(groups), labs[i], None if deeps is None else deeps[i]))
             all_groups.append(groups)
@@ -720,8 +804,8 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     fitted: dict[int, Group] = {}
     for g in sorted(set(grp.tolist())):
         idx = np.flatnonzero(grp == g)
-        if g == BLOBS and len(set(img[idx].tolist())) < max(2, 0.2 * n_img):
-            continue  # blobs in a few images only: noise or stray marks, not a part type
+        if g < 0 and len(set(img[idx].tolist())) < max(2, 0.2 * n_img):
+            continue  # blobs or pieces in a few images only: noise or stray marks, not a part type
         fitted[g] = cluster_group(desc[idx], img[idx], opt, seed, n_img)
     # final class ids: surfaces keep theirs in order (background 0 first), then every group's clusters
     surface_class = {c: i for i, c in enumerate(sorted(surfaces))}
@@ -732,16 +816,18 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
             nxt += 1
     for g in sorted(fitted):
         grp_ = fitted[g]
+        host = piece_host(g)
         rare = grp_.presence < opt.min_presence if grp_.presence is not None else np.zeros(len(grp_.classes), bool)
-        rare[0] &= g == BLOBS  # a group's largest cluster is its default class
+        rare[0] &= g < 0  # a group's largest cluster is its default class
         classes = np.zeros(len(grp_.classes), np.int64)
         for j in range(len(classes)):
             if not rare[j]:
                 classes[j] = nxt
                 nxt += 1
-            else:  # seen in few normal images: noise, not a part type; blobs go back to the background
-                classes[j] = 0 if g == BLOBS else classes[0]
-        if g == BLOBS and rare.all():
+            else:  # seen in few normal images: noise, not a part type; blobs go back to the background and
+                # pieces to their surface
+                classes[j] = 0 if g == BLOBS else surface_class[host] if host is not None else classes[0]
+        if g < 0 and rare.all():
             del fitted[g]
             continue
         grp_.classes = classes

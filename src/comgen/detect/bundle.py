@@ -36,13 +36,15 @@ from safetensors.numpy import save_file
 from torch import nn
 
 import comgen
+from comgen.components.instances import piece_host
 from comgen.detect.predict import Detector
 from comgen.detect.tiling import is_tiled
 from comgen.errors import ConfigError, InputError
 from comgen.features.memory import _projection
 from comgen.io import atomic_write_json
 
-MODES_FORMAT = 5  # comgen.export_runtime.bundle.FORMAT: bundles whose instance stage splits classes by shape modes
+PIECES_FORMAT = 6  # comgen.export_runtime.bundle.FORMAT: instance stages that find parts of a surface's colour
+MODES_FORMAT = 5  # bundles whose instance stage splits classes by shape modes
 BANDS_FORMAT = 4  # bundles whose instance stage reads bands as background
 COUNTS_FORMAT = 3  # bundles whose fusion may use the count patterns
 SEEDS_FORMAT = 2  # bundles whose prior averages several learner seeds
@@ -180,6 +182,12 @@ def _splits_by_modes(prior: Any) -> bool:
     return any(len(g.mode_parent) for stage in _instance_stages(prior) for g in stage.groups.values())
 
 
+def _finds_pieces(prior: Any) -> bool:
+    """Whether an instance stage of the prior finds parts of a surface's colour lying apart from it, which runtimes
+    before format 6 would ignore, and so read those parts as the surface."""
+    return any(piece_host(g) is not None for stage in _instance_stages(prior) for g in stage.groups)
+
+
 def _prior_entry(prior: Any, shared_scale: int | None, out: Path, man: dict[str, Any], name: str) -> dict[str, Any]:
     """Write one learner seed's prior (``name``.safetensors) and its counterpart's (``name``_partner.safetensors);
     return its manifest entry."""
@@ -222,7 +230,8 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     _save(out, "bank.safetensors", arrays, man)
     man["prior"] = man["composition"] = man["memory"] = man["global"] = None
     if det.prior is not None:
-        man["format"] = MODES_FORMAT if _splits_by_modes(det.prior) else \
+        man["format"] = PIECES_FORMAT if _finds_pieces(det.prior) else \
+            MODES_FORMAT if _splits_by_modes(det.prior) else \
             BANDS_FORMAT if _reads_bands(det.prior) else \
             COUNTS_FORMAT if det.prior.counts is not None else \
             SEEDS_FORMAT if det.prior.members else ONE_SEED_FORMAT

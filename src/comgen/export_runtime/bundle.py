@@ -22,9 +22,11 @@ MANIFEST = "bundle.json"
 # 4: an instance stage may read bands of uneven light as background (``instance_stage.shading``), which earlier
 # readers would ignore and so segment otherwise;
 # 5: an instance stage may split a class into part types by shape modes (``mode_parent`` and its arrays), which
-# earlier readers would ignore
-FORMAT = 5
-READABLE = (1, 2, 3, 4, 5)  # a format-1 bundle has one learner seed and reads unchanged
+# earlier readers would ignore;
+# 6: an instance stage may find parts of a surface's colour lying apart from it (groups below -1), which earlier
+# readers would read as the surface
+FORMAT = 6
+READABLE = (1, 2, 3, 4, 5, 6)  # a format-1 bundle has one learner seed and reads unchanged
 REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
 FUSION_RULES = ("weighted", "max", "softplus")  # the rules ``branches.fuse`` scores (``detect.fusion.RULES``)
 
