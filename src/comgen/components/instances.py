@@ -303,6 +303,11 @@ def _split_touching(region: np.ndarray) -> np.ndarray:
     return markers
 
 
+def _ring(region: np.ndarray) -> np.ndarray:
+    """bool mask: the pixels touching ``region`` (8-neighbours) outside it."""
+    return (cv2.dilate(region.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & ~region
+
+
 def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float, island_share: float = 0.0) -> np.ndarray:
     """Give thin regions of the non-surface classes to the class they border (other than the background).
 
@@ -314,7 +319,6 @@ def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float, island
     are that part's edge and join it; the rest stays with the surface, as the blur between them is shared.
     """
     out = pixel_map.copy()
-    ring_kernel = np.ones((3, 3), np.uint8)
     near_island = None  # the rim's pixels next to an island of the background's class: a third of its width
     if island_share > 0:
         r = max(1, int(round(rim_px / 3)))
@@ -333,8 +337,7 @@ def absorb_rims(pixel_map: np.ndarray, surfaces: set[int], rim_px: float, island
         np.maximum.at(thick, comp.ravel(), dist.ravel())
         for i in np.flatnonzero(thick[1:] <= rim_px) + 1:
             region = comp == i
-            ring = (cv2.dilate(region.astype(np.uint8), ring_kernel) > 0) & ~region
-            around = pixel_map[ring]
+            around = pixel_map[_ring(region)]
             around = around[(around != c) & (around != 0)]
             if around.size:
                 out[region] = host = int(np.bincount(around).argmax())
@@ -357,7 +360,7 @@ def surface_pieces(pixel_map: np.ndarray, surface: int, surfaces: set[int], opt:
     """
     big = opt.surface_share * pixel_map.size
     mask = (pixel_map == surface).astype(np.uint8)
-    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    _, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < big) + 1
     out = np.zeros(pixel_map.shape, bool)
     if not len(small):
@@ -367,12 +370,11 @@ def surface_pieces(pixel_map: np.ndarray, surface: int, surfaces: set[int], opt:
         _, hc, hs, _ = cv2.connectedComponentsWithStats((pixel_map == c).astype(np.uint8), connectivity=8)
         large = np.flatnonzero(hs[1:, cv2.CC_STAT_AREA] >= big) + 1
         host[np.isin(hc, large)] = c
-    ring_kernel = np.ones((3, 3), np.uint8)
     for i in small:
         x, y, w, h = (int(v) for v in stats[i, :4])
         sl = (slice(max(0, y - 1), y + h + 1), slice(max(0, x - 1), x + w + 1))
         region = comp[sl] == i
-        ring = (cv2.dilate(region.astype(np.uint8), ring_kernel) > 0) & ~region
+        ring = _ring(region)
         on = host[sl][ring]
         on = on[on >= 0]
         if on.size and np.bincount(on).max() >= PIECE_ON * ring.sum():
