@@ -11,6 +11,7 @@ from comgen.components.instances import (
     InstanceStage,
     _split_touching,
     absorb_rims,
+    blob_mask,
     find_instances,
     fit_stage,
     shading_classes,
@@ -419,3 +420,81 @@ def test_the_hole_of_a_ring_of_the_background_colour_on_a_fixture_is_no_part():
     m[54:60, 10:30] = 1  # a part of the fixture's colour on the background
     out = surface_pieces(m, 1, {0, 1}, InstanceOptions())
     assert not out[20:31, 25:36].any() and out[54:60, 10:30].all()
+
+
+def test_a_faint_part_reaches_out_to_its_half_peak_and_noise_stays_out():
+    from comgen.components.instances import hysteresis
+
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 20, xx - 20)
+    dev = np.clip(10.0 - r, 0, None)  # a part: 10 at its centre, falling off over its edge
+    dev[50:53, 50:53] = 4.0  # a patch of noise above half the threshold only
+    out = hysteresis(dev, 6.0, 0.5).astype(bool)
+    assert np.array_equal(out[:40, :40], r[:40, :40] < 5)  # out to half its peak, below the threshold
+    assert not out[50:53, 50:53].any()
+    strong = np.clip(30.0 - r, 0, None)  # a clear part: its half peak lies above the threshold, which then holds
+    assert np.array_equal(hysteresis(strong, 6.0, 0.5).astype(bool), strong > 6.0)
+
+
+def test_an_island_takes_the_inner_half_of_its_fringe_on_a_fixture_but_a_ring_hole_on_the_background_does_not():
+    from comgen.components.instances import background_islands, island_fringes
+
+    m = np.zeros((64, 64), np.uint8)
+    lab = np.full((64, 64, 3), 20.0, np.float32)  # the background's colour
+    m[2:40, 2:62], lab[2:40, 2:62] = 1, 80.0  # a fixture (surface 1)
+    inner, disc = np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8)
+    cv2.circle(disc, (20, 20), 8, 1, -1)  # a dark part: a fringe of class 2 around a core of the background's class
+    cv2.circle(inner, (20, 20), 6, 1, -1)
+    m[disc > 0], lab[disc > 0] = 2, 65.0  # the fringe's outer half, nearer the fixture's colour
+    lab[inner > 0] = 35.0  # and its inner half, nearer the core's
+    cv2.circle(m, (20, 20), 4, 0, -1)
+    cv2.circle(lab, (20, 20), 4, (20.0, 20.0, 20.0), -1)
+    m[10:14, 40:56], lab[10:14, 40:56] = 2, 35.0  # a bar of class 2 on the fixture, away from the part
+    cv2.circle(m, (40, 52), 7, 3, -1)  # a ring of class 3 lying on the background, its hole the background
+    cv2.circle(m, (40, 52), 3, 0, -1)
+    islands = background_islands(m == 0, 0.05)
+    assert islands[20, 20] and islands[52, 40]
+    out = island_fringes(m, lab, islands, {0, 1}, 6.0)
+    assert np.array_equal(out[:40, :40], inner[:40, :40] > 0)  # the core and the inner half of its fringe
+    assert not out[10:14, 40:56].any()
+    assert not out[m == 3].any()  # the ring's hole is not grown into the ring
+
+
+def test_an_island_with_its_fringe_is_one_instance_of_the_islands_group():
+    from comgen.components.instances import ISLANDS, island_mask
+
+    m = np.zeros((64, 64), np.uint8)
+    m[2:62, 2:62] = 1
+    cv2.circle(m, (30, 30), 9, 2, -1)
+    cv2.circle(m, (30, 30), 5, 0, -1)
+    lab = np.where((m == 1)[..., None], 80.0, 20.0).astype(np.float32)  # the fringe in the core's colour
+    wide = InstanceOptions(fringe_px=24.0, min_area=0.001)  # 6 px at this size
+    islands = island_mask(lab, m, wide, {0, 1})
+    labels, groups = find_instances(m, None, {0, 1}, wide, islands=islands)
+    assert groups.tolist() == [ISLANDS]  # one part: the core with its fringe, not a ring of class 2 as well
+    assert (labels > 0).sum() == (m[2:62, 2:62] != 1).sum()
+    old = InstanceOptions(**{**InstanceOptions().__dict__, "islands_apart": False, "fringe_px": 0.0})
+    blobs = blob_mask(lab, m, float("inf"), old, {0, 1})  # a stage saved before: the bare core among the blobs
+    labels, groups = find_instances(m, blobs, {0, 1}, InstanceOptions(min_area=0.001))
+    assert sorted(groups.tolist()) == [-1, 2]
+
+
+def test_a_stage_saved_before_fringes_and_hysteresis_segments_as_it_did(metal):
+    (train, _), _ = metal
+    model = learn_components(train, LearnerConfig(**INSTANCES))
+    arrays, meta = model.instance_stage.to_arrays()
+    assert meta["options"]["fringe_px"] > 0 and meta["options"]["blob_hysteresis"] > 0
+    assert meta["options"]["islands_apart"]
+    old = {k: v for k, v in meta["options"].items() if k not in ("fringe_px", "blob_hysteresis", "islands_apart")}
+    loaded = InstanceStage.from_arrays(arrays, {**meta, "options": old})
+    assert loaded.options.fringe_px == 0 and loaded.options.blob_hysteresis == 0 and not loaded.options.islands_apart
+    assert InstanceStage.from_arrays(arrays, meta).options == model.instance_stage.options
+
+
+def test_bad_fringe_or_hysteresis_settings_are_refused():
+    from comgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="instance_blob_hysteresis"):
+        LearnerConfig(instance_blob_hysteresis=1.5)
+    with pytest.raises(ConfigError, match="instance_fringe_px"):
+        LearnerConfig(instance_fringe_px=-1)

@@ -29,8 +29,8 @@ def test_manifest_problems_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "bundle.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="bundle.json: not valid JSON"):
         read_manifest(tmp_path)
-    with pytest.raises(ArtifactError, match="format 7 is not one of 1, 2, 3, 4, 5, 6"):
-        read_manifest(_write(tmp_path, {**GOOD, "format": 7}))
+    with pytest.raises(ArtifactError, match="format 8 is not one of 1, 2, 3, 4, 5, 6, 7"):
+        read_manifest(_write(tmp_path, {**GOOD, "format": 8}))
     with pytest.raises(ArtifactError, match="format True"):
         read_manifest(_write(tmp_path, {**GOOD, "format": True}))
     with pytest.raises(ArtifactError, match="'bank' missing"):
@@ -46,6 +46,7 @@ def test_manifest_problems_name_the_file(tmp_path: Path) -> None:
     assert read_manifest(_write(tmp_path, {**GOOD, "format": 4}))["format"] == 4  # may read bands as background
     assert read_manifest(_write(tmp_path, {**GOOD, "format": 5}))["format"] == 5  # may split classes by shape modes
     assert read_manifest(_write(tmp_path, {**GOOD, "format": 6}))["format"] == 6  # may find a surface's pieces
+    assert read_manifest(_write(tmp_path, {**GOOD, "format": 7}))["format"] == 7  # may grow parts and islands
 
 
 def test_array_problems_name_the_file(tmp_path: Path) -> None:

@@ -68,6 +68,9 @@ class LearnerConfig(ConfigBase):
     instance_fit_images: int = 64  # training images the stage is fitted on (bounds memory)
     instance_shape_modes: bool = True  # split a class into part types that stand out as tight modes of their shape
     instance_surface_pieces: bool = True  # small regions of a surface's class lying apart from it are parts
+    instance_blob_hysteresis: float = 0.5  # a faint part reaches out over pixels above this share of the threshold
+    instance_fringe_px: float = 6.0  # a part with the background's colour takes its fringe up to this width (px)
+    instance_islands_apart: bool = True  # parts of the background's colour on a fixture are a group of their own
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -85,6 +88,9 @@ class LearnerConfig(ConfigBase):
                               f"must be distinct, silhouette, balanced or bic, got {self.k_select!r}")
         if self.instance_k_max < 1 or not 0 < self.instance_surface_share < 1:
             raise ConfigError("learner.instance_*", "need instance_k_max >= 1 and 0 < instance_surface_share < 1")
+        if not 0 <= self.instance_blob_hysteresis < 1 or self.instance_fringe_px < 0:
+            raise ConfigError("learner.instance_*",
+                              "need 0 <= instance_blob_hysteresis < 1 and instance_fringe_px >= 0")
         if not 0 <= self.split_hue_deg <= 180:
             raise ConfigError("learner.split_hue_deg", f"must be within 0..180 degrees, got {self.split_hue_deg}")
         if self.scale_mode not in ("column", "block"):
@@ -99,7 +105,9 @@ class LearnerConfig(ConfigBase):
                                min_area=self.min_area,
                                k_max=self.instance_k_max, silhouette=self.instance_silhouette,
                                min_presence=self.instance_min_presence, shape_modes=self.instance_shape_modes,
-                               surface_pieces=self.instance_surface_pieces)
+                               surface_pieces=self.instance_surface_pieces,
+                               blob_hysteresis=self.instance_blob_hysteresis, fringe_px=self.instance_fringe_px,
+                               islands_apart=self.instance_islands_apart)
 
     def scaled(self, value: float) -> float:
         """A length given at 256 px, scaled to ``image_size``."""

@@ -11,7 +11,11 @@ same on top of the pixel classes, with NumPy and OpenCV only (the export runtime
   small region of a surface's class lying apart from it on another surface is a part of the surface's colour
   (``surface_pieces``: a steel bolt beside a light grey fixture), and its instances form a group of their own.
 - *Low-contrast parts* are found as blobs that stand out from a smooth model of the background's own colour (a
-  normalised convolution of the background pixels), with a threshold set from the training images' noise.
+  normalised convolution of the background pixels), with a threshold set from the training images' noise; each
+  blob reaches out over its blurred edge to half its peak (``hysteresis``).
+- *Parts of the background's colour lying on a surface* are the islands of the background's class that other
+  classes enclose (a dark part on a light fixture). Each takes the inner half of the blurred fringe around it
+  (``island_fringes``), and they form a group of their own (``ISLANDS``), apart from the faint blobs.
 - *Instances* are the connected regions of every other class, and the blobs; touching parts are split by a
   watershed on the distance transform.
 - Each instance is described by its shape (area, elongation, circularity, solidity, holes), colour and pooled
@@ -38,6 +42,9 @@ from comgen.components.composition import enclosed_holes
 
 #: group id of the low-contrast blobs found on the background (pixel classes use their own ids)
 BLOBS = -1
+#: group id of the islands of the background's colour lying on a surface (``island_mask``): the pieces of the
+#: background's class (``piece_group(0)``)
+ISLANDS = -2
 
 #: natural units of the shape descriptors: log area, log elongation, circularity, solidity, holes
 SHAPE_UNITS = np.array([0.25, 0.15, 0.08, 0.05, 0.5], np.float32)
@@ -95,6 +102,17 @@ class InstanceOptions:
     mode_trade: float = -0.3  # two modes whose counts per image correlate below this are one type's halves
     mode_gap: float = 1.5  # ... as are two modes whose centres are closer than this, in natural units
     surface_pieces: bool = True  # small regions of a surface's class lying apart from it are parts (``surface_pieces``)
+    blob_hysteresis: float = 0.5  # a blob reaches out to where its deviation falls to this share of its peak, if
+    # that is below the threshold (``hysteresis``; 0 = off)
+    fringe_px: float = 6.0  # an island of the background's colour takes the fringe around it up to this width (px at
+    # 256 px) where it lies on a surface (``island_fringes``; 0 = off)
+    islands_apart: bool = True  # islands of the background's colour form a group of their own (``ISLANDS``), apart
+    # from the faint blobs on the background
+
+
+#: settings of revisions after the first saved stages, and the values that give those stages' behaviour: a stage
+#: saved without them segments as it did when it was saved
+LEGACY_OPTIONS = {"blob_hysteresis": 0.0, "fringe_px": 0.0, "islands_apart": False}
 
 
 @dataclass
@@ -184,7 +202,8 @@ class InstanceStage:
         tau = meta.get("blob_tau")
         return cls({int(k): int(v) for k, v in meta["surface_class"].items()}, groups,
                    float("inf") if tau is None else float(tau), int(meta["num_classes"]),
-                   tuple(int(c) for c in meta["surfaces"]), InstanceOptions(**meta.get("options", {})),
+                   tuple(int(c) for c in meta["surfaces"]),
+                   InstanceOptions(**{**LEGACY_OPTIONS, **meta.get("options", {})}),
                    tuple(int(c) for c in meta.get("shading", ())))
 
     def refine(self, pixel_map: np.ndarray, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
@@ -192,10 +211,13 @@ class InstanceStage:
         pixel_map = as_background(pixel_map, self.shading)
         pixel_map = absorb_rims(pixel_map, set(self.surfaces), self.options.rim_px * pixel_map.shape[0] / 256,
                                 self.options.surface_share)
-        blobs = blob_mask(lab, pixel_map == 0, self.blob_tau, self.options) if BLOBS in self.groups else None
-        pieces = [h for h in map(piece_host, self.groups) if h is not None]
+        blobs = blob_mask(lab, pixel_map, self.blob_tau, self.options, set(self.surfaces)) \
+            if BLOBS in self.groups else None
+        islands = island_mask(lab, pixel_map, self.options, set(self.surfaces)) \
+            if ISLANDS in self.groups and self.options.islands_apart else None
+        pieces = [h for h in map(piece_host, self.groups) if h]
         labels, groups = find_instances(pixel_map, blobs, set(self.surface_class), self.options, pieces,
-                                        set(self.surfaces))
+                                        set(self.surfaces), islands)
         out = np.zeros(pixel_map.shape, np.uint8)
         for c, final in self.surface_class.items():
             out[pixel_map == c] = final
@@ -249,19 +271,100 @@ def blob_deviation(lab: np.ndarray, bg: np.ndarray, opt: InstanceOptions, tau: f
     return d
 
 
-def blob_mask(lab: np.ndarray, bg: np.ndarray, tau: float, opt: InstanceOptions) -> np.ndarray:
-    """Parts left in the background class: pixels that stand out from the background model by more than ``tau``,
-    and islands of the background's class enclosed by other classes (a part of the background's colour lying
-    on a fixture)."""
+def blob_mask(lab: np.ndarray, pixel_map: np.ndarray, tau: float, opt: InstanceOptions,
+              surfaces: set[int]) -> np.ndarray:
+    """Parts left in the background class: pixels that stand out from the background model by more than ``tau``
+    (reaching out over their blurred edge, ``hysteresis``), and, unless ``opt.islands_apart``, the islands of the
+    background's class (``island_mask``)."""
+    bg = pixel_map == 0
     size = lab.shape[0]
     r = max(1, int(round(size / 128)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     m = np.zeros(bg.shape, np.uint8)
     if np.isfinite(tau):
-        m = (blob_deviation(lab, bg, opt, tau) > tau).astype(np.uint8)
+        dev = blob_deviation(lab, bg, opt, tau)
+        inner = cv2.erode(bg.astype(np.uint8), kernel)  # the rims of other classes' regions are not blobs
+        if opt.blob_hysteresis > 0:  # nor do they seed or link blobs
+            m = hysteresis(np.where(inner > 0, dev, 0.0), tau, opt.blob_hysteresis)
+        else:
+            m = (dev > tau).astype(np.uint8)
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
-        m &= cv2.erode(bg.astype(np.uint8), kernel)  # the rims of other classes' regions are not blobs
-    return m.astype(bool) | background_islands(bg, opt.surface_share)
+        m &= inner
+    if opt.islands_apart:  # the islands are searched on their own, the blobs on the open background only
+        return m.astype(bool) & ~background_islands(bg, opt.surface_share)
+    return m.astype(bool) | island_mask(lab, pixel_map, opt, surfaces)
+
+
+def island_mask(lab: np.ndarray, pixel_map: np.ndarray, opt: InstanceOptions, surfaces: set[int]) -> np.ndarray:
+    """bool mask: the islands of the background's class enclosed by other classes (a part of the background's
+    colour lying on a fixture), each with its fringe (``island_fringes``)."""
+    islands = background_islands(pixel_map == 0, opt.surface_share)
+    if opt.fringe_px > 0 and islands.any():
+        islands = island_fringes(pixel_map, lab, islands, surfaces, opt.fringe_px * pixel_map.shape[0] / 256)
+    return islands
+
+
+def hysteresis(dev: np.ndarray, high: float, share: float) -> np.ndarray:
+    """uint8 mask: each connected region of pixels above ``share * high`` that holds a pixel above ``high``, cut
+    where its deviation falls below ``share`` of its own peak (or below ``high``, whichever is lower).
+
+    Why: a faint part's deviation from the background falls off over its blurred edge, so a threshold set above
+    the noise keeps only its core, and its shape reads smaller and rounder than the part's. A blurred step's edge
+    lies where the step has fallen to half its height; the weaker pixels of a region belong to the part where
+    they join its core, and noise, which rarely reaches ``high``, stays out.
+    """
+    weak = (dev > share * high).astype(np.uint8)
+    n, comp = cv2.connectedComponents(weak, connectivity=8)
+    seeded = np.zeros(n, bool)
+    seeded[np.unique(comp[dev > high])] = True
+    seeded[0] = False
+    peak = np.zeros(n, np.float64)
+    np.maximum.at(peak, comp.ravel(), dev.ravel())
+    cut = np.minimum(high, share * peak)
+    return (seeded[comp] & (dev > cut[comp])).astype(np.uint8)
+
+
+def island_fringes(pixel_map: np.ndarray, lab: np.ndarray, islands: np.ndarray, surfaces: set[int],
+                   width: float) -> np.ndarray:
+    """bool mask: ``islands`` each grown over the pixels between it and the surface it lies on, up to ``width``,
+    as far as their colour is nearer the island's than the surface's.
+
+    Why: a dark part on a light fixture has a dark core, which may take the background's colour (an island), and
+    a blurred fringe of intermediate colour, which takes another class (the class of thin dark parts, or of a
+    tray's edges). The part is its core and the inner half of its fringe (a blurred step's edge lies half-way
+    between the two colours): the core alone reads too small, and the fringe alone reads as a ring of another
+    class. An island is grown only where the pixels just beyond ``width`` are mostly one surface other than the
+    background; the hole of a ring lying on the background (a view of the background through the ring) is left
+    alone.
+    """
+    w = max(1, int(round(width)))
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(islands.astype(np.uint8), connectivity=8)
+    out = islands.copy()
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    h_img, w_img = pixel_map.shape
+    for i in range(1, n):
+        x, y, bw, bh = (int(v) for v in stats[i, :4])
+        pad = w + 2
+        sl = (slice(max(0, y - pad), min(h_img, y + bh + pad)), slice(max(0, x - pad), min(w_img, x + bw + pad)))
+        region = (comp[sl] == i).astype(np.uint8)
+        dist = cv2.distanceTransform(1 - region, cv2.DIST_L2, 3)
+        shell = (dist > w) & (dist <= w + 2)
+        around = pixel_map[sl][shell]
+        if not around.size:
+            continue
+        host = int(np.bincount(around).argmax())
+        if host == 0 or host not in surfaces or (around == host).mean() < 0.5:
+            continue
+        crop = lab[sl]
+        core = np.median(crop[region > 0], axis=0)
+        surface = np.median(crop[shell & (pixel_map[sl] == host)], axis=0)
+        nearer = np.linalg.norm(crop - core, axis=-1) < np.linalg.norm(crop - surface, axis=-1)
+        free = ((pixel_map[sl] != host) & nearer).astype(np.uint8)
+        grown = region
+        for _ in range(w):
+            grown = cv2.dilate(grown, cross) & free | region
+        out[sl] |= grown.astype(bool)
+    return out
 
 
 def background_islands(bg: np.ndarray, max_share: float) -> np.ndarray:
@@ -404,20 +507,29 @@ def compact_surfaces(pixel_maps: np.ndarray, surfaces: set[int], share: float) -
 
 
 def find_instances(pixel_map: np.ndarray, blobs: np.ndarray | None, surfaces: set[int], opt: InstanceOptions,
-                   pieces: list[int] | tuple[int, ...] = (), hosts: set[int] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   pieces: list[int] | tuple[int, ...] = (), hosts: set[int] | None = None,
+                   islands: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Instances of one image: a label image (0 = none, i = instance i) and the group of each instance.
 
     ``surfaces``: the classes that hold no instances. The surfaces of ``pieces`` are searched for parts of their
-    colour lying on one of ``hosts`` (``surface_pieces``; the stage's surfaces, by default ``surfaces``)."""
+    colour lying on one of ``hosts`` (``surface_pieces``; the stage's surfaces, by default ``surfaces``).
+    ``blobs`` and ``islands`` (group ``ISLANDS``) take their pixels from every other group."""
     size = pixel_map.shape[0]
     min_area = max(4, int(round(opt.min_area * size * size)))
     labels = np.zeros(pixel_map.shape, np.int32)
     groups: list[int] = []
-    masks = [(int(c), pixel_map == c) for c in np.unique(pixel_map) if int(c) not in surfaces]
+    free = np.ones(pixel_map.shape, bool)  # a blob or an island takes the fringe around it
+    for taken in (blobs, islands):
+        if taken is not None:
+            free &= ~taken
+    if blobs is not None and islands is not None:
+        blobs = blobs & ~islands  # an island's fringe is its own, not a blob's
+    masks = [(int(c), (pixel_map == c) & free) for c in np.unique(pixel_map) if int(c) not in surfaces]
     if blobs is not None and blobs.any():
         masks.append((BLOBS, blobs))
-    masks += [(piece_group(c), surface_pieces(pixel_map, c, surfaces if hosts is None else hosts, opt))
+    if islands is not None and islands.any():
+        masks.append((ISLANDS, islands))
+    masks += [(piece_group(c), surface_pieces(pixel_map, c, surfaces if hosts is None else hosts, opt) & free)
               for c in pieces]
     for g, mask in masks:
         n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -794,8 +906,9 @@ def fit_stage(pixel_maps: np.ndarray, labs: np.ndarray, deeps: np.ndarray | None
     all_desc, all_groups, image_of = [], [], []
     pieces = sorted(compact_surfaces(pixel_maps, surfaces, opt.surface_share)) if opt.surface_pieces else []
     for i in range(n_img):
-        blobs = blob_mask(labs[i], bgs[i], tau, opt)
-        labels, groups = find_instances(pixel_maps[i], blobs, surfaces, opt, pieces)
+        blobs = blob_mask(labs[i], pixel_maps[i], tau, opt, surfaces)
+        islands = island_mask(labs[i], pixel_maps[i], opt, surfaces) if opt.islands_apart else None
+        labels, groups = find_instances(pixel_maps[i], blobs, surfaces, opt, pieces, islands=islands)
         if len(groups):
             all_desc.append(describe(labels, len(groups), labs[i], None if deeps is None else deeps[i]))
             all_groups.append(groups)

@@ -43,6 +43,7 @@ from comgen.errors import ConfigError, InputError
 from comgen.features.memory import _projection
 from comgen.io import atomic_write_json
 
+GROWS_FORMAT = 7  # comgen.export_runtime.bundle.FORMAT: instance stages that grow faint parts and islands
 PIECES_FORMAT = 6  # comgen.export_runtime.bundle.FORMAT: instance stages that find parts of a surface's colour
 MODES_FORMAT = 5  # bundles whose instance stage splits classes by shape modes
 BANDS_FORMAT = 4  # bundles whose instance stage reads bands as background
@@ -188,6 +189,13 @@ def _finds_pieces(prior: Any) -> bool:
     return any(piece_host(g) is not None for stage in _instance_stages(prior) for g in stage.groups)
 
 
+def _grows_parts(prior: Any) -> bool:
+    """Whether an instance stage of the prior grows faint parts over their edges or islands over their fringes,
+    settings that runtimes before format 7 do not know."""
+    return any(stage.options.blob_hysteresis > 0 or stage.options.fringe_px > 0
+               for stage in _instance_stages(prior))
+
+
 def _prior_entry(prior: Any, shared_scale: int | None, out: Path, man: dict[str, Any], name: str) -> dict[str, Any]:
     """Write one learner seed's prior (``name``.safetensors) and its counterpart's (``name``_partner.safetensors);
     return its manifest entry."""
@@ -230,7 +238,8 @@ def _write(det: Detector, out: Path, opset: int, openvino: bool, log: Callable[[
     _save(out, "bank.safetensors", arrays, man)
     man["prior"] = man["composition"] = man["memory"] = man["global"] = None
     if det.prior is not None:
-        man["format"] = PIECES_FORMAT if _finds_pieces(det.prior) else \
+        man["format"] = GROWS_FORMAT if _grows_parts(det.prior) else \
+            PIECES_FORMAT if _finds_pieces(det.prior) else \
             MODES_FORMAT if _splits_by_modes(det.prior) else \
             BANDS_FORMAT if _reads_bands(det.prior) else \
             COUNTS_FORMAT if det.prior.counts is not None else \

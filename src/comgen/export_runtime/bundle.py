@@ -24,9 +24,11 @@ MANIFEST = "bundle.json"
 # 5: an instance stage may split a class into part types by shape modes (``mode_parent`` and its arrays), which
 # earlier readers would ignore;
 # 6: an instance stage may find parts of a surface's colour lying apart from it (groups below -1), which earlier
-# readers would read as the surface
-FORMAT = 6
-READABLE = (1, 2, 3, 4, 5, 6)  # a format-1 bundle has one learner seed and reads unchanged
+# readers would read as the surface;
+# 7: an instance stage may grow faint parts over their blurred edges and islands of the background's colour over
+# their fringes (``blob_hysteresis``, ``fringe_px``), settings that earlier readers do not know
+FORMAT = 7
+READABLE = (1, 2, 3, 4, 5, 6, 7)  # a format-1 bundle has one learner seed and reads unchanged
 REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
 FUSION_RULES = ("weighted", "max", "softplus")  # the rules ``branches.fuse`` scores (``detect.fusion.RULES``)
 
