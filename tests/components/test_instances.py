@@ -22,6 +22,7 @@ from comgen.components.model import ComponentModel
 SIZE = 96
 FAST = dict(image_size=SIZE, use_backbone=False, k_min=2, k_max=4, select_pixels=3000, instances=False)
 INSTANCES = dict(FAST, instances=True)
+GROWN = dict(instance_blob_hysteresis=0.5, instance_fringe_px=6.0, instance_islands_apart=True)  # the options' values
 METAL = (170, 170, 176)
 
 
@@ -468,27 +469,30 @@ def test_an_island_with_its_fringe_is_one_instance_of_the_islands_group():
     cv2.circle(m, (30, 30), 9, 2, -1)
     cv2.circle(m, (30, 30), 5, 0, -1)
     lab = np.where((m == 1)[..., None], 80.0, 20.0).astype(np.float32)  # the fringe in the core's colour
-    wide = InstanceOptions(fringe_px=24.0, min_area=0.001)  # 6 px at this size
+    wide = InstanceOptions(fringe_px=24.0, min_area=0.001, islands_apart=True)  # 6 px at this size
     islands = island_mask(lab, m, wide, {0, 1})
     labels, groups = find_instances(m, None, {0, 1}, wide, islands=islands)
     assert groups.tolist() == [ISLANDS]  # one part: the core with its fringe, not a ring of class 2 as well
     assert (labels > 0).sum() == (m[2:62, 2:62] != 1).sum()
-    old = InstanceOptions(**{**InstanceOptions().__dict__, "islands_apart": False, "fringe_px": 0.0})
-    blobs = blob_mask(lab, m, float("inf"), old, {0, 1})  # a stage saved before: the bare core among the blobs
+    blobs = blob_mask(lab, m, float("inf"), InstanceOptions(), {0, 1})  # by default: the bare core among the blobs
     labels, groups = find_instances(m, blobs, {0, 1}, InstanceOptions(min_area=0.001))
     assert sorted(groups.tolist()) == [-1, 2]
 
 
 def test_a_stage_saved_before_fringes_and_hysteresis_segments_as_it_did(metal):
-    (train, _), _ = metal
-    model = learn_components(train, LearnerConfig(**INSTANCES))
-    arrays, meta = model.instance_stage.to_arrays()
-    assert meta["options"]["fringe_px"] > 0 and meta["options"]["blob_hysteresis"] > 0
+    (train, _), (test, _) = metal
+    grown = learn_components(train, LearnerConfig(**INSTANCES, **GROWN))
+    arrays, meta = grown.instance_stage.to_arrays()
+    assert meta["options"]["fringe_px"] == 6.0 and meta["options"]["blob_hysteresis"] == 0.5
     assert meta["options"]["islands_apart"]
+    assert InstanceStage.from_arrays(arrays, meta).options == grown.instance_stage.options
+    plain = learn_components(train, LearnerConfig(**INSTANCES))
+    arrays, meta = plain.instance_stage.to_arrays()
     old = {k: v for k, v in meta["options"].items() if k not in ("fringe_px", "blob_hysteresis", "islands_apart")}
-    loaded = InstanceStage.from_arrays(arrays, {**meta, "options": old})
-    assert loaded.options.fringe_px == 0 and loaded.options.blob_hysteresis == 0 and not loaded.options.islands_apart
-    assert InstanceStage.from_arrays(arrays, meta).options == model.instance_stage.options
+    loaded = InstanceStage.from_arrays(arrays, {**meta, "options": old})  # as saved before the options existed
+    assert loaded.options == plain.instance_stage.options
+    assert np.array_equal(ComponentModel(plain.cfg, plain.centroids, plain.transform, instance_stage=loaded)
+                          .segment(test), plain.segment(test))
 
 
 def test_bad_fringe_or_hysteresis_settings_are_refused():

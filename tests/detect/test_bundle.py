@@ -96,8 +96,7 @@ def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, pr
     assert onnx_det.prior_model.shares_pixel_stage(onnx_det.prior_partner)  # one pixel pass serves both models
     # the other learner seeds travel too, each with its counterpart and its own pixel stage
     assert len(det.prior.members) == 2 and len(man["prior"]["members"]) == 2
-    assert man["format"] == 7  # the run's instance stage grows parts over their edges, unknown to older readers
-    assert man["prior"]["counts"]["std"] > 0  # the fusion reads the count patterns
+    assert man["format"] == 3 and man["prior"]["counts"]["std"] > 0  # the fusion reads the count patterns
     assert {"prior_seed1.safetensors", "prior_seed2_partner.safetensors"} <= set(man["arrays"])
     seed_model, seed_partner, _ = onnx_det.prior_seeds[1]
     assert seed_model.learner.seed == 1 and seed_model.shares_pixel_stage(seed_partner)
@@ -352,14 +351,14 @@ def test_a_damaged_global_branch_in_the_bundle_is_one_line(prior_bundle: Path, t
 def test_a_prior_whose_instance_stage_reads_bands_needs_format_4_splits_by_modes_5_finds_pieces_6_grows_7() -> None:
     from types import SimpleNamespace
 
-    from comgen.components.instances import BLOBS, LEGACY_OPTIONS, InstanceOptions, piece_group
+    from comgen.components.instances import BLOBS, InstanceOptions, piece_group
     from comgen.detect.bundle import _finds_pieces, _grows_parts, _reads_bands, _splits_by_modes
 
     def prior(shading: tuple[int, ...] | None, partner=None, members=(), modes: int = 0, pieces: bool = False,
               grows: bool = False):
         group = SimpleNamespace(mode_parent=np.zeros(modes, np.int64))
         groups = {1: group, BLOBS: group, **({piece_group(2): group} if pieces else {})}
-        options = InstanceOptions() if grows else InstanceOptions(**LEGACY_OPTIONS)
+        options = InstanceOptions(blob_hysteresis=0.5 * grows, fringe_px=6.0 * grows, islands_apart=grows)
         stage = None if shading is None else SimpleNamespace(shading=shading, groups=groups, options=options)
         return SimpleNamespace(model=SimpleNamespace(instance_stage=stage), partner=partner, members=list(members))
 
@@ -372,6 +371,6 @@ def test_a_prior_whose_instance_stage_reads_bands_needs_format_4_splits_by_modes
     assert not _finds_pieces(prior(None, partner=prior((), modes=2)))  # the blobs' group (-1) is no surface's
     assert _finds_pieces(prior(None, partner=prior((), pieces=True)))
     assert _finds_pieces(prior(None, members=[prior(None, partner=prior((), pieces=True))]))
-    assert not _grows_parts(prior(None, partner=prior((), pieces=True)))  # a stage saved before the settings
+    assert not _grows_parts(prior(None, partner=prior((), pieces=True)))  # the options are off
     assert _grows_parts(prior(None, partner=prior((), grows=True)))
     assert _grows_parts(prior(None, members=[prior(None, partner=prior((), grows=True))]))

@@ -68,9 +68,10 @@ class LearnerConfig(ConfigBase):
     instance_fit_images: int = 64  # training images the stage is fitted on (bounds memory)
     instance_shape_modes: bool = True  # split a class into part types that stand out as tight modes of their shape
     instance_surface_pieces: bool = True  # small regions of a surface's class lying apart from it are parts
-    instance_blob_hysteresis: float = 0.5  # a faint part reaches out over pixels above this share of the threshold
-    instance_fringe_px: float = 6.0  # a part with the background's colour takes its fringe up to this width (px)
-    instance_islands_apart: bool = True  # parts of the background's colour on a fixture are a group of their own
+    # three options, off by default (docs/experiments.md says why)
+    instance_blob_hysteresis: float = 0.0  # a faint part reaches out to this share of its peak deviation (0.5)
+    instance_fringe_px: float = 0.0  # a part of the background's colour takes its fringe up to this width (6 px)
+    instance_islands_apart: bool = False  # parts of the background's colour on a fixture are a group of their own
 
     def __post_init__(self) -> None:
         if self.image_size < 16:

@@ -12,10 +12,10 @@ same on top of the pixel classes, with NumPy and OpenCV only (the export runtime
   (``surface_pieces``: a steel bolt beside a light grey fixture), and its instances form a group of their own.
 - *Low-contrast parts* are found as blobs that stand out from a smooth model of the background's own colour (a
   normalised convolution of the background pixels), with a threshold set from the training images' noise; each
-  blob reaches out over its blurred edge to half its peak (``hysteresis``).
+  blob may reach out over its blurred edge to half its peak (``hysteresis``, an option).
 - *Parts of the background's colour lying on a surface* are the islands of the background's class that other
-  classes enclose (a dark part on a light fixture). Each takes the inner half of the blurred fringe around it
-  (``island_fringes``), and they form a group of their own (``ISLANDS``), apart from the faint blobs.
+  classes enclose (a dark part on a light fixture). As options, each takes the inner half of the blurred fringe
+  around it (``island_fringes``), and they form a group of their own (``ISLANDS``), apart from the faint blobs.
 - *Instances* are the connected regions of every other class, and the blobs; touching parts are split by a
   watershed on the distance transform.
 - Each instance is described by its shape (area, elongation, circularity, solidity, holes), colour and pooled
@@ -102,17 +102,14 @@ class InstanceOptions:
     mode_trade: float = -0.3  # two modes whose counts per image correlate below this are one type's halves
     mode_gap: float = 1.5  # ... as are two modes whose centres are closer than this, in natural units
     surface_pieces: bool = True  # small regions of a surface's class lying apart from it are parts (``surface_pieces``)
-    blob_hysteresis: float = 0.5  # a blob reaches out to where its deviation falls to this share of its peak, if
+    # the three options below are off by default (a stage saved without them segments as before); 0.5, 6 and True
+    # are the values measured
+    blob_hysteresis: float = 0.0  # a blob reaches out to where its deviation falls to this share of its peak, if
     # that is below the threshold (``hysteresis``; 0 = off)
-    fringe_px: float = 6.0  # an island of the background's colour takes the fringe around it up to this width (px at
+    fringe_px: float = 0.0  # an island of the background's colour takes the fringe around it up to this width (px at
     # 256 px) where it lies on a surface (``island_fringes``; 0 = off)
-    islands_apart: bool = True  # islands of the background's colour form a group of their own (``ISLANDS``), apart
+    islands_apart: bool = False  # islands of the background's colour form a group of their own (``ISLANDS``), apart
     # from the faint blobs on the background
-
-
-#: settings of revisions after the first saved stages, and the values that give those stages' behaviour: a stage
-#: saved without them segments as it did when it was saved
-LEGACY_OPTIONS = {"blob_hysteresis": 0.0, "fringe_px": 0.0, "islands_apart": False}
 
 
 @dataclass
@@ -203,7 +200,7 @@ class InstanceStage:
         return cls({int(k): int(v) for k, v in meta["surface_class"].items()}, groups,
                    float("inf") if tau is None else float(tau), int(meta["num_classes"]),
                    tuple(int(c) for c in meta["surfaces"]),
-                   InstanceOptions(**{**LEGACY_OPTIONS, **meta.get("options", {})}),
+                   InstanceOptions(**meta.get("options", {})),
                    tuple(int(c) for c in meta.get("shading", ())))
 
     def refine(self, pixel_map: np.ndarray, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:

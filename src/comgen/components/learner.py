@@ -43,7 +43,7 @@ LEARNER_REVISION = 2
 #: Raise it when the instance stage (``components/instances.py``) finds other classes under the same config. Only
 #: the stages that fit the stage are redone: learning with ``learn.instances``, and training, whose composition
 #: prior fits the counterpart model.
-INSTANCE_REVISION = 7
+INSTANCE_REVISION = 6
 
 
 def _sample_pixels(images: np.ndarray, fz: PixelFeaturizer, cfg: LearnerConfig,
