@@ -355,10 +355,10 @@ def test_a_prior_whose_instance_stage_reads_bands_needs_format_4_splits_by_modes
     from comgen.detect.bundle import _finds_pieces, _grows_parts, _reads_bands, _splits_by_modes
 
     def prior(shading: tuple[int, ...] | None, partner=None, members=(), modes: int = 0, pieces: bool = False,
-              grows: bool = False):
+              grows: bool = False, apart: bool = False):
         group = SimpleNamespace(mode_parent=np.zeros(modes, np.int64))
         groups = {1: group, BLOBS: group, **({piece_group(2): group} if pieces else {})}
-        options = InstanceOptions(blob_hysteresis=0.5 * grows, fringe_px=6.0 * grows, islands_apart=grows)
+        options = InstanceOptions(blob_hysteresis=0.5 * grows, fringe_px=6.0 * grows, islands_apart=grows or apart)
         stage = None if shading is None else SimpleNamespace(shading=shading, groups=groups, options=options)
         return SimpleNamespace(model=SimpleNamespace(instance_stage=stage), partner=partner, members=list(members))
 
@@ -373,4 +373,5 @@ def test_a_prior_whose_instance_stage_reads_bands_needs_format_4_splits_by_modes
     assert _finds_pieces(prior(None, members=[prior(None, partner=prior((), pieces=True))]))
     assert not _grows_parts(prior(None, partner=prior((), pieces=True)))  # the options are off
     assert _grows_parts(prior(None, partner=prior((), grows=True)))
+    assert _grows_parts(prior(None, partner=prior((), apart=True)))  # islands apart alone
     assert _grows_parts(prior(None, members=[prior(None, partner=prior((), grows=True))]))

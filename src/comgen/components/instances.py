@@ -199,8 +199,7 @@ class InstanceStage:
         tau = meta.get("blob_tau")
         return cls({int(k): int(v) for k, v in meta["surface_class"].items()}, groups,
                    float("inf") if tau is None else float(tau), int(meta["num_classes"]),
-                   tuple(int(c) for c in meta["surfaces"]),
-                   InstanceOptions(**meta.get("options", {})),
+                   tuple(int(c) for c in meta["surfaces"]), InstanceOptions(**meta.get("options", {})),
                    tuple(int(c) for c in meta.get("shading", ())))
 
     def refine(self, pixel_map: np.ndarray, lab: np.ndarray, deep: np.ndarray | None) -> np.ndarray:
@@ -212,7 +211,7 @@ class InstanceStage:
             if BLOBS in self.groups else None
         islands = island_mask(lab, pixel_map, self.options, set(self.surfaces)) \
             if ISLANDS in self.groups and self.options.islands_apart else None
-        pieces = [h for h in map(piece_host, self.groups) if h]
+        pieces = [h for h in map(piece_host, self.groups) if h not in (None, 0)]  # the background's are the islands
         labels, groups = find_instances(pixel_map, blobs, set(self.surface_class), self.options, pieces,
                                         set(self.surfaces), islands)
         out = np.zeros(pixel_map.shape, np.uint8)

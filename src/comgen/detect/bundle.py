@@ -43,7 +43,7 @@ from comgen.errors import ConfigError, InputError
 from comgen.features.memory import _projection
 from comgen.io import atomic_write_json
 
-GROWS_FORMAT = 7  # comgen.export_runtime.bundle.FORMAT: instance stages that grow faint parts and islands
+GROWS_FORMAT = 7  # comgen.export_runtime.bundle.FORMAT: instance stages that grow parts or keep islands apart
 PIECES_FORMAT = 6  # comgen.export_runtime.bundle.FORMAT: instance stages that find parts of a surface's colour
 MODES_FORMAT = 5  # bundles whose instance stage splits classes by shape modes
 BANDS_FORMAT = 4  # bundles whose instance stage reads bands as background
@@ -190,9 +190,9 @@ def _finds_pieces(prior: Any) -> bool:
 
 
 def _grows_parts(prior: Any) -> bool:
-    """Whether an instance stage of the prior grows faint parts over their edges or islands over their fringes,
-    settings that runtimes before format 7 do not know."""
-    return any(stage.options.blob_hysteresis > 0 or stage.options.fringe_px > 0
+    """Whether an instance stage of the prior grows faint parts over their edges or islands over their fringes, or
+    keeps the islands apart from the blobs: settings that runtimes before format 7 do not know."""
+    return any(stage.options.blob_hysteresis > 0 or stage.options.fringe_px > 0 or stage.options.islands_apart
                for stage in _instance_stages(prior))
 
 

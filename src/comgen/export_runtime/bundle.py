@@ -26,7 +26,8 @@ MANIFEST = "bundle.json"
 # 6: an instance stage may find parts of a surface's colour lying apart from it (groups below -1), which earlier
 # readers would read as the surface;
 # 7: an instance stage may grow faint parts over their blurred edges and islands of the background's colour over
-# their fringes (``blob_hysteresis``, ``fringe_px``), settings that earlier readers do not know
+# their fringes, or keep the islands apart from the blobs (``blob_hysteresis``, ``fringe_px``, ``islands_apart``),
+# settings that earlier readers do not know
 FORMAT = 7
 READABLE = (1, 2, 3, 4, 5, 6, 7)  # a format-1 bundle has one learner seed and reads unchanged
 REEXPORT = "export it again (`comgen export RUN --bundle DIR`)"
