@@ -103,7 +103,7 @@ class InstanceOptions:
     mode_gap: float = 1.5  # ... as are two modes whose centres are closer than this, in natural units
     surface_pieces: bool = True  # small regions of a surface's class lying apart from it are parts (``surface_pieces``)
     # the three options below are off by default (a stage saved without them segments as before); 0.5, 6 and True
-    # are the values measured
+    # turn them on as designed
     blob_hysteresis: float = 0.0  # a blob reaches out to where its deviation falls to this share of its peak, if
     # that is below the threshold (``hysteresis``; 0 = off)
     fringe_px: float = 0.0  # an island of the background's colour takes the fringe around it up to this width (px at
