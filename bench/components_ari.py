@@ -53,14 +53,15 @@ def majority(values: np.ndarray, k: int) -> int:
 
 
 def same_colour_pairs(cat: str) -> list[tuple[int, int]]:
-    """Pairs of item part types of a family category that share a palette colour (they differ in shape)."""
+    """Pairs of item part types of a family category that share a palette colour and differ in outline (a square
+    and a four-sided polygon are one figure, so such a pair is left out: colour and shape cannot tell it apart)."""
     from comgen.data.family.spec import draw_spec, family_seed, is_family
 
     if not is_family(cat):
         return []
     items = [p for p in draw_spec(family_seed(cat)).parts if not p.fixture]
     return [(a.label, b.label) for i, a in enumerate(items) for b in items[i + 1:]
-            if set(a.colors) & set(b.colors)]
+            if set(a.colors) & set(b.colors) and a.outline != b.outline]
 
 
 def pale_labels(cat: str) -> list[int]:

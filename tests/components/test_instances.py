@@ -488,8 +488,12 @@ def test_a_stage_saved_before_fringes_and_hysteresis_segments_as_it_did(metal):
     assert InstanceStage.from_arrays(arrays, meta).options == grown.instance_stage.options
     plain = learn_components(train, LearnerConfig(**INSTANCES))
     arrays, meta = plain.instance_stage.to_arrays()
-    old = {k: v for k, v in meta["options"].items() if k not in ("fringe_px", "blob_hysteresis", "islands_apart")}
-    loaded = InstanceStage.from_arrays(arrays, {**meta, "options": old})  # as saved before the options existed
+    assert not {"fringe_px", "blob_hysteresis", "islands_apart"} & set(meta["options"])  # off: saved as before
+    for cfg in (plain.cfg, grown.cfg):  # a bundle's learner settings: the off options left out, read back whole
+        assert LearnerConfig.from_dict(cfg.portable_dict()) == cfg
+    assert grown.cfg.portable_dict()["instance_fringe_px"] == 6.0
+    assert "instance_fringe_px" not in plain.cfg.portable_dict()
+    loaded = InstanceStage.from_arrays(arrays, meta)
     assert loaded.options == plain.instance_stage.options
     assert np.array_equal(ComponentModel(plain.cfg, plain.centroids, plain.transform, instance_stage=loaded)
                           .segment(test), plain.segment(test))

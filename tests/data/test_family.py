@@ -110,3 +110,23 @@ def test_cli_family_and_bad_seeds(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: --seeds: 'x' is not a seed or a seed range like 1000-1011"
     with pytest.raises(ConfigError):
         SynthConfig(categories=["family_x"])
+
+
+def test_outline_names_the_drawn_figure():
+    """A four-sided polygon and a square of matching size cover the same pixels; other outlines differ."""
+    from comgen.data.family.scene import shape_mask
+    from comgen.data.family.spec import PartType
+    from comgen.data.synth.draw import Canvas
+
+    cv = Canvas(SIZE, _rng("outline"), (0.5, 0.5, 0.5))
+    four = PartType(2, "a_polygon", "polygon", 0.05, ((1.0, 0.0, 0.0),), sides=4)
+    square = PartType(3, "a_square", "square", 0.05, ((1.0, 0.0, 0.0),))
+    hexagon = PartType(4, "a_hexagon", "polygon", 0.05, ((1.0, 0.0, 0.0),), sides=6)
+    # the polygon's circumradius is 1.1 r and the square's side 1.5 r: scale the square to the polygon's side
+    side_ratio = 1.1 * np.sqrt(2) / 1.5
+    a = shape_mask(cv, four, 0.5, 0.5, 0.05, 45.0, 0)  # the polygon's vertices at 45 degrees: axis-aligned
+    b = shape_mask(cv, square, 0.5, 0.5, 0.05 * side_ratio, 0.0, 0)
+    c = shape_mask(cv, hexagon, 0.5, 0.5, 0.05, 45.0, 0)
+    assert (a ^ b).sum() <= 0.02 * a.sum() < 0.2 * a.sum() < (c ^ b).sum()
+    assert four.outline == square.outline != hexagon.outline
+    assert PartType(5, "a_disc", "disc", 0.05, ((0.0, 0.0, 1.0),)).outline == "disc"

@@ -97,6 +97,10 @@ def test_bundle_with_the_composition_prior_scores_as_predict(prior_run: Path, pr
     # the other learner seeds travel too, each with its counterpart and its own pixel stage
     assert len(det.prior.members) == 2 and len(man["prior"]["members"]) == 2
     assert man["format"] == 3 and man["prior"]["counts"]["std"] > 0  # the fusion reads the count patterns
+    # the instance stage's off options are left out, so that runtimes which predate them read the bundle
+    off = {"instance_blob_hysteresis", "instance_fringe_px", "instance_islands_apart"}
+    assert not off & set(man["prior"]["learner"]) and "instance_surface_pieces" in man["prior"]["learner"]
+    assert not {"blob_hysteresis", "fringe_px", "islands_apart"} & set(man["prior"]["instance_stage"]["options"])
     assert {"prior_seed1.safetensors", "prior_seed2_partner.safetensors"} <= set(man["arrays"])
     seed_model, seed_partner, _ = onnx_det.prior_seeds[1]
     assert seed_model.learner.seed == 1 and seed_model.shares_pixel_stage(seed_partner)

@@ -97,6 +97,14 @@ class LearnerConfig(ConfigBase):
         if self.scale_mode not in ("column", "block"):
             raise ConfigError("learner.scale_mode", f"must be column or block, got {self.scale_mode!r}")
 
+    def portable_dict(self) -> dict[str, Any]:
+        """``to_dict`` less the instance stage's off-by-default options where they are off, so that a bundle with
+        them off reads in runtimes that predate them (``from_dict`` fills them back in)."""
+        from comgen.components.instances import OFF_OPTIONS
+
+        return {k: v for k, v in self.to_dict().items()
+                if not (k.startswith("instance_") and OFF_OPTIONS.get(k[len("instance_"):], object()) == v)}
+
     def instance_options(self):
         """The instance stage's settings."""
         from comgen.components.instances import InstanceOptions

@@ -112,6 +112,15 @@ class InstanceOptions:
     # from the faint blobs on the background
 
 
+#: options that a stage saves only where they are on, so a stage with them off reads in runtimes that predate them
+OFF_OPTIONS = {"blob_hysteresis": 0.0, "fringe_px": 0.0, "islands_apart": False}
+
+
+def saved_options(opt: InstanceOptions) -> dict[str, Any]:
+    """The options as a stage saves them: every setting, less those of ``OFF_OPTIONS`` that are off."""
+    return {k: v for k, v in opt.__dict__.items() if k not in OFF_OPTIONS or v != OFF_OPTIONS[k]}
+
+
 @dataclass
 class Group:
     """One group's sub-classes: descriptor scaling, cluster centres and the final class id of each cluster."""
@@ -177,7 +186,7 @@ class InstanceStage:
                 arrays[f"instances.{g}.{name}"] = np.ascontiguousarray(getattr(grp, name), dtype=np.float32)
         meta = {"surface_class": {str(k): v for k, v in self.surface_class.items()}, "groups": sorted(self.groups),
                 "blob_tau": self.blob_tau if np.isfinite(self.blob_tau) else None, "num_classes": self.num_classes,
-                "surfaces": list(self.surfaces), "options": self.options.__dict__, "shading": list(self.shading)}
+                "surfaces": list(self.surfaces), "options": saved_options(self.options), "shading": list(self.shading)}
         return arrays, meta
 
     @classmethod

@@ -160,7 +160,7 @@ def _prior_arrays(prior: Any, shared_scale: int | None) -> tuple[dict[str, np.nd
              "instance_stage": stage,
              "grid": density.cfg.grid, "area_spread": density.cfg.area_spread, "holes": density.cfg.holes,
              "covariance_type": gmm.covariance_type,
-             "learner": model.cfg.to_dict(), "shared_scale": shared_scale}
+             "learner": model.cfg.portable_dict(), "shared_scale": shared_scale}
     return arrays, entry
 
 

@@ -59,6 +59,14 @@ class PartType:
     sides: int = 6
     fixture: bool = False
 
+    @property
+    def outline(self) -> str:
+        """The figure the renderer draws, up to size and rotation: a polygon is drawn regular, so a four-sided
+        one is a square, and two part types with one outline can only be told apart by size, colour or place."""
+        if self.shape == "polygon":
+            return "square" if self.sides == 4 else f"polygon{self.sides}"
+        return self.shape
+
 
 @dataclass(frozen=True)
 class Rule:
