@@ -113,6 +113,7 @@ class InstanceOptions:
 
 
 #: options that a stage saves only where they are on, so a stage with them off reads in runtimes that predate them
+#: (a bundle whose stage has one on is format 7: ``detect.bundle._grows_parts``)
 OFF_OPTIONS = {"blob_hysteresis": 0.0, "fringe_px": 0.0, "islands_apart": False}
 
 

@@ -36,7 +36,7 @@ from safetensors.numpy import save_file
 from torch import nn
 
 import comgen
-from comgen.components.instances import piece_host
+from comgen.components.instances import OFF_OPTIONS, piece_host
 from comgen.detect.predict import Detector
 from comgen.detect.tiling import is_tiled
 from comgen.errors import ConfigError, InputError
@@ -191,9 +191,9 @@ def _finds_pieces(prior: Any) -> bool:
 
 def _grows_parts(prior: Any) -> bool:
     """Whether an instance stage of the prior grows faint parts over their edges or islands over their fringes, or
-    keeps the islands apart from the blobs: settings that runtimes before format 7 do not know."""
-    return any(stage.options.blob_hysteresis > 0 or stage.options.fringe_px > 0 or stage.options.islands_apart
-               for stage in _instance_stages(prior))
+    keeps the islands apart from the blobs (an option of ``OFF_OPTIONS`` on): settings that runtimes before format 7
+    do not know."""
+    return any(getattr(stage.options, k) != off for stage in _instance_stages(prior) for k, off in OFF_OPTIONS.items())
 
 
 def _prior_entry(prior: Any, shared_scale: int | None, out: Path, man: dict[str, Any], name: str) -> dict[str, Any]:
